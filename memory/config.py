@@ -1,0 +1,69 @@
+"""Configuration of the memory: scoring weights, filtering thresholds, index choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Every knob of `VectorMemory`, checked at construction."""
+
+    # Scoring (DESIGN.md): score = w_sim*cos + w_util*(utility - 1/2) + w_rec*2^(-age/half_life)
+    w_sim: float = 1.0  # weight of the trigger cosine similarity
+    w_util: float = 0.2  # weight of the learned utility (Beta posterior mean, centred on 1/2)
+    w_rec: float = 0.05  # weight of recency
+    half_life_days: float = 30.0  # age at which the recency term halves
+    min_sim: float = 0.2  # candidates under this cosine are dropped before MMR
+    mmr_lambda: float = 0.7  # 1.0 = pure score, 0.0 = pure diversity
+    fetch_k: int = 32  # candidates taken from the index before scoring (at least k)
+
+    # Filtering: which assistant turns become experiences
+    min_success: float = 0.7  # estimated success probability a turn needs
+    min_confidence: float = 0.5  # confidence in that estimate a turn needs
+
+    # Dedup and merge
+    dup_threshold: float = 0.95  # trigger cosine above which two experiences are near-duplicates
+    agree_threshold: float = 0.6  # token Jaccard above which two responses agree
+    strip_shared_instructions: bool = True  # embed requests without the instruction many of them share
+    shared_min_count: int = 3  # a leading paragraph seen this often is a shared instruction
+
+    # Index
+    index_kind: str = "auto"  # auto (flat, then hnsw past approx_threshold), exact, flat or hnsw
+    approx_threshold: int = 50_000  # a tenant past this many experiences gets the approximate (HNSW) index
+    hnsw_m: int = 32  # HNSW graph degree
+    hnsw_ef_construction: int = 64  # HNSW build beam
+    hnsw_ef_search: int = 128  # HNSW search beam
+    search_threads: int = 1  # faiss OpenMP threads for one query (more is slower on 2 cores)
+
+    # Ingest
+    batch_size: int = 256  # records per SQL transaction (and embedding call)
+
+    def __post_init__(self) -> None:
+        for name in ("w_sim", "w_util", "w_rec"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"MemoryConfig.{name} must be >= 0, got {getattr(self, name)}")
+        checks = [
+            ("half_life_days", self.half_life_days > 0, "> 0"),
+            ("min_sim", -1.0 <= self.min_sim <= 1.0, "in [-1, 1]"),
+            ("mmr_lambda", 0.0 <= self.mmr_lambda <= 1.0, "in [0, 1]"),
+            ("fetch_k", self.fetch_k >= 1, ">= 1"),
+            ("min_success", 0.0 <= self.min_success <= 1.0, "in [0, 1]"),
+            ("min_confidence", 0.0 <= self.min_confidence <= 1.0, "in [0, 1]"),
+            ("dup_threshold", 0.0 < self.dup_threshold <= 1.0, "in (0, 1]"),
+            ("agree_threshold", 0.0 <= self.agree_threshold <= 1.0, "in [0, 1]"),
+            ("shared_min_count", self.shared_min_count >= 2, ">= 2"),
+            ("approx_threshold", self.approx_threshold >= 1, ">= 1"),
+            ("hnsw_m", self.hnsw_m >= 4, ">= 4"),
+            ("hnsw_ef_construction", self.hnsw_ef_construction >= 1, ">= 1"),
+            ("hnsw_ef_search", self.hnsw_ef_search >= 1, ">= 1"),
+            ("search_threads", self.search_threads >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+        ]
+        if self.index_kind not in ("auto", "exact", "flat", "hnsw"):
+            raise ConfigError(f"MemoryConfig.index_kind must be auto, exact, flat or hnsw, got {self.index_kind!r}")
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"MemoryConfig.{name} must be {expected}, got {getattr(self, name)!r}")

@@ -1,0 +1,53 @@
+"""Exceptions of logmem. Each also inherits the built-in a caller would naturally catch."""
+
+from __future__ import annotations
+
+
+class LogmemError(Exception):
+    """Root of every error logmem raises on purpose."""
+
+
+class ConfigError(LogmemError, ValueError):
+    """A configuration value is out of its allowed range."""
+
+
+class DimensionMismatchError(LogmemError, ValueError):
+    """Vectors do not have the width the index or memory expects."""
+
+
+class NotFoundError(LogmemError, KeyError):
+    """An id (experience, interaction, adapter, job) does not exist for this tenant."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class LogFormatError(LogmemError, ValueError):
+    """One log record cannot be read; names where (source, line, field) and why."""
+
+    def __init__(self, reason: str, *, source: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        self.line = line
+        self.field = field
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = []
+        if self.source is not None:
+            where.append(str(self.source))
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+    def located(self, *, source: str | None = None, line: int | None = None) -> "LogFormatError":
+        """The same error with its file and line filled in."""
+        return LogFormatError(self.reason, source=source if source is not None else self.source,
+                              line=line if line is not None else self.line, field=self.field)
+
+
+class StoreError(LogmemError, RuntimeError):
+    """The SQL store is unusable (schema from another version, different embedder, ...)."""

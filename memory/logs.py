@@ -1,0 +1,275 @@
+"""The log schema (DESIGN.md) and its importers: native JSONL, OpenAI-style chat logs, MemoryBench items."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from .errors import LogFormatError
+
+Format = Literal["auto", "native", "openai", "memorybench"]
+FORMATS: tuple[str, ...] = ("auto", "native", "openai", "memorybench")
+ROLES = ("system", "user", "assistant")
+FEEDBACK_KINDS = ("like", "dislike", "copy", "regenerate", "rating", "correction")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A judgement of the assistant message at index `turn` of `messages`."""
+
+    turn: int
+    kind: str
+    value: float | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One logged conversation with the feedback it received."""
+
+    id: str
+    messages: tuple[Message, ...]
+    feedback: tuple[Feedback, ...] = ()
+    tenant: str = "default"
+    user: str | None = None
+    session: str | None = None
+    timestamp: float | None = None  # epoch seconds
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The native-schema record of this interaction (what `parse_record` reads back)."""
+        return {
+            "id": self.id, "tenant": self.tenant, "user": self.user, "session": self.session,
+            "timestamp": self.timestamp,
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            "feedback": [{k: v for k, v in vars(f).items() if v is not None} for f in self.feedback],
+            "metadata": self.metadata,
+        }
+
+
+def content_id(obj: dict[str, Any]) -> str:
+    """A stable id made from a hash of the record's content (used when a record has no `id`)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def _parse_timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise LogFormatError(f"expected ISO-8601 text or epoch seconds, got {value!r}", field="timestamp")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise LogFormatError(f"expected a finite number, got {value!r}", field="timestamp")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise LogFormatError(f"not an ISO-8601 date: {value!r}", field="timestamp") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    raise LogFormatError(f"expected ISO-8601 text or epoch seconds, got {type(value).__name__}",
+                         field="timestamp")
+
+
+def _parse_messages(raw: Any, key: str) -> tuple[Message, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise LogFormatError("expected a non-empty list of messages", field=key)
+    out = []
+    for i, m in enumerate(raw):
+        where = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            raise LogFormatError(f"expected an object, got {type(m).__name__}", field=where)
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise LogFormatError(f"role must be one of {', '.join(ROLES)}, got {role!r}", field=f"{where}.role")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise LogFormatError(f"expected text, got {type(content).__name__}", field=f"{where}.content")
+        out.append(Message(role, content))
+    if not any(m.role == "assistant" for m in out):
+        raise LogFormatError("no assistant message: nothing to learn from", field=key)
+    return tuple(out)
+
+
+def _parse_feedback(raw: Any, messages: tuple[Message, ...]) -> tuple[Feedback, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise LogFormatError(f"expected a list, got {type(raw).__name__}", field="feedback")
+    out = []
+    for i, f in enumerate(raw):
+        where = f"feedback[{i}]"
+        if not isinstance(f, dict):
+            raise LogFormatError(f"expected an object, got {type(f).__name__}", field=where)
+        kind, turn, value = f.get("kind"), f.get("turn"), f.get("value")
+        if kind not in FEEDBACK_KINDS:
+            raise LogFormatError(f"kind must be one of {', '.join(FEEDBACK_KINDS)}, got {kind!r}",
+                                 field=f"{where}.kind")
+        if isinstance(turn, bool) or not isinstance(turn, int):
+            raise LogFormatError(f"expected an integer message index, got {turn!r}", field=f"{where}.turn")
+        if not 0 <= turn < len(messages) or messages[turn].role != "assistant":
+            raise LogFormatError(f"turn {turn} is not the index of an assistant message", field=f"{where}.turn")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise LogFormatError(f"expected a number, got {value!r}", field=f"{where}.value")
+        if kind == "rating" and value is None:
+            raise LogFormatError("a rating needs a numeric value", field=f"{where}.value")
+        text = f.get("text")
+        if text is not None and not isinstance(text, str):
+            raise LogFormatError(f"expected text, got {type(text).__name__}", field=f"{where}.text")
+        out.append(Feedback(turn, kind, None if value is None else float(value), text))
+    return tuple(out)
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, (str, int)) or isinstance(v, bool):
+        raise LogFormatError(f"expected text, got {type(v).__name__}", field=key)
+    return str(v)
+
+
+def _native(obj: dict[str, Any], tenant: str | None) -> Interaction:
+    messages = _parse_messages(obj.get("messages"), "messages")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise LogFormatError(f"expected an object, got {type(metadata).__name__}", field="metadata")
+    return Interaction(
+        id=_opt_str(obj, "id") or content_id(obj),
+        messages=messages,
+        feedback=_parse_feedback(obj.get("feedback"), messages),
+        tenant=tenant or _opt_str(obj, "tenant") or "default",
+        user=_opt_str(obj, "user"),
+        session=_opt_str(obj, "session"),
+        timestamp=_parse_timestamp(obj.get("timestamp")),
+        metadata=metadata,
+    )
+
+
+def _openai(obj: dict[str, Any], tenant: str | None) -> Interaction:
+    """A chat-completions request (`messages`), optionally with its response (`choices`)."""
+    raw = list(obj.get("messages") or [])
+    choices = obj.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        raw.append(choices[0].get("message"))
+    messages = _parse_messages(raw, "messages")
+    ts = obj.get("created", obj.get("timestamp"))
+    return Interaction(id=_opt_str(obj, "id") or content_id(obj), messages=messages,
+                       tenant=tenant or _opt_str(obj, "tenant") or "default", user=_opt_str(obj, "user"),
+                       timestamp=_parse_timestamp(ts), metadata={"model": obj.get("model")} if "model" in obj else {})
+
+
+_MB_ACTIONS = {"like": "like", "dislike": "dislike", "copy": "copy", "regenerate": "regenerate"}
+
+
+def _memorybench(obj: dict[str, Any], tenant: str | None) -> Interaction:
+    """A MemoryBench item: `dialog` messages plus `implicit_feedback` per assistant round (1-based)."""
+    messages = _parse_messages(obj.get("dialog"), "dialog")
+    assistant_turns = [i for i, m in enumerate(messages) if m.role == "assistant"]
+    raw = obj.get("implicit_feedback") or []
+    if not isinstance(raw, list):
+        raise LogFormatError(f"expected a list, got {type(raw).__name__}", field="implicit_feedback")
+    feedback: list[Feedback] = []
+    for i, f in enumerate(raw):
+        where = f"implicit_feedback[{i}]"
+        if not isinstance(f, dict):
+            raise LogFormatError(f"expected an object, got {type(f).__name__}", field=where)
+        rnd = f.get("round", i + 1)
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or not 1 <= rnd <= len(assistant_turns):
+            raise LogFormatError(f"round {rnd!r} names no assistant message", field=f"{where}.round")
+        turn = assistant_turns[rnd - 1]
+        for action in f.get("implicit_actions") or []:
+            if action in _MB_ACTIONS:
+                feedback.append(Feedback(turn, _MB_ACTIONS[action]))
+        score = f.get("satisfaction_score")
+        if isinstance(score, (int, float)) and not isinstance(score, bool):
+            # MemoryBench scores satisfaction 0-10; the native rating scale is 1-5
+            feedback.append(Feedback(turn, "rating", 1.0 + 4.0 * min(max(float(score), 0.0), 10.0) / 10.0))
+    item_id = obj.get("test_idx", obj.get("id"))
+    return Interaction(
+        id=f"{obj.get('dataset_name', 'memorybench')}-{item_id}" if item_id is not None else content_id(obj),
+        messages=messages, feedback=tuple(feedback),
+        tenant=tenant or _opt_str(obj, "tenant") or "default", user=_opt_str(obj, "user"),
+        metadata={"dataset_name": obj.get("dataset_name")} if "dataset_name" in obj else {},
+    )
+
+
+_READERS = {"native": _native, "openai": _openai, "memorybench": _memorybench}
+
+
+def detect_format(obj: dict[str, Any]) -> str:
+    """Which importer reads `obj`: MemoryBench has `dialog`, OpenAI logs `choices` and no `feedback`."""
+    if "dialog" in obj:
+        return "memorybench"
+    if "choices" in obj and "feedback" not in obj:
+        return "openai"
+    return "native"
+
+
+def parse_record(obj: Any, *, format: str = "auto", tenant: str | None = None) -> Interaction:
+    """Read one record (a dict, or an `Interaction` passed through) into an `Interaction`.
+
+    Raises:
+        LogFormatError: naming the field and the problem.
+    """
+    if isinstance(obj, Interaction):
+        return obj
+    if not isinstance(obj, dict):
+        raise LogFormatError(f"expected a JSON object, got {type(obj).__name__}")
+    if format not in FORMATS:
+        raise LogFormatError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    return _READERS[detect_format(obj) if format == "auto" else format](obj, tenant)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A line that could not be read, kept verbatim for repair."""
+
+    error: LogFormatError
+    raw: str
+
+
+def read_jsonl(path: str | Path, *, format: str = "auto",
+               tenant: str | None = None) -> Iterator[Interaction | Rejected]:
+    """Yield each line of a JSONL file as an `Interaction`, or a `Rejected` naming file, line and field."""
+    path = Path(path)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Rejected(LogFormatError(f"invalid JSON: {exc.msg} at column {exc.colno}",
+                                              source=str(path), line=lineno), line)
+                continue
+            try:
+                yield parse_record(obj, format=format, tenant=tenant)
+            except LogFormatError as exc:
+                yield Rejected(exc.located(source=str(path), line=lineno), line)
+
+
+def write_rejected(rejected: Iterable[Rejected], path: str | Path) -> int:
+    """Append rejected lines to a side file, one JSON object each: the error and the raw line."""
+    n = 0
+    with Path(path).open("a", encoding="utf-8") as fh:
+        for r in rejected:
+            fh.write(json.dumps({"source": r.error.source, "line": r.error.line, "field": r.error.field,
+                                 "error": r.error.reason, "raw": r.raw.rstrip("\n")}, ensure_ascii=False) + "\n")
+            n += 1
+    return n
