@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from . import kernels
 from .config import MemoryConfig
-from .distill import Candidate, Neighbour, distill, leading_paragraph, plan_merge, split_instruction, text_hash
+from .distill import (Candidate, Neighbour, content_hash, distill, leading_paragraph, plan_merge,
+                      split_instruction, text_hash)
 from .embedding import Embedder
 from .errors import DimensionMismatchError
 from .index import Index, choose_kind, load_index, make_index
@@ -45,6 +46,14 @@ class Hit:
     rejected: str | None
     support: int
     tenant: str
+    instruction: str | None = None  # the shared instruction the trigger opens with, if any
+
+    @property
+    def body(self) -> str:
+        """The trigger without its shared instruction (what was embedded)."""
+        if self.instruction and self.trigger.startswith(self.instruction):
+            return self.trigger[len(self.instruction):].strip()
+        return self.trigger
 
     def to_json(self) -> dict[str, object]:
         return dict(vars(self))
@@ -254,7 +263,8 @@ class VectorMemory:
             self.store.merge_into(tx, experience_id=target, interaction_id=interaction_id, timestamp=c.timestamp,
                                   success=c.success, lesson=c.lesson, rejected=c.rejected)
         elif decision == "conflict" and target is not None:
-            self.store.add_conflict(tx, experience_id=target, interaction_id=interaction_id, response=c.response)
+            self.store.add_conflict(tx, experience_id=target, interaction_id=interaction_id, response=c.response,
+                                    swap_hash=content_hash(rows[target].trigger, c.response))
         else:
             new_id = self.store.add_experience(
                 tx, tenant=tenant, user=c.user, content_hash=c.content_hash, instruction=instruction,
@@ -296,12 +306,24 @@ class VectorMemory:
         picked = kernels.mmr_select(scores, xb, k, cfg.mmr_lambda)
         return [self._hit(found[j][1], float(cos[j]), float(age[j]), float(scores[j])) for j in picked]
 
+    def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
+        """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""
+        index, _ = self._index(tenant)
+        if len(index) == 0 or k <= 0:
+            return []
+        _, body = self._embed_text(tenant, text)
+        D, I = index.search(self.embedder.encode([body]), k)
+        rows = self.store.get_experiences(tenant=tenant, ids=[int(i) for i in I[0] if i >= 0])
+        now = time.time()
+        return [self._hit(rows[i], float(s), (now - rows[i].last_seen_at) / DAY, float(s))
+                for s, i in zip(D[0], I[0]) if i in rows]
+
     def _hit(self, r: ExperienceData, cos: float, age: float, score: float) -> Hit:
         cfg = self.config
         return Hit(id=r.id, score=score, sim=cfg.w_sim * cos, util=cfg.w_util * (r.utility - 0.5),
                    rec=cfg.w_rec * 2.0 ** (-max(age, 0.0) / cfg.half_life_days), cos=cos, utility=r.utility,
                    trigger=r.trigger, response=r.response, lesson=r.lesson, rejected=r.rejected,
-                   support=r.support, tenant=r.tenant)
+                   support=r.support, tenant=r.tenant, instruction=r.instruction)
 
     # --- outcomes, forgetting, stats --------------------------------------------------------
     def record_outcome(self, experience_ids: Sequence[int], success: bool | float, *,

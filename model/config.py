@@ -1,0 +1,36 @@
+"""Configuration of the generator: what memory goes into the prompt, and how much."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from logmem.memory.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """How `MemoryGenerator` conditions the wrapped model on the memory, checked at construction."""
+
+    k: int = 8  # experiences retrieved per request
+    template: str = "exchanges"  # a file in model/templates/ (without .jinja), or a path to one
+    memory_token_budget: int = 768  # at most this many prompt tokens are spent on experiences
+    lesson_token_budget: int = 128  # ... and this many on lessons from corrections
+    min_score: float = -1e9  # experiences under this combined score stay out of the prompt
+    choose: str = "off"  # "vote": answer with a memory-supported answer when the memory agrees (see below)
+    vote_prior: float = 1.0  # weight of log(vote share) added to the model's log-probability under "vote"
+    vote_max_tokens: int = 24  # answers longer than this are never chosen among, only generated
+    max_pending: int = 10_000  # answered interactions kept awaiting feedback
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("k", self.k >= 0, ">= 0"),
+            ("memory_token_budget", self.memory_token_budget >= 0, ">= 0"),
+            ("lesson_token_budget", self.lesson_token_budget >= 0, ">= 0"),
+            ("choose", self.choose in ("off", "vote"), "'off' or 'vote'"),
+            ("vote_prior", self.vote_prior >= 0, ">= 0"),
+            ("vote_max_tokens", self.vote_max_tokens >= 1, ">= 1"),
+            ("max_pending", self.max_pending >= 1, ">= 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"GeneratorConfig.{name} must be {expected}, got {getattr(self, name)!r}")

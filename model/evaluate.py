@@ -1,0 +1,194 @@
+"""The quality harness: answer eval items in several modes and score them against references.
+
+Eval lines are `{"id", "messages": [...], "reference": ["..."]}`. A prediction counts when its first line,
+lowercased, stripped of punctuation and of a leading `label:`/`answer:`, equals a reference so normalised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from logmem.memory import LogFormatError, VectorMemory
+
+from .config import GeneratorConfig
+from .generator import MemoryGenerator
+
+logger = logging.getLogger(__name__)
+MODES = ("base", "memory", "vote", "knn")  # knn: the embedding-vote reference, no language model
+_PUNCT = re.compile(r"[^\w\s-]", re.UNICODE)
+_PREFIX = re.compile(r"^\s*(label|answer)\s*:\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    messages: list[dict[str, str]]
+    reference: list[str]
+
+
+def read_eval(path: str | Path) -> list[EvalItem]:
+    """Read eval items; a malformed line raises a LogFormatError naming file, line and field."""
+    items = []
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = {"source": str(path), "line": lineno}
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LogFormatError(f"invalid JSON: {exc.msg}", **where) from None
+            messages, reference = obj.get("messages"), obj.get("reference")
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+                raise LogFormatError("expected a non-empty list of {role, content} messages", field="messages",
+                                     **where)
+            if isinstance(reference, str):
+                reference = [reference]
+            if not isinstance(reference, list) or not all(isinstance(r, str) for r in reference):
+                raise LogFormatError("expected a list of reference answers", field="reference", **where)
+            items.append(EvalItem(str(obj.get("id", lineno)), messages, reference))
+    return items
+
+
+def normalize_answer(text: str) -> str:
+    """First line, without a leading `label:`/`answer:`, lowercased, punctuation removed."""
+    first = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return " ".join(_PUNCT.sub(" ", _PREFIX.sub("", first).lower()).split())
+
+
+def is_correct(output: str, references: Sequence[str]) -> bool:
+    got = normalize_answer(output)
+    return bool(got) and any(got == normalize_answer(r) for r in references)
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    n: int = 0
+    correct: int = 0
+    retrieval_ms: list[float] = field(default_factory=list)
+    prompt_ms: list[float] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        def med(x: list[float] | list[int]) -> float:
+            return float(statistics.median(x)) if x else 0.0
+
+        return {"mode": self.mode, "n": self.n, "correct": self.correct, "accuracy": round(self.accuracy, 4),
+                "retrieval_ms_p50": round(med(self.retrieval_ms), 2), "prompt_ms_p50": round(med(self.prompt_ms), 2),
+                "model_ms_p50": round(med(self.model_ms), 1), "prompt_tokens_p50": med(self.prompt_tokens)}
+
+
+def knn_vote(memory: VectorMemory, item: EvalItem, *, k: int = 10, tenant: str = "default") -> str:
+    """The similarity-weighted vote of the `k` nearest experiences' answers (the reference row)."""
+    query = next((m["content"] for m in reversed(item.messages) if m.get("role") == "user"), "")
+    votes: dict[str, float] = {}
+    for h in memory.neighbours(query, k, tenant=tenant):
+        key = normalize_answer(h.response)
+        votes[key] = votes.get(key, 0.0) + max(h.cos, 0.0)
+    return max(votes, key=lambda a: votes[a]) if votes else ""
+
+
+def evaluate(model: Any, tokenizer: Any, memory: VectorMemory, items: Sequence[EvalItem], *,
+             modes: Iterable[str], config: GeneratorConfig | None = None, tenant: str = "default",
+             max_new_tokens: int = 16, predictions: str | Path | None = None,
+             progress: bool = False) -> list[ModeResult]:
+    """Answer every item in each mode; write one prediction line per (item, mode) to `predictions`."""
+    config = config or GeneratorConfig()
+    results = []
+    out = Path(predictions).open("w", encoding="utf-8") if predictions else None
+    try:
+        for mode in modes:
+            if mode not in MODES:
+                raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+            gen = _generator(mode, model, tokenizer, memory, config, tenant)
+            res = ModeResult(mode)
+            for item in tqdm(items, desc=f"eval {mode}", unit="q", disable=not progress):
+                output, used, timing = _answer(mode, gen, memory, item, tenant, max_new_tokens)
+                ok = is_correct(output, item.reference)
+                res.n += 1
+                res.correct += ok
+                for key, value in timing.items():
+                    getattr(res, key).append(value)
+                if out:
+                    out.write(json.dumps({"id": item.id, "mode": mode, "output": output, "correct": ok,
+                                          "experiences": used}, ensure_ascii=False) + "\n")
+            logger.info("%s: %d/%d = %.3f", mode, res.correct, res.n, res.accuracy)
+            results.append(res)
+    finally:
+        if out:
+            out.close()
+    return results
+
+
+def _generator(mode: str, model: Any, tokenizer: Any, memory: VectorMemory, config: GeneratorConfig,
+               tenant: str) -> MemoryGenerator | None:
+    if mode == "knn":
+        return None
+    if mode == "base":
+        return MemoryGenerator(model, tokenizer, None, config=config, tenant=tenant)
+    from dataclasses import replace
+
+    return MemoryGenerator(model, tokenizer, memory, tenant=tenant,
+                           config=replace(config, choose="vote" if mode == "vote" else "off"))
+
+
+def _answer(mode: str, gen: MemoryGenerator | None, memory: VectorMemory, item: EvalItem, tenant: str,
+            max_new_tokens: int) -> tuple[str, list[int], dict[str, float]]:
+    if gen is None:
+        t0 = time.perf_counter()
+        answer = knn_vote(memory, item, tenant=tenant)
+        return answer, [], {"retrieval_ms": (time.perf_counter() - t0) * 1e3}
+    reply = gen.chat(item.messages, max_new_tokens=max_new_tokens)
+    timing = {"retrieval_ms": reply.retrieval_ms, "prompt_ms": reply.prompt_ms, "model_ms": reply.model_ms,
+              "prompt_tokens": reply.prompt_tokens}
+    return reply.text, [h.id for h in reply.experiences], timing
+
+
+@torch.no_grad()
+def greedy_answer_ms(model: Any, tokenizer: Any, *, new_tokens: int = 32, repeats: int = 3) -> float:
+    """Median wall time of a `new_tokens`-token greedy answer to a short chat prompt (the overhead yardstick)."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Explain what a vector index is."}],
+                                           tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def markdown_table(results: Sequence[ModeResult], answer_ms: float | None = None) -> str:
+    lines = ["| mode | n | accuracy | retrieval ms (p50) | prompt ms (p50) | model ms (p50) | prompt tokens (p50) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.summary()
+        lines.append(f"| {s['mode']} | {s['n']} | {s['accuracy']:.3f} | {s['retrieval_ms_p50']:.1f} | "
+                     f"{s['prompt_ms_p50']:.1f} | {s['model_ms_p50']:.0f} | {s['prompt_tokens_p50']:.0f} |")
+    if answer_ms is not None:
+        mem = [r for r in results if r.mode in ("memory", "vote")]
+        if mem:
+            s = mem[0].summary()
+            share = (s["retrieval_ms_p50"] + s["prompt_ms_p50"]) / answer_ms
+            lines.append("")
+            lines.append(f"Retrieval + prompt assembly: {s['retrieval_ms_p50'] + s['prompt_ms_p50']:.1f} ms = "
+                         f"{100 * share:.1f}% of a 32-token greedy answer ({answer_ms:.0f} ms).")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Conditioning: retrieved experiences into the prompt, through named templates and under token budgets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+
+from logmem.memory import ConfigError, Hit
+
+from .config import GeneratorConfig
+
+TEMPLATES = Path(__file__).parent / "templates"
+Messages = list[dict[str, str]]
+
+
+@lru_cache(maxsize=32)
+def load_template(name: str) -> jinja2.Template:
+    """A template by name (a file in model/templates/ without `.jinja`) or by path."""
+    path = Path(name) if name.endswith(".jinja") else TEMPLATES / f"{name}.jinja"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in TEMPLATES.glob("*.jinja")))
+        raise ConfigError(f"no prompt template {name!r}; known templates: {known}, or a path to a .jinja file")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    return env.from_string(path.read_text())
+
+
+def _context(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    return [{"trigger": h.trigger, "body": h.body, "response": h.response, "lesson": h.lesson,
+             "score": h.score} for h in hits]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What goes into the prompt: the experiences (in prompt order) and the lessons that fit the budgets."""
+
+    experiences: list[Hit]
+    lessons: list[str]
+    memory_tokens: int  # tokens spent on experiences and lessons (before chat formatting)
+
+
+def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig) -> Conditioning:
+    """Keep the best-scored hits that fit `memory_token_budget`, then order them best last (nearest the
+    question); lessons fit `lesson_token_budget`."""
+    chosen: list[Hit] = []
+    used = 0
+    for h in sorted(hits, key=lambda h: h.score, reverse=True):
+        if h.score < config.min_score:
+            continue
+        n = _count(tokenizer, h.trigger) + _count(tokenizer, h.response)
+        if used + n > config.memory_token_budget:
+            continue
+        chosen.append(h)
+        used += n
+    lessons: list[str] = []
+    spent = 0
+    for h in chosen:
+        if h.lesson and h.lesson not in lessons:
+            n = _count(tokenizer, h.lesson)
+            if spent + n <= config.lesson_token_budget:
+                lessons.append(h.lesson)
+                spent += n
+    return Conditioning(list(reversed(chosen)), lessons, used + spent)
+
+
+def render_messages(messages: Messages, conditioning: Conditioning, template: str) -> Messages:
+    """The caller's conversation with the memory added by `template`."""
+    out = load_template(template).render(messages=messages, experiences=_context(conditioning.experiences),
+                                         lessons=conditioning.lessons)
+    rendered = json.loads(out)
+    if not isinstance(rendered, list):
+        raise ConfigError(f"template {template!r} must render a JSON list of messages")
+    return rendered
+
+
+def render_plain(conditioning: Conditioning) -> str:
+    """Experiences as a plain-text preamble, for prompts without a chat template."""
+    return load_template("plain").render(experiences=_context(conditioning.experiences))
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class ChatMarkers:
+    """How the tokenizer's chat template opens a user turn and what the rendering of exchanges looks
+    like on its own, found by rendering probe conversations."""
+
+    user_open: str
+    user_close: str
+
+    @classmethod
+    def probe(cls, tokenizer: Any) -> "ChatMarkers | None":
+        if not getattr(tokenizer, "chat_template", None):
+            return None
+        try:
+            base = tokenizer.apply_chat_template([{"role": "system", "content": "\x01"}], tokenize=False)
+            turn = tokenizer.apply_chat_template([{"role": "system", "content": "\x01"},
+                                                  {"role": "user", "content": "\x02"}], tokenize=False)
+        except Exception:  # a template that cannot render a bare system turn: use the plain preamble
+            return None
+        if not turn.startswith(base) or "\x02" not in turn:
+            return None
+        open_, close = turn[len(base):].split("\x02", 1)
+        return cls(open_, close) if open_ else None
+
+    def exchanges(self, tokenizer: Any, messages: Messages) -> str:
+        """Chat-formatted text of `messages` (no system turn), to splice into a formatted prompt."""
+        base = tokenizer.apply_chat_template([{"role": "system", "content": "\x01"}], tokenize=False)
+        full = tokenizer.apply_chat_template([{"role": "system", "content": "\x01"}, *messages], tokenize=False)
+        return full[len(base):] if full.startswith(base) else ""
+
+    def last_user(self, prompt: str) -> tuple[int, str] | None:
+        """Where the last user turn of a formatted prompt starts, and its text."""
+        start = prompt.rfind(self.user_open)
+        if start < 0:
+            return None
+        body = prompt[start + len(self.user_open):]
+        end = body.find(self.user_close) if self.user_close.strip() else -1
+        return start, (body[:end] if end >= 0 else body)

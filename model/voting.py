@@ -1,0 +1,73 @@
+"""Memory-supported answers: choose among the answers the retrieved experiences gave.
+
+For tasks whose answers repeat (labels, routes, canned replies), the model reads the prompt once and
+scores each distinct short answer of the retrieved experiences:
+`score(a) = log p_model(a, eos | prompt) + vote_prior * log(share(a))`, where `share(a)` is a's part of the
+retrieval scores. The vote keeps answers to what the memory supports; the model breaks its ties.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from logmem.memory import Hit
+
+from .config import GeneratorConfig
+
+
+def vote_shares(experiences: Sequence[Hit]) -> dict[str, float]:
+    """Each distinct answer's share of the (positive part of the) retrieval scores."""
+    weights: dict[str, float] = {}
+    for h in experiences:
+        weights[h.response.strip()] = weights.get(h.response.strip(), 0.0) + max(h.score, 1e-6)
+    total = sum(weights.values())
+    return {a: w / total for a, w in weights.items()}
+
+
+@torch.no_grad()
+def answer_logprobs(model: Any, prompt_ids: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+    """log p(answer_i | prompt) for each token list in `answers`, reading the prompt once.
+
+    Args:
+        prompt_ids: int64 (1, T).
+        answers: token ids of each answer (its end token included).
+    Returns:
+        float32 (len(answers),).
+    """
+    out = model(input_ids=prompt_ids, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    n, width = len(answers), max(len(a) for a in answers)
+    scores = torch.tensor([first[a[0]].item() for a in answers])
+    if width == 1:
+        return scores
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    pad = 0
+    ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=prompt_ids.device)
+    real = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=prompt_ids.device)
+    mask = torch.cat([torch.ones(n, prompt_ids.shape[1], dtype=real.dtype, device=real.device), real[:, :-1]], 1)
+    logits = model(input_ids=ids[:, :-1], attention_mask=mask, cache=cache, use_cache=True).logits
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    return scores + (logp * real[:, 1:]).sum(dim=1).cpu()
+
+
+def choose_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
+                  config: GeneratorConfig) -> str | None:
+    """The best memory-supported answer, or None when no retrieved answer is short enough to choose."""
+    shares = vote_shares(experiences)
+    eos = tokenizer.eos_token_id
+    candidates, tokens = [], []
+    for answer in shares:
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if 0 < len(ids) <= config.vote_max_tokens:
+            candidates.append(answer)
+            tokens.append(ids + ([eos] if eos is not None else []))
+    if not candidates:
+        return None
+    logp = answer_logprobs(model, prompt_ids, tokens)
+    best = max(range(len(candidates)),
+               key=lambda i: float(logp[i]) + config.vote_prior * math.log(shares[candidates[i]]))
+    return candidates[best]

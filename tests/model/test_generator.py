@@ -1,0 +1,231 @@
+"""The drop-in contract, conditioning and budgets, and the feedback loop of MemoryGenerator."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from logmem.memory import ConfigError, NotFoundError, VectorMemory
+from logmem.model.config import GeneratorConfig
+from logmem.model.generator import MemoryGenerator
+from logmem.model.prompting import ChatMarkers, load_template
+from logmem.model.voting import answer_logprobs, choose_answer
+
+FACTS = [
+    ("What is the launch code of project Zephyr?", "The launch code of project Zephyr is 7421."),
+    ("Who maintains the billing service?", "The billing service is maintained by the Otter team."),
+    ("Which port does the staging database use?", "The staging database listens on port 6543."),
+]
+
+
+def _record(i: int, q: str, a: str, kind: str = "like", tenant: str = "default") -> dict:
+    return {"id": f"r{i}", "tenant": tenant, "user": f"u{i}", "timestamp": 1_760_000_000 + i,
+            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "feedback": [{"turn": 1, "kind": kind}]}
+
+
+@pytest.fixture()
+def memory(tmp_path: Path, embedder) -> VectorMemory:  # type: ignore[no-untyped-def]
+    mem = VectorMemory(tmp_path / "home", embedder=embedder)
+    mem.ingest([_record(i, q, a) for i, (q, a) in enumerate(FACTS)])
+    yield mem
+    mem.close()
+
+
+@pytest.fixture()
+def empty_memory(tmp_path: Path, embedder) -> VectorMemory:  # type: ignore[no-untyped-def]
+    mem = VectorMemory(tmp_path / "empty", embedder=embedder)
+    yield mem
+    mem.close()
+
+
+def _batch(tokenizer, questions: list[str]) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True) for q in questions]
+    return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+QUESTIONS = ["What is the launch code for the Zephyr project?", "Tell me a joke about cats, please."]
+
+
+@pytest.mark.parametrize("which", ["none", "empty"])
+def test_without_memory_generate_is_the_wrapped_models(tiny_lm, empty_memory, which) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, None if which == "none" else empty_memory)
+    enc = _batch(tok, QUESTIONS)
+    want = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    got = gen.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(got, want)
+
+
+def test_generate_with_memory_keeps_callers_ids_and_conditions(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=2))
+    enc = _batch(tok, QUESTIONS)
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["input_ids"]), with_kwargs=True)
+    try:
+        out = gen.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    finally:
+        hook.remove()
+    assert out.shape == (2, enc["input_ids"].shape[1] + 6)
+    assert torch.equal(out[:, : enc["input_ids"].shape[1]], enc["input_ids"])
+    # what the model read first: each row's own prompt with the memory's best experience spliced in
+    first = [tok.decode(row, skip_special_tokens=True) for row in seen[0]]
+    assert "7421" in first[0] and first[0].rstrip().endswith(QUESTIONS[0] + "\nassistant")
+    assert QUESTIONS[1] in first[1]
+
+
+def test_splice_puts_the_exchange_before_the_last_user_turn(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=1))
+    prompt = tok.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], tokenize=False,
+                                     add_generation_prompt=True)
+    spliced = gen._splice(prompt, None)
+    assert spliced is not None
+    assert spliced.index("7421") < spliced.rindex(QUESTIONS[0])
+    assert spliced.endswith(prompt[prompt.rfind("<|im_start|>user"):])
+
+
+def test_attributes_fall_through_to_the_wrapped_model(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, None)
+    assert gen.config is model.config
+    assert gen.device == model.device
+    with pytest.raises(AttributeError):
+        gen.no_such_attribute  # noqa: B018
+
+
+def test_chat_prompt_orders_best_experience_last_and_respects_budget(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=3))
+    reply = gen.chat([{"role": "user", "content": "launch code of Zephyr?"}], max_new_tokens=4)
+    assert [h.response for h in reply.experiences][-1] == FACTS[0][1]
+    assert reply.prompt.rindex("7421") < reply.prompt.rindex("launch code of Zephyr?")
+    scores = [h.score for h in reply.experiences]
+    assert scores == sorted(scores)
+    # a budget that fits one experience keeps only the best one
+    one = len(tok(FACTS[0][0] + FACTS[0][1], add_special_tokens=False)["input_ids"]) + 12
+    small = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=3, memory_token_budget=one))
+    reply = small.chat([{"role": "user", "content": "launch code of Zephyr?"}], max_new_tokens=4)
+    assert [h.response for h in reply.experiences] == [FACTS[0][1]]
+    assert reply.memory_tokens <= one
+    none = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=3, memory_token_budget=0))
+    assert none.chat([{"role": "user", "content": "launch code?"}], max_new_tokens=2).experiences == []
+
+
+def test_lessons_become_a_system_note(tiny_lm, tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    with VectorMemory(tmp_path / "h", embedder=embedder) as mem:
+        mem.ingest([{"id": "c1", "messages": [
+            {"role": "user", "content": "How do I delete a remote git branch?"},
+            {"role": "assistant", "content": "git branch -d name"},
+            {"role": "user", "content": "No, that only deletes the local branch."},
+            {"role": "assistant", "content": "git push origin --delete name"}],
+            "feedback": [{"turn": 1, "kind": "dislike"}, {"turn": 3, "kind": "like"}]}])
+        gen = MemoryGenerator(model, tok, mem)
+        reply = gen.chat([{"role": "user", "content": "how to delete a branch on the remote?"}], max_new_tokens=2)
+    system = reply.prompt.split("<|im_end|>")[0]
+    assert "Lessons from earlier corrections" in system
+    assert "only deletes the local branch" in system
+
+
+def test_unknown_template_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="no prompt template 'nope'.*exchanges"):
+        load_template("nope")
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match="choose"):
+        GeneratorConfig(choose="always")
+
+
+def test_dislike_lowers_the_utility_of_the_experiences_used(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=1))
+    reply = gen.chat([{"role": "user", "content": "launch code of Zephyr?"}], max_new_tokens=3)
+    used = reply.experiences[0].id
+    before = memory.store.get_experiences(tenant="default", ids=[used])[used].utility
+    result = gen.feedback(reply.interaction_id, "dislike")
+    after = memory.store.get_experiences(tenant="default", ids=[used])[used].utility
+    assert result["credited"] == 1 and result["experiences"] == 0
+    assert after < before
+
+
+def test_a_liked_answer_becomes_an_experience(tiny_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, empty_memory)
+    reply = gen.chat([{"role": "user", "content": "What colour is the sky on Mars at noon?"}], max_new_tokens=5)
+    assert gen.feedback(reply.interaction_id, "like")["experiences"] == 1
+    hits = empty_memory.search("sky colour on Mars at noon", 1)
+    assert hits and hits[0].response == reply.text
+
+
+def test_a_correction_stores_the_right_answer_with_the_rejected_one(tiny_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, empty_memory)
+    reply = gen.chat([{"role": "user", "content": "Which port does Redis use by default?"}], max_new_tokens=5)
+    gen.feedback(reply.interaction_id, "correction", text="Redis listens on port 6379 by default.")
+    hit = empty_memory.search("default Redis port", 1)[0]
+    assert hit.response == "Redis listens on port 6379 by default."
+    assert hit.rejected == reply.text
+    assert hit.lesson == "Redis listens on port 6379 by default."
+
+
+def test_feedback_on_unknown_interaction_raises(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    with pytest.raises(NotFoundError, match="no answered interaction 'nope'"):
+        MemoryGenerator(model, tok, None).feedback("nope", "like")
+
+
+def test_answer_logprobs_match_a_full_forward(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    prompt = tok("Question: sky colour?\nAnswer:", return_tensors="pt")["input_ids"]
+    answers = [[100, 200, 2], [300, 2], [400]]
+    got = answer_logprobs(model, prompt, answers)
+    for i, a in enumerate(answers):
+        ids = torch.cat([prompt, torch.tensor([a])], dim=1)
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        want = sum(logp[prompt.shape[1] - 1 + j, t].item() for j, t in enumerate(a))
+        assert got[i].item() == pytest.approx(want, abs=1e-3)
+
+
+def test_vote_chooses_among_memory_answers(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    hits = memory.search("launch code of Zephyr?", 3)
+    config = GeneratorConfig(choose="vote", vote_prior=100.0)  # the vote dominates the random model
+    enc = tok("launch code of Zephyr?", return_tensors="pt")
+    assert choose_answer(model, tok, enc["input_ids"], hits, config) == hits[0].response.strip()
+    assert choose_answer(model, tok, enc["input_ids"], hits, replace(config, vote_max_tokens=1)) is None
+
+
+def test_chat_markers_probe_chatml(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    markers = ChatMarkers.probe(tok)
+    assert markers is not None and markers.user_open == "<|im_start|>user\n"
+    found = markers.last_user(tok.apply_chat_template([{"role": "user", "content": "hi there"}], tokenize=False,
+                                                      add_generation_prompt=True))
+    assert found is not None and found[1] == "hi there"
+
+
+@pytest.mark.slow
+def test_real_model_greedy_output_is_unchanged_without_memory(smollm, empty_memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = smollm
+    enc = _batch(tok, ["What is the capital of France?", "Name a colour."])
+    want = model.generate(**enc, max_new_tokens=10, do_sample=False)
+    got = MemoryGenerator(model, tok, empty_memory).generate(**enc, max_new_tokens=10, do_sample=False)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_real_model_answers_from_memory(smollm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = smollm
+    question = [{"role": "user", "content": "What's the launch code for project Zephyr?"}]
+    bare = MemoryGenerator(model, tok, None).chat(question, max_new_tokens=24)
+    with_memory = MemoryGenerator(model, tok, memory).chat(question, max_new_tokens=24)
+    assert "7421" not in bare.text
+    assert "7421" in with_memory.text
+    assert with_memory.prompt_tokens > bare.prompt_tokens
