@@ -135,12 +135,17 @@ def _parse_feedback(raw: Any, messages: tuple[Message, ...]) -> tuple[Feedback, 
     return tuple(out)
 
 
+MAX_KEY_LENGTH = 200  # ids, tenants, users and sessions are indexed keys in SQL
+
+
 def _opt_str(obj: dict[str, Any], key: str) -> str | None:
     v = obj.get(key)
     if v is None:
         return None
     if not isinstance(v, (str, int)) or isinstance(v, bool):
         raise LogFormatError(f"expected text, got {type(v).__name__}", field=key)
+    if len(str(v)) > MAX_KEY_LENGTH:
+        raise LogFormatError(f"longer than {MAX_KEY_LENGTH} characters ({len(str(v))})", field=key)
     return str(v)
 
 

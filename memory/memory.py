@@ -183,7 +183,7 @@ class VectorMemory:
                 raise
 
     def _ingest_tenant(self, tenant: str, items: list[Interaction], report: IngestReport) -> None:
-        index, _ = self._index(tenant)
+        index, seen = self._index(tenant)
         now = time.time()
         with self.store.transaction() as tx:
             known = self.store.known_interactions(tx, tenant=tenant, ext_ids=[it.id for it in items])
@@ -212,8 +212,11 @@ class VectorMemory:
                 status = "experience" if added else "merged" if merged else "filtered"
                 report.filtered += status == "filtered"
                 self.store.set_status(tx, interaction_id=pk, status=status)
-            self.store.bump_generation(tx, tenant=tenant)
-        self._indexes[tenant] = (index, self.store.generation(tenant=tenant))
+            generation = self.store.bump_generation(tx, tenant=tenant)
+        if generation == seen + 1:
+            self._indexes[tenant] = (index, generation)
+        else:  # another process wrote to this tenant meanwhile: rebuild from SQL on next use
+            self._indexes.pop(tenant, None)
 
     def _learn_instructions(self, tx: object, tenant: str, cands: Sequence[Candidate]) -> None:
         if not self.config.strip_shared_instructions:

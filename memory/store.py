@@ -158,6 +158,13 @@ def _data(row: ExperienceRow) -> ExperienceData:
                           row.support, row.uses, row.created_at, row.last_seen_at, row.consolidated_in)
 
 
+def _locked(tx: Session, model: type[Any], key: Any) -> Any:
+    """The row `key` of `model` re-read and locked until commit (SELECT ... FOR UPDATE; SQLite needs no row
+    lock, one writer holds the whole file), so that a read-modify-write cannot overwrite another
+    process's concurrent change with a stale value under PostgreSQL's read committed."""
+    return tx.get(model, key, with_for_update=True, populate_existing=True)
+
+
 class Store:
     """Repository over the SQL database. Write methods take the open transaction `tx` first."""
 
@@ -244,7 +251,9 @@ class Store:
     def merge_into(self, tx: Session, *, experience_id: int, interaction_id: int, timestamp: float,
                    success: float, lesson: str | None = None, rejected: str | None = None) -> None:
         """Count one more supporting interaction (a duplicate) on `experience_id`."""
-        row = tx.get_one(ExperienceRow, experience_id)
+        row = _locked(tx, ExperienceRow, experience_id)
+        if row is None:
+            raise NotFoundError(f"no experience {experience_id}")
         row.support += 1
         row.alpha += success
         row.beta += 1.0 - success
@@ -254,14 +263,20 @@ class Store:
         row.rejected = row.rejected or rejected
         tx.add(SourceRow(experience_id=experience_id, interaction_id=interaction_id))
 
-    def add_conflict(self, tx: Session, *, experience_id: int, interaction_id: int, response: str) -> bool:
+    def add_conflict(self, tx: Session, *, experience_id: int, interaction_id: int, response: str,
+                     swap_hash: str) -> bool:
         """Record a conflicting answer. When its support outgrows the experience's, it takes its place
-        (and the old answer becomes the conflict). Returns whether the answer was swapped."""
+        (and the old answer becomes the conflict). Returns whether the answer was swapped.
+
+        `swap_hash` is the content hash of the experience's trigger with `response`: the experience takes
+        it on a swap, so that a later exact copy of the old answer counts as a conflict, not as support."""
+        row = _locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
+        if row is None:
+            raise NotFoundError(f"no experience {experience_id}")
         tx.add(ConflictRow(experience_id=experience_id, interaction_id=interaction_id, response=response))
         tx.flush()
         same = tx.scalar(select(func.count()).select_from(ConflictRow).where(
             ConflictRow.experience_id == experience_id, ConflictRow.response == response)) or 0
-        row = tx.get_one(ExperienceRow, experience_id)
         if same <= row.support:
             return False
         tx.execute(delete(ConflictRow).where(ConflictRow.experience_id == experience_id,
@@ -269,6 +284,8 @@ class Store:
         for _ in range(row.support):
             tx.add(ConflictRow(experience_id=experience_id, interaction_id=None, response=row.response))
         row.response, row.support = response, same
+        if self.experience_by_hash(tx, tenant=row.tenant, content_hash=swap_hash) is None:  # keep it unique
+            row.content_hash = swap_hash
         return True
 
     def get_experiences(self, tx: Session | None = None, *, tenant: str,
@@ -322,7 +339,7 @@ class Store:
     def count_instructions(self, tx: Session, *, tenant: str, counts: dict[str, tuple[str, int]]) -> None:
         """Add `counts` (hash -> (text, n)) to the tenant's tally of leading paragraphs."""
         for h, (text, n) in counts.items():
-            row = tx.get(InstructionRow, (tenant, h))
+            row = _locked(tx, InstructionRow, (tenant, h))
             if row is None:
                 tx.add(InstructionRow(tenant=tenant, content_hash=h, text=text, count=n))
             else:
@@ -334,12 +351,15 @@ class Store:
                                                                    InstructionRow.count >= min_count)))
 
     # --- index state ------------------------------------------------------------------------
-    def bump_generation(self, tx: Session, *, tenant: str) -> None:
-        row = tx.get(IndexStateRow, tenant)
+    def bump_generation(self, tx: Session, *, tenant: str) -> int:
+        """Count one more change to the tenant's vectors; returns the new generation."""
+        row = _locked(tx, IndexStateRow, tenant)
         if row is None:
-            tx.add(IndexStateRow(tenant=tenant, generation=1))
-        else:
-            row.generation += 1
+            row = IndexStateRow(tenant=tenant, generation=0)
+            tx.add(row)
+        row.generation += 1
+        tx.flush()
+        return row.generation
 
     def generation(self, *, tenant: str) -> int:
         with Session(self.engine) as s:
@@ -392,7 +412,7 @@ class Store:
         own_ids = {i for i, _ in own}
         for exp_id, n in supported:
             if exp_id not in own_ids:
-                row = tx.get_one(ExperienceRow, exp_id)
+                row = _locked(tx, ExperienceRow, exp_id)
                 row.support = max(row.support - n, 1)
         tx.execute(delete(ConflictRow).where(ConflictRow.interaction_id.in_(pks)))
         if own_ids:
