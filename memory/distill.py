@@ -33,7 +33,12 @@ class Candidate:
 
     @property
     def content_hash(self) -> str:
-        return text_hash(normalize(self.trigger) + "\x00" + normalize(self.response))
+        return content_hash(self.trigger, self.response)
+
+
+def content_hash(trigger: str, response: str) -> str:
+    """What exact duplicates share: the hash of the normalised request and answer."""
+    return text_hash(normalize(trigger) + "\x00" + normalize(response))
 
 
 def normalize(text: str) -> str:

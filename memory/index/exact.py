@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,11 @@ class ExactIndex:
 
     @classmethod
     def load(cls, path: Path) -> "ExactIndex":
-        with np.load(path) as z:
-            index = cls(int(z["xb"].shape[1]))
-            index._ids, index._xb = z["ids"], z["xb"]
+        """Read a file written by `save`. Raises ValueError (or KeyError) when it is not one."""
+        try:
+            with np.load(path) as z:
+                index = cls(int(z["xb"].shape[1]))
+                index._ids, index._xb = z["ids"], z["xb"]
+        except (zipfile.BadZipFile, EOFError) as exc:  # a truncated .npz; callers expect ValueError
+            raise ValueError(f"{path} is not an exact index file: {exc}") from exc
         return index

@@ -1,0 +1,238 @@
+"""The index contract: every backend behaves like the exact NumPy oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from logmem.memory import DimensionMismatchError, MemoryConfig
+from logmem.memory.errors import ConfigError
+from logmem.memory.index import KINDS, ExactIndex, Index, choose_kind, load_index, make_index
+
+D_WIDTH = 16
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, xb, xq): 300 unit vectors under sparse, shuffled int64 ids, and 20 queries."""
+    rng = np.random.default_rng(0)
+    ids = rng.choice(1_000_000, size=300, replace=False).astype(np.int64)
+    return ids, unit_rows(rng, 300, D_WIDTH), unit_rows(rng, 20, D_WIDTH)
+
+
+def filled(kind: str, ids: np.ndarray, xb: np.ndarray) -> Index:
+    index = make_index(kind, xb.shape[1])
+    index.add(ids, xb)
+    return index
+
+
+def oracle(ids: np.ndarray, xb: np.ndarray) -> ExactIndex:
+    index = ExactIndex(xb.shape[1])
+    index.add(ids, xb)
+    return index
+
+
+@pytest.mark.parametrize("kind", KINDS)
+class TestContract:
+    def test_meets_the_protocol(self, kind: str) -> None:
+        index = make_index(kind, D_WIDTH)
+
+        assert isinstance(index, Index)
+        assert index.kind == kind and index.d == D_WIDTH and len(index) == 0
+
+    def test_search_matches_the_oracle(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids, xb)
+
+        D, I = index.search(xq, 10)
+
+        D0, I0 = oracle(ids, xb).search(xq, 10)
+        assert D.shape == I.shape == (20, 10) and D.dtype == np.float32 and I.dtype == np.int64
+        np.testing.assert_array_equal(I, I0)
+        np.testing.assert_allclose(D, D0, atol=1e-5)
+
+    def test_scores_are_inner_products_best_first(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids, xb)
+
+        D, I = index.search(xq, 5)
+
+        row_of = {int(i): r for r, i in enumerate(ids)}
+        want = np.array([[xq[q] @ xb[row_of[int(i)]] for i in I[q]] for q in range(len(xq))])
+        np.testing.assert_allclose(D, want, atol=1e-5)
+        assert (np.diff(D, axis=1) <= 1e-6).all()
+
+    def test_a_stored_vector_finds_itself(self, kind: str, data: tuple) -> None:
+        ids, xb, _ = data
+        index = filled(kind, ids, xb)
+
+        _, I = index.search(xb[:50], 1)
+
+        assert I[:, 0].tolist() == ids[:50].tolist()
+
+    def test_one_dimensional_query_is_one_query(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids, xb)
+
+        D, I = index.search(xq[0], 3)
+
+        assert D.shape == I.shape == (1, 3)
+        assert I[0].tolist() == index.search(xq[:1], 3)[1][0].tolist()
+
+    def test_search_of_an_empty_index_is_padded(self, kind: str) -> None:
+        index = make_index(kind, D_WIDTH)
+
+        D, I = index.search(np.ones((3, D_WIDTH), dtype=np.float32), 4)
+
+        assert D.shape == I.shape == (3, 4) and D.dtype == np.float32 and I.dtype == np.int64
+        assert np.isneginf(D).all() and (I == -1).all()
+
+    def test_k_over_n_pads_the_tail(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids[:5], xb[:5])
+
+        D, I = index.search(xq[:2], 8)
+
+        assert D.shape == I.shape == (2, 8)
+        for q in range(2):
+            assert sorted(I[q, :5].tolist()) == sorted(ids[:5].tolist())
+            assert np.isfinite(D[q, :5]).all()
+        assert np.isneginf(D[:, 5:]).all() and (I[:, 5:] == -1).all()
+
+    def test_remove_then_search_never_returns_removed_ids(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids, xb)
+        gone = ids[::3]
+
+        removed = index.remove(gone)
+
+        assert removed == len(gone)
+        assert len(index) == len(ids) - len(gone)
+        _, I = index.search(np.vstack([xq, xb[::3]]), len(ids))
+        found = set(I[I >= 0].tolist())
+        assert found.isdisjoint(gone.tolist())
+        assert found == set(ids.tolist()) - set(gone.tolist())
+        assert index.remove(gone) == 0  # already gone
+        assert index.remove(np.array([-5, 10**12], dtype=np.int64)) == 0
+        assert len(index) == len(ids) - len(gone)
+
+    def test_remove_everything_leaves_an_empty_searchable_index(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids[:10], xb[:10])
+
+        assert index.remove(ids[:10]) == 10
+
+        D, I = index.search(xq[:1], 3)
+        assert len(index) == 0 and (I == -1).all() and np.isneginf(D).all()
+
+    def test_adds_accumulate(self, kind: str, data: tuple) -> None:
+        ids, xb, xq = data
+        index = make_index(kind, D_WIDTH)
+
+        index.add(ids[:100], xb[:100])
+        index.add(ids[100:], xb[100:])
+
+        assert len(index) == len(ids)
+        np.testing.assert_array_equal(index.search(xq, 5)[1], oracle(ids, xb).search(xq, 5)[1])
+
+    def test_save_and_load_round_trip(self, kind: str, data: tuple, tmp_path: Path) -> None:
+        ids, xb, xq = data
+        index = filled(kind, ids, xb)
+        index.remove(ids[:7])
+        before = index.search(xq, 10)
+
+        index.save(tmp_path / "ix")
+        loaded = load_index(tmp_path / "ix", kind)
+
+        assert loaded.kind == kind and loaded.d == D_WIDTH and len(loaded) == len(ids) - 7
+        after = loaded.search(xq, 10)
+        np.testing.assert_array_equal(after[1], before[1])
+        np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+        assert index.nbytes() > 0 and loaded.nbytes() > 0
+
+    def test_wrong_width_raises(self, kind: str, data: tuple) -> None:
+        ids, xb, _ = data
+        index = filled(kind, ids, xb)
+
+        with pytest.raises(DimensionMismatchError, match=r"xb must have shape \(n, 16\), got \(5, 8\)"):
+            index.add(np.arange(5), np.zeros((5, 8), dtype=np.float32))
+        with pytest.raises(DimensionMismatchError, match=r"xq must have shape \(n, 16\), got \(2, 17\)"):
+            index.search(np.zeros((2, 17), dtype=np.float32), 3)
+        with pytest.raises(DimensionMismatchError, match=r"xq must have shape \(n, 16\), got \(2, 2, 16\)"):
+            index.search(np.zeros((2, 2, 16), dtype=np.float32), 3)
+        assert len(index) == len(ids)  # nothing half-added
+
+    def test_ids_must_match_the_vectors(self, kind: str, data: tuple) -> None:
+        _, xb, _ = data
+        index = make_index(kind, D_WIDTH)
+
+        with pytest.raises(DimensionMismatchError, match="got 3 ids for 5 vectors"):
+            index.add(np.arange(3), xb[:5])
+        assert len(index) == 0
+
+
+def clustered(rng: np.random.Generator, n: int, d: int, n_clusters: int, spread: float) -> np.ndarray:
+    centres = unit_rows(rng, n_clusters, d)
+    x = centres[rng.integers(0, n_clusters, n)] + spread * rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_hnsw_recall_on_clustered_vectors() -> None:
+    rng = np.random.default_rng(0)
+    xb = clustered(rng, 2_000, 32, n_clusters=20, spread=0.15)
+    xq = clustered(rng, 200, 32, n_clusters=20, spread=0.15)
+    ids = np.arange(len(xb), dtype=np.int64) * 7
+    hnsw = filled("hnsw", ids, xb)
+
+    _, I = hnsw.search(xq, 10)
+
+    _, I0 = oracle(ids, xb).search(xq, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I.tolist(), I0.tolist())])
+    assert recall >= 0.95
+
+
+def test_hnsw_keeps_its_settings_through_save_and_load(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    config = MemoryConfig(hnsw_m=8, hnsw_ef_construction=40, hnsw_ef_search=77)
+    index = make_index("hnsw", 8, config)
+    index.add(np.arange(50), unit_rows(rng, 50, 8))
+
+    index.save(tmp_path / "h")
+    loaded = load_index(tmp_path / "h", "hnsw", config)
+
+    assert (loaded.m, loaded.ef_construction, loaded.ef_search) == (8, 40, 77)  # type: ignore[attr-defined]
+
+
+def test_choose_kind() -> None:
+    auto = MemoryConfig(approx_threshold=100)
+
+    assert choose_kind(100, auto) == "flat"
+    assert choose_kind(101, auto) == "hnsw"
+    assert choose_kind(10**6, MemoryConfig(index_kind="exact")) == "exact"
+
+
+def test_unknown_kind_raises() -> None:
+    with pytest.raises(ConfigError, match="unknown index kind 'ivf'"):
+        make_index("ivf", 4)
+    with pytest.raises(ConfigError, match="unknown index kind 'ivf'"):
+        load_index(Path("nowhere"), "ivf")
+
+
+@pytest.mark.parametrize(("kind", "error", "pattern"), [("exact", ValueError, "is not an exact index file"),
+                                                       ("flat", RuntimeError, "read error"),
+                                                       ("hnsw", RuntimeError, "read error")])
+def test_loading_a_truncated_file_raises(kind: str, error: type, pattern: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    index = make_index(kind, 8)
+    index.add(np.arange(20), unit_rows(rng, 20, 8))
+    index.save(tmp_path / "ix")
+    (tmp_path / "ix").write_bytes((tmp_path / "ix").read_bytes()[:40])
+
+    with pytest.raises(error, match=pattern):  # VectorMemory rebuilds from SQL on these errors
+        load_index(tmp_path / "ix", kind)
