@@ -253,7 +253,7 @@ class VectorMemory:
         same = self.store.experience_by_hash(tx, tenant=tenant, content_hash=c.content_hash)
         if same is not None:
             self.store.merge_into(tx, experience_id=same, interaction_id=interaction_id, timestamp=c.timestamp,
-                                  success=c.success, lesson=c.lesson, rejected=c.rejected)
+                                  success=c.success)
             return "exact"
         instruction, body = self._embed_text(tenant, c.trigger)
         xq = vectors[body]
@@ -264,7 +264,7 @@ class VectorMemory:
         decision, target = plan_merge(c, instruction, near, self.config)
         if decision == "merge" and target is not None:
             self.store.merge_into(tx, experience_id=target, interaction_id=interaction_id, timestamp=c.timestamp,
-                                  success=c.success, lesson=c.lesson, rejected=c.rejected)
+                                  success=c.success)
         elif decision == "conflict" and target is not None:
             self.store.add_conflict(tx, experience_id=target, interaction_id=interaction_id, response=c.response,
                                     swap_hash=content_hash(rows[target].trigger, c.response))

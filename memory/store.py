@@ -249,8 +249,12 @@ class Store:
         return row.id
 
     def merge_into(self, tx: Session, *, experience_id: int, interaction_id: int, timestamp: float,
-                   success: float, lesson: str | None = None, rejected: str | None = None) -> None:
-        """Count one more supporting interaction (a duplicate) on `experience_id`."""
+                   success: float) -> None:
+        """Count one more supporting interaction (a duplicate) on `experience_id`.
+
+        Only the count and times are taken: an experience's text all comes from the one interaction that
+        created it, so forgetting a user who merely agreed leaves none of their words behind.
+        """
         row = _locked(tx, ExperienceRow, experience_id)
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
@@ -259,8 +263,6 @@ class Store:
         row.beta += 1.0 - success
         row.created_at = min(row.created_at, timestamp)
         row.last_seen_at = max(row.last_seen_at, timestamp)
-        row.lesson = row.lesson or lesson
-        row.rejected = row.rejected or rejected
         tx.add(SourceRow(experience_id=experience_id, interaction_id=interaction_id))
 
     def add_conflict(self, tx: Session, *, experience_id: int, interaction_id: int, response: str,
@@ -384,9 +386,13 @@ class Store:
                 row = tx.get(ExperienceRow, experience_id)
                 if row is None or (tenant is not None and row.tenant != tenant):
                     raise NotFoundError(f"no experience {experience_id}" + (f" in tenant {tenant!r}" if tenant else ""))
+                # the interactions it came from hold its text too
+                pks = list(tx.scalars(select(SourceRow.interaction_id).where(SourceRow.experience_id == row.id)))
                 tx.delete(row)
+                if pks:
+                    tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
                 changed = {row.tenant}
-                counts = {"experiences": 1, "interactions": 0}
+                counts = {"experiences": 1, "interactions": len(pks)}
             elif user is not None:
                 counts, changed = self._forget_user(tx, user=user, tenant=tenant)
             elif tenant is not None:

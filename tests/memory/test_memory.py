@@ -323,11 +323,13 @@ def test_forget_one_experience_by_id(memory: VectorMemory, home: Path) -> None:
 
     counts = memory.forget(id=hit.id)
 
-    assert counts == {"experiences": 1, "interactions": 0}
+    assert counts == {"experiences": 1, "interactions": 1}  # the interaction it came from holds its text
     assert memory.stats().index["default"]["size"] == memory.stats().experiences == 1
+    assert memory.stats().interactions == 1
     assert hit.id not in [h.id for h in memory.search(REVERSE, 5)]
     with sqlite3.connect(home / "memory.db") as db:
         assert db.execute("SELECT count(*) FROM experiences WHERE response = ?", (SLICE,)).fetchone()[0] == 0
+    assert files_containing(home, SLICE) == []
     with pytest.raises(NotFoundError, match=f"no experience {hit.id}"):
         memory.forget(id=hit.id)
 
