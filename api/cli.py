@@ -7,12 +7,16 @@ import json
 import logging
 import os
 import sys
+from contextlib import closing
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from logmem.memory import LogmemError, MemoryConfig, VectorMemory
+from logmem.memory import LogmemError, MemoryConfig, StoreError, VectorMemory
 from logmem.memory.logs import FORMATS
+from logmem.memory.store import AdapterData, JobData, Store
+from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI stays quick to start
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 
@@ -24,6 +28,16 @@ def _open_memory(args: argparse.Namespace, config: MemoryConfig | None = None) -
     return VectorMemory(args.home, embedder=embedder, db_url=args.db, config=config)
 
 
+def _open_store(args: argparse.Namespace) -> Store:
+    """The SQL store alone, no embedder loaded: all that jobs and adapters need."""
+    if args.db:
+        return Store(args.db)
+    path = Path(args.home) / "memory.db"
+    if not path.is_file():
+        raise StoreError(f"no memory in {args.home} (no {path.name}); ingest logs first, or pass --home or --db")
+    return Store(f"sqlite:///{path}")
+
+
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from logmem.model.loading import load_generator
 
@@ -31,7 +45,6 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _generator(args: argparse.Namespace, memory: VectorMemory | None) -> Any:
-    from logmem.model.config import GeneratorConfig
     from logmem.model.generator import MemoryGenerator
 
     model, tokenizer = _load_model(args)
@@ -159,8 +172,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from logmem.model.config import GeneratorConfig
-    from logmem.model.evaluate import MODES, evaluate, greedy_answer_ms, markdown_table, read_eval
+    from logmem.model.evaluate import MODES, eval_report, markdown_table, read_eval
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
@@ -169,15 +181,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     items = read_eval(args.eval)[: args.limit or None]
     with _open_memory(args) as memory:
-        report = memory.ingest_file(args.logs, progress=not args.json)
         model, tokenizer = _load_model(args)
-        config = GeneratorConfig(k=args.k, template=args.template)
-        results = evaluate(model, tokenizer, memory, items, modes=modes, config=config, tenant=args.tenant,
-                           max_new_tokens=args.max_new_tokens, predictions=args.predictions,
-                           progress=not args.json)
-        answer_ms = greedy_answer_ms(model, tokenizer) if any(m in ("memory", "vote") for m in modes) else None
-    data = {"ingest": {k: v for k, v in report.to_json().items() if isinstance(v, int)},
-            "results": [r.summary() for r in results], "greedy_32_tokens_ms": answer_ms}
+        config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
+        results, data = eval_report(model, tokenizer, memory, args.logs, items, modes=modes, config=config,
+                                    tenant=args.tenant, max_new_tokens=args.max_new_tokens,
+                                    predictions=args.predictions, progress=not args.json)
+    answer_ms = data["greedy_32_tokens_ms"]
     _emit(args, data, lambda: print(markdown_table(results, answer_ms)))
     return EXIT_OK
 
@@ -219,6 +228,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for key, value in memory.stats().to_json().items():
             print(f"{key:>20}: {json.dumps(value) if isinstance(value, dict) else value}")
     return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List the jobs (a dead process's running job is marked failed first), or show one."""
+    from logmem.api.jobs import JobRunner
+
+    with closing(_open_store(args)) as store:
+        runner = JobRunner(store)
+        runner.recover()
+        if args.id is not None:
+            job = runner.get(args.id)
+            _emit(args, job.to_json(), lambda: _print_fields(job.to_json()))
+            return EXIT_OK
+        jobs = runner.list(args.tenant)
+    _emit(args, {"jobs": [j.to_json() for j in jobs]}, lambda: _print_jobs(jobs))
+    return EXIT_OK
+
+
+def _print_jobs(jobs: list[JobData]) -> None:
+    if not jobs:
+        print("no jobs")
+        return
+    print(f"{'id':>4}  {'kind':<12} {'tenant':<16} {'status':<10} {'progress':>8}  {'created':<19}  message")
+    for j in jobs:
+        print(f"{j.id:>4}  {j.kind:<12} {j.tenant:<16} {j.status:<10} {j.progress:>8.0%}  {_when(j.created_at)}  "
+              f"{_one_line(j.error or j.message or '', 60)}")
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    """List the adapters, activate one, or roll back to the one active before."""
+    with closing(_open_store(args)) as store:
+        if args.action is None:
+            adapters = store.adapters(tenant=args.tenant)
+            data = {"adapters": [{**a.to_json(), "covered": len(a.covered)} for a in adapters]}
+            _emit(args, data, lambda: _print_adapters(adapters))
+            return EXIT_OK
+        if args.action == "activate":
+            tenant = args.tenant or store.get_adapter(version=args.version).tenant
+            before = store.active_adapter(tenant=tenant)
+            now: str | None = store.activate_adapter(tenant=tenant, version=args.version, force=args.force).version
+        else:
+            tenant = args.tenant or "default"
+            before = store.active_adapter(tenant=tenant)
+            now = store.rollback_adapter(tenant=tenant)
+    was = before.version if before is not None else None
+    what = f"{now} active" if now else "base model (no adapter active)"
+    _emit(args, {"tenant": tenant, "active": now, "was": was},
+          lambda: print(f"{tenant}: {what}" + (f" (was {was})" if was != now else " (unchanged)")))
+    return EXIT_OK
+
+
+def _print_adapters(adapters: list[AdapterData]) -> None:
+    if not adapters:
+        print("no adapters")
+        return
+    print(f"{'tenant':<16} {'version':<8} {'status':<17} {'active':<6} {'method':<7} {'covered':>7}  "
+          f"{'created':<19}  path")
+    for a in adapters:
+        status = a.status + (" (stale)" if a.stale_at is not None and a.status != "stale" else "")
+        print(f"{a.tenant:<16} {a.version:<8} {status:<17} {'*' if a.active else '':<6} {a.method:<7} "
+              f"{len(a.covered):>7}  {_when(a.created_at)}  {a.path}")
+
+
+def _print_fields(data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        print(f"{key:>13}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts is not None else "-"
 
 
 def _one_line(text: str, width: int = 100) -> str:
@@ -290,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="base,memory", help="comma list of base, memory, vote, knn")
     p.add_argument("--predictions", default=None, help="write every prediction here (JSONL)")
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
+    p.add_argument("--vote-prior", type=float, default=GeneratorConfig().vote_prior,
+                   help="weight of the memory's vote against the model in the vote mode")
     _generation_options(p, max_new_tokens=16)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -297,7 +378,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on the bundled sample logs")
     _generation_options(p, max_new_tokens=48)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("jobs", help="consolidation jobs: list them, or show one")
+    p.add_argument("id", type=int, nargs="?", help="show this job")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    _adapters_parser(sub)
     return parser
+
+
+def _adapters_parser(sub: Any) -> None:
+    p = sub.add_parser("adapters", help="the tenants' LoRA adapters: list, activate VERSION, rollback")
+    p.add_argument("--tenant", default=None, help="list: only this tenant; rollback: default 'default'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapters, action=None, force=False)
+    actions = p.add_subparsers(dest="action")
+    # SUPPRESS: an option left out after the action keeps the value given before it (`adapters --tenant T rollback`)
+    q = actions.add_parser("activate", help="make VERSION its tenant's active adapter")
+    q.add_argument("version")
+    q.add_argument("--tenant", default=argparse.SUPPRESS, help="check that VERSION belongs to this tenant")
+    q.add_argument("--force", action="store_true", help="activate a stale adapter all the same")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    q = actions.add_parser("rollback", help="re-activate the adapter active before (or the base model)")
+    q.add_argument("--tenant", default=argparse.SUPPRESS)
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -176,6 +176,21 @@ def greedy_answer_ms(model: Any, tokenizer: Any, *, new_tokens: int = 32, repeat
     return float(statistics.median(times))
 
 
+def eval_report(model: Any, tokenizer: Any, memory: VectorMemory, logs: str | Path, items: Sequence[EvalItem], *,
+                modes: Sequence[str], config: GeneratorConfig | None = None, tenant: str = "default",
+                max_new_tokens: int = 16, predictions: str | Path | None = None,
+                progress: bool = False) -> tuple[list[ModeResult], dict[str, Any]]:
+    """The whole harness: ingest `logs` (idempotent), answer `items` in each mode, time a 32-token answer."""
+    report = memory.ingest_file(logs, progress=progress)
+    results = evaluate(model, tokenizer, memory, items, modes=modes, config=config, tenant=tenant,
+                       max_new_tokens=max_new_tokens, predictions=predictions, progress=progress)
+    answer_ms = greedy_answer_ms(model, tokenizer) if any(m in ("memory", "vote") for m in modes) else None
+    data = {"ingest": {k: v for k, v in report.to_json().items() if isinstance(v, int)},
+            "results": [r.summary() for r in results], "greedy_32_tokens_ms": answer_ms,
+            "config": vars(config or GeneratorConfig())}
+    return results, data
+
+
 def markdown_table(results: Sequence[ModeResult], answer_ms: float | None = None) -> str:
     lines = ["| mode | n | accuracy | retrieval ms (p50) | prompt ms (p50) | model ms (p50) | prompt tokens (p50) |",
              "|---|---|---|---|---|---|---|"]

@@ -1,0 +1,68 @@
+"""Does memory make the model answer better? Accuracy of base / memory / vote modes and the kNN reference.
+
+    python benchmarks/bench_quality.py --logs ../shared/data/nfcats/logs.jsonl \
+        --eval ../shared/data/nfcats/test.eval.jsonl --out benchmarks/results
+
+Writes `quality_<eval name>.json` and `.md`: accuracy per mode, per-query time in retrieval, prompt
+assembly and the model, and retrieval + prompt time as a share of a 32-token greedy answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from logmem.memory import VectorMemory  # noqa: E402
+from logmem.model.config import GeneratorConfig  # noqa: E402
+from logmem.model.embedding import default_embedder  # noqa: E402
+from logmem.model.evaluate import eval_report, markdown_table, read_eval  # noqa: E402
+from logmem.model.loading import load_generator  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logs", required=True)
+    p.add_argument("--eval", required=True)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--modes", default="knn,base,memory,vote")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--home", default=None, help="memory home (default: a fresh temporary folder)")
+    p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"),
+                   help="where the converted generator is cached")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("-k", type=int, default=GeneratorConfig().k)
+    p.add_argument("--template", default=GeneratorConfig().template)
+    p.add_argument("--vote-prior", type=float, default=GeneratorConfig().vote_prior)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.eval).name.split(".")[0]
+    items = read_eval(args.eval)[: args.limit or None]
+    model, tokenizer = load_generator(home=Path(args.model_home), dtype=args.dtype)
+    config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
+    with tempfile.TemporaryDirectory() as tmp, \
+            VectorMemory(args.home or tmp, embedder=default_embedder()) as memory:
+        results, data = eval_report(model, tokenizer, memory, args.logs, items, modes=args.modes.split(","),
+                                    config=config, max_new_tokens=args.max_new_tokens,
+                                    predictions=out / f"quality_{name}.predictions.jsonl", progress=True)
+    data.update({"eval": args.eval, "logs": args.logs, "n": len(items), "dtype": args.dtype,
+                 "machine": f"{platform.machine()}, {os.cpu_count()} cpu"})
+    (out / f"quality_{name}.json").write_text(json.dumps(data, indent=2))
+    table = markdown_table(results, data["greedy_32_tokens_ms"])
+    (out / f"quality_{name}.md").write_text(f"# Quality on {args.eval} ({len(items)} items)\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

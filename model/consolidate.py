@@ -1,0 +1,271 @@
+"""Consolidation: train a LoRA adapter on what the memory holds, and gate it on held-out experiences.
+
+Training pairs are (trigger, accepted response) of the selected experiences. The student is the base
+model plus a LoRA adapter that sees the bare request; under `kd` the teacher is the same base model
+(adapter disabled) reading the request with its retrieved experiences, and the student learns the
+teacher's distribution over the response tokens (context distillation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from logmem.memory import ConfigError, VectorMemory
+from logmem.memory.store import ExperienceData
+
+from .config import GeneratorConfig
+from .objectives import METHODS, consolidation_loss
+from .prompting import render_messages, select
+
+logger = logging.getLogger(__name__)
+PROBE = Path(__file__).parent / "probe" / "general.txt"
+Report = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class ConsolidationConfig:
+    """What to consolidate and how; checked at construction."""
+
+    method: str = "sft"  # sft | kd | sft+kd (objectives.py)
+    with_memory: bool = False  # True trains the memory+adapter student (experiences stay in its prompt)
+    min_utility: float = 0.6  # experiences under this utility are not taught
+    min_support: int = 1  # ... nor those supported by fewer interactions
+    holdout: float = 0.1  # share of the selected experiences kept out of training, for the gate
+    max_holdout: int = 200  # at most this many
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lr: float = 5e-4  # AdamW learning rate
+    epochs: int = 1  # passes over the training pairs
+    max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
+    batch_size: int = 16  # pairs per step, batched by length
+    max_length: int = 256  # tokens per pair (prompt + response), prompts cut from the left
+    kd_weight: float = 0.5  # share of kd in sft+kd
+    temperature: float = 1.0  # distillation temperature
+    teacher_k: int = 8  # experiences in the teacher's (and memory+adapter student's) prompt
+    gate_margin: float = 0.02  # promote only if held-out response NLL drops by this fraction vs base
+    probe_bound: float = 0.05  # ... and general-text perplexity rises by at most this fraction
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
+            ("min_utility", 0.0 <= self.min_utility <= 1.0, "in [0, 1]"),
+            ("holdout", 0.0 < self.holdout < 1.0, "in (0, 1)"),
+            ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("lr", self.lr >= 0.0, ">= 0"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("max_steps", self.max_steps >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("max_length", self.max_length >= 8, ">= 8"),
+            ("kd_weight", 0.0 <= self.kd_weight <= 1.0, "in [0, 1]"),
+            ("temperature", self.temperature > 0, "> 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"ConsolidationConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class Pair:
+    """One training example: the student's prompt, the teacher's prompt, the response tokens."""
+
+    experience_id: int
+    student: list[int]
+    teacher: list[int]
+    response: list[int]
+
+
+@dataclass
+class Outcome:
+    """What a consolidation run produced."""
+
+    promoted: bool
+    metrics: dict[str, Any]
+    covered: list[int]  # experience ids the adapter was trained on
+    holdout: list[int]
+    adapter: Any = field(repr=False, default=None)  # the peft model (base + trained adapter)
+
+
+def select_experiences(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> list[ExperienceData]:
+    """Experiences not yet consolidated whose utility and support pass the thresholds, in id order."""
+    return [e for e in memory.store.iter_experiences(tenant=tenant)
+            if e.consolidated_in is None and e.utility >= config.min_utility and e.support >= config.min_support]
+
+
+def split_holdout(experiences: Sequence[ExperienceData], config: ConsolidationConfig
+                  ) -> tuple[list[ExperienceData], list[ExperienceData]]:
+    """(train, holdout), a seeded shuffle; the holdout is at least one experience."""
+    order = list(experiences)
+    random.Random(config.seed).shuffle(order)
+    n = min(config.max_holdout, max(1, round(len(order) * config.holdout)))
+    return order[n:], order[:n]
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: VectorMemory | None, tenant: str,
+                config: ConsolidationConfig, progress: bool = False) -> list[Pair]:
+    """Token ids of each experience's student prompt, teacher prompt (retrieved experiences, the
+    experience itself left out) and response (end token included)."""
+    gen_config = GeneratorConfig(k=config.teacher_k)
+    need_teacher = config.method != "sft" or config.with_memory
+    pairs = []
+    for e in tqdm(experiences, desc="pairs", unit="ex", disable=not progress):
+        question = [{"role": "user", "content": e.trigger}]
+        bare = _chat_ids(tokenizer, question)
+        teacher = bare
+        if need_teacher and memory is not None:
+            hits = [h for h in memory.search(e.trigger, config.teacher_k + 1, tenant=tenant) if h.id != e.id]
+            cond = select(hits[: config.teacher_k], tokenizer, gen_config)
+            teacher = _chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
+        response = list(tokenizer(e.response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        keep = max(config.max_length - len(response), 1)
+        student = teacher if config.with_memory else bare
+        pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response[: config.max_length - 1]))
+    return pairs
+
+
+def _batch(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded (prompt + response) ids, attention mask, and a mask of the positions whose logits
+    predict a response token."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    predicts = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        seq = p + r
+        ids[i, width - len(seq):] = torch.tensor(seq)
+        attn[i, width - len(seq):] = 1
+        predicts[i, width - len(r) - 1: width - 1] = True
+    return ids, attn, predicts
+
+
+def response_logits(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) logits predicting every response token of `rows` and the (N,) tokens they predict."""
+    ids, attn, predicts = _batch(rows, pad)
+    logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
+    targets = ids[:, 1:][predicts[:, :-1]]
+    return logits[predicts.to(logits.device)], targets.to(logits.device)
+
+
+def _batches(pairs: Sequence[Pair], size: int, rng: random.Random) -> list[list[Pair]]:
+    """Batches of similar length (less padding), in a seeded random order."""
+    ordered = sorted(pairs, key=lambda p: len(p.student) + len(p.response))
+    batches = [list(ordered[i:i + size]) for i in range(0, len(ordered), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: ConsolidationConfig,
+                  report: Report | None = None, progress: bool = False) -> Any:
+    """Wrap `model` with a fresh LoRA adapter and train it on `pairs`; returns the peft model."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in config.target_modules if m in present]
+    if not targets:
+        raise ConfigError(f"none of the LoRA target modules {config.target_modules} is in the model")
+    peft_model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                                  target_modules=targets, task_type="CAUSAL_LM"))
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    rng = random.Random(config.seed)
+    plan = [b for _ in range(config.epochs) for b in _batches(pairs, config.batch_size, rng)]
+    if config.max_steps:
+        plan = plan[: config.max_steps]
+    pad = tokenizer.pad_token_id
+    peft_model.train()
+    bar = tqdm(plan, desc=f"consolidate ({config.method})", unit="step", disable=not progress)
+    for step, batch in enumerate(bar, start=1):
+        teacher = None
+        if config.method != "sft":
+            with torch.no_grad(), peft_model.disable_adapter():
+                teacher, _ = response_logits(peft_model, [(p.teacher, p.response) for p in batch], pad)
+        student, targets = response_logits(peft_model, [(p.student, p.response) for p in batch], pad)
+        loss = consolidation_loss(config.method, student, targets, teacher, kd_weight=config.kd_weight,
+                                  temperature=config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if report is not None:
+            report(step / len(plan), f"step {step}/{len(plan)} loss {loss.item():.4f}")
+    peft_model.eval()
+    return peft_model
+
+
+@torch.no_grad()
+def response_nll(model: Any, pairs: Sequence[Pair], pad: int, batch_size: int = 16) -> float:
+    """Mean negative log-likelihood per response token of `pairs` given their student prompts."""
+    total, count = 0.0, 0
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        logits, targets = response_logits(model, [(p.student, p.response) for p in chunk], pad)
+        total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+        count += int(targets.numel())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def probe_perplexity(model: Any, tokenizer: Any, text: str | None = None, window: int = 256) -> float:
+    """Perplexity on a fixed general text (model/probe/general.txt): what must not regress."""
+    ids = tokenizer(text if text is not None else PROBE.read_text(), add_special_tokens=False)["input_ids"]
+    total, count = 0.0, 0
+    for i in range(0, max(len(ids) - 1, 1), window):
+        chunk = torch.tensor([ids[i:i + window + 1]], device=model.device)
+        if chunk.shape[1] < 2:
+            break
+        logits = model(input_ids=chunk[:, :-1]).logits[0]
+        total += torch.nn.functional.cross_entropy(logits.float(), chunk[0, 1:], reduction="sum").item()
+        count += chunk.shape[1] - 1
+    return math.exp(total / max(count, 1))
+
+
+def gate(base_nll: float, student_nll: float, base_ppl: float, student_ppl: float,
+         config: ConsolidationConfig) -> tuple[bool, str]:
+    """Promote when held-out NLL improves by `gate_margin` and probe perplexity rises by at most `probe_bound`."""
+    if student_nll > base_nll * (1.0 - config.gate_margin):
+        return False, f"held-out NLL {student_nll:.4f} does not beat base {base_nll:.4f} by {config.gate_margin:.0%}"
+    if student_ppl > base_ppl * (1.0 + config.probe_bound):
+        return False, f"probe perplexity {student_ppl:.2f} is over base {base_ppl:.2f} by more than {config.probe_bound:.0%}"
+    return True, f"held-out NLL {base_nll:.4f} -> {student_nll:.4f}; probe perplexity {base_ppl:.2f} -> {student_ppl:.2f}"
+
+
+def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str = "default",
+                config: ConsolidationConfig | None = None, report: Report | None = None,
+                progress: bool = False, experiences: Sequence[ExperienceData] | None = None) -> Outcome:
+    """Select, split, train, gate. The caller saves and registers the adapter (`Outcome.adapter`)."""
+    config = config or ConsolidationConfig()
+    started = time.perf_counter()
+    chosen = list(experiences) if experiences is not None else select_experiences(memory, tenant, config)
+    if len(chosen) < 2:
+        raise ConfigError(f"tenant {tenant!r} has {len(chosen)} experience(s) to consolidate; at least 2 are needed")
+    train, held = split_holdout(chosen, config)
+    pad = tokenizer.pad_token_id
+    train_pairs = build_pairs(train, tokenizer, memory, tenant, config, progress)
+    held_pairs = build_pairs(held, tokenizer, memory, tenant, config, progress)
+    base_nll, base_ppl = response_nll(model, held_pairs, pad), probe_perplexity(model, tokenizer)
+    adapter = train_adapter(model, tokenizer, train_pairs, config, report, progress)
+    student_nll, student_ppl = response_nll(adapter, held_pairs, pad), probe_perplexity(adapter, tokenizer)
+    promoted, reason = gate(base_nll, student_nll, base_ppl, student_ppl, config)
+    metrics = {"method": config.method, "with_memory": config.with_memory, "train": len(train_pairs),
+               "holdout": len(held_pairs), "base_nll": base_nll, "student_nll": student_nll,
+               "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "gate": reason,
+               "seconds": round(time.perf_counter() - started, 1), "seed": config.seed}
+    logger.info("consolidation %s: %s", "promoted" if promoted else "rejected", reason)
+    return Outcome(promoted, metrics, [p.experience_id for p in train_pairs], [e.id for e in held], adapter)
+

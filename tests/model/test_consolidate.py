@@ -1,0 +1,122 @@
+"""Consolidation on a tiny model: selection, pairs, batching masks, the gate both ways."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from logmem.memory import ConfigError, VectorMemory
+from logmem.model.consolidate import (ConsolidationConfig, _batch, build_pairs, consolidate, gate,
+                                      select_experiences, split_holdout)
+
+THINGS = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", "cornflower", "lapis",
+          "denim", "cobalt", "navy flag", "blue whale", "smurf", "blueberry"]
+
+
+def _records() -> list[dict]:
+    return [{"id": f"c{i}", "user": f"u{i}", "timestamp": 1_760_000_000 + i,
+             "messages": [{"role": "user", "content": f"Which colour is the {t}?"},
+                          {"role": "assistant", "content": "BLUE"}],
+             "feedback": [{"turn": 1, "kind": "like"}]} for i, t in enumerate(THINGS)]
+
+
+@pytest.fixture()
+def memory(tmp_path: Path, embedder) -> VectorMemory:  # type: ignore[no-untyped-def]
+    mem = VectorMemory(tmp_path / "home", embedder=embedder)
+    mem.ingest(_records())
+    mem.ingest([{"id": "bad", "messages": [{"role": "user", "content": "Which colour is grass?"},
+                                           {"role": "assistant", "content": "BLUE"}],
+                 "feedback": [{"turn": 1, "kind": "like"}]}])
+    yield mem
+    mem.close()
+
+
+def test_selection_follows_utility_support_and_consolidated(memory: VectorMemory) -> None:
+    config = ConsolidationConfig()
+    everything = select_experiences(memory, "default", config)
+    assert len(everything) == len(THINGS) + 1
+    grass = next(e.id for e in everything if "grass" in e.trigger)
+    memory.record_outcome([grass], False)
+    memory.record_outcome([grass], False)
+    assert grass not in {e.id for e in select_experiences(memory, "default", config)}
+    assert select_experiences(memory, "default", replace(config, min_support=2)) == []
+
+
+def test_holdout_split_is_seeded_and_disjoint(memory: VectorMemory) -> None:
+    chosen = select_experiences(memory, "default", ConsolidationConfig())
+    train, held = split_holdout(chosen, ConsolidationConfig(holdout=0.25))
+    again = split_holdout(chosen, ConsolidationConfig(holdout=0.25))
+    assert [e.id for e in held] == [e.id for e in again[1]]
+    assert len(held) == round(len(chosen) * 0.25) and not {e.id for e in train} & {e.id for e in held}
+    other = split_holdout(chosen, ConsolidationConfig(holdout=0.25, seed=1))[1]
+    assert [e.id for e in other] != [e.id for e in held]
+
+
+def test_pairs_keep_the_experience_out_of_its_teacher_prompt(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    chosen = select_experiences(memory, "default", ConsolidationConfig())[:3]
+    pairs = build_pairs(chosen, tok, memory, "default", ConsolidationConfig(method="kd", teacher_k=4))
+    for e, p in zip(chosen, pairs):
+        assert p.response[-1] == tok.eos_token_id
+        assert tok.decode(p.response[:-1]) == "BLUE"
+        teacher, student = tok.decode(p.teacher), tok.decode(p.student)
+        assert teacher.count(e.trigger) == 1 and student.count(e.trigger) == 1
+        assert len(p.teacher) > len(p.student) and "BLUE" in teacher
+    with_memory = build_pairs(chosen, tok, memory, "default", ConsolidationConfig(with_memory=True))
+    assert all(p.student == p.teacher for p in with_memory)
+
+
+def test_batch_masks_mark_exactly_the_positions_that_predict_the_response() -> None:
+    ids, attn, predicts = _batch([([5, 6, 7], [8, 9]), ([5], [8])], pad=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 0, 5, 8]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]]
+    assert ids[:, 1:][predicts[:, :-1]].tolist() == [8, 9, 8]
+
+
+def test_gate_rules() -> None:
+    config = ConsolidationConfig(gate_margin=0.1, probe_bound=0.05)
+    assert gate(2.0, 1.7, 10.0, 10.2, config)[0]
+    assert not gate(2.0, 1.9, 10.0, 10.0, config)[0]  # not 10% better
+    ok, why = gate(2.0, 1.0, 10.0, 11.0, config)
+    assert not ok and "probe perplexity" in why
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "sft+kd"])
+def test_a_useless_adapter_is_rejected(memory: VectorMemory, tiny_lm, method: str) -> None:  # type: ignore[no-untyped-def]
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    outcome = consolidate(model, tok, memory, config=ConsolidationConfig(method=method, lr=0.0, max_steps=1,
+                                                                          batch_size=4, holdout=0.25))
+    assert not outcome.promoted
+    assert outcome.metrics["student_nll"] == pytest.approx(outcome.metrics["base_nll"], rel=1e-5)
+    assert "does not beat base" in outcome.metrics["gate"]
+
+
+def test_a_useful_adapter_is_promoted(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = ConsolidationConfig(lr=1e-2, epochs=8, batch_size=4, holdout=0.25, probe_bound=10.0)
+    outcome = consolidate(model, tok, memory, config=config)
+    assert outcome.promoted, outcome.metrics["gate"]
+    # the tiny model's logits are bounded (normed states, small tied embeddings): NLL can fall ~1 nat
+    assert outcome.metrics["student_nll"] < outcome.metrics["base_nll"] - 0.5
+    assert set(outcome.covered).isdisjoint(outcome.holdout) and len(outcome.covered) + len(outcome.holdout) == 17
+    # the base weights are untouched: only the adapter learned
+    after = {name.replace(".base_layer", ""): p for name, p in outcome.adapter.get_base_model().named_parameters()
+             if "lora_" not in name}
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="ConsolidationConfig.method must be one of sft, kd, sft\\+kd"):
+        ConsolidationConfig(method="dpo")
+
+
+def test_too_few_experiences(tmp_path: Path, embedder, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    with VectorMemory(tmp_path / "h", embedder=embedder) as mem, \
+            pytest.raises(ConfigError, match="has 0 experience"):
+        consolidate(tiny_lm[0], tiny_lm[1], mem)
