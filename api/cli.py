@@ -274,8 +274,8 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             now = store.rollback_adapter(tenant=tenant)
     was = before.version if before is not None else None
     what = f"{now} active" if now else "base model (no adapter active)"
-    _emit(args, {"tenant": tenant, "active": now, "was": was},
-          lambda: print(f"{tenant}: {what}" + (f" (was {was})" if was != now else " (unchanged)")))
+    change = " (unchanged)" if was == now else f" (was {was})" if was else ""
+    _emit(args, {"tenant": tenant, "active": now, "was": was}, lambda: print(f"{tenant}: {what}{change}"))
     return EXIT_OK
 
 
@@ -293,7 +293,8 @@ def _print_adapters(adapters: list[AdapterData]) -> None:
 
 def _print_fields(data: dict[str, Any]) -> None:
     for key, value in data.items():
-        print(f"{key:>13}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else _when(value) if key.endswith("_at") else value
+        print(f"{key:>13}: {shown}")
 
 
 def _when(ts: float | None) -> str:

@@ -2,14 +2,14 @@
 
 from .config import MemoryConfig
 from .embedding import Embedder
-from .errors import (ConfigError, DimensionMismatchError, LogFormatError, LogmemError, NotFoundError,
-                     StoreError)
+from .errors import (AdapterError, ConfigError, DimensionMismatchError, JobConflictError, JobStateError,
+                     LogFormatError, LogmemError, NotFoundError, StoreError)
 from .logs import Feedback, Interaction, Message, Rejected, parse_record, read_jsonl
 from .memory import Hit, IngestReport, VectorMemory
 from .stats import Stats
 
 __all__ = [
-    "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "Hit", "IngestReport", "Interaction",
-    "LogFormatError", "LogmemError", "MemoryConfig", "Message", "NotFoundError", "Rejected", "Stats",
-    "StoreError", "VectorMemory", "parse_record", "read_jsonl",
+    "AdapterError", "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "Hit", "IngestReport",
+    "Interaction", "JobConflictError", "JobStateError", "LogFormatError", "LogmemError", "MemoryConfig", "Message",
+    "NotFoundError", "Rejected", "Stats", "StoreError", "VectorMemory", "parse_record", "read_jsonl",
 ]

@@ -51,3 +51,15 @@ class LogFormatError(LogmemError, ValueError):
 
 class StoreError(LogmemError, RuntimeError):
     """The SQL store is unusable (schema from another version, different embedder, ...)."""
+
+
+class AdapterError(LogmemError, ValueError):
+    """An adapter cannot take that step (activating a rejected or stale one, another tenant's, ...)."""
+
+
+class JobStateError(LogmemError, RuntimeError):
+    """A job is not in the state the step needs (running a finished job, retrying a running one)."""
+
+
+class JobConflictError(JobStateError):
+    """Another job of the same tenant is running: two jobs never train one tenant at once."""

@@ -23,7 +23,7 @@ from .errors import DimensionMismatchError
 from .index import Index, choose_kind, load_index, make_index
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .stats import Stats, compute_stats
-from .store import ExperienceData, Store
+from .store import AdapterData, ExperienceData, Store
 
 logger = logging.getLogger(__name__)
 DAY = 86_400.0
@@ -356,6 +356,23 @@ class VectorMemory:
         tenants = [tenant] if tenant is not None else self.store.tenants()
         indexes = {t: self._index(t)[0] for t in tenants}
         return compute_stats(self.store.counts(tenant=tenant), indexes)
+
+    # --- adapters (versions live in the store; training is logmem.model.consolidate's) -------
+    def adapters(self, tenant: str = "default") -> list[AdapterData]:
+        """The tenant's adapters, oldest first."""
+        return self.store.adapters(tenant=tenant)
+
+    def active_adapter(self, tenant: str = "default") -> AdapterData | None:
+        """The adapter the tenant's generator loads, or None for the base model."""
+        return self.store.active_adapter(tenant=tenant)
+
+    def activate_adapter(self, version: str, *, tenant: str = "default", force: bool = False) -> AdapterData:
+        """Make `version` active (a rejected one never, a stale one only with `force`)."""
+        return self.store.activate_adapter(tenant=tenant, version=version, force=force)
+
+    def rollback_adapter(self, tenant: str = "default") -> str | None:
+        """Back to the adapter active before (None: the base model)."""
+        return self.store.rollback_adapter(tenant=tenant)
 
     # --- index lifecycle --------------------------------------------------------------------
     def _index_path(self, tenant: str) -> Path:

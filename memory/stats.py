@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,6 +25,8 @@ class Stats:
     utility: dict[str, float]  # mean and quartiles of the utility posterior means
     age_days: dict[str, float]  # median and max age of the experiences, by last support
     consolidated_share: float  # experiences already distilled into an adapter
+    # per tenant with adapters: the active version (None: the base model), its status, and the stale versions
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,4 +56,17 @@ def compute_stats(counts: Mapping[str, Any], indexes: Mapping[str, Index], now: 
         utility=_quantiles(counts["utility"]),
         age_days={"p50": float(np.median(age)) if len(age) else 0.0, "max": float(age.max()) if len(age) else 0.0},
         consolidated_share=counts["consolidated"] / n_exp if n_exp else 0.0,
+        adapters=_adapters(counts.get("adapters", [])),
     )
+
+
+def _adapters(rows: list[tuple[str, str, str, bool]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for tenant, version, status, active in sorted(rows, key=lambda r: (r[0], len(r[1]), r[1])):
+        entry = out.setdefault(tenant, {"active": None, "active_status": None, "versions": 0, "stale": []})
+        entry["versions"] += 1
+        if active:
+            entry["active"], entry["active_status"] = version, status
+        if status == "stale":
+            entry["stale"].append(version)
+    return out

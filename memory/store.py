@@ -8,18 +8,23 @@ faiss index is rebuilt from SQL without re-embedding anything.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
-from sqlalchemy import (Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, create_engine,
-                        delete, event, func, select, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint,
+                        create_engine, delete, event, func, select, update)
+from sqlalchemy.engine import CursorResult, Engine, Result
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import NotFoundError, StoreError
+from .errors import AdapterError, JobConflictError, JobStateError, NotFoundError, StoreError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 
@@ -116,6 +121,61 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+ADAPTER_METHODS = ("sft", "kd", "sft+kd")
+ADAPTER_STATUSES = ("promoted", "rejected", "stale")
+
+
+class AdapterRow(Base):
+    """A trained LoRA adapter of one tenant. Versions are "v1", "v2", ... numbered across the whole store, so
+    that a version alone (`consolidated_in`, the CLI) names one adapter."""
+
+    __tablename__ = "adapters"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    base_model: Mapped[str] = mapped_column(String(500))
+    method: Mapped[str] = mapped_column(String(20))  # sft | kd | sft+kd
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))  # promoted | rejected | stale (promoted, then data forgotten)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    previous: Mapped[str | None] = mapped_column(String(64))  # active before this one was activated
+    metrics: Mapped[str] = mapped_column(Text)  # JSON: the gate's figures
+    covered: Mapped[str] = mapped_column(Text)  # JSON list of the experience ids it was trained on
+    path: Mapped[str] = mapped_column(Text)  # the adapter's folder
+    created_at: Mapped[float] = mapped_column(Float)
+    stale_at: Mapped[float | None] = mapped_column(Float)  # when an experience it covers was forgotten
+
+
+# At most one active adapter per tenant, held by the database itself (SQLite and PostgreSQL both).
+Index("one_active_adapter_per_tenant", AdapterRow.tenant, unique=True, sqlite_where=AdapterRow.active,
+      postgresql_where=AdapterRow.active)
+
+JOB_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # queued | running | succeeded | rejected | failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    message: Mapped[str | None] = mapped_column(Text)  # the latest progress line ("step 12/80 loss 1.23")
+    params: Mapped[str] = mapped_column(Text)  # JSON
+    metrics: Mapped[str | None] = mapped_column(Text)  # JSON
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+# Two jobs never run on one tenant at once: a second start fails on this index, atomically, in both databases.
+Index("one_running_job_per_tenant", JobRow.tenant, unique=True, sqlite_where=JobRow.status == "running",
+      postgresql_where=JobRow.status == "running")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -156,6 +216,81 @@ def _data(row: ExperienceRow) -> ExperienceData:
     return ExperienceData(row.id, row.tenant, row.user, row.instruction, row.trigger, row.response, row.lesson,
                           row.rejected, np.frombuffer(row.vector, dtype=np.float32), row.alpha, row.beta,
                           row.support, row.uses, row.created_at, row.last_seen_at, row.consolidated_in)
+
+
+@dataclass(frozen=True)
+class AdapterData:
+    """An adapter as read from the store."""
+
+    version: str
+    tenant: str
+    base_model: str
+    method: str
+    seed: int
+    status: str  # promoted | rejected | stale
+    active: bool
+    previous: str | None
+    metrics: dict[str, Any]
+    covered: tuple[int, ...]  # experience ids it was trained on
+    path: str
+    created_at: float
+    stale_at: float | None  # set (whatever the status) once an experience it covers is forgotten
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "covered": list(self.covered)}
+
+
+def _adapter(row: AdapterRow) -> AdapterData:
+    return AdapterData(row.version, row.tenant, row.base_model, row.method, row.seed, row.status, bool(row.active),
+                       row.previous, json.loads(row.metrics), tuple(json.loads(row.covered)), row.path,
+                       row.created_at, row.stale_at)
+
+
+@dataclass(frozen=True)
+class JobData:
+    """A job as read from the store."""
+
+    id: int
+    kind: str
+    tenant: str
+    status: str  # queued | running | succeeded | rejected | failed
+    progress: float
+    message: str | None
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None
+    error: str | None
+    pid: int | None
+    host: str | None
+    heartbeat_at: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _job(row: JobRow) -> JobData:
+    return JobData(row.id, row.kind, row.tenant, row.status, row.progress, row.message, json.loads(row.params),
+                   json.loads(row.metrics) if row.metrics is not None else None, row.error, row.pid, row.host,
+                   row.heartbeat_at, row.created_at, row.started_at, row.finished_at)
+
+
+def _figures(row: AdapterRow) -> str:
+    metrics = json.loads(row.metrics)
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()) or "no figures"
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (`Session.execute` is typed as returning the generic Result)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for NumPy scalars and arrays in metrics (`float32(0.8)`, `array([...])`)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _locked(tx: Session, model: type[Any], key: Any) -> Any:
@@ -329,7 +464,7 @@ class Store:
                                                          ExperienceRow.id.in_([int(i) for i in ids]))
                              .values(alpha=ExperienceRow.alpha + success,
                                      beta=ExperienceRow.beta + (1.0 - success)))
-            return int(res.rowcount)
+            return _rowcount(res)
 
     def count_uses(self, *, tenant: str, ids: Sequence[int]) -> None:
         with self.transaction() as tx:
@@ -373,13 +508,228 @@ class Store:
             names |= set(s.scalars(select(ExperienceRow.tenant).distinct()))
             return sorted(names)
 
+    # --- adapters ---------------------------------------------------------------------------
+    def add_adapter(self, *, tenant: str, base_model: str, method: str, seed: int, status: str,
+                    metrics: dict[str, Any], covered: Iterable[int], path: str) -> str:
+        """Register a trained adapter (inactive); returns its version, the next "v<n>" of the store."""
+        if method not in ADAPTER_METHODS:
+            raise AdapterError(f"adapter method must be one of {', '.join(ADAPTER_METHODS)}, got {method!r}")
+        if status not in ("promoted", "rejected"):
+            raise AdapterError(f"a new adapter is 'promoted' or 'rejected' by the gate, got {status!r}")
+        fields = dict(tenant=tenant, base_model=base_model, method=method, seed=int(seed), status=status,
+                      active=False, metrics=json.dumps(metrics, default=_plain),
+                      covered=json.dumps(sorted({int(i) for i in covered})), path=str(path), created_at=time.time())
+        for attempt in range(10):  # two writers may pick the same number: the primary key sends one round again
+            try:
+                with self.transaction() as tx:
+                    numbers = [int(m.group(1)) for v in tx.scalars(select(AdapterRow.version))
+                               if (m := re.fullmatch(r"v(\d+)", v))]
+                    version = f"v{max(numbers, default=0) + 1}"
+                    tx.add(AdapterRow(version=version, **fields))
+                return version
+            except IntegrityError:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
+
+    def adapters(self, *, tenant: str | None) -> list[AdapterData]:
+        """The adapters of `tenant` (of every tenant if None), oldest first."""
+        with Session(self.engine) as s:
+            stmt = select(AdapterRow) if tenant is None else select(AdapterRow).where(AdapterRow.tenant == tenant)
+            rows = [_adapter(r) for r in s.scalars(stmt)]
+        return sorted(rows, key=lambda a: (a.created_at, len(a.version), a.version))
+
+    def get_adapter(self, *, version: str) -> AdapterData:
+        with Session(self.engine) as s:
+            row = s.get(AdapterRow, version)
+            if row is None:
+                raise NotFoundError(f"no adapter {version!r}")
+            return _adapter(row)
+
+    def active_adapter(self, *, tenant: str) -> AdapterData | None:
+        """The adapter the tenant's generator loads, or None for the base model."""
+        with Session(self.engine) as s:
+            row = s.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
+            return _adapter(row) if row is not None else None
+
+    def activate_adapter(self, *, tenant: str, version: str, force: bool = False) -> AdapterData:
+        """Make `version` the tenant's active adapter; the one it replaces becomes its `previous`.
+
+        Raises:
+            NotFoundError: no such version in this tenant.
+            AdapterError: the gate rejected it, or (unless `force`) it is stale.
+        """
+        with self.transaction() as tx:
+            self._lock_adapters(tx, tenant=tenant)
+            row = tx.get(AdapterRow, version, populate_existing=True)
+            if row is None or row.tenant != tenant:
+                raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
+            if row.status == "rejected":
+                raise AdapterError(f"adapter {version} was rejected by the gate ({_figures(row)}); "
+                                   "a rejected adapter cannot be activated")
+            if row.status == "stale" and not force:
+                raise AdapterError(f"adapter {version} is stale: experiences it was trained on have been forgotten; "
+                                   "retrain with `consolidate --rebuild`, or activate it anyway with force")
+            if not row.active:
+                current = tx.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant,
+                                                             AdapterRow.active.is_(True)))
+                if current is not None:
+                    current.active = False
+                    tx.flush()  # the one-active index is checked row by row: switch the old one off first
+                row.active, row.previous = True, current.version if current is not None else None
+            return _adapter(row)
+
+    def rollback_adapter(self, *, tenant: str) -> str | None:
+        """Re-activate the active adapter's `previous` (its own `previous` kept, so rollbacks walk back the
+        chain); with none, deactivate all (the base model). Stale or rejected ones on the way are passed over.
+        Returns the version now active, or None for the base model."""
+        with self.transaction() as tx:
+            self._lock_adapters(tx, tenant=tenant)
+            current = tx.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
+            if current is None:
+                return None
+            target, seen = tx.get(AdapterRow, current.previous) if current.previous else None, {current.version}
+            while target is not None and (target.status != "promoted" or target.tenant != tenant):
+                logger.warning("rollback passes over adapter %s of tenant %r: it is %s", target.version, tenant,
+                               target.status)
+                seen.add(target.version)
+                nxt = target.previous
+                target = tx.get(AdapterRow, nxt) if nxt and nxt not in seen else None
+            current.active = False
+            tx.flush()
+            if target is None:
+                return None
+            target.active = True
+            return target.version
+
+    def mark_consolidated(self, *, tenant: str, experience_ids: Iterable[int], version: str) -> int:
+        """Set `consolidated_in = version` on the tenant's experiences; returns how many were marked."""
+        ids = [int(i) for i in experience_ids]
+        with self.transaction() as tx:
+            row = tx.get(AdapterRow, version)
+            if row is None or row.tenant != tenant:
+                raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
+            marked = 0
+            for i in range(0, len(ids), 500):
+                marked += _rowcount(tx.execute(update(ExperienceRow).where(
+                    ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids[i:i + 500]))
+                    .values(consolidated_in=version).execution_options(synchronize_session=False)))
+            return int(marked)
+
+    def _lock_adapters(self, tx: Session, *, tenant: str) -> None:
+        """Serialize activations of one tenant. SQLite: a write as the transaction's first statement takes the
+        database's write lock (pysqlite begins a transaction only at the first write, so reads before it
+        would hold nothing). PostgreSQL: row locks on the tenant's adapters, in version order, so that two
+        activations cannot deadlock."""
+        if self.engine.dialect.name == "sqlite":
+            tx.execute(update(AdapterRow).where(AdapterRow.tenant == tenant).values(active=AdapterRow.active)
+                       .execution_options(synchronize_session=False))
+        else:
+            tx.execute(select(AdapterRow.version).where(AdapterRow.tenant == tenant).order_by(AdapterRow.version)
+                       .with_for_update())
+
+    def _mark_stale(self, tx: Session, *, tenants: set[str], forgotten: set[int]) -> None:
+        if not forgotten or not tenants:
+            return
+        now = time.time()
+        for row in tx.scalars(select(AdapterRow).where(AdapterRow.tenant.in_(sorted(tenants)))
+                              .order_by(AdapterRow.version).with_for_update()):  # the lock order of activations
+            if forgotten.isdisjoint(json.loads(row.covered)):
+                continue
+            if row.status == "promoted":
+                row.status = "stale"
+            row.stale_at = row.stale_at or now
+            logger.warning("adapter %s of tenant %r was trained on forgotten experiences: marked stale%s",
+                           row.version, row.tenant, " (it is still active)" if row.active else "")
+
+    # --- jobs -------------------------------------------------------------------------------
+    def add_job(self, *, kind: str, tenant: str, params: dict[str, Any]) -> int:
+        """A new queued job; returns its id."""
+        with self.transaction() as tx:
+            row = JobRow(kind=kind, tenant=tenant, status="queued", progress=0.0, params=json.dumps(params),
+                         created_at=time.time())
+            tx.add(row)
+            tx.flush()
+            return row.id
+
+    def get_job(self, *, job_id: int) -> JobData:
+        with Session(self.engine) as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            return _job(row)
+
+    def jobs(self, *, tenant: str | None = None, status: str | None = None) -> list[JobData]:
+        """Jobs by id, optionally of one tenant and in one status."""
+        stmt = select(JobRow).order_by(JobRow.id)
+        if tenant is not None:
+            stmt = stmt.where(JobRow.tenant == tenant)
+        if status is not None:
+            stmt = stmt.where(JobRow.status == status)
+        with Session(self.engine) as s:
+            return [_job(r) for r in s.scalars(stmt)]
+
+    def start_job(self, *, job_id: int, pid: int, host: str) -> JobData:
+        """queued -> running, atomically.
+
+        Raises:
+            JobConflictError: another job of the tenant is running (the one-running index refused this one).
+            JobStateError: the job is not queued.
+        """
+        now = time.time()
+        try:
+            with self.transaction() as tx:
+                done = _rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
+                                            .values(status="running", pid=pid, host=host, started_at=now,
+                                                    heartbeat_at=now).execution_options(synchronize_session=False)))
+        except IntegrityError:
+            job = self.get_job(job_id=job_id)
+            other = [j.id for j in self.jobs(tenant=job.tenant, status="running")]
+            raise JobConflictError(f"job {other[0] if other else '?'} is already running on tenant {job.tenant!r}; "
+                                   f"job {job_id} stays queued") from None
+        job = self.get_job(job_id=job_id)
+        if not done:
+            raise JobStateError(f"job {job_id} is {job.status}, not queued: only a queued job can start "
+                                "(retry makes a new one)")
+        return job
+
+    def update_job(self, *, job_id: int, progress: float | None = None, message: str | None = None) -> bool:
+        """Write progress and heartbeat of a running job; False if it no longer runs (recovered elsewhere)."""
+        values: dict[str, Any] = {"heartbeat_at": time.time()}
+        if progress is not None:
+            values.update(progress=progress, message=message)
+        with self.transaction() as tx:
+            return bool(_rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                                             .values(**values).execution_options(synchronize_session=False))))
+
+    def finish_job(self, *, job_id: int, status: str, pid: int, host: str, progress: float,
+                   message: str | None, metrics: dict[str, Any] | None = None, error: str | None = None) -> bool:
+        """running -> `status`, only if still running under this `pid` and `host`; returns whether it did."""
+        if status not in ("succeeded", "rejected", "failed"):
+            raise JobStateError(f"a job finishes 'succeeded', 'rejected' or 'failed', not {status!r}")
+        values = dict(status=status, progress=progress, message=message, error=error, finished_at=time.time(),
+                      metrics=json.dumps(metrics, default=_plain) if metrics is not None else None)
+        with self.transaction() as tx:
+            return bool(_rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
+                                                                  JobRow.pid == pid, JobRow.host == host)
+                                             .values(**values).execution_options(synchronize_session=False))))
+
+    def fail_lost_job(self, *, job_id: int, heartbeat_at: float | None, error: str) -> bool:
+        """running -> failed, only if its heartbeat is still `heartbeat_at` (it did not beat meanwhile)."""
+        beat = JobRow.heartbeat_at.is_(None) if heartbeat_at is None else JobRow.heartbeat_at == heartbeat_at
+        with self.transaction() as tx:
+            return bool(_rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running", beat)
+                                             .values(status="failed", error=error, finished_at=time.time())
+                                             .execution_options(synchronize_session=False))))
+
     # --- forgetting -------------------------------------------------------------------------
     def forget(self, *, tenant: str | None = None, user: str | None = None,
                experience_id: int | None = None) -> tuple[dict[str, int], set[str]]:
         """Delete rows; return counts per table and the tenants whose vectors changed.
 
         By user: their interactions and feedback; experiences whose text came from them; their support
-        is taken off experiences they only agreed with (text that never was theirs stays).
+        is taken off experiences they only agreed with (text that never was theirs stays). Adapters trained
+        on a deleted experience are marked stale (their files stay: `consolidate --rebuild` replaces them).
         """
         with self.transaction() as tx:
             if experience_id is not None:
@@ -391,23 +741,26 @@ class Store:
                 tx.delete(row)
                 if pks:
                     tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
-                changed = {row.tenant}
+                changed, forgotten = {row.tenant}, {row.id}
                 counts = {"experiences": 1, "interactions": len(pks)}
             elif user is not None:
-                counts, changed = self._forget_user(tx, user=user, tenant=tenant)
+                counts, changed, forgotten = self._forget_user(tx, user=user, tenant=tenant)
             elif tenant is not None:
-                n_exp = tx.execute(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)).rowcount
-                n_int = tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)).rowcount
+                forgotten = set(tx.scalars(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)
+                                           .returning(ExperienceRow.id)))
+                n_int = _rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
                 tx.execute(delete(InstructionRow).where(InstructionRow.tenant == tenant))
-                counts, changed = {"experiences": int(n_exp), "interactions": int(n_int)}, {tenant}
+                counts, changed = {"experiences": len(forgotten), "interactions": int(n_int)}, {tenant}
             else:
                 raise ValueError("forget needs an experience id, a user or a tenant")
             for t in changed:
                 self.bump_generation(tx, tenant=t)
+            self._mark_stale(tx, tenants=changed, forgotten=forgotten)
         self._scrub()
         return counts, changed
 
-    def _forget_user(self, tx: Session, *, user: str, tenant: str | None) -> tuple[dict[str, int], set[str]]:
+    def _forget_user(self, tx: Session, *, user: str,
+                     tenant: str | None) -> tuple[dict[str, int], set[str], set[int]]:
         scope = [InteractionRow.user == user] + ([InteractionRow.tenant == tenant] if tenant else [])
         pks = list(tx.scalars(select(InteractionRow.id).where(*scope)))
         exp_scope = [ExperienceRow.user == user] + ([ExperienceRow.tenant == tenant] if tenant else [])
@@ -425,7 +778,7 @@ class Store:
             tx.execute(delete(ExperienceRow).where(ExperienceRow.id.in_(own_ids)))
         if pks:
             tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
-        return {"experiences": len(own_ids), "interactions": len(pks)}, changed
+        return {"experiences": len(own_ids), "interactions": len(pks)}, changed, own_ids
 
     def _scrub(self) -> None:
         """Leave no deleted text in SQLite's write-ahead log (the main file is scrubbed by secure_delete)."""
@@ -435,7 +788,8 @@ class Store:
 
     # --- stats ------------------------------------------------------------------------------
     def counts(self, *, tenant: str | None) -> dict[str, Any]:
-        """Aggregates for `stats`: interactions by status, experiences, merges, conflicts, utility, age."""
+        """Aggregates for `stats`: interactions by status, experiences, merges, conflicts, utility, age, and
+        the adapters as (tenant, version, status, active)."""
         def scoped(model: Any, stmt: Any) -> Any:
             return stmt.where(model.tenant == tenant) if tenant is not None else stmt
 
@@ -449,10 +803,13 @@ class Store:
                 ExperienceRow, ExperienceRow.id == ConflictRow.experience_id))) or 0
             util = s.execute(scoped(ExperienceRow, select(
                 ExperienceRow.alpha, ExperienceRow.beta, ExperienceRow.last_seen_at))).all()
+            adapters = s.execute(scoped(AdapterRow, select(AdapterRow.tenant, AdapterRow.version, AdapterRow.status,
+                                                           AdapterRow.active))).all()
         return {"by_status": by_status, "experiences": int(n_exp), "support": int(support),
                 "consolidated": int(consolidated), "lessons": int(with_lesson), "conflicts": int(n_conf),
                 "utility": np.array([a / (a + b) for a, b, _ in util], dtype=np.float64),
-                "last_seen": np.array([t for _, _, t in util], dtype=np.float64)}
+                "last_seen": np.array([t for _, _, t in util], dtype=np.float64),
+                "adapters": [(t, v, st, bool(act)) for t, v, st, act in adapters]}
 
     @contextmanager
     def _reader(self, tx: Session | None) -> Iterator[Session]:
