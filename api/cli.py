@@ -38,16 +38,26 @@ def _open_store(args: argparse.Namespace) -> Store:
     return Store(f"sqlite:///{path}")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load_model(args: argparse.Namespace, dtype: str | None = None) -> tuple[Any, Any]:
     from logmem.model.loading import load_generator
 
-    return load_generator(args.model, home=Path(args.home), dtype=args.dtype)
+    return load_generator(args.model, home=Path(args.home), dtype=dtype or args.dtype)
+
+
+def _with_active_adapter(model: Any, memory: VectorMemory, tenant: str) -> Any:
+    """`model` with the tenant's active adapter applied, if it has one."""
+    from logmem.model.loading import load_adapter
+
+    active = memory.active_adapter(tenant)
+    return load_adapter(model, active.path) if active is not None else model
 
 
 def _generator(args: argparse.Namespace, memory: VectorMemory | None) -> Any:
     from logmem.model.generator import MemoryGenerator
 
     model, tokenizer = _load_model(args)
+    if memory is not None and not args.no_adapter:
+        model = _with_active_adapter(model, memory, args.tenant)
     config = GeneratorConfig(k=args.k, template=args.template, choose=args.choose)
     return MemoryGenerator(model, tokenizer, memory, config=config, tenant=args.tenant)
 
@@ -230,6 +240,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    """Run a consolidation job now, in this process (a row others can watch with `logmem jobs`)."""
+    from logmem.api.jobs import JobRunner, consolidation_job
+
+    params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
+              "with_memory": args.with_memory, "seed": args.seed}
+    with _open_memory(args) as memory:
+        runner = JobRunner(memory)
+        runner.recover()
+        job_id = runner.submit("consolidate", args.tenant, params)
+        model, tokenizer = _load_model(args, dtype="float32")
+        work = consolidation_job(memory, model, tokenizer, tenant=args.tenant, params=params,
+                                 base_model=args.model or "SmolLM2-135M-Instruct", progress=not args.json)
+        job = runner.run(job_id, work)
+    _emit(args, job.to_json(), lambda: print(f"job {job.id} {job.status}: "
+                                             f"{(job.metrics or {}).get('gate') or job.error or ''}"))
+    return EXIT_OK if job.status == "succeeded" else EXIT_ERROR if job.status == "failed" else EXIT_REJECTED
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List the jobs (a dead process's running job is marked failed first), or show one."""
     from logmem.api.jobs import JobRunner
@@ -313,6 +342,7 @@ def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -
     p.add_argument("--choose", default="off", choices=["off", "vote"],
                    help="vote: answer with a memory-supported answer (for tasks whose answers repeat)")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--no-adapter", action="store_true", help="ignore the tenant's active adapter")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on the bundled sample logs")
     _generation_options(p, max_new_tokens=48)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("consolidate", help="train, gate and register a LoRA adapter from the memory")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--method", choices=["sft", "kd", "sft+kd"], default="sft")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no cap)")
+    p.add_argument("--with-memory", action="store_true",
+                   help="train the memory+adapter student (experiences stay in its prompt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_consolidate)
 
     p = sub.add_parser("jobs", help="consolidation jobs: list them, or show one")
     p.add_argument("id", type=int, nargs="?", help="show this job")

@@ -9,6 +9,7 @@ and marked failed. The store keeps at most one running job per tenant, atomicall
 from __future__ import annotations
 
 import builtins
+import hashlib
 import logging
 import math
 import os
@@ -206,3 +207,33 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # no procfs (macOS): trust kill
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def consolidation_job(memory: VectorMemory, model: Any, tokenizer: Any, *, tenant: str, params: dict[str, Any],
+                      base_model: str, progress: bool = False) -> JobFn:
+    """The work of a `consolidate` job: train, gate, save the adapter, register it; when the gate promotes it,
+    activate it and mark the experiences it covers as consolidated in it."""
+    from logmem.model.consolidate import ConsolidationConfig, consolidate
+
+    config = ConsolidationConfig(**params)
+
+    def work(report: Report) -> tuple[str, dict[str, Any]]:
+        outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report,
+                              progress=progress)
+        folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}"
+        outcome.adapter.save_pretrained(str(folder))
+        status = "promoted" if outcome.promoted else "rejected"
+        version = memory.store.add_adapter(tenant=tenant, base_model=base_model, method=config.method,
+                                           seed=config.seed, status=status, metrics=outcome.metrics,
+                                           covered=outcome.covered, path=str(folder))
+        if outcome.promoted:
+            memory.store.activate_adapter(tenant=tenant, version=version)
+            memory.store.mark_consolidated(tenant=tenant, experience_ids=outcome.covered, version=version)
+        return ("succeeded" if outcome.promoted else "rejected"), {**outcome.metrics, "version": version}
+
+    return work
+
+
+def tenant_key(tenant: str) -> str:
+    """A file-name-safe key of a tenant name."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:12]

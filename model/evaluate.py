@@ -18,13 +18,15 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm import tqdm
 
-from logmem.memory import LogFormatError, VectorMemory
+from logmem.memory import ConfigError, LogFormatError, VectorMemory
 
 from .config import GeneratorConfig
 from .generator import MemoryGenerator
+from .loading import load_adapter
 
 logger = logging.getLogger(__name__)
-MODES = ("base", "memory", "vote", "knn")  # knn: the embedding-vote reference, no language model
+ADAPTER_MODES = ("consolidated", "memory+adapter")  # the tenant's active adapter, without / with memory
+MODES = ("base", "memory", "vote", "knn", *ADAPTER_MODES)  # knn: the embedding-vote reference, no model
 _PUNCT = re.compile(r"[^\w\s-]", re.UNICODE)
 _PREFIX = re.compile(r"^\s*(label|answer)\s*:\s*", re.IGNORECASE)
 
@@ -107,16 +109,26 @@ def knn_vote(memory: VectorMemory, item: EvalItem, *, k: int = 10, tenant: str =
 
 def evaluate(model: Any, tokenizer: Any, memory: VectorMemory, items: Sequence[EvalItem], *,
              modes: Iterable[str], config: GeneratorConfig | None = None, tenant: str = "default",
-             max_new_tokens: int = 16, predictions: str | Path | None = None,
+             max_new_tokens: int = 16, predictions: str | Path | None = None, adapter: str | Path | None = None,
              progress: bool = False) -> list[ModeResult]:
-    """Answer every item in each mode; write one prediction line per (item, mode) to `predictions`."""
+    """Answer every item in each mode; write one prediction line per (item, mode) to `predictions`.
+
+    The adapter modes run last, on `model` with the LoRA adapter at `adapter` applied.
+    """
     config = config or GeneratorConfig()
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    ordered = [m for m in modes if m not in ADAPTER_MODES] + [m for m in modes if m in ADAPTER_MODES]
+    if adapter is None and len(ordered) > len([m for m in modes if m not in ADAPTER_MODES]):
+        raise ConfigError("the modes consolidated and memory+adapter need an active adapter "
+                          "(run `logmem consolidate` first)")
     results = []
     out = Path(predictions).open("w", encoding="utf-8") if predictions else None
     try:
-        for mode in modes:
-            if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        for mode in ordered:
+            if mode in ADAPTER_MODES and adapter is not None:
+                model, adapter = load_adapter(model, adapter), None  # applied once, for the modes after
             gen = _generator(mode, model, tokenizer, memory, config, tenant)
             res = ModeResult(mode)
             for item in tqdm(items, desc=f"eval {mode}", unit="q", disable=not progress):
@@ -141,7 +153,7 @@ def _generator(mode: str, model: Any, tokenizer: Any, memory: VectorMemory, conf
                tenant: str) -> MemoryGenerator | None:
     if mode == "knn":
         return None
-    if mode == "base":
+    if mode in ("base", "consolidated"):
         return MemoryGenerator(model, tokenizer, None, config=config, tenant=tenant)
     from dataclasses import replace
 
@@ -182,12 +194,14 @@ def eval_report(model: Any, tokenizer: Any, memory: VectorMemory, logs: str | Pa
                 progress: bool = False) -> tuple[list[ModeResult], dict[str, Any]]:
     """The whole harness: ingest `logs` (idempotent), answer `items` in each mode, time a 32-token answer."""
     report = memory.ingest_file(logs, progress=progress)
-    results = evaluate(model, tokenizer, memory, items, modes=modes, config=config, tenant=tenant,
-                       max_new_tokens=max_new_tokens, predictions=predictions, progress=progress)
+    active = memory.active_adapter(tenant)
     answer_ms = greedy_answer_ms(model, tokenizer) if any(m in ("memory", "vote") for m in modes) else None
+    results = evaluate(model, tokenizer, memory, items, modes=modes, config=config, tenant=tenant,
+                       max_new_tokens=max_new_tokens, predictions=predictions, progress=progress,
+                       adapter=active.path if active is not None else None)
     data = {"ingest": {k: v for k, v in report.to_json().items() if isinstance(v, int)},
             "results": [r.summary() for r in results], "greedy_32_tokens_ms": answer_ms,
-            "config": vars(config or GeneratorConfig())}
+            "config": vars(config or GeneratorConfig()), "adapter": active.version if active else None}
     return results, data
 
 

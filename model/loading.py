@@ -249,3 +249,15 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
     logger.info("loaded generator from %s (%s, %s) in %.2f s", folder, dtype, device,
                 time.perf_counter() - started)
     return model, tokenizer
+
+
+def load_adapter(model: PreTrainedModel, path: str | Path) -> Any:
+    """`model` with the LoRA adapter saved at `path` applied (a peft model; the base stays loaded once)."""
+    from peft import PeftModel
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"no adapter at {path} (adapter_config.json missing)")
+    peft_model = PeftModel.from_pretrained(model, str(path))
+    peft_model.eval()
+    return peft_model
