@@ -245,7 +245,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     from logmem.api.jobs import JobRunner, consolidation_job
 
     params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
-              "with_memory": args.with_memory, "seed": args.seed}
+              "with_memory": args.with_memory, "seed": args.seed, "rebuild": args.rebuild}
     with _open_memory(args) as memory:
         runner = JobRunner(memory)
         runner.recover()
@@ -418,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-memory", action="store_true",
                    help="train the memory+adapter student (experiences stay in its prompt)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rebuild", action="store_true",
+                   help="retrain what stale adapters covered, without the forgotten experiences, and delete them")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_consolidate)
 

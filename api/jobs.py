@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -229,7 +230,13 @@ def consolidation_job(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
         if outcome.promoted:
             memory.store.activate_adapter(tenant=tenant, version=version)
             memory.store.mark_consolidated(tenant=tenant, experience_ids=outcome.covered, version=version)
-        return ("succeeded" if outcome.promoted else "rejected"), {**outcome.metrics, "version": version}
+            if config.rebuild:  # the stale adapters' weights hold forgotten experiences: erase them too
+                for old in memory.store.adapters(tenant=tenant):
+                    if old.status == "stale" and Path(old.path).exists():
+                        shutil.rmtree(old.path)
+                        logger.info("deleted the weights of stale adapter %s (%s)", old.version, old.path)
+        return ("succeeded" if outcome.promoted else "rejected"), {**outcome.metrics, "version": version,
+                                                                   "holdout_ids": outcome.holdout}
 
     return work
 

@@ -20,6 +20,8 @@ class MemoryConfig:
     mmr_lambda: float = 0.7  # 1.0 = pure score, 0.0 = pure diversity
     fetch_k: int = 32  # candidates taken from the index before scoring (at least k)
 
+    retrieve_consolidated: bool = True  # False: experiences an adapter holds leave the prompt
+
     # Filtering: which assistant turns become experiences
     min_success: float = 0.7  # estimated success probability a turn needs
     min_confidence: float = 0.5  # confidence in that estimate a turn needs

@@ -296,7 +296,8 @@ class VectorMemory:
         D, I = index.search(np.asarray(xq, dtype=np.float32)[None, :], max(cfg.fetch_k, k))
         ids = [int(i) for i in I[0] if i >= 0]
         rows = self.store.get_experiences(tenant=tenant, ids=ids)
-        found = [(float(s), rows[i]) for s, i in zip(D[0], I[0]) if i in rows]
+        found = [(float(s), rows[i]) for s, i in zip(D[0], I[0])
+                 if i in rows and (cfg.retrieve_consolidated or rows[i].consolidated_in is None)]
         if not found:
             return []
         now = time.time() if now is None else now

@@ -55,6 +55,7 @@ class ConsolidationConfig:
     gate_margin: float = 0.02  # promote only if held-out response NLL drops by this fraction vs base
     probe_bound: float = 0.05  # ... and general-text perplexity rises by at most this fraction
     seed: int = 0
+    rebuild: bool = False  # retrain what stale adapters covered (minus forgotten experiences) with the rest
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,9 +98,14 @@ class Outcome:
 
 
 def select_experiences(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> list[ExperienceData]:
-    """Experiences not yet consolidated whose utility and support pass the thresholds, in id order."""
+    """Experiences not yet consolidated (or, to rebuild, consolidated in a stale adapter) whose utility and
+    support pass the thresholds, in id order."""
+    open_versions: set[str | None] = {None}
+    if config.rebuild:
+        open_versions |= {a.version for a in memory.store.adapters(tenant=tenant) if a.status == "stale"}
     return [e for e in memory.store.iter_experiences(tenant=tenant)
-            if e.consolidated_in is None and e.utility >= config.min_utility and e.support >= config.min_support]
+            if e.consolidated_in in open_versions and e.utility >= config.min_utility
+            and e.support >= config.min_support]
 
 
 def split_holdout(experiences: Sequence[ExperienceData], config: ConsolidationConfig

@@ -73,3 +73,21 @@ def test_bad_parameters_fail_the_job_with_the_reason(memory, tiny_lm) -> None:  
     job = runner.run(job_id, lambda report: consolidation_job(memory, tiny_lm[0], tiny_lm[1], tenant="default",
                                                               params={"method": "dpo"}, base_model="tiny")(report))
     assert job.status == "failed" and "method must be one of" in (job.error or "")
+
+
+def test_rebuild_after_forgetting_leaves_the_forgotten_experience_out(memory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    params = dict(lr=3e-2, epochs=15, batch_size=4, holdout=0.25, probe_bound=10.0)
+    first, _ = _run(memory, tiny_lm, **params)
+    old = memory.store.get_adapter(version=first.metrics["version"])
+    forgotten = sorted(old.covered)[0]
+    memory.forget(id=forgotten)
+    assert memory.store.get_adapter(version=old.version).status == "stale"
+
+    second, _ = _run(memory, tiny_lm, **params, rebuild=True)
+    assert second.status == "succeeded", second.metrics["gate"]
+    new = memory.active_adapter("default")
+    assert new is not None and new.version == second.metrics["version"] != old.version
+    seen = set(new.covered) | set(second.metrics["holdout_ids"])
+    assert forgotten not in seen
+    assert seen == {e.id for e in memory.store.iter_experiences(tenant="default")}  # all that remain
+    assert not Path(old.path).exists()  # the weights that held the forgotten experience are gone

@@ -448,3 +448,16 @@ def test_a_memory_refuses_another_embedder(home: Path, embedder: Embedder) -> No
 
     with pytest.raises(StoreError, match="built with embedder='all-MiniLM-L6-v2', not 'other-model'"):
         VectorMemory(home, embedder=default_embedder(name="other-model"))
+
+
+def test_consolidated_experiences_can_leave_retrieval(tmp_path: Path, embedder: Embedder) -> None:
+    with VectorMemory(tmp_path / "h", embedder=embedder) as mem:
+        mem.ingest([rec("a", REVERSE, SLICE), rec("b", GIT, GIT_ANSWER)])
+        (hit,) = mem.search(REVERSE, 1)
+        version = mem.store.add_adapter(tenant="default", base_model="m", method="sft", seed=0, status="promoted",
+                                        metrics={}, covered=[hit.id], path=str(tmp_path / "a"))
+        mem.store.mark_consolidated(tenant="default", experience_ids=[hit.id], version=version)
+        assert mem.search(REVERSE, 1)[0].id == hit.id  # by default they stay
+    with VectorMemory(tmp_path / "h", embedder=embedder, config=MemoryConfig(retrieve_consolidated=False)) as mem:
+        assert hit.id not in [h.id for h in mem.search(REVERSE, 5)]
+        assert [h.response for h in mem.search(REVERSE, 5)] == [GIT_ANSWER]
