@@ -1,0 +1,82 @@
+"""Does consolidation carry what the memory taught into the weights? Train, gate, then evaluate.
+
+    python benchmarks/bench_consolidation.py --logs ../shared/data/nfcats/logs.jsonl \
+        --eval ../shared/data/nfcats/test.eval.jsonl --method sft --epochs 1 --out benchmarks/results
+
+Ingests the logs into a fresh home, runs one consolidation job (the same code as `logmem consolidate`),
+and evaluates the modes `consolidated` (the adapter, no memory in the prompt) and `memory+adapter`.
+Writes `consolidation_<method>_<eval name>.json` and `.md`, with the job's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from logmem.api.jobs import JobRunner, consolidation_job  # noqa: E402
+from logmem.memory import VectorMemory  # noqa: E402
+from logmem.model.embedding import default_embedder  # noqa: E402
+from logmem.model.evaluate import eval_report, markdown_table, read_eval  # noqa: E402
+from logmem.model.loading import load_generator  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logs", required=True)
+    p.add_argument("--eval", required=True)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--method", default="sft", choices=["sft", "kd", "sft+kd"])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--modes", default="consolidated,memory+adapter")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"))
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    name = Path(args.eval).name.split(".")[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps}
+    with tempfile.TemporaryDirectory() as home, VectorMemory(home, embedder=default_embedder()) as memory:
+        memory.ingest_file(args.logs, progress=True)
+        model, tokenizer = load_generator(home=Path(args.model_home), dtype="float32")
+        runner = JobRunner(memory)
+        job_id = runner.submit("consolidate", "default", params)
+        started = time.perf_counter()
+        job = runner.run(job_id, consolidation_job(memory, model, tokenizer, tenant="default", params=params,
+                                                   base_model="SmolLM2-135M-Instruct", progress=True))
+        job_seconds = time.perf_counter() - started
+        data: dict = {"job": job.to_json(), "job_seconds": job_seconds, "params": params}
+        if job.status == "succeeded":
+            base, tokenizer = load_generator(home=Path(args.model_home), dtype="bfloat16")
+            items = read_eval(args.eval)[: args.limit or None]
+            results, report = eval_report(base, tokenizer, memory, args.logs, items, modes=args.modes.split(","),
+                                          predictions=out / f"consolidation_{args.method}_{name}.predictions.jsonl",
+                                          progress=True)
+            data.update(report)
+            table = markdown_table(results)
+        else:
+            table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
+    suffix = f"{args.method.replace('+', '_')}_{name}"
+    (out / f"consolidation_{suffix}.json").write_text(json.dumps(data, indent=2, default=str))
+    (out / f"consolidation_{suffix}.md").write_text(
+        f"# Consolidation ({args.method}, {args.epochs} epoch(s)) on {args.eval}\n\n"
+        f"Job {job.status} in {job_seconds / 60:.1f} min: {(job.metrics or {}).get('gate', job.error)}\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
