@@ -7,11 +7,12 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from logmem.memory import LogmemError, MemoryConfig, StoreError, VectorMemory
 from logmem.memory.logs import FORMATS

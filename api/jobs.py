@@ -18,9 +18,10 @@ import socket
 import threading
 import time
 import traceback
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from logmem.memory import VectorMemory
 from logmem.memory.errors import ConfigError, JobConflictError, JobStateError
@@ -130,7 +131,7 @@ class JobRunner:
             last = job.heartbeat_at or job.started_at or job.created_at
             if not (dead or now - last > self.heartbeat_timeout):
                 continue
-            when = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+            when = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
             why = "" if dead else f"; no heartbeat for {now - last:.0f} s"
             error = f"process died while running (recovered at {when} by {self.host}:{os.getpid()}{why})"
             if self.store.fail_lost_job(job_id=job.id, heartbeat_at=job.heartbeat_at, error=error):

@@ -2,8 +2,17 @@
 
 from .config import MemoryConfig
 from .embedding import Embedder
-from .errors import (AdapterError, ConfigError, DimensionMismatchError, JobConflictError, JobStateError,
-                     LogFormatError, LogmemError, NotFoundError, StoreError)
+from .errors import (
+                     AdapterError,
+                     ConfigError,
+                     DimensionMismatchError,
+                     JobConflictError,
+                     JobStateError,
+                     LogFormatError,
+                     LogmemError,
+                     NotFoundError,
+                     StoreError,
+)
 from .logs import Feedback, Interaction, Message, Rejected, parse_record, read_jsonl
 from .memory import Hit, IngestReport, VectorMemory
 from .stats import Stats

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .config import MemoryConfig
 from .logs import Interaction

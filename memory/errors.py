@@ -43,7 +43,7 @@ class LogFormatError(LogmemError, ValueError):
             where.append(f"field '{self.field}'")
         return f"{', '.join(where)}: {self.reason}" if where else self.reason
 
-    def located(self, *, source: str | None = None, line: int | None = None) -> "LogFormatError":
+    def located(self, *, source: str | None = None, line: int | None = None) -> LogFormatError:
         """The same error with its file and line filled in."""
         return LogFormatError(self.reason, source=source if source is not None else self.source,
                               line=line if line is not None else self.line, field=self.field)

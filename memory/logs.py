@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from .errors import LogFormatError
 
@@ -79,7 +80,7 @@ def _parse_timestamp(value: Any) -> float | None:
         except ValueError:
             raise LogFormatError(f"not an ISO-8601 date: {value!r}", field="timestamp") from None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return dt.timestamp()
     raise LogFormatError(f"expected ISO-8601 text or epoch seconds, got {type(value).__name__}",
                          field="timestamp")

@@ -7,17 +7,25 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from . import kernels
 from .config import MemoryConfig
-from .distill import (Candidate, Neighbour, content_hash, distill, leading_paragraph, plan_merge,
-                      split_instruction, text_hash)
+from .distill import (
+    Candidate,
+    Neighbour,
+    content_hash,
+    distill,
+    leading_paragraph,
+    plan_merge,
+    split_instruction,
+    text_hash,
+)
 from .embedding import Embedder
 from .errors import DimensionMismatchError
 from .index import Index, choose_kind, load_index, make_index
@@ -103,7 +111,7 @@ class VectorMemory:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "VectorMemory":
+    def __enter__(self) -> VectorMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,15 +12,15 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-from tqdm import tqdm
-
 from logmem.memory import ConfigError, VectorMemory
 from logmem.memory.store import ExperienceData
+from tqdm import tqdm
 
 from .config import GeneratorConfig
 from .objectives import METHODS, consolidation_loss
@@ -159,7 +159,8 @@ def _batch(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch
     return ids, attn, predicts
 
 
-def response_logits(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logits(model: Any, rows: Sequence[tuple[list[int], list[int]]],
+                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, V) logits predicting every response token of `rows` and the (N,) tokens they predict."""
     ids, attn, predicts = _batch(rows, pad)
     logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
@@ -245,10 +246,13 @@ def gate(base_nll: float, student_nll: float, base_ppl: float, student_ppl: floa
          config: ConsolidationConfig) -> tuple[bool, str]:
     """Promote when held-out NLL improves by `gate_margin` and probe perplexity rises by at most `probe_bound`."""
     if student_nll > base_nll * (1.0 - config.gate_margin):
-        return False, f"held-out NLL {student_nll:.4f} does not beat base {base_nll:.4f} by {config.gate_margin:.0%}"
+        return False, (f"held-out NLL {student_nll:.4f} does not beat base {base_nll:.4f} "
+                       f"by {config.gate_margin:.0%}")
     if student_ppl > base_ppl * (1.0 + config.probe_bound):
-        return False, f"probe perplexity {student_ppl:.2f} is over base {base_ppl:.2f} by more than {config.probe_bound:.0%}"
-    return True, f"held-out NLL {base_nll:.4f} -> {student_nll:.4f}; probe perplexity {base_ppl:.2f} -> {student_ppl:.2f}"
+        return False, (f"probe perplexity {student_ppl:.2f} is over base {base_ppl:.2f} "
+                       f"by more than {config.probe_bound:.0%}")
+    return True, (f"held-out NLL {base_nll:.4f} -> {student_nll:.4f}; "
+                  f"probe perplexity {base_ppl:.2f} -> {student_ppl:.2f}")
 
 
 def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str = "default",

@@ -11,14 +11,14 @@ import logging
 import re
 import statistics
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
-from tqdm import tqdm
-
 from logmem.memory import ConfigError, LogFormatError, VectorMemory
+from tqdm import tqdm
 
 from .config import GeneratorConfig
 from .generator import MemoryGenerator

@@ -7,11 +7,11 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-
 from logmem.memory import Hit, NotFoundError, VectorMemory
 
 from .config import GeneratorConfig

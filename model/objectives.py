@@ -32,7 +32,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
         teacher: float (N, V) logits of the teacher (the base model with the memory in its prompt).
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"student and teacher logits differ in shape: {tuple(student.shape)} vs {tuple(teacher.shape)}")
+        raise ValueError("student and teacher logits differ in shape: "
+                         f"{tuple(student.shape)} vs {tuple(teacher.shape)}")
     if student.shape[0] == 0:
         return student.sum() * 0.0
     t = float(temperature)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jinja2
-
 from logmem.memory import ConfigError, Hit
 
 from .config import GeneratorConfig
@@ -95,7 +95,7 @@ class ChatMarkers:
     user_close: str
 
     @classmethod
-    def probe(cls, tokenizer: Any) -> "ChatMarkers | None":
+    def probe(cls, tokenizer: Any) -> ChatMarkers | None:
         if not getattr(tokenizer, "chat_template", None):
             return None
         try:

@@ -9,10 +9,10 @@ retrieval scores. The vote keeps answers to what the memory supports; the model 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-
 from logmem.memory import Hit
 
 from .config import GeneratorConfig

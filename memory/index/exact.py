@@ -58,7 +58,7 @@ class ExactIndex:
             np.savez(fh, ids=self._ids, xb=self._xb)
 
     @classmethod
-    def load(cls, path: Path) -> "ExactIndex":
+    def load(cls, path: Path) -> ExactIndex:
         """Read a file written by `save`. Raises ValueError (or KeyError) when it is not one."""
         try:
             with np.load(path) as z:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from logmem.api.jobs import JobRunner, consolidation_job
 from logmem.memory import VectorMemory
 from logmem.model.loading import load_adapter

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from logmem.api import cli
 from logmem.api.cli import EXIT_ERROR, EXIT_OK, main
 from logmem.api.jobs import JobRunner, Report

@@ -4,17 +4,17 @@ staleness when covered experiences are forgotten; on SQLite and on a real Postgr
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
-
 from logmem.memory import AdapterError, NotFoundError
 from logmem.memory.stats import compute_stats
 from logmem.memory.store import AdapterRow, Store
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 T0 = 1_700_000_000.0
 

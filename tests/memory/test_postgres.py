@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session
-
 from logmem.memory import MemoryConfig, VectorMemory
 from logmem.memory.store import Store
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
 
 pytestmark = pytest.mark.postgres
 

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from logmem.memory import ConfigError, VectorMemory
-from logmem.model.consolidate import (ConsolidationConfig, _batch, build_pairs, consolidate, gate,
-                                      select_experiences, split_holdout)
+from logmem.model.consolidate import (
+    ConsolidationConfig,
+    _batch,
+    build_pairs,
+    consolidate,
+    gate,
+    select_experiences,
+    split_holdout,
+)
 
 THINGS = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", "cornflower", "lapis",
           "denim", "cobalt", "navy flag", "blue whale", "smurf", "blueberry"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from logmem.memory import ConfigError, NotFoundError, VectorMemory
 from logmem.model.config import GeneratorConfig
 from logmem.model.generator import MemoryGenerator

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from logmem.model.objectives import consolidation_loss, kd_loss, sft_loss
 
 
