@@ -26,6 +26,7 @@ demo: setup
 	$(VENV)/bin/logmem --home .logmem/demo demo
 
 bench: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(PY) benchmarks/bench_retrieval.py --out benchmarks/results
 
 clean:
