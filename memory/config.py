@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 
+def check_fields(config: object, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise a ConfigError naming the first field whose check failed, what it must be, and its value."""
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{type(config).__name__}.{name} must be {expected}, got {getattr(config, name)!r}")
+
+
 @dataclass(frozen=True)
 class MemoryConfig:
     """Every knob of `VectorMemory`, checked at construction."""
@@ -66,6 +73,4 @@ class MemoryConfig:
         ]
         if self.index_kind not in ("auto", "exact", "flat", "hnsw"):
             raise ConfigError(f"MemoryConfig.index_kind must be auto, exact, flat or hnsw, got {self.index_kind!r}")
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"MemoryConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+        check_fields(self, checks)

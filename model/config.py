@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from logmem.memory.errors import ConfigError
+from logmem.memory.config import check_fields
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,4 @@ class GeneratorConfig:
             ("vote_max_tokens", self.vote_max_tokens >= 1, ">= 1"),
             ("max_pending", self.max_pending >= 1, ">= 1"),
         ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"GeneratorConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+        check_fields(self, checks)

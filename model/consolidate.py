@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from logmem.memory import ConfigError, VectorMemory
+from logmem.memory.config import check_fields
 from logmem.memory.store import ExperienceData
 from tqdm import tqdm
 
@@ -71,9 +72,7 @@ class ConsolidationConfig:
             ("kd_weight", 0.0 <= self.kd_weight <= 1.0, "in [0, 1]"),
             ("temperature", self.temperature > 0, "> 0"),
         ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"ConsolidationConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 @dataclass
