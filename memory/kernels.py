@@ -23,7 +23,7 @@ def combined_score(cos: np.ndarray, utility: np.ndarray, age_days: np.ndarray, w
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp"})  # lets the dot product vectorize
-def _dot(xb: np.ndarray, i: int, j: int) -> float:
+def _dot(xb: np.ndarray, i: int, j: int) -> np.float32:
     """xb_i . xb_j over the rows of a float32 (n, d) array."""
     s = np.float32(0.0)
     for t in range(xb.shape[1]):

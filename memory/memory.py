@@ -31,7 +31,7 @@ from .errors import DimensionMismatchError
 from .index import Index, choose_kind, load_index, make_index
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .stats import Stats, compute_stats
-from .store import AdapterData, ExperienceData, Store
+from .store import AdapterData, ExperienceData, Store, Tx
 
 logger = logging.getLogger(__name__)
 DAY = 86_400.0
@@ -226,7 +226,7 @@ class VectorMemory:
         else:  # another process wrote to this tenant meanwhile: rebuild from SQL on next use
             self._indexes.pop(tenant, None)
 
-    def _learn_instructions(self, tx: object, tenant: str, cands: Sequence[Candidate]) -> None:
+    def _learn_instructions(self, tx: Tx, tenant: str, cands: Sequence[Candidate]) -> None:
         if not self.config.strip_shared_instructions:
             return
         counts: dict[str, tuple[str, int]] = {}
@@ -237,14 +237,13 @@ class VectorMemory:
                 counts[h] = (head, counts.get(h, (head, 0))[1] + 1)
         if counts:
             self.store.count_instructions(tx, tenant=tenant, counts=counts)
-            tx.flush()  # type: ignore[attr-defined]
             self._instructions[tenant] = self.store.instructions(tenant=tenant, min_count=self.config.shared_min_count,
                                                                  tx=tx)
 
     def _embed_text(self, tenant: str, text: str) -> tuple[str | None, str]:
         return split_instruction(text, self._known_instructions(tenant))
 
-    def _embed_new(self, tx: object, tenant: str, cands: Sequence[Candidate]) -> dict[str, np.ndarray]:
+    def _embed_new(self, tx: Tx, tenant: str, cands: Sequence[Candidate]) -> dict[str, np.ndarray]:
         """Vectors for the distinct request bodies of candidates that are not exact duplicates."""
         texts = sorted({self._embed_text(tenant, c.trigger)[1] for c in cands
                         if self.store.experience_by_hash(tx, tenant=tenant, content_hash=c.content_hash) is None})
@@ -255,7 +254,7 @@ class VectorMemory:
             raise DimensionMismatchError(f"embedder returned shape {xb.shape}, expected ({len(texts)}, {self.d})")
         return dict(zip(texts, np.asarray(xb, dtype=np.float32)))
 
-    def _place(self, tx: object, tenant: str, index: Index, c: Candidate, vectors: dict[str, np.ndarray],
+    def _place(self, tx: Tx, tenant: str, index: Index, c: Candidate, vectors: dict[str, np.ndarray],
                interaction_id: int) -> str:
         """Store one candidate as a new experience, a merge, or a conflict; return which."""
         same = self.store.experience_by_hash(tx, tenant=tenant, content_hash=c.content_hash)

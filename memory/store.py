@@ -43,6 +43,7 @@ from .errors import AdapterError, JobConflictError, JobStateError, NotFoundError
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
+Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
 
 
 class Base(DeclarativeBase):
@@ -497,6 +498,7 @@ class Store:
                 tx.add(InstructionRow(tenant=tenant, content_hash=h, text=text, count=n))
             else:
                 row.count += n
+        tx.flush()
 
     def instructions(self, *, tenant: str, min_count: int, tx: Session | None = None) -> set[str]:
         with self._reader(tx) as s:

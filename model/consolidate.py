@@ -182,11 +182,11 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
 
     torch.manual_seed(config.seed)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [m for m in config.target_modules if m in present]
-    if not targets:
+    modules = [m for m in config.target_modules if m in present]
+    if not modules:
         raise ConfigError(f"none of the LoRA target modules {config.target_modules} is in the model")
     peft_model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                                  target_modules=targets, task_type="CAUSAL_LM"))
+                                                  target_modules=modules, task_type="CAUSAL_LM"))
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     rng = random.Random(config.seed)

@@ -12,7 +12,7 @@ import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +155,6 @@ def _generator(mode: str, model: Any, tokenizer: Any, memory: VectorMemory, conf
         return None
     if mode in ("base", "consolidated"):
         return MemoryGenerator(model, tokenizer, None, config=config, tenant=tenant)
-    from dataclasses import replace
-
     return MemoryGenerator(model, tokenizer, memory, tenant=tenant,
                            config=replace(config, choose="vote" if mode == "vote" else "off"))
 

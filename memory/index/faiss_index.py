@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -13,7 +14,7 @@ from .base import check_ids, check_vectors, empty_result
 class _FaissIndex:
     kind = "faiss"
 
-    def __init__(self, d: int, index: faiss.Index) -> None:
+    def __init__(self, d: int, index: Any) -> None:  # a faiss index (its stubs type every index as the base)
         self.d = d
         self._index = index
 
@@ -71,11 +72,11 @@ class HNSWIndex(_FaissIndex):
 
     @property
     def ef_search(self) -> int:
-        return int(faiss.downcast_index(self._index.index).hnsw.efSearch)
+        return int(_hnsw(self._index).efSearch)
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        faiss.downcast_index(self._index.index).hnsw.efSearch = int(value)
+        _hnsw(self._index).efSearch = int(value)
 
     def remove(self, ids: np.ndarray) -> int:
         gone = np.isin(self._all_ids(), np.asarray(ids, dtype=np.int64))
@@ -97,7 +98,12 @@ def load_faiss(path: Path, kind: str, *, ef_search: int = 128) -> _FaissIndex:
     index = faiss.read_index(str(path))
     if kind == "flat":
         return FlatIndex(index.d, index=index)
-    inner = faiss.downcast_index(faiss.downcast_index(index).index)
-    hnsw = HNSWIndex(index.d, m=inner.hnsw.nb_neighbors(1), ef_construction=inner.hnsw.efConstruction,
-                     ef_search=ef_search, index=index)
-    return hnsw
+    graph = _hnsw(faiss.downcast_index(index))
+    return HNSWIndex(index.d, m=graph.nb_neighbors(1), ef_construction=graph.efConstruction, ef_search=ef_search,
+                     index=index)
+
+
+def _hnsw(id_map: Any) -> Any:
+    """The HNSW graph inside an `IndexIDMap2(IndexHNSWFlat)` (faiss' stubs type every index as the base)."""
+    inner: Any = faiss.downcast_index(id_map.index)
+    return inner.hnsw
