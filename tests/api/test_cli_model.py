@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from logmem.api.cli import main
 
 pytestmark = pytest.mark.slow
