@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--method", default="sft", choices=["sft", "kd", "sft+kd"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--with-memory", action="store_true", help="train the memory+adapter student")
     p.add_argument("--modes", default="consolidated,memory+adapter")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"))
@@ -49,7 +50,8 @@ def main() -> None:
     name = Path(args.eval).name.split(".")[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps}
+    params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
+              "with_memory": args.with_memory}
     with tempfile.TemporaryDirectory() as home, VectorMemory(home, embedder=default_embedder()) as memory:
         memory.ingest_file(args.logs, progress=True)
         model, tokenizer = load_generator(home=Path(args.model_home), dtype="float32")
@@ -64,13 +66,13 @@ def main() -> None:
             base, tokenizer = load_generator(home=Path(args.model_home), dtype="bfloat16")
             items = read_eval(args.eval)[: args.limit or None]
             results, report = eval_report(base, tokenizer, memory, args.logs, items, modes=args.modes.split(","),
-                                          predictions=out / f"consolidation_{args.method}_{name}.predictions.jsonl",
+                                          predictions=out / f"consolidation_{name}.predictions.jsonl",
                                           progress=True)
             data.update(report)
             table = markdown_table(results)
         else:
             table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
-    suffix = f"{args.method.replace('+', '_')}_{name}"
+    suffix = f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}_{name}"
     (out / f"consolidation_{suffix}.json").write_text(json.dumps(data, indent=2, default=str))
     (out / f"consolidation_{suffix}.md").write_text(
         f"# Consolidation ({args.method}, {args.epochs} epoch(s)) on {args.eval}\n\n"
