@@ -234,7 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n== 4. feedback: like the first answer, dislike the second")
         for reply, kind in zip(replies, ("like", "dislike")):
             result = gen.feedback(reply.interaction_id, kind)
-            print(f"   {kind}: {result['credited']} experience(s) credited, {result['experiences']} stored")
+            conflict = ", a conflict with an earlier answer recorded" if result["conflicts"] else ""
+            print(f"   {kind}: {result['credited']} experience(s) credited, {result['experiences']} stored{conflict}")
         print("\n== 5. stats")
         for key, value in memory.stats().to_json().items():
             print(f"{key:>20}: {json.dumps(value) if isinstance(value, dict) else value}")

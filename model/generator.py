@@ -202,7 +202,7 @@ class MemoryGenerator:
             messages += [{"role": "user", "content": f"Correction: {text}"}, {"role": "assistant", "content": text}]
             pending.feedback.append({"turn": len(messages) - 1, "kind": "like"})
         result: dict[str, Any] = {"interaction_id": interaction_id, "success": success, "credited": 0,
-                                  "experiences": 0}
+                                  "experiences": 0, "conflicts": 0}
         if self.memory is None:
             return result
         if pending.experience_ids:
@@ -213,4 +213,5 @@ class MemoryGenerator:
             report = self.memory.ingest([record])
             pending.logged = True
             result["experiences"] = report.experiences + report.merged
+            result["conflicts"] = report.conflicts  # it contradicted a near-duplicate's accepted answer
         return result
