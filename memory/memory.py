@@ -27,7 +27,7 @@ from .distill import (
     text_hash,
 )
 from .embedding import Embedder
-from .errors import DimensionMismatchError
+from .errors import DimensionMismatchError, LogFormatError
 from .index import Index, choose_kind, load_index, make_index
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .stats import Stats, compute_stats
@@ -171,8 +171,6 @@ class VectorMemory:
         return report
 
     def _parse(self, rec: Interaction | dict, format: str, tenant: str | None) -> Interaction | Rejected:
-        from .errors import LogFormatError
-
         try:
             return parse_record(rec, format=format, tenant=tenant)
         except LogFormatError as exc:
