@@ -5,6 +5,8 @@
 
 Ingests the logs into a fresh home, runs one consolidation job (the same code as `logmem consolidate`),
 and evaluates the modes `consolidated` (the adapter, no memory in the prompt) and `memory+adapter`.
+`--dev` also scores the dev split (where the default method is chosen); `--drop-consolidated` adds
+`memory+adapter` with the consolidated experiences out of retrieval (`MemoryConfig.retrieve_consolidated`).
 Writes `consolidation_<method>_<eval name>.json` and `.md`, with the job's wall time.
 """
 
@@ -16,13 +18,13 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-
 from logmem.api.jobs import JobRunner, consolidation_job  # noqa: E402
 from logmem.memory import VectorMemory  # noqa: E402
 from logmem.model.embedding import default_embedder  # noqa: E402
@@ -39,7 +41,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--with-memory", action="store_true", help="train the memory+adapter student")
+    p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0: ConsolidationConfig's)")
     p.add_argument("--modes", default="consolidated,memory+adapter")
+    p.add_argument("--dev", default="", help="also score this eval file (the dev split) in --dev-modes")
+    p.add_argument("--dev-modes", default="consolidated")
+    p.add_argument("--drop-consolidated", action="store_true",
+                   help="also run memory+adapter with the consolidated experiences out of retrieval")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -51,7 +58,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
-              "with_memory": args.with_memory}
+              "with_memory": args.with_memory, **({"lr": args.lr} if args.lr else {})}
     with tempfile.TemporaryDirectory() as home, VectorMemory(home, embedder=default_embedder()) as memory:
         memory.ingest_file(args.logs, progress=True)
         model, tokenizer = load_generator(home=Path(args.model_home), dtype="float32")
@@ -63,16 +70,34 @@ def main() -> None:
         job_seconds = time.perf_counter() - started
         data: dict = {"job": job.to_json(), "job_seconds": job_seconds, "params": params}
         if job.status == "succeeded":
-            base, tokenizer = load_generator(home=Path(args.model_home), dtype="bfloat16")
+            def base() -> torch.nn.Module:  # fresh each time: applying the adapter changes the model in place
+                return load_generator(home=Path(args.model_home), dtype="bfloat16")[0]
+
             items = read_eval(args.eval)[: args.limit or None]
-            results, report = eval_report(base, tokenizer, memory, args.logs, items, modes=args.modes.split(","),
+            results, report = eval_report(base(), tokenizer, memory, args.logs, items, modes=args.modes.split(","),
                                           predictions=out / f"consolidation_{name}.predictions.jsonl",
                                           progress=True)
             data.update(report)
+            if args.drop_consolidated:
+                memory.config = replace(memory.config, retrieve_consolidated=False)
+                dropped, _ = eval_report(base(), tokenizer, memory, args.logs, items, modes=["memory+adapter"],
+                                             progress=True)
+                memory.config = replace(memory.config, retrieve_consolidated=True)
+                for r in dropped:
+                    r.mode = "memory+adapter, consolidated out of retrieval"
+                results += dropped
+                data["results"] += [r.summary() for r in dropped]
             table = markdown_table(results)
+            if args.dev:
+                dev_items = read_eval(args.dev)[: args.limit or None]
+                dev_results, dev_report = eval_report(base(), tokenizer, memory, args.logs, dev_items,
+                                                      modes=args.dev_modes.split(","), progress=True)
+                data["dev"] = {"eval": args.dev, "results": dev_report["results"]}
+                table += f"\n\nDev split ({args.dev}):\n\n" + markdown_table(dev_results)
         else:
             table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
-    suffix = f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}_{name}"
+    suffix = (f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}"
+              f"{f'_lr{args.lr:g}' if args.lr else ''}_{name}")
     (out / f"consolidation_{suffix}.json").write_text(json.dumps(data, indent=2, default=str))
     (out / f"consolidation_{suffix}.md").write_text(
         f"# Consolidation ({args.method}, {args.epochs} epoch(s)) on {args.eval}\n\n"

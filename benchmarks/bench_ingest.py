@@ -54,8 +54,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ingest.json").write_text(json.dumps(result, indent=2))
     table = "\n".join([
-        "| logs | interactions | experiences | merged | filtered | ingest (median of %d) | interactions/s | "
-        "re-ingest interactions/s |" % args.repeats,
+        f"| logs | interactions | experiences | merged | filtered | ingest (median of {args.repeats}) | "
+        "interactions/s | re-ingest interactions/s |",
         "|---|---|---|---|---|---|---|---|",
         f"| {Path(args.logs).parent.name}/{Path(args.logs).name} | {n} | {runs[0]['experiences']} | "
         f"{runs[0]['merged']} | {runs[0]['filtered']} | {sec:.1f} s | {n / sec:.0f} | {n / re_sec:.0f} |",

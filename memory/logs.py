@@ -155,6 +155,10 @@ def _native(obj: dict[str, Any], tenant: str | None) -> Interaction:
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise LogFormatError(f"expected an object, got {type(metadata).__name__}", field="metadata")
+    retrieved = metadata.get("retrieved")
+    if retrieved is not None and (not isinstance(retrieved, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in retrieved)):
+        raise LogFormatError("expected a list of experience ids (integers)", field="metadata.retrieved")
     return Interaction(
         id=_opt_str(obj, "id") or content_id(obj),
         messages=messages,

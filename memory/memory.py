@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,11 @@ from .config import MemoryConfig
 from .distill import (
     Candidate,
     Neighbour,
+    agree,
     content_hash,
     distill,
     leading_paragraph,
+    normalize,
     plan_merge,
     split_instruction,
     text_hash,
@@ -207,6 +209,9 @@ class VectorMemory:
             for ext_id, it in fresh.items():
                 pk = self.store.add_interaction(tx, record=it.to_json(), status="filtered")
                 report.stored += 1
+                if it.metadata.get("retrieved"):
+                    self.store.add_retrievals(tx, tenant=tenant, interaction_id=pk,
+                                              experience_ids=it.metadata["retrieved"])
                 added = merged = 0
                 for c in cands[ext_id]:
                     outcome = self._place(tx, tenant, index, c, vectors, pk)
@@ -326,6 +331,22 @@ class VectorMemory:
         now = time.time()
         return [self._hit(rows[i], float(s), (now - rows[i].last_seen_at) / DAY, float(s))
                 for s, i in zip(D[0], I[0]) if i in rows]
+
+    def went_well(self, experiences: Sequence[ExperienceData], *, tenant: str = "default") -> dict[int, list[str]]:
+        """Per experience, the other requests that had it in their prompt and went well: the answer they got
+        was judged a success (at any confidence) and agrees with the experience's response. In log order,
+        without repeats; consolidation trains on them as more inputs for the experience's response."""
+        loose = replace(self.config, min_confidence=0.0)
+        found: dict[int, list[str]] = {}
+        records = self.store.retrieving_records(tenant=tenant, experience_ids=[e.id for e in experiences])
+        for e in experiences:
+            seen = {normalize(e.trigger)}
+            for record in records.get(e.id, []):
+                for c in distill(parse_record(record, format="native"), loose):
+                    if normalize(c.trigger) not in seen and agree(c.response, e.response, self.config.agree_threshold):
+                        seen.add(normalize(c.trigger))
+                        found.setdefault(e.id, []).append(c.trigger)
+        return found
 
     def _hit(self, r: ExperienceData, cos: float, age: float, score: float) -> Hit:
         cfg = self.config

@@ -105,6 +105,16 @@ class SourceRow(Base):
                                                 primary_key=True, index=True)
 
 
+class RetrievalRow(Base):
+    """Which experiences a logged interaction had in its prompt (its record's `metadata.retrieved`): the
+    requests that used an experience and went well become more training inputs for it."""
+
+    __tablename__ = "retrievals"
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True)
+    experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), primary_key=True,
+                                               index=True)
+
+
 class ConflictRow(Base):
     """A different accepted answer to a near-duplicate trigger, with its own support."""
 
@@ -370,6 +380,29 @@ class Store:
             tx.add(FeedbackRow(interaction_id=row.id, turn=f["turn"], kind=f["kind"], value=f.get("value"),
                                text=f.get("text")))
         return row.id
+
+    def add_retrievals(self, tx: Session, *, tenant: str, interaction_id: int, experience_ids: Iterable[int]) -> int:
+        """Link an interaction to the experiences it retrieved; ids not of `tenant`'s experiences are ignored
+        (a record never reaches another tenant's rows). Returns the number linked."""
+        wanted = sorted({int(i) for i in experience_ids})
+        found = list(tx.scalars(select(ExperienceRow.id).where(ExperienceRow.tenant == tenant,
+                                                               ExperienceRow.id.in_(wanted)))) if wanted else []
+        tx.add_all([RetrievalRow(interaction_id=interaction_id, experience_id=i) for i in found])
+        return len(found)
+
+    def retrieving_records(self, *, tenant: str, experience_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Per experience, the records of the logged interactions that had it in their prompt."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        with Session(self.engine) as s:
+            for i in range(0, len(experience_ids), 500):
+                chunk = [int(e) for e in experience_ids[i:i + 500]]
+                rows = s.execute(select(RetrievalRow.experience_id, InteractionRow.record)
+                                 .join(InteractionRow, InteractionRow.id == RetrievalRow.interaction_id)
+                                 .where(InteractionRow.tenant == tenant, RetrievalRow.experience_id.in_(chunk))
+                                 .order_by(RetrievalRow.experience_id, InteractionRow.id))
+                for exp_id, record in rows:
+                    out.setdefault(exp_id, []).append(json.loads(record))
+        return out
 
     def set_status(self, tx: Session, *, interaction_id: int, status: str) -> None:
         tx.get_one(InteractionRow, interaction_id).status = status

@@ -1,6 +1,7 @@
 """Consolidation: train a LoRA adapter on what the memory holds, and gate it on held-out experiences.
 
-Training pairs are (trigger, accepted response) of the selected experiences. The student is the base
+Training pairs are (request, accepted response) of the selected experiences: the experience's trigger, and
+the other logged requests that had it in their prompt and went well. The student is the base
 model plus a LoRA adapter that sees the bare request; under `kd` the teacher is the same base model
 (adapter disabled) reading the request with its retrieved experiences, and the student learns the
 teacher's distribution over the response tokens (context distillation).
@@ -122,24 +123,28 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: VectorMemory | None, tenant: str,
-                config: ConsolidationConfig, progress: bool = False) -> list[Pair]:
+                config: ConsolidationConfig, progress: bool = False,
+                extra: dict[int, list[str]] | None = None) -> list[Pair]:
     """Token ids of each experience's student prompt, teacher prompt (retrieved experiences, the
-    experience itself left out) and response (end token included)."""
+    experience itself left out) and response (end token included); one pair for its trigger and one for
+    each request in `extra[experience id]` (other requests that used it and went well)."""
     gen_config = GeneratorConfig(k=config.teacher_k)
     need_teacher = config.method != "sft" or config.with_memory
+    extra = extra or {}
     pairs = []
     for e in tqdm(experiences, desc="pairs", unit="ex", disable=not progress):
-        question = [{"role": "user", "content": e.trigger}]
-        bare = _chat_ids(tokenizer, question)
-        teacher = bare
-        if need_teacher and memory is not None:
-            hits = [h for h in memory.search(e.trigger, config.teacher_k + 1, tenant=tenant) if h.id != e.id]
-            cond = select(hits[: config.teacher_k], tokenizer, gen_config)
-            teacher = _chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
         response = list(tokenizer(e.response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
         keep = max(config.max_length - len(response), 1)
-        student = teacher if config.with_memory else bare
-        pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response[: config.max_length - 1]))
+        for request in [e.trigger, *extra.get(e.id, [])]:
+            question = [{"role": "user", "content": request}]
+            bare = _chat_ids(tokenizer, question)
+            teacher = bare
+            if need_teacher and memory is not None:
+                hits = [h for h in memory.search(request, config.teacher_k + 1, tenant=tenant) if h.id != e.id]
+                cond = select(hits[: config.teacher_k], tokenizer, gen_config)
+                teacher = _chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
+            student = teacher if config.with_memory else bare
+            pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response[: config.max_length - 1]))
     return pairs
 
 
@@ -265,16 +270,18 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
         raise ConfigError(f"tenant {tenant!r} has {len(chosen)} experience(s) to consolidate; at least 2 are needed")
     train, held = split_holdout(chosen, config)
     pad = tokenizer.pad_token_id
-    train_pairs = build_pairs(train, tokenizer, memory, tenant, config, progress)
+    extra = memory.went_well(train, tenant=tenant)
+    train_pairs = build_pairs(train, tokenizer, memory, tenant, config, progress, extra=extra)
     held_pairs = build_pairs(held, tokenizer, memory, tenant, config, progress)
     base_nll, base_ppl = response_nll(model, held_pairs, pad), probe_perplexity(model, tokenizer)
     adapter = train_adapter(model, tokenizer, train_pairs, config, report, progress)
     student_nll, student_ppl = response_nll(adapter, held_pairs, pad), probe_perplexity(adapter, tokenizer)
     promoted, reason = gate(base_nll, student_nll, base_ppl, student_ppl, config)
-    metrics = {"method": config.method, "with_memory": config.with_memory, "train": len(train_pairs),
+    metrics = {"method": config.method, "with_memory": config.with_memory, "train": len(train),
+               "train_pairs": len(train_pairs),
                "holdout": len(held_pairs), "base_nll": base_nll, "student_nll": student_nll,
                "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "gate": reason,
                "seconds": round(time.perf_counter() - started, 1), "seed": config.seed}
     logger.info("consolidation %s: %s", "promoted" if promoted else "rejected", reason)
-    return Outcome(promoted, metrics, [p.experience_id for p in train_pairs], [e.id for e in held], adapter)
+    return Outcome(promoted, metrics, [e.id for e in train], [e.id for e in held], adapter)
 

@@ -209,7 +209,8 @@ class MemoryGenerator:
             result["credited"] = self.memory.record_outcome(pending.experience_ids, success, tenant=pending.tenant)
         if not pending.logged:
             record = {"id": f"chat-{interaction_id}", "tenant": pending.tenant, "user": pending.user,
-                      "timestamp": time.time(), "messages": messages, "feedback": pending.feedback}
+                      "timestamp": time.time(), "messages": messages, "feedback": pending.feedback,
+                      "metadata": {"retrieved": pending.experience_ids} if pending.experience_ids else {}}
             report = self.memory.ingest([record])
             pending.logged = True
             result["experiences"] = report.experiences + report.merged

@@ -167,6 +167,8 @@ def test_memorybench_round_must_name_an_assistant_message(rnd: object) -> None:
     (native(timestamp=[1]), r"field 'timestamp': expected ISO-8601 text or epoch seconds, got list"),
     (native(user={"name": "x"}), r"field 'user': expected text, got dict"),
     (native(metadata=[1]), r"field 'metadata': expected an object, got list"),
+    (native(metadata={"retrieved": "3"}), r"field 'metadata\.retrieved': expected a list of experience ids"),
+    (native(metadata={"retrieved": [1, True]}), r"field 'metadata\.retrieved': expected a list of experience ids"),
     ([1, 2], r"^expected a JSON object, got list$"),
     ("text", r"^expected a JSON object, got str$"),
 ])

@@ -461,3 +461,58 @@ def test_consolidated_experiences_can_leave_retrieval(tmp_path: Path, embedder: 
     with VectorMemory(tmp_path / "h", embedder=embedder, config=MemoryConfig(retrieve_consolidated=False)) as mem:
         assert hit.id not in [h.id for h in mem.search(REVERSE, 5)]
         assert [h.response for h in mem.search(REVERSE, 5)] == [GIT_ANSWER]
+
+
+# --- requests that used an experience and went well ------------------------------------------------
+
+UNDO = "I committed too early. How do I take the commit back but keep my edits?"
+SOFT_RESET = "Run git reset --soft HEAD~1: the commit goes away and the changes stay staged."
+
+
+def used(id: str, messages: list[dict], retrieved: list[int], *, feedback: list[dict] | None = None,
+         user: str = "u2", tenant: str = "default") -> dict:
+    return {"id": id, "tenant": tenant, "user": user, "timestamp": 1_700_000_100, "messages": messages,
+            "feedback": feedback or [], "metadata": {"retrieved": retrieved}}
+
+
+def ask(question: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def test_requests_that_used_an_experience_and_went_well(memory: VectorMemory) -> None:
+    memory.ingest([rec("e1", GIT, GIT_ANSWER)])
+    git = memory.search(GIT, 1)[0].id
+    memory.ingest([
+        used("liked", ask(UNDO, SOFT_RESET), [git], feedback=[{"turn": 1, "kind": "like"}]),
+        used("disliked", ask("Undo a commit, keep the files?", SOFT_RESET), [git],
+             feedback=[{"turn": 1, "kind": "dislike"}]),
+        used("other-answer", ask("Revert my last commit please", "Use git revert HEAD."), [git],
+             feedback=[{"turn": 1, "kind": "like"}]),
+        # no feedback, the user moved on: a success too weak to be an experience, but it went well
+        used("moved-on", [*ask("Oops, wrong commit. Keep the changes, drop the commit?", SOFT_RESET),
+                          *ask("And how do I push a tag?", "git push origin v1.0")], [git]),
+        # the model answered wrong with the experience in its prompt; the user corrected it to that answer
+        used("corrected", [*ask("How to uncommit but keep the work?", "git reset --hard HEAD~1"),
+                           {"role": "user", "content": f"No, that loses the changes. {SOFT_RESET}"},
+                           {"role": "assistant", "content": SOFT_RESET}], [git],
+             feedback=[{"turn": 3, "kind": "like"}]),
+    ])
+    assert memory.went_well(memory.store.get_experiences(tenant="default", ids=[git]).values()) == {
+        git: [UNDO, "Oops, wrong commit. Keep the changes, drop the commit?", "How to uncommit but keep the work?"]}
+
+
+def test_retrievals_stay_in_their_tenant_and_are_forgotten_with_the_user(memory: VectorMemory, home: Path) -> None:
+    memory.ingest([rec("e1", GIT, GIT_ANSWER)])
+    git = memory.search(GIT, 1)[0].id
+    liked = [{"turn": 1, "kind": "like"}]
+    memory.ingest([used("mine", ask(UNDO, SOFT_RESET), [git], feedback=liked),
+                   used("theirs", ask("Take back my commit, keep edits?", SOFT_RESET), [git], feedback=liked,
+                        tenant="globex")])
+    with sqlite3.connect(home / "memory.db") as db:
+        assert db.execute("SELECT count(*) FROM retrievals").fetchone()[0] == 1  # globex cannot cite acme's row
+    experience = memory.store.get_experiences(tenant="default", ids=[git]).values()
+    assert memory.went_well(experience) == {git: [UNDO]}
+    memory.forget(user="u2")
+    assert memory.went_well(experience) == {}
+    with sqlite3.connect(home / "memory.db") as db:
+        assert db.execute("SELECT count(*) FROM retrievals").fetchone()[0] == 0

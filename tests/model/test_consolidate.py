@@ -76,6 +76,23 @@ def test_pairs_keep_the_experience_out_of_its_teacher_prompt(memory: VectorMemor
     assert all(p.student == p.teacher for p in with_memory)
 
 
+def test_requests_that_used_an_experience_and_went_well_are_more_pairs(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    chosen = select_experiences(memory, "default", ConsolidationConfig())
+    sky = next(e for e in chosen if "sky" in e.trigger)
+    memory.ingest([{"id": "used", "user": "u9", "metadata": {"retrieved": [sky.id]},
+                    "messages": [{"role": "user", "content": "Tell me the colour of the sky, please"},
+                                 {"role": "assistant", "content": "blue"}],
+                    "feedback": [{"turn": 1, "kind": "like"}]}])
+    extra = memory.went_well([sky])
+    assert extra == {sky.id: ["Tell me the colour of the sky, please"]}
+    pairs = build_pairs([sky], tok, memory, "default", ConsolidationConfig(), extra=extra)
+    assert [tok.decode(p.student).count("Tell me the colour") for p in pairs] == [0, 1]
+    assert all(p.experience_id == sky.id and tok.decode(p.response[:-1]) == "BLUE" for p in pairs)
+    outcome = consolidate(tiny_lm[0], tok, memory, config=ConsolidationConfig(max_steps=1), experiences=chosen)
+    assert sky.id in outcome.covered and outcome.metrics["train_pairs"] == outcome.metrics["train"] + 1
+
+
 def test_batch_masks_mark_exactly_the_positions_that_predict_the_response() -> None:
     ids, attn, predicts = _batch([([5, 6, 7], [8, 9]), ([5], [8])], pad=0)
     assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 0, 5, 8]]

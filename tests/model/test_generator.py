@@ -154,6 +154,18 @@ def test_dislike_lowers_the_utility_of_the_experiences_used(tiny_lm, memory) -> 
     assert after < before
 
 
+def test_the_logged_answer_names_the_experiences_it_used(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=2))
+    reply = gen.chat([{"role": "user", "content": "launch code of Zephyr?"}], max_new_tokens=3)
+    gen.feedback(reply.interaction_id, "like")
+    ids = [h.id for h in reply.experiences]
+    records = memory.store.retrieving_records(tenant="default", experience_ids=ids)
+    assert sorted(records) == sorted(ids)
+    assert all([r["id"] for r in rs] == [f"chat-{reply.interaction_id}"] for rs in records.values())
+    assert records[ids[0]][0]["metadata"] == {"retrieved": ids}
+
+
 def test_a_liked_answer_becomes_an_experience(tiny_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
     model, tok = tiny_lm
     gen = MemoryGenerator(model, tok, empty_memory)
