@@ -246,8 +246,8 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     """Run a consolidation job now, in this process (a row others can watch with `logmem jobs`)."""
     from logmem.api.jobs import JobRunner, consolidation_job
 
-    params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
-              "with_memory": args.with_memory, "seed": args.seed, "rebuild": args.rebuild}
+    params = {"epochs": args.epochs, "max_steps": args.max_steps, "with_memory": args.with_memory,
+              "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {})}
     with _open_memory(args) as memory:
         runner = JobRunner(memory)
         runner.recover()
@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consolidate", help="train, gate and register a LoRA adapter from the memory")
     p.add_argument("--tenant", default="default")
-    p.add_argument("--method", choices=["sft", "kd", "sft+kd"], default="sft")
+    p.add_argument("--method", choices=["sft", "kd", "sft+kd"], default=None,
+                   help="the objective (default: ConsolidationConfig's, chosen on the NFCats dev split)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no cap)")
     p.add_argument("--with-memory", action="store_true",

@@ -243,6 +243,17 @@ class VectorMemory:
             self._instructions[tenant] = self.store.instructions(tenant=tenant, min_count=self.config.shared_min_count,
                                                                  tx=tx)
 
+    def _tally(self, record: dict) -> dict[str, int]:
+        """The leading paragraphs (hash -> n) that ingesting `record` added to its tenant's tally."""
+        counts: dict[str, int] = {}
+        if not self.config.strip_shared_instructions:
+            return counts
+        for c in distill(parse_record(record, format="native"), self.config):
+            head = leading_paragraph(c.trigger)
+            if head is not None:
+                counts[text_hash(head)] = counts.get(text_hash(head), 0) + 1
+        return counts
+
     def _embed_text(self, tenant: str, text: str) -> tuple[str | None, str]:
         return split_instruction(text, self._known_instructions(tenant))
 
@@ -371,7 +382,7 @@ class VectorMemory:
         """
         if id is None and user is None and tenant is None:
             raise ValueError("forget needs id=, user= or tenant=")
-        counts, changed = self.store.forget(experience_id=id, user=user, tenant=tenant)
+        counts, changed = self.store.forget(experience_id=id, user=user, tenant=tenant, tally=self._tally)
         for t in changed:
             self._indexes.pop(t, None)
             self._instructions.pop(t, None)

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -43,6 +43,7 @@ from .errors import AdapterError, JobConflictError, JobStateError, NotFoundError
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
+Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
 Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
 
 
@@ -103,6 +104,15 @@ class SourceRow(Base):
     experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), primary_key=True)
     interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"),
                                                 primary_key=True, index=True)
+
+
+class AuthorRow(Base):
+    """Users whose words an experience's text holds besides its creator (`ExperienceRow.user`): those who
+    gave an answer that took the experience's place in a conflict swap. Forgetting any of them deletes it."""
+
+    __tablename__ = "experience_authors"
+    experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
 
 
 class RetrievalRow(Base):
@@ -466,6 +476,12 @@ class Store:
             ConflictRow.experience_id == experience_id, ConflictRow.response == response)) or 0
         if same <= row.support:
             return False
+        authors = set(tx.scalars(select(InteractionRow.user).join(
+            ConflictRow, ConflictRow.interaction_id == InteractionRow.id).where(
+            ConflictRow.experience_id == experience_id, ConflictRow.response == response,
+            InteractionRow.user.is_not(None))))
+        known = set(tx.scalars(select(AuthorRow.user).where(AuthorRow.experience_id == experience_id)))
+        tx.add_all([AuthorRow(experience_id=experience_id, user=u) for u in sorted(authors - known - {row.user})])
         tx.execute(delete(ConflictRow).where(ConflictRow.experience_id == experience_id,
                                              ConflictRow.response == response))
         for _ in range(row.support):
@@ -774,13 +790,16 @@ class Store:
                                              .execution_options(synchronize_session=False))))
 
     # --- forgetting -------------------------------------------------------------------------
-    def forget(self, *, tenant: str | None = None, user: str | None = None,
-               experience_id: int | None = None) -> tuple[dict[str, int], set[str]]:
+    def forget(self, *, tenant: str | None = None, user: str | None = None, experience_id: int | None = None,
+               tally: Tally | None = None) -> tuple[dict[str, int], set[str]]:
         """Delete rows; return counts per table and the tenants whose vectors changed.
 
-        By user: their interactions and feedback; experiences whose text came from them; their support
-        is taken off experiences they only agreed with (text that never was theirs stays). Adapters trained
-        on a deleted experience are marked stale (their files stay: `consolidate --rebuild` replaces them).
+        By user: their interactions and feedback; experiences whose text came from them (created by them, or
+        answered by them through a conflict swap); their support is taken off experiences they only agreed
+        with (text that never was theirs stays). `tally(record)` gives the leading paragraphs (hash -> n)
+        a deleted interaction added to the instructions tally; they are taken off, and a paragraph nobody
+        else sent goes. Adapters trained on a deleted experience are marked stale (their files stay:
+        `consolidate --rebuild` replaces them).
         """
         with self.transaction() as tx:
             if experience_id is not None:
@@ -789,13 +808,14 @@ class Store:
                     raise NotFoundError(f"no experience {experience_id}" + (f" in tenant {tenant!r}" if tenant else ""))
                 # the interactions it came from hold its text too
                 pks = list(tx.scalars(select(SourceRow.interaction_id).where(SourceRow.experience_id == row.id)))
+                self._untally(tx, pks, tally)
                 tx.delete(row)
                 if pks:
                     tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
                 changed, forgotten = {row.tenant}, {row.id}
                 counts = {"experiences": 1, "interactions": len(pks)}
             elif user is not None:
-                counts, changed, forgotten = self._forget_user(tx, user=user, tenant=tenant)
+                counts, changed, forgotten = self._forget_user(tx, user=user, tenant=tenant, tally=tally)
             elif tenant is not None:
                 forgotten = set(tx.scalars(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)
                                            .returning(ExperienceRow.id)))
@@ -810,11 +830,28 @@ class Store:
         self._scrub()
         return counts, changed
 
-    def _forget_user(self, tx: Session, *, user: str,
-                     tenant: str | None) -> tuple[dict[str, int], set[str], set[int]]:
+    def _untally(self, tx: Session, interaction_ids: Sequence[int], tally: Tally | None) -> None:
+        if tally is None:
+            return
+        for i in range(0, len(interaction_ids), 500):
+            rows = tx.execute(select(InteractionRow.tenant, InteractionRow.record)
+                              .where(InteractionRow.id.in_(list(interaction_ids[i:i + 500])))).all()
+            for tenant, record in rows:
+                for h, n in tally(json.loads(record)).items():
+                    row = _locked(tx, InstructionRow, (tenant, h))
+                    if row is not None:
+                        row.count -= n
+                        if row.count <= 0:
+                            tx.delete(row)
+
+    def _forget_user(self, tx: Session, *, user: str, tenant: str | None,
+                     tally: Tally | None) -> tuple[dict[str, int], set[str], set[int]]:
         scope = [InteractionRow.user == user] + ([InteractionRow.tenant == tenant] if tenant else [])
         pks = list(tx.scalars(select(InteractionRow.id).where(*scope)))
-        exp_scope = [ExperienceRow.user == user] + ([ExperienceRow.tenant == tenant] if tenant else [])
+        self._untally(tx, pks, tally)
+        authored = select(AuthorRow.experience_id).where(AuthorRow.user == user)
+        exp_scope = [(ExperienceRow.user == user) | ExperienceRow.id.in_(authored)] + (
+            [ExperienceRow.tenant == tenant] if tenant else [])
         own = list(tx.execute(select(ExperienceRow.id, ExperienceRow.tenant).where(*exp_scope)))
         changed = {t for _, t in own}
         supported = tx.execute(select(SourceRow.experience_id, func.count()).where(

@@ -516,3 +516,36 @@ def test_retrievals_stay_in_their_tenant_and_are_forgotten_with_the_user(memory:
     assert memory.went_well(experience) == {}
     with sqlite3.connect(home / "memory.db") as db:
         assert db.execute("SELECT count(*) FROM retrievals").fetchone()[0] == 0
+
+
+def test_forget_a_user_whose_answer_won_a_conflict_swap(memory: VectorMemory, home: Path) -> None:
+    marker = "zqxswap4410"
+    answer = f"Call list.reverse() ({marker}); it works in place."
+    memory.ingest([rec("a", REVERSE, SLICE, user="alice"), rec("b", REVERSE_PARAPHRASE, answer, user="bob"),
+                   rec("c", REVERSE_PARAPHRASE, answer, user="carol")])
+    assert [h.response for h in memory.search(REVERSE, 5)] == [answer]  # bob's and carol's words, alice's trigger
+
+    memory.forget(user="bob")
+
+    assert memory.search(REVERSE, 5) == []  # the experience held bob's words: it goes, vector and row
+    assert files_containing(home, marker)  # carol said the same words: her own record keeps them
+    memory.forget(user="carol")
+    assert files_containing(home, marker) == []
+
+
+def test_forget_a_user_takes_their_leading_paragraphs_off_the_instruction_tally(memory: VectorMemory,
+                                                                              home: Path) -> None:
+    shared = "Answer in one short sentence."
+    private = "zqxpreface5512: my manager Ann asked me this."
+    memory.ingest([rec(f"s{i}", f"{shared}\n\n{q}", a, user=u)
+                   for i, (q, a, u) in enumerate([(REVERSE, SLICE, "alice"), (GIT, GIT_ANSWER, "bob"),
+                                                  (CAPITAL, CANBERRA, "carol")])]
+                  + [rec("p", f"{private}\n\nHow do I list files by size?", "Use ls -lS.", user="dave")])
+    assert files_containing(home, "zqxpreface5512")  # the check below can fail
+
+    memory.forget(user="dave")
+
+    assert files_containing(home, "zqxpreface5512") == []
+    memory.forget(user="alice")
+    with sqlite3.connect(home / "memory.db") as db:  # bob and carol sent it too: it stays, counted twice
+        assert db.execute("SELECT text, count FROM instructions").fetchall() == [(shared, 2)]
