@@ -476,10 +476,10 @@ class Store:
             ConflictRow.experience_id == experience_id, ConflictRow.response == response)) or 0
         if same <= row.support:
             return False
-        authors = set(tx.scalars(select(InteractionRow.user).join(
+        authors = {u for u in tx.scalars(select(InteractionRow.user).join(
             ConflictRow, ConflictRow.interaction_id == InteractionRow.id).where(
             ConflictRow.experience_id == experience_id, ConflictRow.response == response,
-            InteractionRow.user.is_not(None))))
+            InteractionRow.user.is_not(None))) if u is not None}
         known = set(tx.scalars(select(AuthorRow.user).where(AuthorRow.experience_id == experience_id)))
         tx.add_all([AuthorRow(experience_id=experience_id, user=u) for u in sorted(authors - known - {row.user})])
         tx.execute(delete(ConflictRow).where(ConflictRow.experience_id == experience_id,
