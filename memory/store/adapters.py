@@ -1,0 +1,156 @@
+"""The adapter registry: versions, activation, rollback, consolidation marks, staleness on erasure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import AdapterError, NotFoundError
+from .base import StoreBase
+from .records import AdapterData, _adapter, _figures, _plain, _rowcount
+from .schema import ADAPTER_METHODS, AdapterRow, ExperienceRow
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterStore(StoreBase):
+    def add_adapter(self, *, tenant: str, base_model: str, method: str, seed: int, status: str,
+                    metrics: dict[str, Any], covered: Iterable[int], path: str) -> str:
+        """Register a trained adapter (inactive); returns its version, the next "v<n>" of the store."""
+        if method not in ADAPTER_METHODS:
+            raise AdapterError(f"adapter method must be one of {', '.join(ADAPTER_METHODS)}, got {method!r}")
+        if status not in ("promoted", "rejected"):
+            raise AdapterError(f"a new adapter is 'promoted' or 'rejected' by the gate, got {status!r}")
+        fields = dict(tenant=tenant, base_model=base_model, method=method, seed=int(seed), status=status,
+                      active=False, metrics=json.dumps(metrics, default=_plain),
+                      covered=json.dumps(sorted({int(i) for i in covered})), path=str(path), created_at=time.time())
+        for attempt in range(10):  # two writers may pick the same number: the primary key sends one round again
+            try:
+                with self.transaction() as tx:
+                    numbers = [int(m.group(1)) for v in tx.scalars(select(AdapterRow.version))
+                               if (m := re.fullmatch(r"v(\d+)", v))]
+                    version = f"v{max(numbers, default=0) + 1}"
+                    tx.add(AdapterRow(version=version, **fields))
+                return version
+            except IntegrityError:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
+
+    def adapters(self, *, tenant: str | None) -> list[AdapterData]:
+        """The adapters of `tenant` (of every tenant if None), oldest first."""
+        with Session(self.engine) as s:
+            stmt = select(AdapterRow) if tenant is None else select(AdapterRow).where(AdapterRow.tenant == tenant)
+            rows = [_adapter(r) for r in s.scalars(stmt)]
+        return sorted(rows, key=lambda a: (a.created_at, len(a.version), a.version))
+
+    def get_adapter(self, *, version: str) -> AdapterData:
+        with Session(self.engine) as s:
+            row = s.get(AdapterRow, version)
+            if row is None:
+                raise NotFoundError(f"no adapter {version!r}")
+            return _adapter(row)
+
+    def active_adapter(self, *, tenant: str) -> AdapterData | None:
+        """The adapter the tenant's generator loads, or None for the base model."""
+        with Session(self.engine) as s:
+            row = s.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
+            return _adapter(row) if row is not None else None
+
+    def activate_adapter(self, *, tenant: str, version: str, force: bool = False) -> AdapterData:
+        """Make `version` the tenant's active adapter; the one it replaces becomes its `previous`.
+
+        Raises:
+            NotFoundError: no such version in this tenant.
+            AdapterError: the gate rejected it, or (unless `force`) it is stale.
+        """
+        with self.transaction() as tx:
+            self._lock_adapters(tx, tenant=tenant)
+            row = tx.get(AdapterRow, version, populate_existing=True)
+            if row is None or row.tenant != tenant:
+                raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
+            if row.status == "rejected":
+                raise AdapterError(f"adapter {version} was rejected by the gate ({_figures(row)}); "
+                                   "a rejected adapter cannot be activated")
+            if row.status == "stale" and not force:
+                raise AdapterError(f"adapter {version} is stale: experiences it was trained on have been forgotten; "
+                                   "retrain with `consolidate --rebuild`, or activate it anyway with force")
+            if not row.active:
+                current = tx.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant,
+                                                             AdapterRow.active.is_(True)))
+                if current is not None:
+                    current.active = False
+                    tx.flush()  # the one-active index is checked row by row: switch the old one off first
+                row.active, row.previous = True, current.version if current is not None else None
+            return _adapter(row)
+
+    def rollback_adapter(self, *, tenant: str) -> str | None:
+        """Re-activate the active adapter's `previous` (its own `previous` kept, so rollbacks walk back the
+        chain); with none, deactivate all (the base model). Stale or rejected ones on the way are passed over.
+        Returns the version now active, or None for the base model."""
+        with self.transaction() as tx:
+            self._lock_adapters(tx, tenant=tenant)
+            current = tx.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
+            if current is None:
+                return None
+            target, seen = tx.get(AdapterRow, current.previous) if current.previous else None, {current.version}
+            while target is not None and (target.status != "promoted" or target.tenant != tenant):
+                logger.warning("rollback passes over adapter %s of tenant %r: it is %s", target.version, tenant,
+                               target.status)
+                seen.add(target.version)
+                nxt = target.previous
+                target = tx.get(AdapterRow, nxt) if nxt and nxt not in seen else None
+            current.active = False
+            tx.flush()
+            if target is None:
+                return None
+            target.active = True
+            return target.version
+
+    def mark_consolidated(self, *, tenant: str, experience_ids: Iterable[int], version: str) -> int:
+        """Set `consolidated_in = version` on the tenant's experiences; returns how many were marked."""
+        ids = [int(i) for i in experience_ids]
+        with self.transaction() as tx:
+            row = tx.get(AdapterRow, version)
+            if row is None or row.tenant != tenant:
+                raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
+            marked = 0
+            for i in range(0, len(ids), 500):
+                marked += _rowcount(tx.execute(update(ExperienceRow).where(
+                    ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids[i:i + 500]))
+                    .values(consolidated_in=version).execution_options(synchronize_session=False)))
+            return int(marked)
+
+    def _lock_adapters(self, tx: Session, *, tenant: str) -> None:
+        """Serialize activations of one tenant. SQLite: a write as the transaction's first statement takes the
+        database's write lock (pysqlite begins a transaction only at the first write, so reads before it
+        would hold nothing). PostgreSQL: row locks on the tenant's adapters, in version order, so that two
+        activations cannot deadlock."""
+        if self.engine.dialect.name == "sqlite":
+            tx.execute(update(AdapterRow).where(AdapterRow.tenant == tenant).values(active=AdapterRow.active)
+                       .execution_options(synchronize_session=False))
+        else:
+            tx.execute(select(AdapterRow.version).where(AdapterRow.tenant == tenant).order_by(AdapterRow.version)
+                       .with_for_update())
+
+    def _mark_stale(self, tx: Session, *, tenants: set[str], forgotten: set[int]) -> None:
+        if not forgotten or not tenants:
+            return
+        now = time.time()
+        for row in tx.scalars(select(AdapterRow).where(AdapterRow.tenant.in_(sorted(tenants)))
+                              .order_by(AdapterRow.version).with_for_update()):  # the lock order of activations
+            if forgotten.isdisjoint(json.loads(row.covered)):
+                continue
+            if row.status == "promoted":
+                row.status = "stale"
+            row.stale_at = row.stale_at or now
+            logger.warning("adapter %s of tenant %r was trained on forgotten experiences: marked stale%s",
+                           row.version, row.tenant, " (it is still active)" if row.active else "")

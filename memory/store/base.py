@@ -1,0 +1,52 @@
+"""The engine and transactions every part of the store works through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .schema import Base
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA secure_delete=ON")  # deleted text is overwritten, not left in free pages
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class StoreBase:
+    """The database: engine, schema, transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One atomic unit of work: committed on success, rolled back on any exception."""
+        with Session(self.engine, expire_on_commit=False) as tx:
+            with tx.begin():
+                yield tx
+
+    @contextmanager
+    def _reader(self, tx: Session | None) -> Iterator[Session]:
+        if tx is not None:
+            yield tx
+        else:
+            with Session(self.engine) as s:
+                yield s

@@ -1,0 +1,375 @@
+"""The SQL store: the source of truth for interactions, feedback, experiences and index state.
+
+This package is the only one that imports SQLAlchemy: `schema` (the tables), `records` (what reads
+return), `base` (engine, transactions), `adapters` and `jobs` (their rows), and here the memory's own
+rows and forgetting. SQLite (WAL, secure_delete) by default; any SQLAlchemy URL
+(PostgreSQL through psycopg) otherwise. Experience vectors are stored here too, so a lost or stale
+faiss index is rebuilt from SQL without re-embedding anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from ..errors import NotFoundError, StoreError
+from .adapters import AdapterStore
+from .jobs import JobStore
+from .records import ExperienceData, _data, _locked, _rowcount
+from .schema import (
+    SCHEMA_VERSION,
+    AdapterRow,
+    AuthorRow,
+    ConflictRow,
+    ExperienceRow,
+    FeedbackRow,
+    IndexStateRow,
+    InstructionRow,
+    InteractionRow,
+    MetaRow,
+    RetrievalRow,
+    SourceRow,
+)
+
+logger = logging.getLogger(__name__)
+Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
+Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
+
+
+class Store(AdapterStore, JobStore):
+    """Repository over the SQL database. Write methods take the open transaction `tx` first."""
+
+    # --- meta -------------------------------------------------------------------------------
+    def check_meta(self, *, embedder: str, dim: int) -> None:
+        """Pin the embedder and width on first use; refuse a memory made with another embedder."""
+        want = {"schema": SCHEMA_VERSION, "embedder": embedder, "dim": str(dim)}
+        with self.transaction() as tx:
+            have = {r.key: r.value for r in tx.scalars(select(MetaRow))}
+            for key, value in want.items():
+                if key not in have:
+                    tx.add(MetaRow(key=key, value=value))
+                elif have[key] != value:
+                    raise StoreError(f"this memory was built with {key}={have[key]!r}, not {value!r}; "
+                                     "use the same embedder or a new home")
+
+    # --- interactions -----------------------------------------------------------------------
+    def known_interactions(self, tx: Session, *, tenant: str, ext_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ext_ids), 500):
+            chunk = list(ext_ids[i:i + 500])
+            found.update(tx.scalars(select(InteractionRow.ext_id).where(
+                InteractionRow.tenant == tenant, InteractionRow.ext_id.in_(chunk))))
+        return found
+
+    def add_interaction(self, tx: Session, *, record: dict[str, Any], status: str) -> int:
+        row = InteractionRow(tenant=record["tenant"], ext_id=record["id"], user=record.get("user"),
+                             session=record.get("session"), timestamp=record.get("timestamp"),
+                             record=json.dumps(record, ensure_ascii=False), status=status,
+                             ingested_at=time.time())
+        tx.add(row)
+        tx.flush()
+        for f in record.get("feedback", []):
+            tx.add(FeedbackRow(interaction_id=row.id, turn=f["turn"], kind=f["kind"], value=f.get("value"),
+                               text=f.get("text")))
+        return row.id
+
+    def add_retrievals(self, tx: Session, *, tenant: str, interaction_id: int, experience_ids: Iterable[int]) -> int:
+        """Link an interaction to the experiences it retrieved; ids not of `tenant`'s experiences are ignored
+        (a record never reaches another tenant's rows). Returns the number linked."""
+        wanted = sorted({int(i) for i in experience_ids})
+        found = list(tx.scalars(select(ExperienceRow.id).where(ExperienceRow.tenant == tenant,
+                                                               ExperienceRow.id.in_(wanted)))) if wanted else []
+        tx.add_all([RetrievalRow(interaction_id=interaction_id, experience_id=i) for i in found])
+        return len(found)
+
+    def retrieving_records(self, *, tenant: str, experience_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Per experience, the records of the logged interactions that had it in their prompt."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        with Session(self.engine) as s:
+            for i in range(0, len(experience_ids), 500):
+                chunk = [int(e) for e in experience_ids[i:i + 500]]
+                rows = s.execute(select(RetrievalRow.experience_id, InteractionRow.record)
+                                 .join(InteractionRow, InteractionRow.id == RetrievalRow.interaction_id)
+                                 .where(InteractionRow.tenant == tenant, RetrievalRow.experience_id.in_(chunk))
+                                 .order_by(RetrievalRow.experience_id, InteractionRow.id))
+                for exp_id, record in rows:
+                    out.setdefault(exp_id, []).append(json.loads(record))
+        return out
+
+    def set_status(self, tx: Session, *, interaction_id: int, status: str) -> None:
+        tx.get_one(InteractionRow, interaction_id).status = status
+
+    def add_feedback(self, tx: Session, *, tenant: str, ext_id: str, turn: int, kind: str,
+                     value: float | None = None, text: str | None = None) -> None:
+        pk = tx.scalar(select(InteractionRow.id).where(InteractionRow.tenant == tenant,
+                                                       InteractionRow.ext_id == ext_id))
+        if pk is None:
+            raise NotFoundError(f"no interaction {ext_id!r} in tenant {tenant!r}")
+        tx.add(FeedbackRow(interaction_id=pk, turn=turn, kind=kind, value=value, text=text))
+
+    # --- experiences ------------------------------------------------------------------------
+    def experience_by_hash(self, tx: Session, *, tenant: str, content_hash: str) -> int | None:
+        return tx.scalar(select(ExperienceRow.id).where(ExperienceRow.tenant == tenant,
+                                                        ExperienceRow.content_hash == content_hash))
+
+    def add_experience(self, tx: Session, *, tenant: str, user: str | None, content_hash: str,
+                       instruction: str | None, trigger: str, response: str, lesson: str | None,
+                       rejected: str | None, vector: np.ndarray, alpha: float, beta: float,
+                       timestamp: float, interaction_id: int) -> int:
+        row = ExperienceRow(tenant=tenant, user=user, content_hash=content_hash, instruction=instruction,
+                            trigger=trigger, response=response, lesson=lesson, rejected=rejected,
+                            vector=np.asarray(vector, dtype=np.float32).tobytes(), alpha=alpha, beta=beta,
+                            support=1, uses=0, created_at=timestamp, last_seen_at=timestamp)
+        tx.add(row)
+        tx.flush()
+        tx.add(SourceRow(experience_id=row.id, interaction_id=interaction_id))
+        return row.id
+
+    def merge_into(self, tx: Session, *, experience_id: int, interaction_id: int, timestamp: float,
+                   success: float) -> None:
+        """Count one more supporting interaction (a duplicate) on `experience_id`.
+
+        Only the count and times are taken: an experience's text all comes from the one interaction that
+        created it, so forgetting a user who merely agreed leaves none of their words behind.
+        """
+        row = _locked(tx, ExperienceRow, experience_id)
+        if row is None:
+            raise NotFoundError(f"no experience {experience_id}")
+        row.support += 1
+        row.alpha += success
+        row.beta += 1.0 - success
+        row.created_at = min(row.created_at, timestamp)
+        row.last_seen_at = max(row.last_seen_at, timestamp)
+        tx.add(SourceRow(experience_id=experience_id, interaction_id=interaction_id))
+
+    def add_conflict(self, tx: Session, *, experience_id: int, interaction_id: int, response: str,
+                     swap_hash: str) -> bool:
+        """Record a conflicting answer. When its support outgrows the experience's, it takes its place
+        (and the old answer becomes the conflict). Returns whether the answer was swapped.
+
+        `swap_hash` is the content hash of the experience's trigger with `response`: the experience takes
+        it on a swap, so that a later exact copy of the old answer counts as a conflict, not as support."""
+        row = _locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
+        if row is None:
+            raise NotFoundError(f"no experience {experience_id}")
+        tx.add(ConflictRow(experience_id=experience_id, interaction_id=interaction_id, response=response))
+        tx.flush()
+        same = tx.scalar(select(func.count()).select_from(ConflictRow).where(
+            ConflictRow.experience_id == experience_id, ConflictRow.response == response)) or 0
+        if same <= row.support:
+            return False
+        authors = {u for u in tx.scalars(select(InteractionRow.user).join(
+            ConflictRow, ConflictRow.interaction_id == InteractionRow.id).where(
+            ConflictRow.experience_id == experience_id, ConflictRow.response == response,
+            InteractionRow.user.is_not(None))) if u is not None}
+        known = set(tx.scalars(select(AuthorRow.user).where(AuthorRow.experience_id == experience_id)))
+        tx.add_all([AuthorRow(experience_id=experience_id, user=u) for u in sorted(authors - known - {row.user})])
+        tx.execute(delete(ConflictRow).where(ConflictRow.experience_id == experience_id,
+                                             ConflictRow.response == response))
+        for _ in range(row.support):
+            tx.add(ConflictRow(experience_id=experience_id, interaction_id=None, response=row.response))
+        row.response, row.support = response, same
+        if self.experience_by_hash(tx, tenant=row.tenant, content_hash=swap_hash) is None:  # keep it unique
+            row.content_hash = swap_hash
+        return True
+
+    def get_experiences(self, tx: Session | None = None, *, tenant: str,
+                        ids: Iterable[int]) -> dict[int, ExperienceData]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        with self._reader(tx) as s:
+            rows = s.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant,
+                                                         ExperienceRow.id.in_(ids)))
+            return {r.id: _data(r) for r in rows}
+
+    def iter_experiences(self, *, tenant: str, batch: int = 10_000) -> Iterator[ExperienceData]:
+        with Session(self.engine) as s:
+            last = 0
+            while True:
+                rows = list(s.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant,
+                                                                  ExperienceRow.id > last)
+                                      .order_by(ExperienceRow.id).limit(batch)))
+                if not rows:
+                    return
+                yield from (_data(r) for r in rows)
+                last = rows[-1].id
+                s.expunge_all()
+
+    def vectors(self, *, tenant: str, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """All of a tenant's experience ids (int64, (n,)) and vectors (float32, (n, d))."""
+        with Session(self.engine) as s:
+            rows = s.execute(select(ExperienceRow.id, ExperienceRow.vector)
+                             .where(ExperienceRow.tenant == tenant).order_by(ExperienceRow.id)).all()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        xb = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), d)
+        return ids, xb
+
+    def record_outcome(self, *, tenant: str, ids: Sequence[int], success: float) -> int:
+        """Credit an outcome to experiences: utility Beta(alpha, beta) gains (success, 1 - success)."""
+        with self.transaction() as tx:
+            res = tx.execute(update(ExperienceRow).where(ExperienceRow.tenant == tenant,
+                                                         ExperienceRow.id.in_([int(i) for i in ids]))
+                             .values(alpha=ExperienceRow.alpha + success,
+                                     beta=ExperienceRow.beta + (1.0 - success)))
+            return _rowcount(res)
+
+    def count_uses(self, *, tenant: str, ids: Sequence[int]) -> None:
+        with self.transaction() as tx:
+            tx.execute(update(ExperienceRow).where(ExperienceRow.tenant == tenant,
+                                                   ExperienceRow.id.in_([int(i) for i in ids]))
+                       .values(uses=ExperienceRow.uses + 1))
+
+    # --- shared instructions ----------------------------------------------------------------
+    def count_instructions(self, tx: Session, *, tenant: str, counts: dict[str, tuple[str, int]]) -> None:
+        """Add `counts` (hash -> (text, n)) to the tenant's tally of leading paragraphs."""
+        for h, (text, n) in counts.items():
+            row = _locked(tx, InstructionRow, (tenant, h))
+            if row is None:
+                tx.add(InstructionRow(tenant=tenant, content_hash=h, text=text, count=n))
+            else:
+                row.count += n
+        tx.flush()
+
+    def instructions(self, *, tenant: str, min_count: int, tx: Session | None = None) -> set[str]:
+        with self._reader(tx) as s:
+            return set(s.scalars(select(InstructionRow.text).where(InstructionRow.tenant == tenant,
+                                                                   InstructionRow.count >= min_count)))
+
+    # --- index state ------------------------------------------------------------------------
+    def bump_generation(self, tx: Session, *, tenant: str) -> int:
+        """Count one more change to the tenant's vectors; returns the new generation."""
+        row = _locked(tx, IndexStateRow, tenant)
+        if row is None:
+            row = IndexStateRow(tenant=tenant, generation=0)
+            tx.add(row)
+        row.generation += 1
+        tx.flush()
+        return row.generation
+
+    def generation(self, *, tenant: str) -> int:
+        with Session(self.engine) as s:
+            return s.scalar(select(IndexStateRow.generation).where(IndexStateRow.tenant == tenant)) or 0
+
+    def tenants(self) -> list[str]:
+        with Session(self.engine) as s:
+            names = set(s.scalars(select(InteractionRow.tenant).distinct()))
+            names |= set(s.scalars(select(ExperienceRow.tenant).distinct()))
+            return sorted(names)
+
+    # --- forgetting -------------------------------------------------------------------------
+    def forget(self, *, tenant: str | None = None, user: str | None = None, experience_id: int | None = None,
+               tally: Tally | None = None) -> tuple[dict[str, int], set[str]]:
+        """Delete rows; return counts per table and the tenants whose vectors changed.
+
+        By user: their interactions and feedback; experiences whose text came from them (created by them, or
+        answered by them through a conflict swap); their support is taken off experiences they only agreed
+        with (text that never was theirs stays). `tally(record)` gives the leading paragraphs (hash -> n)
+        a deleted interaction added to the instructions tally; they are taken off, and a paragraph nobody
+        else sent goes. Adapters trained on a deleted experience are marked stale (their files stay:
+        `consolidate --rebuild` replaces them).
+        """
+        with self.transaction() as tx:
+            if experience_id is not None:
+                row = tx.get(ExperienceRow, experience_id)
+                if row is None or (tenant is not None and row.tenant != tenant):
+                    raise NotFoundError(f"no experience {experience_id}" + (f" in tenant {tenant!r}" if tenant else ""))
+                # the interactions it came from hold its text too
+                pks = list(tx.scalars(select(SourceRow.interaction_id).where(SourceRow.experience_id == row.id)))
+                self._untally(tx, pks, tally)
+                tx.delete(row)
+                if pks:
+                    tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
+                changed, forgotten = {row.tenant}, {row.id}
+                counts = {"experiences": 1, "interactions": len(pks)}
+            elif user is not None:
+                counts, changed, forgotten = self._forget_user(tx, user=user, tenant=tenant, tally=tally)
+            elif tenant is not None:
+                forgotten = set(tx.scalars(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)
+                                           .returning(ExperienceRow.id)))
+                n_int = _rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
+                tx.execute(delete(InstructionRow).where(InstructionRow.tenant == tenant))
+                counts, changed = {"experiences": len(forgotten), "interactions": int(n_int)}, {tenant}
+            else:
+                raise ValueError("forget needs an experience id, a user or a tenant")
+            for t in changed:
+                self.bump_generation(tx, tenant=t)
+            self._mark_stale(tx, tenants=changed, forgotten=forgotten)
+        self._scrub()
+        return counts, changed
+
+    def _untally(self, tx: Session, interaction_ids: Sequence[int], tally: Tally | None) -> None:
+        if tally is None:
+            return
+        for i in range(0, len(interaction_ids), 500):
+            rows = tx.execute(select(InteractionRow.tenant, InteractionRow.record)
+                              .where(InteractionRow.id.in_(list(interaction_ids[i:i + 500])))).all()
+            for tenant, record in rows:
+                for h, n in tally(json.loads(record)).items():
+                    row = _locked(tx, InstructionRow, (tenant, h))
+                    if row is not None:
+                        row.count -= n
+                        if row.count <= 0:
+                            tx.delete(row)
+
+    def _forget_user(self, tx: Session, *, user: str, tenant: str | None,
+                     tally: Tally | None) -> tuple[dict[str, int], set[str], set[int]]:
+        scope = [InteractionRow.user == user] + ([InteractionRow.tenant == tenant] if tenant else [])
+        pks = list(tx.scalars(select(InteractionRow.id).where(*scope)))
+        self._untally(tx, pks, tally)
+        authored = select(AuthorRow.experience_id).where(AuthorRow.user == user)
+        exp_scope = [(ExperienceRow.user == user) | ExperienceRow.id.in_(authored)] + (
+            [ExperienceRow.tenant == tenant] if tenant else [])
+        own = list(tx.execute(select(ExperienceRow.id, ExperienceRow.tenant).where(*exp_scope)))
+        changed = {t for _, t in own}
+        supported = tx.execute(select(SourceRow.experience_id, func.count()).where(
+            SourceRow.interaction_id.in_(pks)).group_by(SourceRow.experience_id)).all() if pks else []
+        own_ids = {i for i, _ in own}
+        for exp_id, n in supported:
+            if exp_id not in own_ids:
+                row = _locked(tx, ExperienceRow, exp_id)
+                row.support = max(row.support - n, 1)
+        tx.execute(delete(ConflictRow).where(ConflictRow.interaction_id.in_(pks)))
+        if own_ids:
+            tx.execute(delete(ExperienceRow).where(ExperienceRow.id.in_(own_ids)))
+        if pks:
+            tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
+        return {"experiences": len(own_ids), "interactions": len(pks)}, changed, own_ids
+
+    def _scrub(self) -> None:
+        """Leave no deleted text in SQLite's write-ahead log (the main file is scrubbed by secure_delete)."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # --- stats ------------------------------------------------------------------------------
+    def counts(self, *, tenant: str | None) -> dict[str, Any]:
+        """Aggregates for `stats`: interactions by status, experiences, merges, conflicts, utility, age, and
+        the adapters as (tenant, version, status, active)."""
+        def scoped(model: Any, stmt: Any) -> Any:
+            return stmt.where(model.tenant == tenant) if tenant is not None else stmt
+
+        with Session(self.engine) as s:
+            by_status = dict(s.execute(scoped(InteractionRow, select(InteractionRow.status, func.count())
+                                              .group_by(InteractionRow.status))).all())
+            n_exp, support, consolidated, with_lesson = s.execute(scoped(ExperienceRow, select(
+                func.count(), func.coalesce(func.sum(ExperienceRow.support), 0),
+                func.count(ExperienceRow.consolidated_in), func.count(ExperienceRow.lesson)))).one()
+            n_conf = s.scalar(scoped(ExperienceRow, select(func.count(ConflictRow.id)).join(
+                ExperienceRow, ExperienceRow.id == ConflictRow.experience_id))) or 0
+            util = s.execute(scoped(ExperienceRow, select(
+                ExperienceRow.alpha, ExperienceRow.beta, ExperienceRow.last_seen_at))).all()
+            adapters = s.execute(scoped(AdapterRow, select(AdapterRow.tenant, AdapterRow.version, AdapterRow.status,
+                                                           AdapterRow.active))).all()
+        return {"by_status": by_status, "experiences": int(n_exp), "support": int(support),
+                "consolidated": int(consolidated), "lessons": int(with_lesson), "conflicts": int(n_conf),
+                "utility": np.array([a / (a + b) for a, b, _ in util], dtype=np.float64),
+                "last_seen": np.array([t for _, _, t in util], dtype=np.float64),
+                "adapters": [(t, v, st, bool(act)) for t, v, st, act in adapters]}

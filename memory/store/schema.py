@@ -1,0 +1,175 @@
+"""The tables. SQLite and PostgreSQL both enforce the partial unique indexes that keep one active adapter
+and one running job per tenant."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = "1"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class InteractionRow(Base):
+    __tablename__ = "interactions"
+    __table_args__ = (UniqueConstraint("tenant", "ext_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    ext_id: Mapped[str] = mapped_column(String(200))
+    user: Mapped[str | None] = mapped_column(String(200), index=True)
+    session: Mapped[str | None] = mapped_column(String(200))
+    timestamp: Mapped[float | None] = mapped_column(Float)
+    record: Mapped[str] = mapped_column(Text)  # the native-schema JSON of the whole interaction
+    status: Mapped[str] = mapped_column(String(20))  # experience | merged | filtered
+    ingested_at: Mapped[float] = mapped_column(Float)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    value: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str | None] = mapped_column(Text)
+
+
+class ExperienceRow(Base):
+    __tablename__ = "experiences"
+    __table_args__ = (UniqueConstraint("tenant", "content_hash"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    user: Mapped[str | None] = mapped_column(String(200), index=True)  # whose interaction gave the text
+    content_hash: Mapped[str] = mapped_column(String(64))
+    instruction: Mapped[str | None] = mapped_column(Text)  # the shared instruction the trigger carried
+    trigger: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    lesson: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, unit norm
+    alpha: Mapped[float] = mapped_column(Float)  # Beta posterior of utility
+    beta: Mapped[float] = mapped_column(Float)
+    support: Mapped[int] = mapped_column(Integer, default=1)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)  # time of the first supporting interaction
+    last_seen_at: Mapped[float] = mapped_column(Float)  # time of the latest one
+    consolidated_in: Mapped[str | None] = mapped_column(String(64))
+
+
+class SourceRow(Base):
+    """Which interactions support which experience (for merge counts and forgetting by user)."""
+
+    __tablename__ = "experience_sources"
+    experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), primary_key=True)
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"),
+                                                primary_key=True, index=True)
+
+
+class AuthorRow(Base):
+    """Users whose words an experience's text holds besides its creator (`ExperienceRow.user`): those who
+    gave an answer that took the experience's place in a conflict swap. Forgetting any of them deletes it."""
+
+    __tablename__ = "experience_authors"
+    experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+
+
+class RetrievalRow(Base):
+    """Which experiences a logged interaction had in its prompt (its record's `metadata.retrieved`): the
+    requests that used an experience and went well become more training inputs for it."""
+
+    __tablename__ = "retrievals"
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True)
+    experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), primary_key=True,
+                                               index=True)
+
+
+class ConflictRow(Base):
+    """A different accepted answer to a near-duplicate trigger, with its own support."""
+
+    __tablename__ = "conflicts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experience_id: Mapped[int] = mapped_column(ForeignKey("experiences.id", ondelete="CASCADE"), index=True)
+    interaction_id: Mapped[int | None] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"))
+    response: Mapped[str] = mapped_column(Text)
+
+
+class InstructionRow(Base):
+    __tablename__ = "instructions"
+    tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class IndexStateRow(Base):
+    """Per tenant, a counter bumped by every change to its vectors; an index file saved at another
+    generation is stale and gets rebuilt from SQL."""
+
+    __tablename__ = "index_state"
+    tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+
+
+class MetaRow(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+ADAPTER_METHODS = ("sft", "kd", "sft+kd")
+ADAPTER_STATUSES = ("promoted", "rejected", "stale")
+
+
+class AdapterRow(Base):
+    """A trained LoRA adapter of one tenant. Versions are "v1", "v2", ... numbered across the whole store, so
+    that a version alone (`consolidated_in`, the CLI) names one adapter."""
+
+    __tablename__ = "adapters"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    base_model: Mapped[str] = mapped_column(String(500))
+    method: Mapped[str] = mapped_column(String(20))  # sft | kd | sft+kd
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))  # promoted | rejected | stale (promoted, then data forgotten)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    previous: Mapped[str | None] = mapped_column(String(64))  # active before this one was activated
+    metrics: Mapped[str] = mapped_column(Text)  # JSON: the gate's figures
+    covered: Mapped[str] = mapped_column(Text)  # JSON list of the experience ids it was trained on
+    path: Mapped[str] = mapped_column(Text)  # the adapter's folder
+    created_at: Mapped[float] = mapped_column(Float)
+    stale_at: Mapped[float | None] = mapped_column(Float)  # when an experience it covers was forgotten
+
+
+# At most one active adapter per tenant, held by the database itself (SQLite and PostgreSQL both).
+Index("one_active_adapter_per_tenant", AdapterRow.tenant, unique=True, sqlite_where=AdapterRow.active,
+      postgresql_where=AdapterRow.active)
+
+JOB_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # queued | running | succeeded | rejected | failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    message: Mapped[str | None] = mapped_column(Text)  # the latest progress line ("step 12/80 loss 1.23")
+    params: Mapped[str] = mapped_column(Text)  # JSON
+    metrics: Mapped[str | None] = mapped_column(Text)  # JSON
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+# Two jobs never run on one tenant at once: a second start fails on this index, atomically, in both databases.
+Index("one_running_job_per_tenant", JobRow.tenant, unique=True, sqlite_where=JobRow.status == "running",
+      postgresql_where=JobRow.status == "running")
