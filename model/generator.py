@@ -116,15 +116,16 @@ class MemoryGenerator:
         return torch.cat([input_ids, out[:, enc["input_ids"].shape[1]:]], dim=1)
 
     def _splice(self, prompt: str, tenant: str | None) -> str | None:
-        """`prompt` with the experiences for its last user turn inserted before that turn, or None."""
+        """`prompt` with the experiences for its last user turn (and their lessons, as a system note)
+        inserted before that turn, or None."""
         found = self._markers.last_user(prompt) if self._markers else None
         query = found[1] if found else prompt
         cond = self._condition(self.retrieve(query, tenant=tenant))
         if not cond.experiences:
             return None
         if found and self._markers is not None:
-            exchanges = render_messages([], cond, self.gen_config.template)
-            text = self._markers.exchanges(self.tokenizer, [m for m in exchanges if m["role"] != "system"])
+            # the template's lessons note (a system turn) comes along, just before the exchanges
+            text = self._markers.exchanges(self.tokenizer, render_messages([], cond, self.gen_config.template))
             return prompt[:found[0]] + text + prompt[found[0]:] if text else None
         return render_plain(cond) + prompt
 

@@ -89,6 +89,27 @@ def test_splice_puts_the_exchange_before_the_last_user_turn(tiny_lm, memory) -> 
     assert spliced.endswith(prompt[prompt.rfind("<|im_start|>user"):])
 
 
+def test_drop_in_generate_reads_the_lessons_too(tiny_lm, embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    with VectorMemory(tmp_path / "h", embedder=embedder) as mem:
+        mem.ingest([{"id": "c1", "messages": [
+            {"role": "user", "content": "How do I delete a remote git branch?"},
+            {"role": "assistant", "content": "git branch -d name"},
+            {"role": "user", "content": "No, that only deletes the local branch."},
+            {"role": "assistant", "content": "git push origin --delete name"}],
+            "feedback": [{"turn": 1, "kind": "dislike"}, {"turn": 3, "kind": "like"}]}])
+        gen = MemoryGenerator(model, tok, mem)
+        question = "how to delete a branch on the remote?"
+        prompt = tok.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+        spliced = gen._splice(prompt, None)
+    assert spliced is not None and spliced.startswith("<|im_start|>system\nBe brief.")
+    note = spliced.index("Lessons from earlier corrections")
+    assert note < spliced.index("git push origin --delete name") < spliced.rindex(question)
+    assert "only deletes the local branch" in spliced[note:spliced.index("git push origin --delete name")]
+
+
 def test_attributes_fall_through_to_the_wrapped_model(tiny_lm) -> None:  # type: ignore[no-untyped-def]
     model, tok = tiny_lm
     gen = MemoryGenerator(model, tok, None)
