@@ -89,7 +89,8 @@ def test_requests_that_used_an_experience_and_went_well_are_more_pairs(memory: V
     pairs = build_pairs([sky], tok, memory, "default", ConsolidationConfig(), extra=extra)
     assert [tok.decode(p.student).count("Tell me the colour") for p in pairs] == [0, 1]
     assert all(p.experience_id == sky.id and tok.decode(p.response[:-1]) == "BLUE" for p in pairs)
-    outcome = consolidate(tiny_lm[0], tok, memory, config=ConsolidationConfig(max_steps=1), experiences=chosen)
+    outcome = consolidate(copy.deepcopy(tiny_lm[0]), tok, memory, config=ConsolidationConfig(max_steps=1),
+                          experiences=chosen)
     assert sky.id in outcome.covered and outcome.metrics["train_pairs"] == outcome.metrics["train"] + 1
 
 
