@@ -165,11 +165,17 @@ def _batch(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch
 
 def response_logits(model: Any, rows: Sequence[tuple[list[int], list[int]]],
                     pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, V) logits predicting every response token of `rows` and the (N,) tokens they predict."""
+    """(N, V) logits predicting every response token of `rows` and the (N,) tokens they predict.
+
+    Rows are left-padded, so every response ends the row: the vocabulary projection (and its gradient)
+    runs only over the last `max response + 1` positions, not the whole prompt.
+    """
     ids, attn, predicts = _batch(rows, pad)
-    logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
+    keep = max(len(r) for _, r in rows) + 1
+    logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                   logits_to_keep=keep).logits
     targets = ids[:, 1:][predicts[:, :-1]]
-    return logits[predicts.to(logits.device)], targets.to(logits.device)
+    return logits[predicts[:, -keep:].to(logits.device)], targets.to(logits.device)
 
 
 def _batches(pairs: Sequence[Pair], size: int, rng: random.Random) -> list[list[Pair]]:

@@ -15,6 +15,7 @@ from logmem.model.consolidate import (
     build_pairs,
     consolidate,
     gate,
+    response_logits,
     select_experiences,
     split_holdout,
 )
@@ -99,6 +100,18 @@ def test_batch_masks_mark_exactly_the_positions_that_predict_the_response() -> N
     assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 0, 5, 8]]
     assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]]
     assert ids[:, 1:][predicts[:, :-1]].tolist() == [8, 9, 8]
+
+
+def test_response_logits_are_the_full_forward_pass_at_the_response_positions(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = tiny_lm
+    rows = [([5, 6, 7, 11], [8, 9, 10]), ([5], [8]), ([12, 13], [14, 15])]
+    logits, targets = response_logits(model, rows, pad=tokenizer.pad_token_id)
+    ids, attn, predicts = _batch(rows, pad=tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=attn).logits
+    assert targets.tolist() == [8, 9, 10, 8, 14, 15]
+    assert logits.shape == (6, full.shape[-1])
+    torch.testing.assert_close(logits.detach(), full[predicts], rtol=1e-5, atol=1e-5)
 
 
 def test_gate_rules() -> None:
