@@ -42,7 +42,7 @@ def _open_store(args: argparse.Namespace) -> Store:
 def _load_model(args: argparse.Namespace, dtype: str | None = None) -> tuple[Any, Any]:
     from logmem.model.loading import load_generator
 
-    return load_generator(args.model, home=Path(args.home), dtype=dtype or args.dtype)
+    return load_generator(args.model, home=Path(args.home), dtype=dtype or args.dtype, device=args.device)
 
 
 def _with_active_adapter(model: Any, memory: VectorMemory, tenant: str) -> Any:
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedder", default=None, help="local sentence-transformers folder (default: MiniLM)")
     parser.add_argument("--model", default=None, help="local model folder or .gguf (default: bundled SmolLM2)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--device", default="auto",
+                        help="torch device of the model (auto: the first GPU when there is one, else the CPU)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 

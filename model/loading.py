@@ -224,7 +224,7 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
             local transformers folder.
         home: logmem home; converted GGUF copies are cached under `<home>/models/`.
         dtype: "float32" or "bfloat16".
-        device: torch device to put the model on.
+        device: torch device to put the model on; "auto" is the first GPU when there is one, else the CPU.
 
     Returns:
         (model, tokenizer): the model in eval mode, `model.name_or_path` naming the folder it was read
@@ -234,9 +234,12 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
         ModelNotFoundError: the path does not exist or is not a model.
         ConfigError: `dtype` is not supported.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _torch_dtype(dtype)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     folder = _resolve_folder(name_or_path, Path(home))
     started = time.perf_counter()
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))

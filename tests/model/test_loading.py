@@ -66,6 +66,12 @@ def test_local_folder_and_bfloat16(smollm_folder: Path, model_home: Path) -> Non
 
 
 @pytest.mark.slow
+def test_auto_device_is_the_gpu_when_there_is_one(smollm_folder: Path, model_home: Path) -> None:
+    model, _ = load_generator(str(smollm_folder), home=model_home, device="auto")
+    assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.slow
 def test_tokenizer_is_ready_for_batched_chat(smollm) -> None:
     _, tokenizer = smollm
     assert tokenizer.pad_token is not None
