@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ..errors import NotFoundError, StoreError
 from .adapters import AdapterStore
 from .jobs import JobStore
-from .records import ExperienceData, _data, _locked, _rowcount
+from .records import ExperienceData, _created_locked, _data, _locked, _rowcount
 from .schema import (
     SCHEMA_VERSION,
     AdapterRow,
@@ -231,11 +231,8 @@ class Store(AdapterStore, JobStore):
     def count_instructions(self, tx: Session, *, tenant: str, counts: dict[str, tuple[str, int]]) -> None:
         """Add `counts` (hash -> (text, n)) to the tenant's tally of leading paragraphs."""
         for h, (text, n) in counts.items():
-            row = _locked(tx, InstructionRow, (tenant, h))
-            if row is None:
-                tx.add(InstructionRow(tenant=tenant, content_hash=h, text=text, count=n))
-            else:
-                row.count += n
+            row = _created_locked(tx, InstructionRow, {"tenant": tenant, "content_hash": h, "text": text, "count": 0})
+            row.count += n
         tx.flush()
 
     def instructions(self, *, tenant: str, min_count: int, tx: Session | None = None) -> set[str]:
@@ -246,10 +243,7 @@ class Store(AdapterStore, JobStore):
     # --- index state ------------------------------------------------------------------------
     def bump_generation(self, tx: Session, *, tenant: str) -> int:
         """Count one more change to the tenant's vectors; returns the new generation."""
-        row = _locked(tx, IndexStateRow, tenant)
-        if row is None:
-            row = IndexStateRow(tenant=tenant, generation=0)
-            tx.add(row)
+        row = _created_locked(tx, IndexStateRow, {"tenant": tenant, "generation": 0})
         row.generation += 1
         tx.flush()
         return row.generation

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import numpy as np
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 
@@ -125,3 +126,18 @@ def _locked(tx: Session, model: type[Any], key: Any) -> Any:
     lock, one writer holds the whole file), so that a read-modify-write cannot overwrite another
     process's concurrent change with a stale value under PostgreSQL's read committed."""
     return tx.get(model, key, with_for_update=True, populate_existing=True)
+
+
+def _created_locked(tx: Session, model: type[Any], values: dict[str, Any]) -> Any:
+    """The row of `model` whose primary key is in `values`, inserted with `values` when absent, then locked
+    as `_locked` does. The insert is `ON CONFLICT DO NOTHING`, so two transactions that create the same row
+    at once (two processes writing a new tenant's first rows) wait for each other instead of one failing
+    on the unique key."""
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(tx.get_bind().dialect.name)
+    key = tuple(values[c.name] for c in model.__table__.primary_key.columns)
+    if dialect is not None:
+        tx.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())
+    elif tx.get(model, key) is None:  # another dialect: no portable upsert, the plain check-then-add
+        tx.add(model(**values))
+        tx.flush()
+    return _locked(tx, model, key)

@@ -298,13 +298,24 @@ def _seed(store: Store) -> dict[str, int]:
     return {"experience": experience, "interaction": spare[0], "spare": spare[1]}
 
 
-@pytest.mark.parametrize(("write", "query"), [
-    (_bump, "SELECT generation FROM index_state WHERE tenant = 'acme'"),
-    (_merge, "SELECT support FROM experiences"),
-], ids=["generation", "support"])
-def test_concurrent_increments_are_not_lost(pg_db: str, sql: Engine, write: Write, query: str) -> None:
+def _bump_new_tenant(store: Store, tx: Session, ids: dict[str, int]) -> None:
+    store.bump_generation(tx, tenant="newco")
+
+
+def _tally_new_instruction(store: Store, tx: Session, ids: dict[str, int]) -> None:
+    store.count_instructions(tx, tenant="newco", counts={"h1": ("Classify the question.", 1)})
+
+
+@pytest.mark.parametrize(("write", "query", "want"), [
+    (_bump, "SELECT generation FROM index_state WHERE tenant = 'acme'", 3),
+    (_merge, "SELECT support FROM experiences", 3),
+    (_bump_new_tenant, "SELECT generation FROM index_state WHERE tenant = 'newco'", 2),
+    (_tally_new_instruction, "SELECT count FROM instructions WHERE tenant = 'newco'", 2),
+], ids=["generation", "support", "first-generation", "first-instruction"])
+def test_concurrent_increments_are_not_lost(pg_db: str, sql: Engine, write: Write, query: str, want: int) -> None:
     """Two processes' transactions increment one row: both count. (Under read committed a plain
-    read-then-write would overwrite the first increment with a value computed from a stale read.)"""
+    read-then-write would overwrite the first increment with a value computed from a stale read; and when
+    the row does not exist yet, both would insert it and the second would fail on the unique key.)"""
     store = Store(pg_db)
     ids = _seed(store)
     other_ids = {**ids, "interaction": ids["spare"]}
@@ -322,7 +333,7 @@ def test_concurrent_increments_are_not_lost(pg_db: str, sql: Engine, write: Writ
             _wait_for_a_lock_waiter(sql)  # the other writer is inside its transaction, blocked on our row
         other.join(timeout=60)
         assert not other.is_alive()
-        assert count(sql, query) == 3
+        assert count(sql, query) == want
     finally:
         store.close()
 
