@@ -196,7 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
         results, data = eval_report(model, tokenizer, memory, args.logs, items, modes=modes, config=config,
                                     tenant=args.tenant, max_new_tokens=args.max_new_tokens,
-                                    predictions=args.predictions, progress=not args.json)
+                                    predictions=args.predictions, batch_size=args.batch_size,
+                                    progress=not args.json)
     answer_ms = data["greedy_32_tokens_ms"]
     _emit(args, data, lambda: print(markdown_table(results, answer_ms)))
     return EXIT_OK
@@ -401,9 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of base and memory modes on an eval file")
     p.add_argument("--logs", required=True, help="training logs (ingested into this home first, idempotent)")
     p.add_argument("--eval", required=True, help='eval JSONL: {"id", "messages", "reference"}')
-    p.add_argument("--modes", default="base,memory", help="comma list of base, memory, vote, knn")
+    p.add_argument("--modes", default="base,memory",
+                   help="comma list of base, memory, vote, knn, consolidated, memory+adapter")
     p.add_argument("--predictions", default=None, help="write every prediction here (JSONL)")
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="answer N items per batched generation (faster; model ms become shares of a batch)")
     p.add_argument("--vote-prior", type=float, default=GeneratorConfig().vote_prior,
                    help="weight of the memory's vote against the model in the vote mode")
     _generation_options(p, max_new_tokens=16)

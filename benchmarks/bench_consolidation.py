@@ -13,6 +13,7 @@ Writes `consolidation_<method>_<eval name>.json` and `.md`, with the job's wall 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,6 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from logmem.api.jobs import JobRunner, consolidation_job  # noqa: E402
 from logmem.memory import VectorMemory  # noqa: E402
+from logmem.memory.store import JobData  # noqa: E402
 from logmem.model.embedding import default_embedder  # noqa: E402
 from logmem.model.evaluate import eval_report, markdown_table, read_eval  # noqa: E402
 from logmem.model.loading import load_generator  # noqa: E402
@@ -48,8 +51,13 @@ def main() -> None:
     p.add_argument("--drop-consolidated", action="store_true",
                    help="also run memory+adapter with the consolidated experiences out of retrieval")
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="eval items per batched generation")
+    p.add_argument("--home", default="", help="keep the memory and adapter here (default: a temporary folder); "
+                   "a home that already holds a promoted adapter is evaluated without training again")
     p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="of the model in the eval (training is float32)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -59,41 +67,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
               "with_memory": args.with_memory, **({"lr": args.lr} if args.lr else {})}
-    with tempfile.TemporaryDirectory() as home, VectorMemory(home, embedder=default_embedder()) as memory:
+    with contextlib.ExitStack() as stack:
+        home = args.home or stack.enter_context(tempfile.TemporaryDirectory())
+        memory = stack.enter_context(VectorMemory(home, embedder=default_embedder()))
         memory.ingest_file(args.logs, progress=True)
         model, tokenizer = load_generator(home=Path(args.model_home), dtype="float32")
-        runner = JobRunner(memory)
-        job_id = runner.submit("consolidate", "default", params)
-        started = time.perf_counter()
-        job = runner.run(job_id, consolidation_job(memory, model, tokenizer, tenant="default", params=params,
-                                                   base_model="SmolLM2-135M-Instruct", progress=True))
-        job_seconds = time.perf_counter() - started
+        job, job_seconds = _trained(memory, model, tokenizer, params)
         data: dict = {"job": job.to_json(), "job_seconds": job_seconds, "params": params}
         if job.status == "succeeded":
-            def base() -> torch.nn.Module:  # fresh each time: applying the adapter changes the model in place
-                return load_generator(home=Path(args.model_home), dtype="bfloat16")[0]
-
-            items = read_eval(args.eval)[: args.limit or None]
-            results, report = eval_report(base(), tokenizer, memory, args.logs, items, modes=args.modes.split(","),
-                                          predictions=out / f"consolidation_{name}.predictions.jsonl",
-                                          progress=True)
-            data.update(report)
-            if args.drop_consolidated:
-                memory.config = replace(memory.config, retrieve_consolidated=False)
-                dropped, _ = eval_report(base(), tokenizer, memory, args.logs, items, modes=["memory+adapter"],
-                                             progress=True)
-                memory.config = replace(memory.config, retrieve_consolidated=True)
-                for r in dropped:
-                    r.mode = "memory+adapter, consolidated out of retrieval"
-                results += dropped
-                data["results"] += [r.summary() for r in dropped]
-            table = markdown_table(results)
-            if args.dev:
-                dev_items = read_eval(args.dev)[: args.limit or None]
-                dev_results, dev_report = eval_report(base(), tokenizer, memory, args.logs, dev_items,
-                                                      modes=args.dev_modes.split(","), progress=True)
-                data["dev"] = {"eval": args.dev, "results": dev_report["results"]}
-                table += f"\n\nDev split ({args.dev}):\n\n" + markdown_table(dev_results)
+            table = _evaluate(args, memory, tokenizer, name, out, data)
         else:
             table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
     suffix = (f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}"
@@ -103,6 +85,52 @@ def main() -> None:
         f"# Consolidation ({args.method}, {args.epochs} epoch(s)) on {args.eval}\n\n"
         f"Job {job.status} in {job_seconds / 60:.1f} min: {(job.metrics or {}).get('gate', job.error)}\n\n{table}\n")
     print(table)
+
+
+def _trained(memory: VectorMemory, model: torch.nn.Module, tokenizer: Any, params: dict) -> tuple[JobData, float]:
+    """The job that trained the active adapter with `params` (a kept home), or a new job run now."""
+    runner = JobRunner(memory)
+    active = memory.active_adapter("default")
+    for job in runner.list("default"):
+        same = all(job.params.get(k) == v for k, v in params.items())
+        if active and job.status == "succeeded" and same and (job.metrics or {}).get("version") == active.version:
+            logging.info("evaluating the adapter %s that job %d trained", active.version, job.id)
+            return job, (job.finished_at or 0.0) - (job.started_at or 0.0)
+    job_id = runner.submit("consolidate", "default", params)
+    started = time.perf_counter()
+    job = runner.run(job_id, consolidation_job(memory, model, tokenizer, tenant="default", params=params,
+                                               base_model="SmolLM2-135M-Instruct", progress=True))
+    return job, time.perf_counter() - started
+
+
+def _evaluate(args: argparse.Namespace, memory: VectorMemory, tokenizer: Any, name: str, out: Path,
+              data: dict) -> str:
+    """Score the test split (and the dev split) in the adapter modes; fills `data`, returns the tables."""
+    def base() -> torch.nn.Module:  # fresh each time: applying the adapter changes the model in place
+        return load_generator(home=Path(args.model_home), dtype=args.dtype)[0]
+
+    def report(items: list, modes: list[str], **kwargs: Any) -> tuple[list, dict]:
+        return eval_report(base(), tokenizer, memory, args.logs, items, modes=modes, batch_size=args.batch_size,
+                           progress=True, **kwargs)
+
+    items = read_eval(args.eval)[: args.limit or None]
+    results, summary = report(items, args.modes.split(","),
+                              predictions=out / f"consolidation_{name}.predictions.jsonl")
+    data.update(summary)
+    if args.drop_consolidated:
+        memory.config = replace(memory.config, retrieve_consolidated=False)
+        dropped, _ = report(items, ["memory+adapter"])
+        memory.config = replace(memory.config, retrieve_consolidated=True)
+        for r in dropped:
+            r.mode = "memory+adapter, consolidated out of retrieval"
+        results += dropped
+        data["results"] += [r.summary() for r in dropped]
+    table = markdown_table(results)
+    if args.dev:
+        dev_results, dev_summary = report(read_eval(args.dev)[: args.limit or None], args.dev_modes.split(","))
+        data["dev"] = {"eval": args.dev, "results": dev_summary["results"]}
+        table += f"\n\nDev split ({args.dev}):\n\n" + markdown_table(dev_results)
+    return table
 
 
 if __name__ == "__main__":

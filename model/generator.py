@@ -105,13 +105,7 @@ class MemoryGenerator:
         if all(c is None for c in conditioned):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         texts = [c if c is not None else p for c, p in zip(conditioned, prompts)]
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        try:
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            self.tokenizer.padding_side = side
-        enc = enc.to(input_ids.device)
+        enc = self._left_padded(texts).to(input_ids.device)
         out = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
         return torch.cat([input_ids, out[:, enc["input_ids"].shape[1]:]], dim=1)
 
@@ -130,38 +124,72 @@ class MemoryGenerator:
         return render_plain(cond) + prompt
 
     # --- chat and feedback --------------------------------------------------------------------
-    @torch.no_grad()
     def chat(self, messages: Messages, *, tenant: str | None = None, user: str | None = None,
              max_new_tokens: int = 128, **kwargs: Any) -> Reply:
         """Answer the conversation `messages` with memory; keep it for `feedback`."""
+        return self.chat_many([messages], tenant=tenant, user=user, max_new_tokens=max_new_tokens, **kwargs)[0]
+
+    @torch.no_grad()
+    def chat_many(self, conversations: Sequence[Messages], *, tenant: str | None = None, user: str | None = None,
+                  max_new_tokens: int = 128, **kwargs: Any) -> list[Reply]:
+        """Answer several conversations with memory in one batched generation (left-padded); each reply is
+        kept for `feedback`. A reply's `model_ms` is its share of the batch's generation time."""
         tenant = tenant or self.tenant
-        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        t0 = time.perf_counter()
-        hits = self.retrieve(query, tenant=tenant)
-        t1 = time.perf_counter()
-        cond = self._condition(hits)
-        prompt = self._prompt(messages, cond)
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        started, prompts, conds, retrieval_ms = time.perf_counter(), [], [], []
+        for messages in conversations:
+            query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            t0 = time.perf_counter()
+            hits = self.retrieve(query, tenant=tenant)
+            retrieval_ms.append((time.perf_counter() - t0) * 1e3)
+            conds.append(self._condition(hits))
+            prompts.append(self._prompt(messages, conds[-1]))
+        encs = [self.tokenizer(p, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+                for p in prompts]
+        prompt_ms = ((time.perf_counter() - started) * 1e3 - sum(retrieval_ms)) / max(len(prompts), 1)
         t2 = time.perf_counter()
-        text, chosen_by = None, "model"
-        if self.gen_config.choose == "vote" and cond.experiences:
-            text = choose_answer(self.model, self.tokenizer, enc["input_ids"], cond.experiences, self.gen_config)
-            chosen_by = "vote" if text is not None else "model"
-        if text is None:
-            kwargs.setdefault("do_sample", False)
-            kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, **kwargs)
-            text = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        t3 = time.perf_counter()
-        iid = uuid.uuid4().hex
-        self._remember(iid, _Pending(tenant, user, [dict(m) for m in messages], text,
-                                     [h.id for h in cond.experiences]))
-        if self.memory is not None and cond.experiences:
-            self.memory.store.count_uses(tenant=tenant, ids=[h.id for h in cond.experiences])
-        return Reply(text=text, interaction_id=iid, experiences=cond.experiences, prompt=prompt,
-                     prompt_tokens=int(enc["input_ids"].shape[1]), memory_tokens=cond.memory_tokens,
-                     retrieval_ms=(t1 - t0) * 1e3, prompt_ms=(t2 - t1) * 1e3, model_ms=(t3 - t2) * 1e3,
-                     chosen_by=chosen_by)
+        texts: list[str | None] = [None] * len(prompts)
+        chosen_by = ["model"] * len(prompts)
+        if self.gen_config.choose == "vote":
+            for i, (enc, cond) in enumerate(zip(encs, conds)):
+                if cond.experiences:
+                    texts[i] = choose_answer(self.model, self.tokenizer, enc["input_ids"], cond.experiences,
+                                             self.gen_config)
+                    chosen_by[i] = "vote" if texts[i] is not None else "model"
+        todo = [i for i, t in enumerate(texts) if t is None]
+        if todo:
+            for i, text in zip(todo, self._generate_texts([prompts[i] for i in todo], max_new_tokens, **kwargs)):
+                texts[i] = text
+        model_ms = (time.perf_counter() - t2) * 1e3 / max(len(prompts), 1)
+        replies = []
+        for messages, prompt, enc, cond, text, how, r_ms in zip(conversations, prompts, encs, conds, texts,
+                                                                chosen_by, retrieval_ms):
+            iid = uuid.uuid4().hex
+            used = [h.id for h in cond.experiences]
+            self._remember(iid, _Pending(tenant, user, [dict(m) for m in messages], str(text), used))
+            if self.memory is not None and used:
+                self.memory.store.count_uses(tenant=tenant, ids=used)
+            replies.append(Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
+                                 prompt_tokens=int(enc["input_ids"].shape[1]), memory_tokens=cond.memory_tokens,
+                                 retrieval_ms=r_ms, prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how))
+        return replies
+
+    def _generate_texts(self, prompts: Sequence[str], max_new_tokens: int, **kwargs: Any) -> list[str]:
+        """Greedy (unless `kwargs` say otherwise) answers to formatted prompts, one left-padded batch."""
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        enc = self._left_padded(prompts).to(self.model.device)
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, **kwargs)
+        width = enc["input_ids"].shape[1]
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+    def _left_padded(self, texts: Sequence[str]) -> Any:
+        """Token ids of `texts`, left-padded into one batch (generation continues every row at its end)."""
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            return self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            self.tokenizer.padding_side = side
 
     def _prompt(self, messages: Messages, cond: Conditioning) -> str:
         if getattr(self.tokenizer, "chat_template", None):

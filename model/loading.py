@@ -254,8 +254,12 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
     return model, tokenizer
 
 
-def load_adapter(model: PreTrainedModel, path: str | Path) -> Any:
-    """`model` with the LoRA adapter saved at `path` applied (a peft model; the base stays loaded once)."""
+def load_adapter(model: PreTrainedModel, path: str | Path, *, merge: bool = False) -> Any:
+    """`model` with the LoRA adapter saved at `path` applied (a peft model; the base stays loaded once).
+
+    `merge=True` folds the adapter into `model`'s weights and returns the plain model: the same answers
+    without the adapter's extra matmuls at every layer, but `model` itself is changed for good.
+    """
     from peft import PeftModel
 
     path = Path(path)
@@ -263,4 +267,4 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> Any:
         raise ModelNotFoundError(f"no adapter at {path} (adapter_config.json missing)")
     peft_model = PeftModel.from_pretrained(model, str(path))
     peft_model.eval()
-    return peft_model
+    return peft_model.merge_and_unload() if merge else peft_model

@@ -261,3 +261,29 @@ def test_real_model_answers_from_memory(smollm, memory) -> None:  # type: ignore
     assert "7421" not in bare.text
     assert "7421" in with_memory.text
     assert with_memory.prompt_tokens > bare.prompt_tokens
+
+
+def _questions() -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": q}] for q in
+            ("launch code of Zephyr?", "Which port does the staging database use, and why that one?", "hi")]
+
+
+def test_chat_many_answers_each_conversation_as_chat_does(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=2))
+    batched = gen.chat_many(_questions(), max_new_tokens=6)
+    single = [gen.chat(q, max_new_tokens=6) for q in _questions()]
+    assert [r.prompt for r in batched] == [r.prompt for r in single]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [[h.id for h in r.experiences] for r in batched] == [[h.id for h in r.experiences] for r in single]
+    assert len({r.interaction_id for r in batched}) == 3
+    assert gen.feedback(batched[1].interaction_id, "like")["interaction_id"] == batched[1].interaction_id
+
+
+@pytest.mark.slow
+def test_real_model_batched_answers_equal_one_by_one(smollm, memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = smollm
+    gen = MemoryGenerator(model, tok, memory)
+    batched = [r.text for r in gen.chat_many(_questions(), max_new_tokens=16)]
+    assert batched == [gen.chat(q, max_new_tokens=16).text for q in _questions()]
+    assert "7421" in batched[0]
