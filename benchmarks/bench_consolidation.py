@@ -117,6 +117,7 @@ def _evaluate(args: argparse.Namespace, memory: VectorMemory, tokenizer: Any, na
     results, summary = report(items, args.modes.split(","),
                               predictions=out / f"consolidation_{name}.predictions.jsonl")
     data.update(summary)
+    data["eval_dtype"] = args.dtype
     if args.drop_consolidated:
         memory.config = replace(memory.config, retrieve_consolidated=False)
         dropped, _ = report(items, ["memory+adapter"])

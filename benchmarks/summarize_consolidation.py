@@ -19,6 +19,15 @@ def _accuracy(results: list[dict[str, Any]], mode: str) -> str:
     return f"{found[0]['accuracy']:.3f}" if found else "–"
 
 
+def _eval_setup(data: dict[str, Any]) -> str:
+    """How the answers were generated: the runs before batched eval used bfloat16, one question at a time."""
+    if not data.get("results"):
+        return "–"
+    if "batch_size" not in data:
+        return "bfloat16, 1 at a time"
+    return f"{data.get('eval_dtype', 'float32')}, batches of {data['batch_size']}"
+
+
 def summarize(folder: Path) -> str:
     lines = []
     quality = folder / "quality_test.json"
@@ -27,9 +36,9 @@ def summarize(folder: Path) -> str:
         lines += ["Without consolidation (`bench_quality.py`, NFCats test, 480 questions): "
                   f"base {_accuracy(q, 'base')}, memory {_accuracy(q, 'memory')}, vote {_accuracy(q, 'vote')}, "
                   f"kNN vote {_accuracy(q, 'knn')}.", ""]
-    lines += ["| objective | student | job min (2 cores) | gate | held-out NLL | probe ppl | dev consolidated | "
+    lines += ["| objective | student | job min (2 cores) | gate | held-out NLL | probe ppl | eval | dev consolidated | "
               "test consolidated | test memory+adapter | test memory+adapter, consolidated out of retrieval |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(folder.glob("consolidation_*_test.json")):
         data = json.loads(path.read_text())
         params, metrics = data["params"], data["job"].get("metrics") or {}
@@ -42,7 +51,8 @@ def summarize(folder: Path) -> str:
         ppl = (f"{metrics['base_probe_ppl']:.2f} -> {metrics['student_probe_ppl']:.2f}"
                if "student_probe_ppl" in metrics else "–")
         lines.append(f"| {params['method']} | {student} | {data['job_seconds'] / 60:.1f} | {data['job']['status']} | "
-                     f"{nll} | {ppl} | {_accuracy(dev, 'consolidated')} | {_accuracy(results, 'consolidated')} | "
+                     f"{nll} | {ppl} | {_eval_setup(data)} | {_accuracy(dev, 'consolidated')} | "
+                     f"{_accuracy(results, 'consolidated')} | "
                      f"{_accuracy(results, 'memory+adapter')} | "
                      f"{_accuracy(results, 'memory+adapter, consolidated out of retrieval')} |")
     return "\n".join(lines)
