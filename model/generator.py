@@ -143,41 +143,42 @@ class MemoryGenerator:
             retrieval_ms.append((time.perf_counter() - t0) * 1e3)
             conds.append(self._condition(hits))
             prompts.append(self._prompt(messages, conds[-1]))
-        encs = [self.tokenizer(p, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-                for p in prompts]
+        enc = self._left_padded(prompts).to(self.model.device)
+        lengths = [int(n) for n in enc["attention_mask"].sum(dim=1)]
         prompt_ms = ((time.perf_counter() - started) * 1e3 - sum(retrieval_ms)) / max(len(prompts), 1)
         t2 = time.perf_counter()
         texts: list[str | None] = [None] * len(prompts)
         chosen_by = ["model"] * len(prompts)
         if self.gen_config.choose == "vote":
-            for i, (enc, cond) in enumerate(zip(encs, conds)):
+            for i, cond in enumerate(conds):
                 if cond.experiences:
-                    texts[i] = choose_answer(self.model, self.tokenizer, enc["input_ids"], cond.experiences,
-                                             self.gen_config)
+                    ids = enc["input_ids"][i:i + 1, enc["input_ids"].shape[1] - lengths[i]:]  # its padding off
+                    texts[i] = choose_answer(self.model, self.tokenizer, ids, cond.experiences, self.gen_config)
                     chosen_by[i] = "vote" if texts[i] is not None else "model"
         todo = [i for i, t in enumerate(texts) if t is None]
         if todo:
-            for i, text in zip(todo, self._generate_texts([prompts[i] for i in todo], max_new_tokens, **kwargs)):
+            width = max(lengths[i] for i in todo)  # the rows left may need less padding than the whole batch
+            rows = {key: value[todo, -width:] for key, value in enc.items()}
+            for i, text in zip(todo, self._generate_texts(rows, max_new_tokens, **kwargs)):
                 texts[i] = text
         model_ms = (time.perf_counter() - t2) * 1e3 / max(len(prompts), 1)
         replies = []
-        for messages, prompt, enc, cond, text, how, r_ms in zip(conversations, prompts, encs, conds, texts,
-                                                                chosen_by, retrieval_ms):
+        for messages, prompt, n_tokens, cond, text, how, r_ms in zip(conversations, prompts, lengths, conds, texts,
+                                                                     chosen_by, retrieval_ms):
             iid = uuid.uuid4().hex
             used = [h.id for h in cond.experiences]
             self._remember(iid, _Pending(tenant, user, [dict(m) for m in messages], str(text), used))
             if self.memory is not None and used:
                 self.memory.store.count_uses(tenant=tenant, ids=used)
             replies.append(Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
-                                 prompt_tokens=int(enc["input_ids"].shape[1]), memory_tokens=cond.memory_tokens,
+                                 prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens,
                                  retrieval_ms=r_ms, prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how))
         return replies
 
-    def _generate_texts(self, prompts: Sequence[str], max_new_tokens: int, **kwargs: Any) -> list[str]:
-        """Greedy (unless `kwargs` say otherwise) answers to formatted prompts, one left-padded batch."""
+    def _generate_texts(self, enc: dict[str, torch.Tensor], max_new_tokens: int, **kwargs: Any) -> list[str]:
+        """Greedy (unless `kwargs` say otherwise) answers to a left-padded batch of prompt ids."""
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        enc = self._left_padded(prompts).to(self.model.device)
         out = self.model.generate(**enc, max_new_tokens=max_new_tokens, **kwargs)
         width = enc["input_ids"].shape[1]
         return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
