@@ -50,7 +50,8 @@ class ConsolidationConfig:
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
     batch_size: int = 16  # pairs per step, batched by length
-    max_length: int = 256  # tokens per pair (prompt + response), prompts cut from the left
+    max_length: int = 1024  # tokens per pair (prompt + response), prompts cut from the left (a warning says how
+    # many): NFCats' bare prompts are ~40-100 tokens, its prompts with 8 experiences ~355 (median) to ~770 (max)
     kd_weight: float = 0.5  # share of kd in sft+kd
     temperature: float = 1.0  # distillation temperature
     teacher_k: int = 8  # experiences in the teacher's (and memory+adapter student's) prompt
@@ -131,7 +132,7 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
     gen_config = GeneratorConfig(k=config.teacher_k)
     need_teacher = config.method != "sft" or config.with_memory
     extra = extra or {}
-    pairs = []
+    pairs, cut = [], 0
     for e in tqdm(experiences, desc="pairs", unit="ex", disable=not progress):
         response = list(tokenizer(e.response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
         keep = max(config.max_length - len(response), 1)
@@ -144,7 +145,11 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
                 cond = select(hits[: config.teacher_k], tokenizer, gen_config)
                 teacher = _chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
             student = teacher if config.with_memory else bare
+            cut += len(teacher) > keep or len(student) > keep
             pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response[: config.max_length - 1]))
+    if cut:
+        logger.warning("%d of %d training prompts are longer than max_length=%d and lose their start "
+                       "(system prompt, first experiences); raise max_length", cut, len(pairs), config.max_length)
     return pairs
 
 

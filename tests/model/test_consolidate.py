@@ -77,6 +77,20 @@ def test_pairs_keep_the_experience_out_of_its_teacher_prompt(memory: VectorMemor
     assert all(p.student == p.teacher for p in with_memory)
 
 
+def test_long_prompts_lose_their_start_and_say_so(memory: VectorMemory, tiny_lm, caplog) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    chosen = select_experiences(memory, "default", ConsolidationConfig())[:3]
+    config = ConsolidationConfig(method="kd", teacher_k=4)
+    full = build_pairs(chosen, tok, memory, "default", config)
+    assert "longer than max_length" not in caplog.text
+    short = min(len(p.teacher) for p in full) - 1 + len(full[0].response)
+    cut = build_pairs(chosen, tok, memory, "default", replace(config, max_length=short))
+    for f, c in zip(full, cut):
+        assert c.response == f.response and c.student == f.student
+        assert len(c.teacher) + len(c.response) == short and c.teacher == f.teacher[-len(c.teacher):]
+    assert f"3 of 3 training prompts are longer than max_length={short}" in caplog.text
+
+
 def test_requests_that_used_an_experience_and_went_well_are_more_pairs(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
     _, tok = tiny_lm
     chosen = select_experiences(memory, "default", ConsolidationConfig())
