@@ -50,6 +50,8 @@ class ConsolidationConfig:
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
     batch_size: int = 16  # pairs per step, batched by length
+    max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
+    # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
     max_length: int = 1024  # tokens per pair (prompt + response), prompts cut from the left (a warning says how
     # many): NFCats' bare prompts are ~40-100 tokens, its prompts with 8 experiences ~355 (median) to ~770 (max)
     kd_weight: float = 0.5  # share of kd in sft+kd
@@ -71,6 +73,7 @@ class ConsolidationConfig:
             ("max_steps", self.max_steps >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("max_length", self.max_length >= 8, ">= 8"),
+            ("max_tokens", self.max_tokens >= 1, ">= 1"),
             ("kd_weight", 0.0 <= self.kd_weight <= 1.0, "in [0, 1]"),
             ("temperature", self.temperature > 0, "> 0"),
         ]
@@ -191,6 +194,43 @@ def _batches(pairs: Sequence[Pair], size: int, rng: random.Random) -> list[list[
     return batches
 
 
+def _chunks(batch: Sequence[Pair], max_tokens: int) -> list[list[Pair]]:
+    """`batch` split, in order, into runs of rows whose padded size (rows x widest row, teacher included)
+    stays within `max_tokens`; a row wider than that is a chunk of its own."""
+    chunks: list[list[Pair]] = []
+    width = 0
+    for p in batch:
+        w = max(len(p.student), len(p.teacher)) + len(p.response)
+        if chunks and (len(chunks[-1]) + 1) * max(width, w) <= max_tokens:
+            chunks[-1].append(p)
+            width = max(width, w)
+        else:
+            chunks.append([p])
+            width = w
+    return chunks
+
+
+def step_gradients(peft_model: Any, batch: Sequence[Pair], config: ConsolidationConfig, pad: int) -> float:
+    """Back-propagate the loss of one step's `batch`, chunk by chunk (`config.max_tokens`); returns the loss.
+
+    Every objective is a mean over response tokens, so a chunk's loss weighs in by its share of the tokens:
+    the gradients add up to those of the whole batch in one pass.
+    """
+    total = sum(len(p.response) for p in batch)
+    loss = 0.0
+    for chunk in _chunks(batch, config.max_tokens):
+        teacher = None
+        if config.method != "sft":
+            with torch.no_grad(), peft_model.disable_adapter():
+                teacher, _ = response_logits(peft_model, [(p.teacher, p.response) for p in chunk], pad)
+        student, targets = response_logits(peft_model, [(p.student, p.response) for p in chunk], pad)
+        part = consolidation_loss(config.method, student, targets, teacher, kd_weight=config.kd_weight,
+                                  temperature=config.temperature) * (targets.numel() / total)
+        part.backward()
+        loss += part.item()
+    return loss
+
+
 def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: ConsolidationConfig,
                   report: Report | None = None, progress: bool = False) -> Any:
     """Wrap `model` with a fresh LoRA adapter and train it on `pairs`; returns the peft model."""
@@ -213,19 +253,12 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
     peft_model.train()
     bar = tqdm(plan, desc=f"consolidate ({config.method})", unit="step", disable=not progress)
     for step, batch in enumerate(bar, start=1):
-        teacher = None
-        if config.method != "sft":
-            with torch.no_grad(), peft_model.disable_adapter():
-                teacher, _ = response_logits(peft_model, [(p.teacher, p.response) for p in batch], pad)
-        student, targets = response_logits(peft_model, [(p.student, p.response) for p in batch], pad)
-        loss = consolidation_loss(config.method, student, targets, teacher, kd_weight=config.kd_weight,
-                                  temperature=config.temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = step_gradients(peft_model, batch, config, pad)
         optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}")
         if report is not None:
-            report(step / len(plan), f"step {step}/{len(plan)} loss {loss.item():.4f}")
+            report(step / len(plan), f"step {step}/{len(plan)} loss {loss:.4f}")
     peft_model.eval()
     return peft_model
 

@@ -12,12 +12,14 @@ from logmem.memory import ConfigError, VectorMemory
 from logmem.model.consolidate import (
     ConsolidationConfig,
     _batch,
+    _chunks,
     build_pairs,
     consolidate,
     gate,
     response_logits,
     select_experiences,
     split_holdout,
+    step_gradients,
 )
 
 THINGS = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", "cornflower", "lapis",
@@ -126,6 +128,40 @@ def test_response_logits_are_the_full_forward_pass_at_the_response_positions(tin
     assert targets.tolist() == [8, 9, 10, 8, 14, 15]
     assert logits.shape == (6, full.shape[-1])
     torch.testing.assert_close(logits.detach(), full[predicts], rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_keep_order_and_the_token_budget(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    chosen = select_experiences(memory, "default", ConsolidationConfig())
+    pairs = build_pairs(chosen, tiny_lm[1], memory, "default", ConsolidationConfig(method="kd", teacher_k=4))
+    width = max(len(p.teacher) + len(p.response) for p in pairs)
+    for budget in (1, width, 3 * width, 10**6):
+        chunks = _chunks(pairs, budget)
+        assert [p for c in chunks for p in c] == pairs
+        assert all(len(c) == 1 or len(c) * width <= budget for c in chunks)
+    assert len(_chunks(pairs, 1)) == len(pairs) and len(_chunks(pairs, 10**6)) == 1
+    assert len(_chunks(pairs, 3 * width)) == -(-len(pairs) // 3)
+
+
+@pytest.mark.parametrize("method", ["sft", "sft+kd"])
+def test_a_step_in_chunks_has_the_gradient_of_the_whole_batch(memory: VectorMemory, tiny_lm, method: str) -> None:  # type: ignore[no-untyped-def]
+    from peft import LoraConfig, get_peft_model
+
+    tok = tiny_lm[1]
+    chosen = select_experiences(memory, "default", ConsolidationConfig())[:6]
+    whole = ConsolidationConfig(method=method, teacher_k=4, max_tokens=10**6)
+    pairs = build_pairs(chosen, tok, memory, "default", whole)
+    grads = []
+    for config in (whole, replace(whole, max_tokens=1)):
+        torch.manual_seed(0)
+        model = get_peft_model(copy.deepcopy(tiny_lm[0]), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                     init_lora_weights=False))
+        loss = step_gradients(model, pairs, config, tok.pad_token_id)
+        grads.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss_whole, g_whole), (loss_split, g_split) = grads
+    assert loss_split == pytest.approx(loss_whole, rel=1e-5) and loss_whole > 0
+    assert g_whole.keys() == g_split.keys() and all(g.abs().sum() > 0 for g in g_whole.values())
+    for name in g_whole:
+        torch.testing.assert_close(g_split[name], g_whole[name], rtol=1e-4, atol=1e-6)
 
 
 def test_gate_rules() -> None:
