@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from logmem.api.jobs import JobRunner, consolidation_job  # noqa: E402
 from logmem.memory import VectorMemory  # noqa: E402
 from logmem.memory.store import JobData  # noqa: E402
+from logmem.model.consolidate import ConsolidationConfig  # noqa: E402
 from logmem.model.embedding import default_embedder  # noqa: E402
 from logmem.model.evaluate import eval_report, markdown_table, read_eval  # noqa: E402
 from logmem.model.loading import load_generator  # noqa: E402
@@ -73,7 +74,8 @@ def main() -> None:
         memory.ingest_file(args.logs, progress=True)
         model, tokenizer = load_generator(home=Path(args.model_home), dtype="float32")
         job, job_seconds = _trained(memory, model, tokenizer, params)
-        data: dict = {"job": job.to_json(), "job_seconds": job_seconds, "params": params}
+        data: dict = {"job": job.to_json(), "job_seconds": job_seconds, "params": params,
+                      "consolidation_config": asdict(ConsolidationConfig(**params))}
         if job.status == "succeeded":
             table = _evaluate(args, memory, tokenizer, name, out, data)
         else:
