@@ -74,8 +74,9 @@ def test_consolidate_runs_a_job_and_registers_an_adapter(home: Path, smollm_fold
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_cli(home, smollm_folder, "ingest", str(home / "logs.jsonl"), "--json")) == 0
     capsys.readouterr()
-    code = main(_cli(home, smollm_folder, "consolidate", "--max-steps", "1", "--json"))
+    code = main(_cli(home, smollm_folder, "consolidate", "--max-steps", "1", "--lr", "1e-4", "--json"))
     job = json.loads(capsys.readouterr().out)
+    assert job["params"]["lr"] == 1e-4 and job["params"]["max_steps"] == 1
     assert job["status"] in ("succeeded", "rejected") and code == (0 if job["status"] == "succeeded" else 3)
     assert main(_cli(home, smollm_folder, "adapters", "--json")) == 0
     (adapter,) = json.loads(capsys.readouterr().out)["adapters"]
