@@ -46,6 +46,8 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--with-memory", action="store_true", help="train the memory+adapter student")
     p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0: ConsolidationConfig's)")
+    p.add_argument("--max-length", type=int, default=0,
+                   help="tokens per training pair (0: ConsolidationConfig's; the runs before it was 1024 used 256)")
     p.add_argument("--modes", default="consolidated,memory+adapter")
     p.add_argument("--dev", default="", help="also score this eval file (the dev split) in --dev-modes")
     p.add_argument("--dev-modes", default="consolidated")
@@ -67,7 +69,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
-              "with_memory": args.with_memory, **({"lr": args.lr} if args.lr else {})}
+              "with_memory": args.with_memory, **({"lr": args.lr} if args.lr else {}),
+              **({"max_length": args.max_length} if args.max_length else {})}
     with contextlib.ExitStack() as stack:
         home = args.home or stack.enter_context(tempfile.TemporaryDirectory())
         memory = stack.enter_context(VectorMemory(home, embedder=default_embedder()))
