@@ -249,7 +249,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
     params = {"epochs": args.epochs, "max_steps": args.max_steps, "with_memory": args.with_memory,
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
-              **({"lr": args.lr} if args.lr else {})}
+              **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
     with _open_memory(args) as memory:
         runner = JobRunner(memory)
         runner.recover()
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.0,
                    help="AdamW learning rate (default 0: ConsolidationConfig's, 5e-4; the memory+adapter "
                         "student was measured at 2.5e-4)")
+    p.add_argument("--dpo-weight", type=float, default=0.0,
+                   help="add a DPO term on corrected answers (accepted over rejected) with this weight (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rebuild", action="store_true",
                    help="retrain what stale adapters covered, without the forgotten experiences, and delete them")

@@ -46,6 +46,8 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--with-memory", action="store_true", help="train the memory+adapter student")
     p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0: ConsolidationConfig's)")
+    p.add_argument("--dpo-weight", type=float, default=0.0,
+                   help="weight of a DPO term on corrected answers (0: off)")
     p.add_argument("--max-length", type=int, default=0,
                    help="tokens per training pair (0: ConsolidationConfig's; the runs before it was 1024 used 256)")
     p.add_argument("--modes", default="consolidated,memory+adapter")
@@ -70,7 +72,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     params = {"method": args.method, "epochs": args.epochs, "max_steps": args.max_steps,
               "with_memory": args.with_memory, **({"lr": args.lr} if args.lr else {}),
-              **({"max_length": args.max_length} if args.max_length else {})}
+              **({"max_length": args.max_length} if args.max_length else {}),
+              **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
     with contextlib.ExitStack() as stack:
         home = args.home or stack.enter_context(tempfile.TemporaryDirectory())
         memory = stack.enter_context(VectorMemory(home, embedder=default_embedder()))
@@ -84,7 +87,8 @@ def main() -> None:
         else:
             table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
     suffix = (f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}"
-              f"{f'_lr{args.lr:g}' if args.lr else ''}_{name}")
+              f"{f'_lr{args.lr:g}' if args.lr else ''}{f'_dpo{args.dpo_weight:g}' if args.dpo_weight else ''}"
+              f"{f'_cap{args.max_length}' if args.max_length else ''}_{name}")
     (out / f"consolidation_{suffix}.json").write_text(json.dumps(data, indent=2, default=str))
     (out / f"consolidation_{suffix}.md").write_text(
         f"# Consolidation ({args.method}, {args.epochs} epoch(s)) on {args.eval}\n\n"

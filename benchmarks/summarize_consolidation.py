@@ -46,7 +46,8 @@ def runs(folder: Path) -> list[dict[str, Any]]:
             student += f", lr {params['lr']:g}"
         results = data.get("results", [])
         rows.append({
-            "objective": params["method"], "student": student,
+            "objective": params["method"] + (f" + dpo {params['dpo_weight']:g}" if params.get("dpo_weight") else ""),
+            "student": student,
             # runs before the config was recorded cut prompts at 256 tokens: the teacher's and the
             # memory+adapter student's prompts (~355 tokens median) lost their start; bare ones were whole
             "cap": data.get("consolidation_config", {}).get("max_length", 256),

@@ -25,7 +25,7 @@ from logmem.memory.store import ExperienceData
 from tqdm import tqdm
 
 from .config import GeneratorConfig
-from .objectives import METHODS, consolidation_loss
+from .objectives import METHODS, consolidation_loss, dpo_loss, sequence_logprobs
 from .prompting import render_messages, select
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class ConsolidationConfig:
     # many): NFCats' bare prompts are ~40-100 tokens, its prompts with 8 experiences ~355 (median) to ~770 (max)
     kd_weight: float = 0.5  # share of kd in sft+kd
     temperature: float = 1.0  # distillation temperature
+    dpo_weight: float = 0.0  # weight of a DPO term on experiences with a rejected answer (corrections); 0: off
+    dpo_beta: float = 0.1  # DPO's beta: how far from the base model the preference may pull
     teacher_k: int = 8  # experiences in the teacher's (and memory+adapter student's) prompt
     gate_margin: float = 0.02  # promote only if held-out response NLL drops by this fraction vs base
     probe_bound: float = 0.05  # ... and general-text perplexity rises by at most this fraction
@@ -76,18 +78,22 @@ class ConsolidationConfig:
             ("max_tokens", self.max_tokens >= 1, ">= 1"),
             ("kd_weight", 0.0 <= self.kd_weight <= 1.0, "in [0, 1]"),
             ("temperature", self.temperature > 0, "> 0"),
+            ("dpo_weight", self.dpo_weight >= 0.0, ">= 0"),
+            ("dpo_beta", self.dpo_beta > 0, "> 0"),
         ]
         check_fields(self, checks)
 
 
 @dataclass
 class Pair:
-    """One training example: the student's prompt, the teacher's prompt, the response tokens."""
+    """One training example: the student's prompt, the teacher's prompt, the response tokens, and the
+    tokens of the answer a correction rejected (for the DPO term; None when there is none)."""
 
     experience_id: int
     student: list[int]
     teacher: list[int]
     response: list[int]
+    rejected: list[int] | None = None
 
 
 @dataclass
@@ -131,15 +137,21 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
                 extra: dict[int, list[str]] | None = None) -> list[Pair]:
     """Token ids of each experience's student prompt, teacher prompt (retrieved experiences, the
     experience itself left out) and response (end token included); one pair for its trigger and one for
-    each request in `extra[experience id]` (other requests that used it and went well)."""
+    each request in `extra[experience id]` (other requests that used it and went well). With a DPO term,
+    the trigger's pair also carries the answer its correction rejected."""
     gen_config = GeneratorConfig(k=config.teacher_k)
     need_teacher = config.method != "sft" or config.with_memory
     extra = extra or {}
     pairs, cut = [], 0
+    def answer(text: str) -> list[int]:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        return ids[: config.max_length - 1]
+
     for e in tqdm(experiences, desc="pairs", unit="ex", disable=not progress):
-        response = list(tokenizer(e.response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-        keep = max(config.max_length - len(response), 1)
-        for request in [e.trigger, *extra.get(e.id, [])]:
+        response = answer(e.response)
+        rejected = answer(e.rejected) if config.dpo_weight and e.rejected else None
+        keep = max(config.max_length - max(len(response), len(rejected or [])), 1)
+        for n, request in enumerate([e.trigger, *extra.get(e.id, [])]):
             question = [{"role": "user", "content": request}]
             bare = _chat_ids(tokenizer, question)
             teacher = bare
@@ -149,7 +161,7 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
                 teacher = _chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
             student = teacher if config.with_memory else bare
             cut += len(teacher) > keep or len(student) > keep
-            pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response[: config.max_length - 1]))
+            pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response, rejected if n == 0 else None))
     if cut:
         logger.warning("%d of %d training prompts are longer than max_length=%d and lose their start "
                        "(system prompt, first experiences); raise max_length", cut, len(pairs), config.max_length)
@@ -200,7 +212,7 @@ def _chunks(batch: Sequence[Pair], max_tokens: int) -> list[list[Pair]]:
     chunks: list[list[Pair]] = []
     width = 0
     for p in batch:
-        w = max(len(p.student), len(p.teacher)) + len(p.response)
+        w = max(len(p.student), len(p.teacher)) + max(len(p.response), len(p.rejected or []))
         if chunks and (len(chunks[-1]) + 1) * max(width, w) <= max_tokens:
             chunks[-1].append(p)
             width = max(width, w)
@@ -210,13 +222,32 @@ def _chunks(batch: Sequence[Pair], max_tokens: int) -> list[list[Pair]]:
     return chunks
 
 
+def _preference_loss(peft_model: Any, chunk: Sequence[Pair], student: torch.Tensor, targets: torch.Tensor,
+                     config: ConsolidationConfig, pad: int) -> torch.Tensor:
+    """DPO over the pairs of `chunk` that carry a rejected answer; `student`/`targets` are the chunk's
+    accepted-response logits and tokens (reused as the policy's side of the accepted answers)."""
+    lengths = [len(p.response) for p in chunk]
+    keep = [i for i, p in enumerate(chunk) if p.rejected is not None]
+    prefs = [chunk[i] for i in keep]
+    chosen = sequence_logprobs(student, targets, lengths)[keep]
+    logits, tokens = response_logits(peft_model, [(p.student, p.rejected or []) for p in prefs], pad)
+    rejected = sequence_logprobs(logits, tokens, [len(p.rejected or []) for p in prefs])
+    with torch.no_grad(), peft_model.disable_adapter():
+        rows = [(p.student, p.response) for p in prefs] + [(p.student, p.rejected or []) for p in prefs]
+        logits, tokens = response_logits(peft_model, rows, pad)
+        ref = sequence_logprobs(logits, tokens, [len(r) for _, r in rows])
+    return dpo_loss(chosen, rejected, ref[: len(prefs)], ref[len(prefs):], config.dpo_beta)
+
+
 def step_gradients(peft_model: Any, batch: Sequence[Pair], config: ConsolidationConfig, pad: int) -> float:
     """Back-propagate the loss of one step's `batch`, chunk by chunk (`config.max_tokens`); returns the loss.
 
-    Every objective is a mean over response tokens, so a chunk's loss weighs in by its share of the tokens:
-    the gradients add up to those of the whole batch in one pass.
+    Every objective is a mean over response tokens, so a chunk's loss weighs in by its share of the tokens,
+    and the DPO term (a mean over preference pairs) by its share of those: the gradients add up to those of
+    the whole batch in one pass.
     """
     total = sum(len(p.response) for p in batch)
+    prefs = sum(p.rejected is not None for p in batch) if config.dpo_weight else 0
     loss = 0.0
     for chunk in _chunks(batch, config.max_tokens):
         teacher = None
@@ -226,6 +257,10 @@ def step_gradients(peft_model: Any, batch: Sequence[Pair], config: Consolidation
         student, targets = response_logits(peft_model, [(p.student, p.response) for p in chunk], pad)
         part = consolidation_loss(config.method, student, targets, teacher, kd_weight=config.kd_weight,
                                   temperature=config.temperature) * (targets.numel() / total)
+        share = sum(p.rejected is not None for p in chunk) / prefs if prefs else 0.0
+        if share:
+            part = part + config.dpo_weight * share * _preference_loss(peft_model, chunk, student, targets,
+                                                                        config, pad)
         part.backward()
         loss += part.item()
     return loss
@@ -321,7 +356,8 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
     adapter = train_adapter(model, tokenizer, train_pairs, config, report, progress)
     student_nll, student_ppl = response_nll(adapter, held_pairs, pad), probe_perplexity(adapter, tokenizer)
     promoted, reason = gate(base_nll, student_nll, base_ppl, student_ppl, config)
-    metrics = {"method": config.method, "with_memory": config.with_memory, "train": len(train),
+    metrics = {"method": config.method, "with_memory": config.with_memory, "dpo_weight": config.dpo_weight,
+               "train": len(train),
                "train_pairs": len(train_pairs),
                "holdout": len(held_pairs), "base_nll": base_nll, "student_nll": student_nll,
                "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "gate": reason,

@@ -43,6 +43,29 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
     return kl.mean() * t * t
 
 
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(B,) log-probability of each row's whole response: rows of `lengths` tokens laid end to end in
+    `logits` (N, V) and `targets` (N,), as `response_logits` returns them."""
+    token = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=token.device),
+                                   torch.tensor(lengths, device=token.device))
+    return torch.zeros(len(lengths), device=token.device, dtype=token.dtype).index_add(0, rows, token)
+
+
+def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Direct preference optimisation (Rafailov et al. 2023): mean over pairs of
+    -log sigmoid(beta * ((log pi(accepted) - log ref(accepted)) - (log pi(rejected) - log ref(rejected)))).
+
+    Args: (B,) sequence log-probabilities (`sequence_logprobs`) of the accepted and the rejected answer
+    under the student (`chosen`, `rejected`) and the reference, the base model (`ref_*`).
+    """
+    if chosen.shape[0] == 0:
+        return chosen.sum() * 0.0
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean()
+
+
 def consolidation_loss(method: str, student: torch.Tensor, targets: torch.Tensor,
                        teacher: torch.Tensor | None = None, *, kd_weight: float = 0.5,
                        temperature: float = 1.0) -> torch.Tensor:

@@ -26,6 +26,17 @@ THINGS = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris"
           "denim", "cobalt", "navy flag", "blue whale", "smurf", "blueberry"]
 
 
+def _corrections(n: int) -> list[dict]:
+    """`n` answers the user disliked and corrected, the right answer liked: experiences with a rejected answer."""
+    return [{"id": f"fix{i}", "user": "u1", "timestamp": 1_760_000_100 + i,
+             "messages": [{"role": "user", "content": f"Which colour is the {t}?"},
+                          {"role": "assistant", "content": "GREEN"},
+                          {"role": "user", "content": "No, that's wrong, it is BLUE."},
+                          {"role": "assistant", "content": "BLUE"}],
+             "feedback": [{"turn": 1, "kind": "dislike"}, {"turn": 3, "kind": "like"}]}
+            for i, t in enumerate(["summer sky", "deep sea", "glacier lake"][:n])]
+
+
 def _records() -> list[dict]:
     return [{"id": f"c{i}", "user": f"u{i}", "timestamp": 1_760_000_000 + i,
              "messages": [{"role": "user", "content": f"Which colour is the {t}?"},
@@ -111,6 +122,25 @@ def test_requests_that_used_an_experience_and_went_well_are_more_pairs(memory: V
     assert sky.id in outcome.covered and outcome.metrics["train_pairs"] == outcome.metrics["train"] + 1
 
 
+def test_with_a_dpo_term_the_triggers_pair_carries_the_rejected_answer(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    memory.ingest(_corrections(1))
+    fixed = next(e for e in select_experiences(memory, "default", ConsolidationConfig()) if "summer" in e.trigger)
+    assert fixed.rejected == "GREEN"
+    memory.ingest([{"id": "used", "user": "u9", "metadata": {"retrieved": [fixed.id]},
+                    "messages": [{"role": "user", "content": "What colour has a summer sky?"},
+                                 {"role": "assistant", "content": "blue"}],
+                    "feedback": [{"turn": 1, "kind": "like"}]}])
+    extra = memory.went_well([fixed])
+    off = build_pairs([fixed], tok, memory, "default", ConsolidationConfig(), extra=extra)
+    on = build_pairs([fixed], tok, memory, "default", ConsolidationConfig(dpo_weight=0.5), extra=extra)
+    assert [p.rejected for p in off] == [None, None]
+    assert on[0].rejected is not None and tok.decode(on[0].rejected[:-1]) == "GREEN"
+    assert on[0].rejected[-1] == tok.eos_token_id
+    assert on[1].rejected is None  # the other request was not the one the correction was about
+    assert [(p.student, p.response) for p in on] == [(p.student, p.response) for p in off]
+
+
 def test_batch_masks_mark_exactly_the_positions_that_predict_the_response() -> None:
     ids, attn, predicts = _batch([([5, 6, 7], [8, 9]), ([5], [8])], pad=0)
     assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 0, 5, 8]]
@@ -142,22 +172,27 @@ def test_chunks_keep_order_and_the_token_budget(memory: VectorMemory, tiny_lm) -
     assert len(_chunks(pairs, 3 * width)) == -(-len(pairs) // 3)
 
 
-@pytest.mark.parametrize("method", ["sft", "sft+kd"])
-def test_a_step_in_chunks_has_the_gradient_of_the_whole_batch(memory: VectorMemory, tiny_lm, method: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("method", "dpo_weight"), [("sft", 0.0), ("sft+kd", 0.0), ("sft", 1.0)])
+def test_a_step_in_chunks_has_the_gradient_of_the_whole_batch(memory: VectorMemory, tiny_lm, method: str,  # type: ignore[no-untyped-def]
+                                                              dpo_weight: float) -> None:
     from peft import LoraConfig, get_peft_model
 
     tok = tiny_lm[1]
-    chosen = select_experiences(memory, "default", ConsolidationConfig())[:6]
-    whole = ConsolidationConfig(method=method, teacher_k=4, max_tokens=10**6)
+    memory.ingest(_corrections(2))
+    chosen = select_experiences(memory, "default", ConsolidationConfig())[-6:]
+    whole = ConsolidationConfig(method=method, teacher_k=4, max_tokens=10**6, dpo_weight=dpo_weight)
     pairs = build_pairs(chosen, tok, memory, "default", whole)
+    assert sum(p.rejected is not None for p in pairs) == (2 if dpo_weight else 0)
     grads = []
-    for config in (whole, replace(whole, max_tokens=1)):
+    for config in (whole, replace(whole, max_tokens=1), replace(whole, dpo_weight=0.0)):
         torch.manual_seed(0)
         model = get_peft_model(copy.deepcopy(tiny_lm[0]), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                                      init_lora_weights=False))
         loss = step_gradients(model, pairs, config, tok.pad_token_id)
         grads.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
-    (loss_whole, g_whole), (loss_split, g_split) = grads
+    (loss_whole, g_whole), (loss_split, g_split), (loss_plain, _) = grads
+    if dpo_weight:  # the DPO term adds ~log 2 per preference pair at the start (student close to base)
+        assert 0.3 < (loss_whole - loss_plain) / dpo_weight < 1.2
     assert loss_split == pytest.approx(loss_whole, rel=1e-5) and loss_whole > 0
     assert g_whole.keys() == g_split.keys() and all(g.abs().sum() > 0 for g in g_whole.values())
     for name in g_whole:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from logmem.model.objectives import consolidation_loss, kd_loss, sft_loss
+from logmem.model.objectives import consolidation_loss, dpo_loss, kd_loss, sequence_logprobs, sft_loss
 
 
 def test_sft_is_the_mean_negative_log_likelihood() -> None:
@@ -64,3 +64,20 @@ def test_empty_response_gives_zero_with_a_gradient() -> None:
     loss = consolidation_loss("sft+kd", s, torch.zeros(0, dtype=torch.long), torch.zeros(0, 3))
     loss.backward()
     assert loss.item() == 0.0 and s.grad is not None
+
+
+def test_sequence_logprobs_sum_each_rows_tokens() -> None:
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, 0.0]])  # (1/2, 1/2), (3/4, 1/4), (1/2, 1/2)
+    got = sequence_logprobs(logits, torch.tensor([0, 1, 1]), [2, 1])
+    assert got.tolist() == pytest.approx([math.log(0.5) + math.log(0.25), math.log(0.5)], rel=1e-6)
+
+
+def test_dpo_on_exact_values() -> None:
+    same = torch.tensor([-1.0, -3.0])
+    assert dpo_loss(same, same - 1.0, same, same - 1.0).item() == pytest.approx(math.log(2.0), rel=1e-6)
+    # the student raised the accepted answer by 0.5 nats and lowered the rejected one by 0.5 vs the base
+    chosen, rejected, ref = torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5])
+    want = math.log1p(math.exp(-0.1 * 1.0))
+    assert dpo_loss(chosen, rejected, ref, ref, beta=0.1).item() == pytest.approx(want, rel=1e-6)
+    assert dpo_loss(rejected, chosen, ref, ref, beta=0.1).item() == pytest.approx(math.log1p(math.exp(0.1)), rel=1e-6)
+    assert dpo_loss(chosen, rejected, ref, ref, beta=1.0).item() < want  # a larger beta trusts the margin more
