@@ -143,6 +143,7 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
     need_teacher = config.method != "sft" or config.with_memory
     extra = extra or {}
     pairs, cut = [], 0
+
     def answer(text: str) -> list[int]:
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
         return ids[: config.max_length - 1]
