@@ -104,8 +104,14 @@ def pg_db(pg_url: str) -> Iterator[str]:
         try:
             yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
         finally:
-            with admin.connect() as conn:  # FORCE: connections a test left open must not keep it alive
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            with admin.connect() as conn:
+                # Connections a test left open must not keep the database alive. Not DROP ... WITH (FORCE):
+                # for a role that is not superuser it refuses when an autovacuum worker happens to be in the
+                # database; a plain DROP stops autovacuum itself, and our own sessions we may end.
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                  " WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()"),
+                             {"name": name})
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     finally:
         admin.dispose()
 
