@@ -240,7 +240,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n== 5. stats")
         for key, value in memory.stats().to_json().items():
             print(f"{key:>20}: {json.dumps(value) if isinstance(value, dict) else value}")
+        print(f"\n== 6. consolidate {DEMO_TENANT}'s experiences into a LoRA adapter, gated on held-out ones")
+        _demo_consolidation(args, memory, gen)
     return EXIT_OK
+
+
+DEMO_TENANT = "acme"
+DEMO_CONSOLIDATION = {"epochs": 6}  # ~13 experiences: a few steps of 16 pairs, under a minute here
+
+
+def _demo_consolidation(args: argparse.Namespace, memory: VectorMemory, gen: Any) -> None:
+    """Train (or reuse, on a second run) the demo tenant's adapter; answer one of its taught questions
+    without memory, with the base model and with the adapter."""
+    from logmem.api.jobs import JobRunner, consolidation_job
+    from logmem.model.loading import load_adapter
+
+    active = memory.active_adapter(DEMO_TENANT)
+    if active is None:
+        runner = JobRunner(memory)
+        job_id = runner.submit("consolidate", DEMO_TENANT, DEMO_CONSOLIDATION)
+        student, tokenizer = _load_model(args, dtype="float32")  # training runs in float32
+        job = runner.run(job_id, consolidation_job(memory, student, tokenizer, tenant=DEMO_TENANT,
+                                                   params=DEMO_CONSOLIDATION,
+                                                   base_model=args.model or "SmolLM2-135M-Instruct", progress=True))
+        metrics = job.metrics or {}
+        print(f"   job {job.id} {job.status}: {metrics.get('gate') or job.error}")
+        if job.status != "succeeded":
+            print("   the base model stays; the adapter is kept on disk, marked rejected (`logmem adapters`)")
+            return
+        active = memory.active_adapter(DEMO_TENANT)
+        assert active is not None  # a succeeded job activated its adapter
+        print(f"   adapter {active.version} active; {len(active.covered)} experiences consolidated in it")
+    else:
+        print(f"   adapter {active.version} already active (an earlier run; `make clean` starts over)")
+    first = min(active.covered)
+    question = memory.store.get_experiences(tenant=DEMO_TENANT, ids=[first])[first].trigger
+    base = type(gen)(gen.model, gen.tokenizer, None)
+    bare = base.chat([{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens)
+    taught = type(gen)(load_adapter(gen.model, active.path), gen.tokenizer, None)
+    reply = taught.chat([{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens)
+    print(f"\n== 7. [{DEMO_TENANT}] {question}  (no memory in either prompt)")
+    print(f"   base model:       {_one_line(bare.text)}")
+    print(f"   with the adapter: {_one_line(reply.text)}")
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
@@ -415,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the main job end to end on the bundled sample logs")
+    p = sub.add_parser("demo", help="the whole loop on the bundled sample logs: ingest, answer, feedback, "
+                                    "stats, consolidate")
     _generation_options(p, max_new_tokens=48)
     p.set_defaults(func=cmd_demo)
 

@@ -88,7 +88,8 @@ def main() -> None:
             table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
     suffix = (f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}"
               f"{f'_lr{args.lr:g}' if args.lr else ''}{f'_dpo{args.dpo_weight:g}' if args.dpo_weight else ''}"
-              f"{f'_cap{args.max_length}' if args.max_length else ''}_{name}")
+              f"{f'_cap{args.max_length}' if args.max_length else ''}"
+              f"{'_drop' if args.drop_consolidated else ''}_{name}")
     (out / f"consolidation_{suffix}.json").write_text(json.dumps(data, indent=2, default=str))
     (out / f"consolidation_{suffix}.md").write_text(
         f"# Consolidation ({args.method}, {args.epochs} epoch(s)) on {args.eval}\n\n"

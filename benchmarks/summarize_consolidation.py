@@ -36,15 +36,21 @@ def _eval_setup(data: dict[str, Any]) -> str:
 
 
 def runs(folder: Path) -> list[dict[str, Any]]:
-    """One row per `consolidation_*_test.json`: what was trained, the gate, and the accuracies."""
+    """One row per `consolidation_*_test.json`: what was trained, the gate, and the accuracies. A
+    `--drop-consolidated` re-run of a kept home (`*_drop_test.json`) adds its figure to its run's row."""
     rows = []
     for path in sorted(folder.glob("consolidation_*_test.json")):
+        if path.stem.endswith("_drop_test"):
+            continue
         data = json.loads(path.read_text())
+        results = data.get("results", [])
+        dropped = path.with_name(path.stem.removesuffix("_test") + "_drop_test.json")
+        if dropped.is_file():
+            results = results + json.loads(dropped.read_text()).get("results", [])
         params, metrics = data["params"], data["job"].get("metrics") or {}
         student = "with memory" if params.get("with_memory") else "bare"
         if params.get("lr"):
             student += f", lr {params['lr']:g}"
-        results = data.get("results", [])
         rows.append({
             "objective": params["method"] + (f" + dpo {params['dpo_weight']:g}" if params.get("dpo_weight") else ""),
             "student": student,
