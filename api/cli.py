@@ -252,17 +252,11 @@ DEMO_CONSOLIDATION = {"epochs": 6}  # ~13 experiences: a few steps of 16 pairs, 
 def _demo_consolidation(args: argparse.Namespace, memory: VectorMemory, gen: Any) -> None:
     """Train (or reuse, on a second run) the demo tenant's adapter; answer one of its taught questions
     without memory, with the base model and with the adapter."""
-    from logmem.api.jobs import JobRunner, consolidation_job
     from logmem.model.loading import load_adapter
 
     active = memory.active_adapter(DEMO_TENANT)
     if active is None:
-        runner = JobRunner(memory)
-        job_id = runner.submit("consolidate", DEMO_TENANT, DEMO_CONSOLIDATION)
-        student, tokenizer = _load_model(args, dtype="float32")  # training runs in float32
-        job = runner.run(job_id, consolidation_job(memory, student, tokenizer, tenant=DEMO_TENANT,
-                                                   params=DEMO_CONSOLIDATION,
-                                                   base_model=args.model or "SmolLM2-135M-Instruct", progress=True))
+        job = _run_consolidation(args, memory, DEMO_TENANT, DEMO_CONSOLIDATION, progress=True)
         metrics = job.metrics or {}
         print(f"   job {job.id} {job.status}: {metrics.get('gate') or job.error}")
         if job.status != "succeeded":
@@ -284,21 +278,26 @@ def _demo_consolidation(args: argparse.Namespace, memory: VectorMemory, gen: Any
     print(f"   with the adapter: {_one_line(reply.text)}")
 
 
-def cmd_consolidate(args: argparse.Namespace) -> int:
-    """Run a consolidation job now, in this process (a row others can watch with `logmem jobs`)."""
+def _run_consolidation(args: argparse.Namespace, memory: VectorMemory, tenant: str, params: dict[str, Any],
+                       progress: bool) -> JobData:
+    """Submit a consolidation job (a dead process's running job is marked failed first) and run it here."""
     from logmem.api.jobs import JobRunner, consolidation_job
 
+    runner = JobRunner(memory)
+    runner.recover()
+    job_id = runner.submit("consolidate", tenant, params)
+    model, tokenizer = _load_model(args, dtype="float32")  # training runs in float32
+    return runner.run(job_id, consolidation_job(memory, model, tokenizer, tenant=tenant, params=params,
+                                                base_model=args.model or "SmolLM2-135M-Instruct", progress=progress))
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    """Run a consolidation job now, in this process (a row others can watch with `logmem jobs`)."""
     params = {"epochs": args.epochs, "max_steps": args.max_steps, "with_memory": args.with_memory,
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
               **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
     with _open_memory(args) as memory:
-        runner = JobRunner(memory)
-        runner.recover()
-        job_id = runner.submit("consolidate", args.tenant, params)
-        model, tokenizer = _load_model(args, dtype="float32")
-        work = consolidation_job(memory, model, tokenizer, tenant=args.tenant, params=params,
-                                 base_model=args.model or "SmolLM2-135M-Instruct", progress=not args.json)
-        job = runner.run(job_id, work)
+        job = _run_consolidation(args, memory, args.tenant, params, progress=not args.json)
     _emit(args, job.to_json(), lambda: print(f"job {job.id} {job.status}: "
                                              f"{(job.metrics or {}).get('gate') or job.error or ''}"))
     return EXIT_OK if job.status == "succeeded" else EXIT_ERROR if job.status == "failed" else EXIT_REJECTED
