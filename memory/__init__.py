@@ -14,11 +14,12 @@ from .errors import (
                      StoreError,
 )
 from .logs import Feedback, Interaction, Message, Rejected, parse_record, read_jsonl
-from .memory import Hit, IngestReport, VectorMemory
+from .memory import FeedbackResult, Hit, IngestReport, VectorMemory
 from .stats import Stats
 
 __all__ = [
-    "AdapterError", "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "Hit", "IngestReport",
+    "AdapterError", "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "FeedbackResult", "Hit",
+    "IngestReport",
     "Interaction", "JobConflictError", "JobStateError", "LogFormatError", "LogmemError", "MemoryConfig", "Message",
     "NotFoundError", "Rejected", "Stats", "StoreError", "VectorMemory", "parse_record", "read_jsonl",
 ]

@@ -50,6 +50,10 @@ class MemoryConfig:
     # Ingest
     batch_size: int = 256  # records per SQL transaction (and embedding call)
 
+    # Index files (SQL is the truth; a file spares the next process a rebuild)
+    checkpoint_changes: int = 64  # a tenant's index file is rewritten after this many writes to its vectors ...
+    checkpoint_seconds: float = 300.0  # ... or when it is this old and changed (and always on close)
+
     def __post_init__(self) -> None:
         for name in ("w_sim", "w_util", "w_rec"):
             if getattr(self, name) < 0:
@@ -70,6 +74,8 @@ class MemoryConfig:
             ("hnsw_ef_search", self.hnsw_ef_search >= 1, ">= 1"),
             ("search_threads", self.search_threads >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("checkpoint_changes", self.checkpoint_changes >= 1, ">= 1"),
+            ("checkpoint_seconds", self.checkpoint_seconds >= 0, ">= 0"),
         ]
         if self.index_kind not in ("auto", "exact", "flat", "hnsw"):
             raise ConfigError(f"MemoryConfig.index_kind must be auto, exact, flat or hnsw, got {self.index_kind!r}")

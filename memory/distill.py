@@ -6,6 +6,7 @@ Pure functions: no SQL, no index, no embedding. `VectorMemory.ingest` composes t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class Candidate:
 def content_hash(trigger: str, response: str) -> str:
     """What exact duplicates share: the hash of the normalised request and answer."""
     return text_hash(normalize(trigger) + "\x00" + normalize(response))
+
+
+def thread_hash(messages: Sequence[dict[str, str]]) -> str:
+    """What a conversation is found again by: the hash of its roles and texts, in order."""
+    return text_hash(json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False))
 
 
 def normalize(text: str) -> str:

@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -27,13 +28,15 @@ from .distill import (
     plan_merge,
     split_instruction,
     text_hash,
+    thread_hash,
 )
 from .embedding import Embedder
-from .errors import DimensionMismatchError, LogFormatError
+from .errors import DimensionMismatchError, LogFormatError, NotFoundError
 from .index import Index, choose_kind, load_index, make_index
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
+from .outcome import explicit_signal, judge
 from .stats import Stats, compute_stats
-from .store import AdapterData, ExperienceData, Store, Tx
+from .store import AdapterData, AnswerData, ExperienceData, Store, Tx
 
 logger = logging.getLogger(__name__)
 DAY = 86_400.0
@@ -68,6 +71,11 @@ class Hit:
     def to_json(self) -> dict[str, object]:
         return dict(vars(self))
 
+    def parts(self) -> dict[str, float | int]:
+        """The id and the parts of the score: what a served answer records of each experience it used."""
+        return {"id": self.id, "score": self.score, "sim": self.sim, "util": self.util, "rec": self.rec,
+                "cos": self.cos, "utility": self.utility}
+
 
 @dataclass
 class IngestReport:
@@ -83,6 +91,24 @@ class IngestReport:
     filtered: int = 0  # new interactions that taught nothing confident (noise)
     errors: list[str] = field(default_factory=list)  # one line per rejected record
     rejected_file: str | None = None  # where the rejected lines were written for repair
+
+    def to_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+@dataclass
+class FeedbackResult:
+    """What judging one served answer did."""
+
+    interaction_id: str
+    kind: str  # the feedback kind, or "follow_up" when the conversation's next turn judged it
+    success: float  # the outcome credited
+    credited: int = 0  # experiences whose utility it updated (those that conditioned the answer)
+    experiences: int = 0  # new experiences it taught
+    merged: int = 0  # candidates merged into existing experiences
+    conflicts: int = 0  # candidates that contradicted a near-duplicate's answer
+    status: str = "answered"  # the interaction's status after it: answered, experience, merged or filtered
+    duplicate: bool = False  # the event was seen before (a retry): nothing changed
 
     def to_json(self) -> dict[str, object]:
         return dict(vars(self))
@@ -109,9 +135,14 @@ class VectorMemory:
         self.store.check_meta(embedder=embedder.name, dim=self.d)
         self._indexes: dict[str, tuple[Index, int]] = {}  # tenant -> (index, generation it reflects)
         self._instructions: dict[str, set[str]] = {}
+        self._saved: dict[str, tuple[int, float]] = {}  # tenant -> (generation, monotonic time) of its file
 
     def close(self) -> None:
-        self.store.close()
+        """Write the changed indexes, then close the database."""
+        try:
+            self.save()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> VectorMemory:
         return self
@@ -147,7 +178,7 @@ class VectorMemory:
                 self._ingest_batch(batch, report)
         finally:
             bar.close()
-            self.save()
+            self.checkpoint()
         return report
 
     def ingest_file(self, path: str | Path, *, format: str = "auto", tenant: str | None = None,
@@ -209,21 +240,33 @@ class VectorMemory:
             for ext_id, it in fresh.items():
                 pk = self.store.add_interaction(tx, record=it.to_json(), status="filtered")
                 report.stored += 1
-                if it.metadata.get("retrieved"):
-                    self.store.add_retrievals(tx, tenant=tenant, interaction_id=pk,
-                                              experience_ids=it.metadata["retrieved"])
-                added = merged = 0
-                for c in cands[ext_id]:
-                    outcome = self._place(tx, tenant, index, c, vectors, pk)
-                    added += outcome == "new"
-                    merged += outcome in ("merge", "exact")
-                    report.conflicts += outcome == "conflict"
-                report.experiences += added
-                report.merged += merged
-                status = "experience" if added else "merged" if merged else "filtered"
-                report.filtered += status == "filtered"
-                self.store.set_status(tx, interaction_id=pk, status=status)
+                self._learn(tx, tenant, index, pk, it, cands[ext_id], vectors, report)
             generation = self.store.bump_generation(tx, tenant=tenant)
+        self._keep_index(tenant, index, seen, generation)
+
+    def _learn(self, tx: Tx, tenant: str, index: Index, pk: int, it: Interaction, cands: Sequence[Candidate],
+               vectors: dict[str, np.ndarray], report: IngestReport, status: str | None = None) -> str:
+        """Place one stored interaction's candidates (new experience, merge or conflict) and set its status
+        (the better of `status`, what it had, and what these candidates made of it)."""
+        if it.metadata.get("retrieved"):
+            self.store.add_retrievals(tx, tenant=tenant, interaction_id=pk, experience_ids=it.metadata["retrieved"])
+        added = merged = 0
+        for c in cands:
+            outcome = self._place(tx, tenant, index, c, vectors, pk)
+            added += outcome == "new"
+            merged += outcome in ("merge", "exact")
+            report.conflicts += outcome == "conflict"
+        report.experiences += added
+        report.merged += merged
+        new = "experience" if added else "merged" if merged else "filtered"
+        rank = ["answered", "filtered", "merged", "experience"]
+        final = max(new, status or "answered", key=rank.index)
+        report.filtered += final == "filtered"
+        self.store.set_status(tx, interaction_id=pk, status=final)
+        return final
+
+    def _keep_index(self, tenant: str, index: Index, seen: int, generation: int) -> None:
+        """After a committed write: keep the updated in-process index if no other process wrote meanwhile."""
         if generation == seen + 1:
             self._indexes[tenant] = (index, generation)
         else:  # another process wrote to this tenant meanwhile: rebuild from SQL on next use
@@ -287,8 +330,9 @@ class VectorMemory:
             self.store.merge_into(tx, experience_id=target, interaction_id=interaction_id, timestamp=c.timestamp,
                                   success=c.success)
         elif decision == "conflict" and target is not None:
+            corrects = c.rejected is not None and agree(c.rejected, rows[target].response, self.config.agree_threshold)
             self.store.add_conflict(tx, experience_id=target, interaction_id=interaction_id, response=c.response,
-                                    swap_hash=content_hash(rows[target].trigger, c.response))
+                                    swap_hash=content_hash(rows[target].trigger, c.response), wins_ties=corrects)
         else:
             new_id = self.store.add_experience(
                 tx, tenant=tenant, user=c.user, content_hash=c.content_hash, instruction=instruction,
@@ -297,6 +341,116 @@ class VectorMemory:
                 interaction_id=interaction_id)
             index.add(np.array([new_id], dtype=np.int64), xq[None, :])
         return decision
+
+    # --- served answers: logged when given, judged later by feedback or by the next turn ----------
+    def log_answer(self, *, tenant: str, interaction_id: str, messages: Sequence[dict[str, str]], answer: str,
+                   hits: Sequence[Hit], user: str | None = None, session: str | None = None,
+                   adapter: str | None = None, details: dict[str, Any] | None = None) -> None:
+        """Keep a served answer in SQL (an `answered` interaction) so that feedback can reach it from any
+        process, any time later; count one use of each experience that conditioned it."""
+        conversation = [*[{"role": m["role"], "content": m["content"]} for m in messages],
+                        {"role": "assistant", "content": answer}]
+        record = {"id": interaction_id, "tenant": tenant, "user": user, "session": session, "timestamp": time.time(),
+                  "messages": conversation, "feedback": [],
+                  "metadata": {"retrieved": [h.id for h in hits]} if hits else {}}
+        served = {"turn": len(messages), "experiences": [h.parts() for h in hits], **(details or {})}
+        self.store.add_answer(record=record, thread_key=thread_hash(conversation), adapter=adapter,
+                              served=served, used=[h.id for h in hits])
+
+    def answer(self, interaction_id: str, *, tenant: str = "default") -> AnswerData:
+        """A served answer with its feedback so far. Raises NotFoundError outside `tenant`."""
+        return self.store.get_answer(tenant=tenant, ext_id=interaction_id)
+
+    def feedback(self, interaction_id: str, kind: str, *, tenant: str = "default", value: float | None = None,
+                 text: str | None = None, event_id: str | None = None) -> FeedbackResult:
+        """Judge a served answer: credit the experiences that conditioned it and distil what it teaches.
+
+        Each `event_id` counts once (default: made from the event's content, so a retried call is recognised).
+        A correction's `text` is the right answer: it becomes an experience with the served answer as
+        `rejected`, and where the answer came from an experience it conflicts with, it wins at equal support.
+        """
+        success, _ = explicit_signal(kind, value)
+        if kind == "correction" and not (text or "").strip():
+            raise ValueError("a correction needs text: the right answer")
+        event: dict[str, Any] = {"kind": kind, **({"value": float(value)} if value is not None else {}),
+                                 **({"text": text} if text else {})}
+        event_id = event_id or text_hash(json.dumps(event, sort_keys=True))[:32]
+        result = FeedbackResult(interaction_id, kind, success)
+
+        def judge_it(tx: Tx, answer: AnswerData, record: dict[str, Any]) -> dict[str, Any] | None:
+            if not self.store.add_feedback_event(tx, interaction_pk=answer.pk, event_id=event_id, kind=kind):
+                result.duplicate = True
+                return None
+            turn = int(answer.served["turn"])
+            record["feedback"].append({"turn": turn, **event})
+            if kind == "correction":
+                record["messages"] += [{"role": "user", "content": f"Correction: {text}"},
+                                       {"role": "assistant", "content": str(text)}]
+                record["feedback"].append({"turn": len(record["messages"]) - 1, "kind": "like"})
+            used = record.get("metadata", {}).get("retrieved", [])
+            result.credited = self.store.record_outcome(tx, tenant=tenant, ids=used, success=success) if used else 0
+            return {"turn": turn, **event}
+
+        return self._rejudge(interaction_id, tenant, judge_it, result)
+
+    def follow_up(self, messages: Sequence[dict[str, str]], *, tenant: str = "default") -> FeedbackResult | None:
+        """Judge the served answer that a new request continues, as ingested logs are judged: `messages`
+        quote an earlier conversation and its answer, then add a user turn that corrects, thanks or moves on.
+        Only an answer nobody has rated yet is judged this way (explicit feedback outranks it). Returns what
+        it did, or None when `messages` continue no such answer."""
+        if len(messages) < 3 or messages[-1]["role"] != "user" or messages[-2]["role"] != "assistant":
+            return None
+        found = self.store.answer_by_thread(tenant=tenant, thread_key=thread_hash(messages[:-1]))
+        if found is None:
+            return None
+        result = FeedbackResult(found, "follow_up", 0.0)
+
+        def judge_it(tx: Tx, answer: AnswerData, record: dict[str, Any]) -> dict[str, Any] | None:
+            if answer.status != "answered":
+                result.duplicate = True  # judged meanwhile, by feedback or another follow-up
+                return None
+            record["messages"].append({"role": "user", "content": messages[-1]["content"]})
+            outcome = next(o for o in judge(parse_record(record, format="native")) if o.turn == answer.served["turn"])
+            result.success = outcome.success
+            used = record.get("metadata", {}).get("retrieved", [])
+            if used:  # weaker evidence than a rating: credited in proportion to its confidence
+                result.credited = self.store.record_outcome(tx, tenant=tenant, ids=used, success=outcome.success,
+                                                            weight=outcome.confidence)
+            return None
+
+        return self._rejudge(found, tenant, judge_it, result)
+
+    def _rejudge(self, interaction_id: str, tenant: str,
+                 change: Callable[[Tx, AnswerData, dict[str, Any]], dict[str, Any] | None],
+                 result: FeedbackResult) -> FeedbackResult:
+        """In one transaction: lock the served answer, let `change` update its record (and return the feedback
+        row to add), then place the experiences the changed record teaches that it did not teach before."""
+        index, seen = self._index(tenant)
+        report = IngestReport()
+        with self.store.transaction() as tx:
+            answer = self.store.get_answer(tx, tenant=tenant, ext_id=interaction_id, lock=True)
+            before = answer.record
+            record = json.loads(json.dumps(before))
+            feedback_row = change(tx, answer, record)
+            if result.duplicate:
+                return result
+            now = time.time()
+            taught = {c.content_hash for c in distill(parse_record(before, format="native"), self.config, now=now)
+                      } if answer.status != "answered" else set()
+            cands = [c for c in distill(parse_record(record, format="native"), self.config, now=now)
+                     if c.content_hash not in taught]
+            self.store.update_record(tx, interaction_pk=answer.pk, record=record, feedback=feedback_row)
+            self._learn_instructions(tx, tenant, cands)
+            vectors = self._embed_new(tx, tenant, cands)
+            it = parse_record(record, format="native")
+            result.status = self._learn(tx, tenant, index, answer.pk, it if answer.status == "answered" else
+                                        replace(it, metadata={}), cands, vectors, report, status=answer.status)
+            generation = self.store.bump_generation(tx, tenant=tenant) if cands else seen
+        if cands:
+            self._keep_index(tenant, index, seen, generation)
+            self.checkpoint()
+        result.experiences, result.merged, result.conflicts = report.experiences, report.merged, report.conflicts
+        return result
 
     # --- search -----------------------------------------------------------------------------
     def search(self, text: str, k: int = 5, *, tenant: str = "default", now: float | None = None) -> list[Hit]:
@@ -395,6 +549,21 @@ class VectorMemory:
         indexes = {t: self._index(t)[0] for t in tenants}
         return compute_stats(self.store.counts(tenant=tenant), indexes)
 
+    def experiences(self, *, tenant: str = "default", sort: str = "utility", descending: bool = True,
+                    limit: int = 50, offset: int = 0) -> tuple[int, list[ExperienceData]]:
+        """(total, one page) of the tenant's experiences, sorted by utility, uses, support, age or id."""
+        total, ids = self.store.experience_page(tenant=tenant, sort=sort, descending=descending, limit=limit,
+                                                offset=offset)
+        rows = self.store.get_experiences(tenant=tenant, ids=ids)
+        return total, [rows[i] for i in ids if i in rows]
+
+    def experience(self, id: int, *, tenant: str = "default") -> ExperienceData:
+        """One of the tenant's experiences. Raises NotFoundError for another tenant's or a missing id."""
+        found = self.store.get_experiences(tenant=tenant, ids=[id])
+        if id not in found:
+            raise NotFoundError(f"no experience {id} in tenant {tenant!r}")
+        return found[id]
+
     # --- adapters (versions live in the store; training is logmem.model.consolidate's) -------
     def adapters(self, tenant: str = "default") -> list[AdapterData]:
         """The tenant's adapters, oldest first."""
@@ -432,6 +601,9 @@ class VectorMemory:
             index = None
         if index is None:
             index = self._rebuild(tenant)
+            self._saved[tenant] = (-1, float("-inf"))  # a rebuild is worth keeping: due at the next checkpoint
+        else:
+            self._saved[tenant] = (generation, time.monotonic())
         self._indexes[tenant] = (index, generation)
         return self._indexes[tenant]
 
@@ -444,26 +616,44 @@ class VectorMemory:
         return index
 
     def save(self) -> None:
-        """Write each loaded index whose contents changed; switch to HNSW where a tenant outgrew flat."""
-        for tenant, (index, generation) in list(self._indexes.items()):
-            want = choose_kind(len(index), self.config)
-            if want != index.kind:
-                index = self._rebuild(tenant)
-                self._indexes[tenant] = (index, generation)
-            path = self._index_path(tenant)
-            meta_path = path.with_suffix(".json")
-            try:
-                if json.loads(meta_path.read_text()).get("generation") == generation:
-                    continue
-            except (OSError, ValueError):
-                pass
-            tmp = path.with_suffix(".idx.tmp")
-            index.save(tmp)
-            os.replace(tmp, path.with_suffix(".idx"))
-            meta_tmp = path.with_suffix(".json.tmp")
-            meta_tmp.write_text(json.dumps({"tenant": tenant, "generation": generation, "kind": index.kind,
-                                            "d": self.d, "n": len(index)}))
-            os.replace(meta_tmp, meta_path)
+        """Write every loaded index whose contents changed since its file was written."""
+        for tenant in list(self._indexes):
+            self._save_tenant(tenant)
+
+    def checkpoint(self) -> None:
+        """Write the loaded indexes that are due: `checkpoint_changes` writes or `checkpoint_seconds` since their
+        file was written. SQL holds every change; a file only spares the next process a rebuild, so a write
+        per change (a full copy of the index) would buy nothing but cost that grows with the memory."""
+        now, cfg = time.monotonic(), self.config
+        for tenant, (_, generation) in list(self._indexes.items()):
+            saved_generation, saved_at = self._saved.get(tenant, (generation, now))
+            if generation != saved_generation and (generation - saved_generation >= cfg.checkpoint_changes
+                                                   or now - saved_at >= cfg.checkpoint_seconds):
+                self._save_tenant(tenant)
+
+    def _save_tenant(self, tenant: str) -> None:
+        """Write one tenant's index file (switching to HNSW where the tenant outgrew flat)."""
+        index, generation = self._indexes[tenant]
+        want = choose_kind(len(index), self.config)
+        if want != index.kind:
+            index = self._rebuild(tenant)
+            self._indexes[tenant] = (index, generation)
+        path = self._index_path(tenant)
+        meta_path = path.with_suffix(".json")
+        try:
+            if json.loads(meta_path.read_text()).get("generation") == generation:
+                self._saved[tenant] = (generation, time.monotonic())
+                return
+        except (OSError, ValueError):
+            pass
+        tmp = path.with_suffix(".idx.tmp")
+        index.save(tmp)
+        os.replace(tmp, path.with_suffix(".idx"))
+        meta_tmp = path.with_suffix(".json.tmp")
+        meta_tmp.write_text(json.dumps({"tenant": tenant, "generation": generation, "kind": index.kind,
+                                        "d": self.d, "n": len(index)}))
+        os.replace(meta_tmp, meta_path)
+        self._saved[tenant] = (generation, time.monotonic())
 
     def _known_instructions(self, tenant: str) -> set[str]:
         if tenant not in self._instructions:

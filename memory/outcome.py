@@ -73,15 +73,22 @@ def classify_reply(text: str) -> str | None:
     return None
 
 
+def explicit_signal(kind: str, value: float | None = None) -> tuple[float, float]:
+    """(success, confidence) of one explicit feedback event; a rating's 1-5 `value` scales to [0, 1]
+    (no value counts as the middle, 3)."""
+    if kind == "rating":
+        clipped = min(max(value if value is not None else 3.0, 1.0), 5.0)
+        return (clipped - 1.0) / 4.0, RATING_CONFIDENCE
+    if kind not in EXPLICIT:
+        raise ValueError(f"unknown feedback kind {kind!r}; expected rating or one of {', '.join(EXPLICIT)}")
+    return EXPLICIT[kind]
+
+
 def _explicit(feedback: list[Feedback]) -> tuple[float, float, str | None]:
     signals = []
     correction = None
     for f in feedback:
-        if f.kind == "rating":
-            value = min(max(f.value if f.value is not None else 3.0, 1.0), 5.0)
-            signals.append(((value - 1.0) / 4.0, RATING_CONFIDENCE))
-        else:
-            signals.append(EXPLICIT[f.kind])
+        signals.append(explicit_signal(f.kind, f.value))
         if f.kind == "correction" and f.text:
             correction = f.text
     success, confidence = signals[-1]

@@ -19,7 +19,6 @@ class GeneratorConfig:
     choose: str = "off"  # "vote": answer with a memory-supported answer when the memory agrees (see below)
     vote_prior: float = 4.0  # weight of log(vote share) against the model under "vote" (tuned on NFCats dev)
     vote_max_tokens: int = 24  # answers longer than this are never chosen among, only generated
-    max_pending: int = 10_000  # answered interactions kept awaiting feedback
 
     def __post_init__(self) -> None:
         checks = [
@@ -29,6 +28,5 @@ class GeneratorConfig:
             ("choose", self.choose in ("off", "vote"), "'off' or 'vote'"),
             ("vote_prior", self.vote_prior >= 0, ">= 0"),
             ("vote_max_tokens", self.vote_max_tokens >= 1, ">= 1"),
-            ("max_pending", self.max_pending >= 1, ">= 1"),
         ]
         check_fields(self, checks)

@@ -179,7 +179,7 @@ def _answers(mode: str, gen: MemoryGenerator | None, memory: VectorMemory, items
             answer = knn_vote(memory, item, tenant=tenant)
             answers.append((answer, [], {"retrieval_ms": (time.perf_counter() - t0) * 1e3}))
         return answers
-    replies = gen.chat_many([item.messages for item in items], max_new_tokens=max_new_tokens)
+    replies = gen.chat_many([item.messages for item in items], max_new_tokens=max_new_tokens, log=False)
     return [(r.text, [h.id for h in r.experiences],
              {"retrieval_ms": r.retrieval_ms, "prompt_ms": r.prompt_ms, "model_ms": r.model_ms,
               "prompt_tokens": r.prompt_tokens}) for r in replies]

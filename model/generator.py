@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from .prompting import ChatMarkers, Conditioning, Messages, render_messages, ren
 from .voting import choose_answer
 
 logger = logging.getLogger(__name__)
-FEEDBACK_SUCCESS = {"like": 1.0, "copy": 1.0, "dislike": 0.0, "regenerate": 0.0, "correction": 0.0}
 
 
 @dataclass
@@ -44,17 +42,6 @@ class Reply:
         return d
 
 
-@dataclass
-class _Pending:
-    tenant: str
-    user: str | None
-    messages: Messages
-    answer: str
-    experience_ids: list[int]
-    logged: bool = False
-    feedback: list[dict[str, Any]] = field(default_factory=list)
-
-
 class MemoryGenerator:
     """Wraps `model` so that `generate` and `chat` see the memory's best experiences.
 
@@ -70,7 +57,6 @@ class MemoryGenerator:
         self.gen_config = config or GeneratorConfig()
         self.tenant = tenant
         self._markers = ChatMarkers.probe(tokenizer)
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes not found normally: defer to the wrapped model
@@ -125,16 +111,27 @@ class MemoryGenerator:
 
     # --- chat and feedback --------------------------------------------------------------------
     def chat(self, messages: Messages, *, tenant: str | None = None, user: str | None = None,
-             max_new_tokens: int = 128, **kwargs: Any) -> Reply:
-        """Answer the conversation `messages` with memory; keep it for `feedback`."""
-        return self.chat_many([messages], tenant=tenant, user=user, max_new_tokens=max_new_tokens, **kwargs)[0]
+             max_new_tokens: int = 128, log: bool = True, adapter: str | None = None, **kwargs: Any) -> Reply:
+        """Answer the conversation `messages` with memory; the answer is logged for `feedback` (see `chat_many`)."""
+        return self.chat_many([messages], tenant=tenant, user=user, max_new_tokens=max_new_tokens, log=log,
+                              adapter=adapter, **kwargs)[0]
 
     @torch.no_grad()
     def chat_many(self, conversations: Sequence[Messages], *, tenant: str | None = None, user: str | None = None,
-                  max_new_tokens: int = 128, **kwargs: Any) -> list[Reply]:
-        """Answer several conversations with memory in one batched generation (left-padded); each reply is
-        kept for `feedback`. A reply's `model_ms` is its share of the batch's generation time."""
+                  max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,
+                  **kwargs: Any) -> list[Reply]:
+        """Answer several conversations with memory in one batched generation (left-padded). A reply's
+        `model_ms` is its share of the batch's generation time.
+
+        With `log` (and a memory), each answer is kept in the memory's SQL store as an answered interaction
+        (with the experiences that conditioned it and `adapter`, the adapter version that answered), so that
+        `feedback` can reach it from any process, later; a request that continues an earlier logged answer's
+        conversation judges that answer first (`VectorMemory.follow_up`). `log=False` answers and keeps nothing
+        (evaluation)."""
         tenant = tenant or self.tenant
+        if log and self.memory is not None:
+            for messages in conversations:
+                self.memory.follow_up(messages, tenant=tenant)
         started, prompts, conds, retrieval_ms = time.perf_counter(), [], [], []
         for messages in conversations:
             query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -165,14 +162,16 @@ class MemoryGenerator:
         replies = []
         for messages, prompt, n_tokens, cond, text, how, r_ms in zip(conversations, prompts, lengths, conds, texts,
                                                                      chosen_by, retrieval_ms):
-            iid = uuid.uuid4().hex
-            used = [h.id for h in cond.experiences]
-            self._remember(iid, _Pending(tenant, user, [dict(m) for m in messages], str(text), used))
-            if self.memory is not None and used:
-                self.memory.store.count_uses(tenant=tenant, ids=used)
-            replies.append(Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
-                                 prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens,
-                                 retrieval_ms=r_ms, prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how))
+            reply = Reply(text=str(text), interaction_id=uuid.uuid4().hex, experiences=cond.experiences, prompt=prompt,
+                          prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens, retrieval_ms=r_ms,
+                          prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how)
+            if log and self.memory is not None:
+                timings = {"retrieval_ms": r_ms, "prompt_ms": prompt_ms, "model_ms": model_ms}
+                self.memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages,
+                                       answer=reply.text, hits=cond.experiences, user=user, adapter=adapter,
+                                       details={"timings": timings, "chosen_by": how,
+                                                "prompt_tokens": n_tokens, "memory_tokens": cond.memory_tokens})
+            replies.append(reply)
         return replies
 
     def _generate_texts(self, enc: dict[str, torch.Tensor], max_new_tokens: int, **kwargs: Any) -> list[str]:
@@ -199,50 +198,16 @@ class MemoryGenerator:
         plain = "\n".join(m["content"] for m in messages)
         return (render_plain(cond) + plain) if cond.experiences else plain
 
-    def _remember(self, iid: str, pending: _Pending) -> None:
-        self._pending[iid] = pending
-        while len(self._pending) > self.gen_config.max_pending:
-            self._pending.popitem(last=False)
+    def feedback(self, interaction_id: str, kind: str, *, value: float | None = None, text: str | None = None,
+                 tenant: str | None = None, event_id: str | None = None) -> dict[str, Any]:
+        """Record feedback on a logged `chat` answer (`VectorMemory.feedback`): the experiences that conditioned
+        it get the outcome as utility credit, and the interaction is distilled (a liked answer becomes an
+        experience; a correction's `text`, the right answer, one with the failed answer as `rejected`).
 
-    def feedback(self, interaction_id: str, kind: str, *, value: float | None = None,
-                 text: str | None = None) -> dict[str, Any]:
-        """Record feedback on a `chat` answer.
-
-        The interaction becomes a log record of the memory (a liked answer becomes an experience; a
-        correction's `text`, the right answer, becomes one with the failed answer as `rejected`), and the
-        experiences that conditioned the answer get the outcome as utility credit.
+        Returns `FeedbackResult.to_json()`, where `experiences` counts new and merged experiences.
         """
-        pending = self._pending.get(interaction_id)
-        if pending is None:
-            raise NotFoundError(f"no answered interaction {interaction_id!r} awaits feedback "
-                                f"(kept: the last {self.gen_config.max_pending})")
-        if kind == "rating":
-            if value is None:
-                raise ValueError("a rating needs value= (1-5)")
-            success = (min(max(value, 1.0), 5.0) - 1.0) / 4.0
-        elif kind in FEEDBACK_SUCCESS:
-            success = FEEDBACK_SUCCESS[kind]
-        else:
-            raise ValueError(f"unknown feedback kind {kind!r}; expected rating or one of {', '.join(FEEDBACK_SUCCESS)}")
-        messages = [*pending.messages, {"role": "assistant", "content": pending.answer}]
-        turn = len(messages) - 1
-        pending.feedback.append({"turn": turn, "kind": kind, **({"value": value} if value is not None else {}),
-                                 **({"text": text} if text else {})})
-        if kind == "correction" and text:
-            messages += [{"role": "user", "content": f"Correction: {text}"}, {"role": "assistant", "content": text}]
-            pending.feedback.append({"turn": len(messages) - 1, "kind": "like"})
-        result: dict[str, Any] = {"interaction_id": interaction_id, "success": success, "credited": 0,
-                                  "experiences": 0, "conflicts": 0}
         if self.memory is None:
-            return result
-        if pending.experience_ids:
-            result["credited"] = self.memory.record_outcome(pending.experience_ids, success, tenant=pending.tenant)
-        if not pending.logged:
-            record = {"id": f"chat-{interaction_id}", "tenant": pending.tenant, "user": pending.user,
-                      "timestamp": time.time(), "messages": messages, "feedback": pending.feedback,
-                      "metadata": {"retrieved": pending.experience_ids} if pending.experience_ids else {}}
-            report = self.memory.ingest([record])
-            pending.logged = True
-            result["experiences"] = report.experiences + report.merged
-            result["conflicts"] = report.conflicts  # it contradicted a near-duplicate's accepted answer
-        return result
+            raise NotFoundError(f"no answered interaction {interaction_id!r}: a generator without memory logs none")
+        result = self.memory.feedback(interaction_id, kind, tenant=tenant or self.tenant, value=value, text=text,
+                                      event_id=event_id)
+        return {**result.to_json(), "experiences": result.experiences + result.merged}

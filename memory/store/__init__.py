@@ -1,8 +1,11 @@
 """The SQL store (see `core`)."""
 
 from .core import Store, Tally, Tx
+from .keys import KeyData
 from .records import AdapterData, ExperienceData, JobData
 from .schema import ADAPTER_METHODS, ADAPTER_STATUSES, JOB_STATUSES, SCHEMA_VERSION, AdapterRow
+from .served import AnswerData
 
-__all__ = ["ADAPTER_METHODS", "ADAPTER_STATUSES", "JOB_STATUSES", "SCHEMA_VERSION", "AdapterData", "AdapterRow",
+__all__ = ["ADAPTER_METHODS", "AnswerData", "KeyData",
+           "ADAPTER_STATUSES", "JOB_STATUSES", "SCHEMA_VERSION", "AdapterData", "AdapterRow",
            "ExperienceData", "JobData", "Store", "Tally", "Tx"]

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from ..errors import NotFoundError, StoreError
 from .adapters import AdapterStore
 from .jobs import JobStore
+from .keys import KeyStore
 from .records import ExperienceData, _created_locked, _data, _locked, _rowcount
 from .schema import (
     SCHEMA_VERSION,
@@ -37,13 +38,14 @@ from .schema import (
     RetrievalRow,
     SourceRow,
 )
+from .served import AnswerStore
 
 logger = logging.getLogger(__name__)
 Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
 Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
 
 
-class Store(AdapterStore, JobStore):
+class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
     """Repository over the SQL database. Write methods take the open transaction `tx` first."""
 
     # --- meta -------------------------------------------------------------------------------
@@ -150,12 +152,14 @@ class Store(AdapterStore, JobStore):
         tx.add(SourceRow(experience_id=experience_id, interaction_id=interaction_id))
 
     def add_conflict(self, tx: Session, *, experience_id: int, interaction_id: int, response: str,
-                     swap_hash: str) -> bool:
+                     swap_hash: str, wins_ties: bool = False) -> bool:
         """Record a conflicting answer. When its support outgrows the experience's, it takes its place
         (and the old answer becomes the conflict). Returns whether the answer was swapped.
 
         `swap_hash` is the content hash of the experience's trigger with `response`: the experience takes
-        it on a swap, so that a later exact copy of the old answer counts as a conflict, not as support."""
+        it on a swap, so that a later exact copy of the old answer counts as a conflict, not as support.
+        `wins_ties`: the answer corrects the experience's own answer, evidence against it, so equal support
+        is enough to take its place."""
         row = _locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
@@ -163,7 +167,7 @@ class Store(AdapterStore, JobStore):
         tx.flush()
         same = tx.scalar(select(func.count()).select_from(ConflictRow).where(
             ConflictRow.experience_id == experience_id, ConflictRow.response == response)) or 0
-        if same <= row.support:
+        if same < row.support or (same == row.support and not wins_ties):
             return False
         authors = {u for u in tx.scalars(select(InteractionRow.user).join(
             ConflictRow, ConflictRow.interaction_id == InteractionRow.id).where(
@@ -212,20 +216,18 @@ class Store(AdapterStore, JobStore):
         xb = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), d)
         return ids, xb
 
-    def record_outcome(self, *, tenant: str, ids: Sequence[int], success: float) -> int:
-        """Credit an outcome to experiences: utility Beta(alpha, beta) gains (success, 1 - success)."""
-        with self.transaction() as tx:
-            res = tx.execute(update(ExperienceRow).where(ExperienceRow.tenant == tenant,
-                                                         ExperienceRow.id.in_([int(i) for i in ids]))
-                             .values(alpha=ExperienceRow.alpha + success,
-                                     beta=ExperienceRow.beta + (1.0 - success)))
-            return _rowcount(res)
-
-    def count_uses(self, *, tenant: str, ids: Sequence[int]) -> None:
-        with self.transaction() as tx:
-            tx.execute(update(ExperienceRow).where(ExperienceRow.tenant == tenant,
-                                                   ExperienceRow.id.in_([int(i) for i in ids]))
-                       .values(uses=ExperienceRow.uses + 1))
+    def record_outcome(self, tx: Session | None = None, *, tenant: str, ids: Sequence[int], success: float,
+                       weight: float = 1.0) -> int:
+        """Credit an outcome to experiences: utility Beta(alpha, beta) gains weight * (success, 1 - success)."""
+        stmt = (update(ExperienceRow)
+                .where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_([int(i) for i in ids]))
+                .values(alpha=ExperienceRow.alpha + weight * success,
+                        beta=ExperienceRow.beta + weight * (1.0 - success))
+                .execution_options(synchronize_session=False))
+        if tx is not None:
+            return _rowcount(tx.execute(stmt))
+        with self.transaction() as own:
+            return _rowcount(own.execute(stmt))
 
     # --- shared instructions ----------------------------------------------------------------
     def count_instructions(self, tx: Session, *, tenant: str, counts: dict[str, tuple[str, int]]) -> None:

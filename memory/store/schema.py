@@ -173,3 +173,40 @@ class JobRow(Base):
 # Two jobs never run on one tenant at once: a second start fails on this index, atomically, in both databases.
 Index("one_running_job_per_tenant", JobRow.tenant, unique=True, sqlite_where=JobRow.status == "running",
       postgresql_where=JobRow.status == "running")
+
+
+class AnswerRow(Base):
+    """What a served answer needs beyond its interaction row: the experiences that conditioned it (with the
+    parts of their scores), the adapter and timings, and the key under which the conversation, continued,
+    finds it again. Its interaction is `answered` until feedback or the conversation's next turn judges it."""
+
+    __tablename__ = "answers"
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True)
+    thread_key: Mapped[str] = mapped_column(String(64), index=True)  # hash of the request messages + the answer
+    adapter: Mapped[str | None] = mapped_column(String(64))  # the adapter version that answered (None: base)
+    served: Mapped[str] = mapped_column(Text)  # JSON: experiences with score parts, timings, model
+    answered_at: Mapped[float] = mapped_column(Float)
+
+
+class FeedbackEventRow(Base):
+    """One feedback event on a served answer, by its event id: a retried event is recognised and ignored."""
+
+    __tablename__ = "feedback_events"
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiKeyRow(Base):
+    """An API key of the service, stored as its SHA-256 only. An admin key may act for any tenant it names."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell keys apart in lists
+    tenant: Mapped[str | None] = mapped_column(String(200), index=True)  # None for an admin key
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)

@@ -183,7 +183,7 @@ def test_the_logged_answer_names_the_experiences_it_used(tiny_lm, memory) -> Non
     ids = [h.id for h in reply.experiences]
     records = memory.store.retrieving_records(tenant="default", experience_ids=ids)
     assert sorted(records) == sorted(ids)
-    assert all([r["id"] for r in rs] == [f"chat-{reply.interaction_id}"] for rs in records.values())
+    assert all([r["id"] for r in rs] == [reply.interaction_id] for rs in records.values())
     assert records[ids[0]][0]["metadata"] == {"retrieved": ids}
 
 
@@ -207,10 +207,12 @@ def test_a_correction_stores_the_right_answer_with_the_rejected_one(tiny_lm, emp
     assert hit.lesson == "Redis listens on port 6379 by default."
 
 
-def test_feedback_on_unknown_interaction_raises(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+def test_feedback_on_unknown_interaction_raises(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
     model, tok = tiny_lm
     with pytest.raises(NotFoundError, match="no answered interaction 'nope'"):
         MemoryGenerator(model, tok, None).feedback("nope", "like")
+    with pytest.raises(NotFoundError, match="no answered interaction 'nope'"):
+        MemoryGenerator(model, tok, memory).feedback("nope", "like")
 
 
 def test_answer_logprobs_match_a_full_forward(tiny_lm) -> None:  # type: ignore[no-untyped-def]
