@@ -9,11 +9,9 @@ and marked failed. The store keeps at most one running job per tenant, atomicall
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 import math
 import os
-import shutil
 import socket
 import threading
 import time
@@ -26,13 +24,11 @@ from typing import Any
 from logmem.memory import VectorMemory
 from logmem.memory.errors import ConfigError, JobConflictError, JobStateError
 from logmem.memory.store import JobData, Store
+from logmem.model.jobs import Report
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("consolidate",)
-
-Report = Callable[[float, str], None]
-"""`report(progress, message)`: progress in [0, 1], message one line ("step 12/80 loss 1.23")."""
 
 JobFn = Callable[[Report], tuple[str, dict[str, Any]]]
 """The work: gets `report`, returns ("succeeded" | "rejected", metrics)."""
@@ -213,35 +209,11 @@ def _alive(pid: int) -> bool:
 
 def consolidation_job(memory: VectorMemory, model: Any, tokenizer: Any, *, tenant: str, params: dict[str, Any],
                       base_model: str, progress: bool = False) -> JobFn:
-    """The work of a `consolidate` job: train, gate, save the adapter, register it; when the gate promotes it,
-    activate it and mark the experiences it covers as consolidated in it."""
-    from logmem.model.consolidate import ConsolidationConfig, consolidate
-
-    config = ConsolidationConfig(**params)
+    """The work of a `consolidate` job for `run` (`logmem.model.jobs.run_consolidation`)."""
+    from logmem.model.jobs import run_consolidation
 
     def work(report: Report) -> tuple[str, dict[str, Any]]:
-        outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report,
-                              progress=progress)
-        folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}"
-        outcome.adapter.save_pretrained(str(folder))
-        status = "promoted" if outcome.promoted else "rejected"
-        version = memory.store.add_adapter(tenant=tenant, base_model=base_model, method=config.method,
-                                           seed=config.seed, status=status, metrics=outcome.metrics,
-                                           covered=outcome.covered, path=str(folder))
-        if outcome.promoted:
-            memory.store.activate_adapter(tenant=tenant, version=version)
-            memory.store.mark_consolidated(tenant=tenant, experience_ids=outcome.covered, version=version)
-            if config.rebuild:  # the stale adapters' weights hold forgotten experiences: erase them too
-                for old in memory.store.adapters(tenant=tenant):
-                    if old.status == "stale" and Path(old.path).exists():
-                        shutil.rmtree(old.path)
-                        logger.info("deleted the weights of stale adapter %s (%s)", old.version, old.path)
-        return ("succeeded" if outcome.promoted else "rejected"), {**outcome.metrics, "version": version,
-                                                                   "holdout_ids": outcome.holdout}
+        return run_consolidation(memory, model, tokenizer, tenant=tenant, params=params, base_model=base_model,
+                                 report=report, progress=progress)
 
     return work
-
-
-def tenant_key(tenant: str) -> str:
-    """A file-name-safe key of a tenant name."""
-    return hashlib.sha256(tenant.encode()).hexdigest()[:12]

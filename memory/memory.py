@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -40,6 +42,19 @@ from .store import AdapterData, AnswerData, ExperienceData, Store, Tx
 
 logger = logging.getLogger(__name__)
 DAY = 86_400.0
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialized(method: Callable[Concatenate[VectorMemory, P], R]) -> Callable[Concatenate[VectorMemory, P], R]:
+    """Run the method under the memory's lock: threads of one process (a server's request handlers, its job
+    worker) never change an index while another searches it, nor interleave a tenant's cache updates."""
+    @functools.wraps(method)
+    def run(self: VectorMemory, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,8 @@ class VectorMemory:
         self.store.check_meta(embedder=embedder.name, dim=self.d)
         self._indexes: dict[str, tuple[Index, int]] = {}  # tenant -> (index, generation it reflects)
         self._instructions: dict[str, set[str]] = {}
-        self._saved: dict[str, tuple[int, float]] = {}  # tenant -> (generation, monotonic time) of its file
+        self._saved: dict[str, tuple[int, float]] = {}
+        self._lock = threading.RLock()  # tenant -> (generation, monotonic time) of its file
 
     def close(self) -> None:
         """Write the changed indexes, then close the database."""
@@ -209,6 +225,7 @@ class VectorMemory:
         except LogFormatError as exc:
             return Rejected(exc, json.dumps(rec, default=str) if isinstance(rec, dict) else repr(rec))
 
+    @_serialized
     def _ingest_batch(self, batch: list[Interaction], report: IngestReport) -> None:
         by_tenant: dict[str, list[Interaction]] = {}
         for it in batch:
@@ -379,7 +396,7 @@ class VectorMemory:
 
         def judge_it(tx: Tx, answer: AnswerData, record: dict[str, Any]) -> dict[str, Any] | None:
             if not self.store.add_feedback_event(tx, interaction_pk=answer.pk, event_id=event_id, kind=kind):
-                result.duplicate = True
+                result.duplicate, result.status = True, answer.status
                 return None
             turn = int(answer.served["turn"])
             record["feedback"].append({"turn": turn, **event})
@@ -407,7 +424,7 @@ class VectorMemory:
 
         def judge_it(tx: Tx, answer: AnswerData, record: dict[str, Any]) -> dict[str, Any] | None:
             if answer.status != "answered":
-                result.duplicate = True  # judged meanwhile, by feedback or another follow-up
+                result.duplicate, result.status = True, answer.status  # judged meanwhile (feedback, a follow-up)
                 return None
             record["messages"].append({"role": "user", "content": messages[-1]["content"]})
             outcome = next(o for o in judge(parse_record(record, format="native")) if o.turn == answer.served["turn"])
@@ -420,6 +437,7 @@ class VectorMemory:
 
         return self._rejudge(found, tenant, judge_it, result)
 
+    @_serialized
     def _rejudge(self, interaction_id: str, tenant: str,
                  change: Callable[[Tx, AnswerData, dict[str, Any]], dict[str, Any] | None],
                  result: FeedbackResult) -> FeedbackResult:
@@ -461,6 +479,7 @@ class VectorMemory:
         _, body = self._embed_text(tenant, text)
         return self.search_vector(self.embedder.encode([body])[0], k, tenant=tenant, now=now)
 
+    @_serialized
     def search_vector(self, xq: np.ndarray, k: int = 5, *, tenant: str = "default",
                       now: float | None = None) -> list[Hit]:
         """`search` for an already embedded request `xq` (float32, (d,))."""
@@ -485,6 +504,7 @@ class VectorMemory:
         picked = kernels.mmr_select(scores, xb, k, cfg.mmr_lambda)
         return [self._hit(found[j][1], float(cos[j]), float(age[j]), float(scores[j])) for j in picked]
 
+    @_serialized
     def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
         """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""
         index, _ = self._index(tenant)
@@ -529,6 +549,7 @@ class VectorMemory:
             raise ValueError(f"success must be a bool or a probability in [0, 1], got {success!r}")
         return self.store.record_outcome(tenant=tenant, ids=experience_ids, success=s)
 
+    @_serialized
     def forget(self, *, id: int | None = None, user: str | None = None, tenant: str | None = None) -> dict[str, int]:
         """Remove an experience, all of a user's data, or a whole tenant: rows, vectors and text.
 
@@ -544,6 +565,7 @@ class VectorMemory:
         self.save()
         return counts
 
+    @_serialized
     def stats(self, tenant: str | None = None) -> Stats:
         tenants = [tenant] if tenant is not None else self.store.tenants()
         indexes = {t: self._index(t)[0] for t in tenants}
@@ -565,6 +587,21 @@ class VectorMemory:
         return found[id]
 
     # --- adapters (versions live in the store; training is logmem.model.consolidate's) -------
+    def iter_experiences(self, tenant: str = "default") -> Iterator[ExperienceData]:
+        """All of the tenant's experiences, in id order (read in batches)."""
+        return self.store.iter_experiences(tenant=tenant)
+
+    def register_adapter(self, *, tenant: str, base_model: str, method: str, seed: int, promoted: bool,
+                         metrics: dict[str, Any], covered: Iterable[int], path: str) -> str:
+        """Register a trained adapter (inactive), promoted or rejected by its gate; returns its version."""
+        return self.store.add_adapter(tenant=tenant, base_model=base_model, method=method, seed=seed,
+                                      status="promoted" if promoted else "rejected", metrics=metrics,
+                                      covered=covered, path=path)
+
+    def mark_consolidated(self, experience_ids: Iterable[int], *, version: str, tenant: str = "default") -> int:
+        """Mark the tenant's experiences as consolidated in adapter `version`; returns how many were marked."""
+        return self.store.mark_consolidated(tenant=tenant, experience_ids=experience_ids, version=version)
+
     def adapters(self, tenant: str = "default") -> list[AdapterData]:
         """The tenant's adapters, oldest first."""
         return self.store.adapters(tenant=tenant)
@@ -585,6 +622,7 @@ class VectorMemory:
     def _index_path(self, tenant: str) -> Path:
         return self.home / "index" / hashlib.sha256(tenant.encode()).hexdigest()[:16]
 
+    @_serialized
     def _index(self, tenant: str) -> tuple[Index, int]:
         """The tenant's index, loaded from disk if it matches SQL's generation, else rebuilt from SQL."""
         generation = self.store.generation(tenant=tenant)
@@ -615,11 +653,13 @@ class VectorMemory:
             index.add(ids, xb)
         return index
 
+    @_serialized
     def save(self) -> None:
         """Write every loaded index whose contents changed since its file was written."""
         for tenant in list(self._indexes):
             self._save_tenant(tenant)
 
+    @_serialized
     def checkpoint(self) -> None:
         """Write the loaded indexes that are due: `checkpoint_changes` writes or `checkpoint_seconds` since their
         file was written. SQL holds every change; a file only spares the next process a rebuild, so a write

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,12 @@ from logmem.memory.store import ExperienceData
 from tqdm import tqdm
 
 from .config import GeneratorConfig
+from .jobs import Report
 from .objectives import METHODS, consolidation_loss, dpo_loss, sequence_logprobs
 from .prompting import render_messages, select
 
 logger = logging.getLogger(__name__)
 PROBE = Path(__file__).parent / "probe" / "general.txt"
-Report = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ def select_experiences(memory: VectorMemory, tenant: str, config: ConsolidationC
     support pass the thresholds, in id order."""
     open_versions: set[str | None] = {None}
     if config.rebuild:
-        open_versions |= {a.version for a in memory.store.adapters(tenant=tenant) if a.status == "stale"}
-    return [e for e in memory.store.iter_experiences(tenant=tenant)
+        open_versions |= {a.version for a in memory.adapters(tenant) if a.status == "stale"}
+    return [e for e in memory.iter_experiences(tenant)
             if e.consolidated_in in open_versions and e.utility >= config.min_utility
             and e.support >= config.min_support]
 

@@ -111,14 +111,18 @@ class MemoryGenerator:
 
     # --- chat and feedback --------------------------------------------------------------------
     def chat(self, messages: Messages, *, tenant: str | None = None, user: str | None = None,
-             max_new_tokens: int = 128, log: bool = True, adapter: str | None = None, **kwargs: Any) -> Reply:
-        """Answer the conversation `messages` with memory; the answer is logged for `feedback` (see `chat_many`)."""
+             max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,
+             stop: Sequence[str] = (), interaction_id: str | None = None, **kwargs: Any) -> Reply:
+        """Answer the conversation `messages` with memory; the answer is logged for `feedback` (see `chat_many`)
+        under `interaction_id` (default: a new random id)."""
         return self.chat_many([messages], tenant=tenant, user=user, max_new_tokens=max_new_tokens, log=log,
-                              adapter=adapter, **kwargs)[0]
+                              adapter=adapter, stop=stop, interaction_ids=[interaction_id] if interaction_id else None,
+                              **kwargs)[0]
 
     @torch.no_grad()
     def chat_many(self, conversations: Sequence[Messages], *, tenant: str | None = None, user: str | None = None,
                   max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,
+                  stop: Sequence[str] = (), interaction_ids: Sequence[str] | None = None,
                   **kwargs: Any) -> list[Reply]:
         """Answer several conversations with memory in one batched generation (left-padded). A reply's
         `model_ms` is its share of the batch's generation time.
@@ -127,7 +131,7 @@ class MemoryGenerator:
         (with the experiences that conditioned it and `adapter`, the adapter version that answered), so that
         `feedback` can reach it from any process, later; a request that continues an earlier logged answer's
         conversation judges that answer first (`VectorMemory.follow_up`). `log=False` answers and keeps nothing
-        (evaluation)."""
+        (evaluation). Generation ends at any of the `stop` strings, which the answer does not include."""
         tenant = tenant or self.tenant
         if log and self.memory is not None:
             for messages in conversations:
@@ -156,13 +160,16 @@ class MemoryGenerator:
         if todo:
             width = max(lengths[i] for i in todo)  # the rows left may need less padding than the whole batch
             rows = {key: value[todo, -width:] for key, value in enc.items()}
+            if stop:
+                kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
             for i, text in zip(todo, self._generate_texts(rows, max_new_tokens, **kwargs)):
-                texts[i] = text
+                texts[i] = _cut(text, stop)
         model_ms = (time.perf_counter() - t2) * 1e3 / max(len(prompts), 1)
         replies = []
-        for messages, prompt, n_tokens, cond, text, how, r_ms in zip(conversations, prompts, lengths, conds, texts,
-                                                                     chosen_by, retrieval_ms):
-            reply = Reply(text=str(text), interaction_id=uuid.uuid4().hex, experiences=cond.experiences, prompt=prompt,
+        ids = list(interaction_ids) if interaction_ids is not None else [uuid.uuid4().hex for _ in conversations]
+        for iid, messages, prompt, n_tokens, cond, text, how, r_ms in zip(ids, conversations, prompts, lengths, conds,
+                                                                          texts, chosen_by, retrieval_ms):
+            reply = Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
                           prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens, retrieval_ms=r_ms,
                           prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how)
             if log and self.memory is not None:
@@ -211,3 +218,9 @@ class MemoryGenerator:
         result = self.memory.feedback(interaction_id, kind, tenant=tenant or self.tenant, value=value, text=text,
                                       event_id=event_id)
         return {**result.to_json(), "experiences": result.experiences + result.merged}
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first of the `stop` strings."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[:min(ends)].rstrip() if ends else text

@@ -229,6 +229,20 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
         with self.transaction() as own:
             return _rowcount(own.execute(stmt))
 
+    def experiences_after(self, *, tenant: str, after_id: int) -> tuple[int, int]:
+        """(how many, the newest id) of the tenant's experiences with an id above `after_id` (the newest id is
+        `after_id` when there are none)."""
+        with Session(self.engine) as s:
+            n, newest = s.execute(select(func.count(), func.max(ExperienceRow.id)).where(
+                ExperienceRow.tenant == tenant, ExperienceRow.id > after_id)).one()
+        return int(n), int(newest) if newest is not None else after_id
+
+    def experience_counts(self) -> dict[str, int]:
+        """Experiences per tenant."""
+        with Session(self.engine) as s:
+            return {t: int(n) for t, n in s.execute(select(ExperienceRow.tenant, func.count())
+                                                   .group_by(ExperienceRow.tenant)).all()}
+
     # --- shared instructions ----------------------------------------------------------------
     def count_instructions(self, tx: Session, *, tenant: str, counts: dict[str, tuple[str, int]]) -> None:
         """Add `counts` (hash -> (text, n)) to the tenant's tally of leading paragraphs."""

@@ -1,0 +1,160 @@
+"""`create_app(settings)`: the HTTP service over one `Runtime`; OpenAPI schema at /openapi.json."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from logmem.memory.errors import AdapterError, ConfigError, JobStateError, LogmemError, NotFoundError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .deps import GenerationLimit
+from .metrics import Message, Metrics, Scope
+from .routes import chat, consolidation, health, interactions, memory
+from .runtime import Runtime
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+# a domain error -> (status, OpenAI error type)
+STATUS: list[tuple[type[Exception], int, str]] = [
+    (NotFoundError, 404, "not_found_error"),
+    (AdapterError, 409, "conflict_error"),
+    (JobStateError, 409, "conflict_error"),
+    (ConfigError, 422, "invalid_request_error"),
+    (ValueError, 422, "invalid_request_error"),
+]
+HTTP_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+              422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The service. `runtime` (tests, embedding) replaces the one built from `settings` (default: the
+    `LOGMEM_*` environment). With `settings.worker`, a thread runs queued and periodic consolidation jobs."""
+    runtime = runtime or Runtime(settings or Settings())
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if runtime.settings.worker:
+            worker = threading.Thread(target=run_worker, args=(runtime, stop), name="logmem-worker", daemon=True)
+            worker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker is not None:
+                worker.join(timeout=5)
+            runtime.close()
+
+    app = FastAPI(title="logmem", version="0.1.0", lifespan=lifespan,
+                  description="Memory and consolidation for a deployed language model, behind OpenAI's API.")
+    app.state.runtime = runtime
+    app.state.metrics = metrics = Metrics(runtime)
+    app.state.generation_limit = GenerationLimit(runtime.settings.max_concurrent)
+    for router in (chat.router, interactions.router, memory.router, consolidation.jobs, consolidation.adapters,
+                   health.router):
+        app.include_router(router)
+    _handle_errors(app)
+    app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes)
+    app.add_middleware(_Measured, metrics=metrics)
+    return app
+
+
+def run_worker(runtime: Runtime, stop: threading.Event) -> None:
+    """Run queued jobs one at a time and queue the periodic ones, until `stop` is set."""
+    while not stop.is_set():
+        try:
+            runtime.queue_due()
+            if runtime.run_next_job() is not None:
+                continue
+        except Exception:  # a failed poll must not end the worker: the next may pass
+            logger.exception("the job worker's poll failed")
+        stop.wait(runtime.settings.worker_poll_seconds)
+
+
+def error(status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def _handle_errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return error(422, f"{where}: {first['msg']}", "invalid_request_error", param=where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "model_not_found" if exc.status_code == 404 and "model" in str(exc.detail) else None
+        return error(exc.status_code, str(exc.detail), HTTP_TYPES.get(exc.status_code, "server_error"),
+                     param="model" if code else None, code=code, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(LogmemError)
+    async def domain(request: Request, exc: LogmemError) -> JSONResponse:
+        return _domain(exc)
+
+    @app.exception_handler(ValueError)
+    async def value(request: Request, exc: ValueError) -> JSONResponse:
+        return _domain(exc)
+
+
+def _domain(exc: Exception) -> JSONResponse:
+    for kind, status, name in STATUS:
+        if isinstance(exc, kind):
+            return error(status, str(exc), name)
+    logger.error("unexpected %s: %s", type(exc).__name__, exc)
+    return error(500, "internal error", "server_error")
+
+
+class _Measured:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = metrics.middleware(app)
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        await self.app(scope, receive, send)
+
+
+class _BodyLimit:
+    """413 for a request body over `limit` bytes, by its Content-Length or as it streams in."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await error(413, f"request body over {self.limit} bytes", "invalid_request_error")(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await error(413, f"request body over {self.limit} bytes", "invalid_request_error")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,67 @@
+"""What every route depends on: the runtime, the caller (API key -> tenant), the per-key generation limit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from .runtime import Caller, Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None,
+               x_logmem_tenant: Annotated[str | None, Header(max_length=200)] = None) -> Caller:
+    """The caller of a request: its Bearer key's tenant (an admin key: the tenant X-Logmem-Tenant names).
+    A missing, wrong or revoked key is a 401 that says nothing more."""
+    scheme, _, key = (authorization or "").partition(" ")
+    caller = get_runtime(request).authenticate(key.strip(), tenant=x_logmem_tenant or None) \
+        if scheme.lower() == "bearer" and key.strip() else None
+    if caller is None:
+        raise HTTPException(status_code=401, detail="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return caller
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+class GenerationLimit:
+    """At most `limit` generations in flight per key (admin: per named tenant): one tenant cannot take every
+    slot of the model. Past the limit a request is refused at once (429 with Retry-After), never queued."""
+
+    def __init__(self, limit: int, retry_after: int = 1) -> None:
+        self.limit, self.retry_after = limit, retry_after
+        self._lock = threading.Lock()
+        self._in_flight: dict[object, int] = {}
+
+    def acquire(self, caller: Caller) -> object:
+        """Take a slot for `caller`; returns the token to `release` it with. Raises a 429 past the limit."""
+        who = caller.key_id if caller.key_id is not None and not caller.admin else ("admin", caller.tenant)
+        with self._lock:
+            if self._in_flight.get(who, 0) >= self.limit:
+                raise HTTPException(status_code=429, detail=f"at most {self.limit} generations at once per key",
+                                    headers={"Retry-After": str(self.retry_after)})
+            self._in_flight[who] = self._in_flight.get(who, 0) + 1
+        return who
+
+    def release(self, who: object) -> None:
+        with self._lock:
+            self._in_flight[who] -= 1
+            if not self._in_flight[who]:
+                del self._in_flight[who]
+
+    @contextmanager
+    def slot(self, caller: Caller) -> Iterator[None]:
+        who = self.acquire(caller)
+        try:
+            yield
+        finally:
+            self.release(who)

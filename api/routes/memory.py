@@ -1,0 +1,68 @@
+"""`/v1/memory`: stats, search with score parts, the experiences, erasure."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from logmem.memory.store import ExperienceData
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import CallerDep, RuntimeDep
+from ..schemas import ErrorOut, ExperienceOut, ExperiencePage, ForgetOut, SearchOut
+
+router = APIRouter(prefix="/v1/memory", tags=["memory"])
+ExperienceId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+@router.get("/stats")
+def stats(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    """What the caller's memory holds, and its feedback by kind."""
+    return {**runtime.stats(caller).to_json(), "feedback": runtime.feedback_counts(caller)}
+
+
+@router.get("/search", response_model=SearchOut)
+async def search(runtime: RuntimeDep, caller: CallerDep, q: Annotated[str, Query(min_length=1, max_length=20_000)],
+                 k: Annotated[int, Query(ge=1)] = 5, explain: bool = False) -> Any:
+    """The best experiences for `q`; with `explain`, each hit's score parts (sim + util + rec, and the cosine)."""
+    if k > runtime.settings.max_k:
+        raise HTTPException(422, f"k: at most {runtime.settings.max_k}")
+    hits = await run_in_threadpool(runtime.search, caller, q, k)
+    return {"hits": [{"id": h.id, "score": h.score, "trigger": h.trigger, "response": h.response, "lesson": h.lesson,
+                      "rejected": h.rejected, "support": h.support, "utility": h.utility,
+                      "parts": {"sim": h.sim, "util": h.util, "rec": h.rec, "cos": h.cos} if explain else None}
+                     for h in hits]}
+
+
+@router.get("/experiences", response_model=ExperiencePage)
+def experiences(runtime: RuntimeDep, caller: CallerDep,
+                sort: Literal["utility", "uses", "support", "age", "id"] = "utility",
+                order: Literal["desc", "asc"] = "desc", limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
+    """One page of the caller's experiences, sorted."""
+    total, page = runtime.experiences(caller, sort=sort, descending=order == "desc", limit=limit, offset=offset)
+    return {"total": total, "limit": limit, "offset": offset, "data": [_experience(e) for e in page]}
+
+
+@router.get("/experiences/{experience_id}", response_model=ExperienceOut, responses={404: {"model": ErrorOut}})
+def experience(experience_id: ExperienceId, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    return _experience(runtime.experience(caller, experience_id))
+
+
+@router.delete("/experiences/{experience_id}", response_model=ForgetOut, responses={404: {"model": ErrorOut}})
+async def forget_experience(experience_id: ExperienceId, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    """Forget one experience: its row, vector and text, and the interactions it came from."""
+    return {"removed": await run_in_threadpool(lambda: runtime.forget(caller, experience_id=experience_id))}
+
+
+@router.delete("/users/{user}", response_model=ForgetOut)
+async def forget_user(user: Annotated[str, Path(min_length=1, max_length=200)], runtime: RuntimeDep,
+                      caller: CallerDep) -> Any:
+    """Erase a user of the caller's tenant: their interactions, the experiences their words made, their support."""
+    return {"removed": await run_in_threadpool(lambda: runtime.forget(caller, user=user))}
+
+
+def _experience(e: ExperienceData) -> dict[str, Any]:
+    return {"id": e.id, "trigger": e.trigger, "response": e.response, "lesson": e.lesson, "rejected": e.rejected,
+            "utility": e.utility, "support": e.support, "uses": e.uses, "created_at": e.created_at,
+            "last_seen_at": e.last_seen_at, "consolidated_in": e.consolidated_in}

@@ -1,0 +1,289 @@
+"""`Runtime`: one assembly of memory, model, tokenizer, generator and adapters, built once from `Settings`,
+with the operations both front ends need. The CLI and the HTTP routes only translate arguments and output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from logmem.memory import FeedbackResult, Hit, IngestReport, NotFoundError, Rejected, Stats, VectorMemory, parse_record
+from logmem.memory.errors import ConfigError, JobConflictError, JobStateError, LogFormatError
+from logmem.memory.store import AdapterData, ExperienceData, JobData, KeyData, Store
+from logmem.model.config import GeneratorConfig
+from logmem.model.loading import DEFAULT_GENERATOR
+
+from .jobs import JobRunner, consolidation_job
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVED_MODEL = "default"  # the model name that means: the base model with the tenant's active adapter
+POLICY_MARK = "_policy_last_id"  # in a policy job's params: the newest experience id when it was queued
+LoadModel = Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer)
+
+
+@dataclass
+class Answer:
+    """One answered request: the generator's reply and what the service reports beside it."""
+
+    reply: Any  # logmem.model.generator.Reply
+    adapter: str | None  # the adapter version that answered (None: the base model)
+    model: str  # the model name the caller asked for
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for: the tenant its key maps to (or that an admin key names)."""
+
+    tenant: str
+    key_id: int | None  # the API key's id (None: the settings' admin key)
+    admin: bool = False
+
+
+class Runtime:
+    """Everything one logmem process serves from, assembled lazily and once.
+
+    Args:
+        settings: where the memory and model live, limits, the job policy.
+        embedder: an embedder to use instead of the settings' (tests pass the session's real one).
+        load_model: `() -> (model, tokenizer)` to serve instead of loading the settings' model.
+        load_trainer: `() -> (model, tokenizer)` a fresh float32 copy for a consolidation job (default: load the
+            settings' model again: a job trains its own copy, never the one being served).
+    """
+
+    def __init__(self, settings: Settings, *, embedder: Any = None, load_model: LoadModel | None = None,
+                 load_trainer: LoadModel | None = None) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._load_model = load_model
+        self._load_trainer = load_trainer
+        self._model_lock = threading.Lock()
+        self._loaded: tuple[Any, Any, Any] | None = None  # (generator, tokenizer, adapter pool)
+        self.base_model = Path(settings.model).stem if settings.model else DEFAULT_GENERATOR
+
+    # --- assembly -----------------------------------------------------------------------------
+    @cached_property
+    def memory(self) -> VectorMemory:
+        from logmem.model.embedding import SentenceTransformerEmbedder, default_embedder
+
+        embedder = self._embedder or (SentenceTransformerEmbedder(path=self.settings.embedder)
+                                      if self.settings.embedder else default_embedder())
+        return VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
+
+    @property
+    def store(self) -> Store:
+        return self.memory.store
+
+    @cached_property
+    def jobs(self) -> JobRunner:
+        return JobRunner(self.store)
+
+    def close(self) -> None:
+        if "memory" in self.__dict__:
+            self.memory.close()
+
+    def _model_parts(self) -> tuple[Any, Any, Any]:
+        """(generator, tokenizer, adapter pool), loaded on first use."""
+        with self._model_lock:
+            if self._loaded is None:
+                from logmem.model.generator import MemoryGenerator
+                from logmem.model.serving import AdapterPool
+
+                model, tokenizer = self._load_model() if self._load_model else self._load_settings_model()
+                config = GeneratorConfig(k=self.settings.k, template=self.settings.template,
+                                         choose=self.settings.choose)
+                generator = MemoryGenerator(model, tokenizer, self.memory, config=config)
+                self._loaded = (generator, tokenizer, AdapterPool(model, max_loaded=self.settings.max_loaded_adapters))
+            return self._loaded
+
+    def _load_settings_model(self, dtype: str | None = None) -> tuple[Any, Any]:
+        from logmem.model.loading import load_generator
+
+        s = self.settings
+        return load_generator(s.model, home=Path(s.home), dtype=dtype or s.dtype, device=s.device)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._model_parts()[1]
+
+    # --- logs in --------------------------------------------------------------------------------
+    def ingest(self, records: Iterable[Any], *, tenant: str | None = None, format: str = "auto",
+               progress: bool = False, total: int | None = None) -> IngestReport:
+        """Store log records (dicts in any supported format) for `tenant` (None: each record's own)."""
+        return self.memory.ingest(records, format=format, tenant=tenant, progress=progress, total=total)
+
+    def ingest_file(self, path: str | Path, *, tenant: str | None = None, format: str = "auto",
+                    progress: bool = False) -> IngestReport:
+        return self.memory.ingest_file(path, format=format, tenant=tenant, progress=progress)
+
+    def ingest_records(self, caller: Caller, records: Sequence[Any], *,
+                       format: str = "auto") -> tuple[IngestReport, list[dict[str, Any]]]:
+        """Store records sent over the API under the caller's tenant (whatever tenant a record names). Returns the
+        report and the rejected records, each with its index and the error that names the field."""
+        items: list[Any] = []
+        rejected: list[dict[str, Any]] = []
+        for i, record in enumerate(records):
+            try:
+                items.append(parse_record(record, format=format, tenant=caller.tenant))
+            except LogFormatError as exc:
+                error = LogFormatError(exc.reason, source=f"records[{i}]", field=exc.field)
+                items.append(Rejected(error, json.dumps(record, default=str)))
+                rejected.append({"index": i, "error": error.describe(), "record": record})
+        return self.memory.ingest(items), rejected
+
+    # --- answering ------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """The model names a request may ask for."""
+        return [SERVED_MODEL, self.base_model]
+
+    def chat(self, caller: Caller, messages: Sequence[dict[str, str]], *, model: str = SERVED_MODEL,
+             user: str | None = None, max_tokens: int = 128, temperature: float | None = None,
+             top_p: float | None = None, stop: Sequence[str] | None = None, streamer: Any = None,
+             interaction_id: str | None = None) -> Answer:
+        """Answer `messages` with the caller's memory (and its active adapter when `model` is the served one);
+        the answer is logged for feedback. `temperature` None or 0 answers greedily."""
+        if model not in self.models():
+            raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(self.models())}")
+        generator, tokenizer, pool = self._model_parts()
+        active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
+        version = active.version if active else None
+        kwargs: dict[str, Any] = {}
+        if temperature:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p if top_p is not None else 1.0)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        with pool.using(version, active.path if active else None) as served:
+            generator.model = served
+            reply = generator.chat(list(messages), tenant=caller.tenant, user=user, max_new_tokens=max_tokens,
+                                   adapter=version, stop=list(stop or []), interaction_id=interaction_id, **kwargs)
+        n = len(tokenizer(reply.text, add_special_tokens=False)["input_ids"])
+        return Answer(reply, version, model, n, "length" if n >= max_tokens else "stop")
+
+    def feedback(self, caller: Caller, interaction_id: str, kind: str, *, value: float | None = None,
+                 text: str | None = None, event_id: str | None = None) -> FeedbackResult:
+        return self.memory.feedback(interaction_id, kind, tenant=caller.tenant, value=value, text=text,
+                                    event_id=event_id)
+
+    # --- the memory -----------------------------------------------------------------------------
+    def search(self, caller: Caller, text: str, k: int = 5) -> list[Hit]:
+        return self.memory.search(text, k, tenant=caller.tenant)
+
+    def stats(self, caller: Caller | None) -> Stats:
+        return self.memory.stats(caller.tenant if caller else None)
+
+    def feedback_counts(self, caller: Caller) -> dict[str, int]:
+        return self.store.feedback_counts(tenant=caller.tenant)
+
+    def experiences(self, caller: Caller, *, sort: str = "utility", descending: bool = True, limit: int = 50,
+                    offset: int = 0) -> tuple[int, list[ExperienceData]]:
+        return self.memory.experiences(tenant=caller.tenant, sort=sort, descending=descending, limit=limit,
+                                       offset=offset)
+
+    def experience(self, caller: Caller, experience_id: int) -> ExperienceData:
+        return self.memory.experience(experience_id, tenant=caller.tenant)
+
+    def forget(self, caller: Caller, *, experience_id: int | None = None, user: str | None = None,
+               everything: bool = False) -> dict[str, int]:
+        """Erase one experience, a user's data, or (`everything`) the whole tenant: rows, vectors and text."""
+        if experience_id is not None:
+            self.experience(caller, experience_id)  # another tenant's id is a 404, never a deletion
+            return self.memory.forget(id=experience_id, tenant=caller.tenant)
+        if user is not None:
+            return self.memory.forget(user=user, tenant=caller.tenant)
+        if everything:
+            return self.memory.forget(tenant=caller.tenant)
+        raise ValueError("forget needs an experience id, a user or everything=True")
+
+    # --- consolidation: jobs and adapters -------------------------------------------------------
+    def submit_consolidation(self, caller: Caller, params: dict[str, Any]) -> JobData:
+        """Queue a consolidation job (checked first: bad params fail here, not in the worker)."""
+        from logmem.model.consolidate import ConsolidationConfig
+
+        try:
+            ConsolidationConfig(**params)
+        except TypeError as exc:
+            raise ConfigError(f"consolidation params: {exc}") from None
+        return self.jobs.get(self.jobs.submit("consolidate", caller.tenant, params))
+
+    def job(self, caller: Caller, job_id: int) -> JobData:
+        job = self.jobs.get(job_id)
+        if job.tenant != caller.tenant:
+            raise NotFoundError(f"no job {job_id}")
+        return job
+
+    def job_list(self, caller: Caller) -> list[JobData]:
+        return self.jobs.list(caller.tenant)
+
+    def run_job(self, job_id: int, *, progress: bool = False) -> JobData:
+        """Run a queued job in this process, on a fresh float32 copy of the model."""
+        job = self.jobs.get(job_id)
+        params = {k: v for k, v in job.params.items() if not k.startswith("_")}  # "_..." are the runner's notes
+        model, tokenizer = self._load_trainer() if self._load_trainer else self._load_settings_model("float32")
+        work = consolidation_job(self.memory, model, tokenizer, tenant=job.tenant, params=params,
+                                 base_model=self.base_model, progress=progress)
+        return self.jobs.run(job_id, work)
+
+    def run_next_job(self) -> JobData | None:
+        """Claim and run the oldest queued job whose tenant has none running; None when there is none."""
+        self.jobs.recover()
+        for job in self.store.jobs(status="queued"):
+            try:
+                return self.run_job(job.id)
+            except (JobConflictError, JobStateError):
+                continue  # its tenant is busy, or another worker took it first
+        return None
+
+    def queue_due(self, now: float | None = None) -> list[int]:
+        """Queue the consolidation jobs the settings' policy asks for; returns their ids.
+
+        A tenant is due when it has no job queued or running and it learned `consolidate_after` experiences
+        since its last policy job, or learned any and its last job is `consolidate_every_hours` old."""
+        s, now = self.settings, time.time() if now is None else now
+        if not (s.consolidate_after or s.consolidate_every_hours):
+            return []
+        queued = []
+        for tenant in self.store.tenants():
+            jobs = self.store.jobs(tenant=tenant)
+            if any(j.status in ("queued", "running") for j in jobs):
+                continue
+            last = next((j for j in reversed(jobs) if POLICY_MARK in j.params), None)
+            new, newest = self.store.experiences_after(tenant=tenant, after_id=last.params[POLICY_MARK] if last else 0)
+            old = last is None or now - last.created_at >= s.consolidate_every_hours * 3600
+            if (s.consolidate_after and new >= s.consolidate_after) or (s.consolidate_every_hours and new > 0 and old):
+                queued.append(self.jobs.submit("consolidate", tenant, {**s.consolidate_params, POLICY_MARK: newest}))
+                logger.info("queued consolidation job %d for tenant %r (%d new experiences)", queued[-1], tenant, new)
+        return queued
+
+    def adapters(self, caller: Caller) -> list[AdapterData]:
+        return self.memory.adapters(caller.tenant)
+
+    def activate(self, caller: Caller, version: str, *, force: bool = False) -> AdapterData:
+        return self.memory.activate_adapter(version, tenant=caller.tenant, force=force)
+
+    def rollback(self, caller: Caller) -> str | None:
+        return self.memory.rollback_adapter(caller.tenant)
+
+    # --- keys -----------------------------------------------------------------------------------
+    def authenticate(self, key: str, *, tenant: str | None = None) -> Caller | None:
+        """The caller a key acts for, or None for a missing, wrong or revoked key. An admin key acts only for
+        the tenant it names (`tenant`); naming none, it acts for no tenant (returns None)."""
+        admin = self.settings.admin_key
+        if admin is not None and secrets.compare_digest(key.encode(), admin.get_secret_value().encode()):
+            return Caller(tenant, None, True) if tenant else None
+        found: KeyData | None = self.store.key_for(key)
+        if found is None:
+            return None
+        if found.admin:
+            return Caller(tenant, found.id, True) if tenant else None
+        assert found.tenant is not None
+        return Caller(found.tenant, found.id)

@@ -1,0 +1,274 @@
+"""Request and response bodies of the HTTP API. The chat shapes follow OpenAI's Chat Completions API, with a
+`logmem` object beside them; requests and responses are kept apart."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FeedbackKind = Literal["like", "dislike", "copy", "regenerate", "rating", "correction"]
+
+
+# --- requests ------------------------------------------------------------------------------------
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A message as OpenAI clients send it; `developer` counts as `system`, text parts are joined."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def plain(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """POST /v1/chat/completions. Greedy unless `temperature` > 0; `n` must be 1."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=200)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> list[str] | None:
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None and (len(stops) > 4 or not all(stops)):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return stops
+
+    @model_validator(mode="after")
+    def _last_is_user(self) -> ChatRequest:
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's")
+        return self
+
+
+class FeedbackIn(BaseModel):
+    """A feedback item of the log schema, on one served answer. `event_id` (or the Idempotency-Key header)
+    makes a retried call count once; by default the event's content is its id."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: FeedbackKind
+    value: float | None = Field(None, ge=1, le=5, description="a rating's 1-5")
+    text: str | None = Field(None, max_length=20_000, description="a correction's right answer")
+    event_id: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _needs(self) -> FeedbackIn:
+        if self.kind == "rating" and self.value is None:
+            raise ValueError("a rating needs value (1-5)")
+        if self.kind == "correction" and not (self.text or "").strip():
+            raise ValueError("a correction needs text: the right answer")
+        return self
+
+
+class InteractionsIn(BaseModel):
+    """POST /v1/interactions: log records (native, OpenAI or MemoryBench), stored under the caller's tenant."""
+
+    records: list[Any] = Field(min_length=1)
+    format: Literal["auto", "native", "openai", "memorybench"] = "auto"
+
+
+class ConsolidationIn(BaseModel):
+    """POST /v1/consolidations: `ConsolidationConfig` fields (method, epochs, max_steps, lr, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["sft", "kd", "sft+kd"] | None = None
+    epochs: int = Field(1, ge=1, le=100)
+    max_steps: int = Field(0, ge=0)
+    with_memory: bool = False
+    lr: float | None = Field(None, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    rebuild: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+# --- responses -----------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class UsedExperience(BaseModel):
+    id: int
+    score: float
+    sim: float
+    util: float
+    rec: float
+    cos: float
+    utility: float
+
+
+class LogmemInfo(BaseModel):
+    interaction_id: str
+    adapter: str | None
+    experiences: list[UsedExperience]
+    chosen_by: str
+    retrieval_ms: float
+    model_ms: float
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    logmem: LogmemInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class IngestOut(BaseModel):
+    read: int
+    stored: int
+    skipped: int
+    rejected: int
+    experiences: int
+    merged: int
+    conflicts: int
+    filtered: int
+    errors: list[str]
+    rejected_records: list[dict[str, Any]]
+
+
+class FeedbackOut(BaseModel):
+    interaction_id: str
+    kind: str
+    success: float
+    credited: int
+    experiences: int
+    merged: int
+    conflicts: int
+    status: str
+    duplicate: bool
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    trigger: str
+    response: str
+    lesson: str | None
+    rejected: str | None
+    support: int
+    utility: float
+    parts: dict[str, float] | None = None  # with explain=true: sim, util, rec, cos
+
+
+class SearchOut(BaseModel):
+    hits: list[HitOut]
+
+
+class ExperienceOut(BaseModel):
+    id: int
+    trigger: str
+    response: str
+    lesson: str | None
+    rejected: str | None
+    utility: float
+    support: int
+    uses: int
+    created_at: float
+    last_seen_at: float
+    consolidated_in: str | None
+
+
+class ExperiencePage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    data: list[ExperienceOut]
+
+
+class ForgetOut(BaseModel):
+    removed: dict[str, int]
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    progress: float
+    message: str | None
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+class AdapterOut(BaseModel):
+    version: str
+    status: str
+    active: bool
+    previous: str | None
+    method: str
+    base_model: str
+    metrics: dict[str, Any]
+    covered: int
+    created_at: float
+    stale_at: float | None
+
+
+class ActiveOut(BaseModel):
+    active: str | None

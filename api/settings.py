@@ -1,0 +1,63 @@
+"""`Settings`: everything a logmem process is built from, read from `LOGMEM_*` environment variables (and the
+CLI's options) when a front end starts, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """How to assemble a runtime and what the service allows. Every field is also `LOGMEM_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="LOGMEM_", frozen=True, extra="ignore")
+
+    # Where things live
+    home: Path = Path(".logmem")  # the SQLite file (unless `db`), index files, adapters, the converted model
+    db: str | None = None  # any SQLAlchemy URL (postgresql+psycopg://... for several workers); default SQLite in home
+    embedder: str | None = None  # a local sentence-transformers folder; default the bundled MiniLM
+    model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
+    device: str = "auto"  # torch device of the model (auto: the first GPU when there is one)
+    dtype: str = "float32"  # bfloat16 halves memory but is ~2x slower on CPUs without AVX-512 BF16
+
+    # Answering
+    k: int = Field(default=8, ge=0)  # experiences retrieved per request
+    template: str = "exchanges"  # prompt template name or .jinja path
+    choose: str = "off"  # "vote": answer with a memory-supported answer where the memory agrees
+    max_loaded_adapters: int = Field(default=8, ge=1)  # tenants' adapters kept loaded beside the base model
+
+    # The service: keys and limits
+    admin_key: SecretStr | None = None  # acts for any tenant it names (also `logmem keys create --admin`)
+    max_body_bytes: int = Field(default=1_000_000, ge=1_024)  # larger request bodies get 413
+    max_messages: int = Field(default=64, ge=1)  # messages per chat request
+    max_k: int = Field(default=50, ge=1)  # experiences per search
+    max_tokens: int = Field(default=512, ge=1)  # new tokens per answer
+    max_batch: int = Field(default=1_000, ge=1)  # log records per POST /v1/interactions
+    max_concurrent: int = Field(default=2, ge=1)  # generations in flight per key; past it, 429 with Retry-After
+
+    # Jobs
+    worker: bool = True  # the server also runs queued consolidation jobs (else: `logmem worker`)
+    worker_poll_seconds: float = Field(default=2.0, gt=0)  # how often an idle worker looks for work
+    consolidate_after: int = Field(default=0, ge=0)  # queue a tenant's consolidation after this many new experiences (0: off)
+    consolidate_every_hours: float = Field(default=0.0, ge=0)  # ... or this old a last job, if new since (0: off)
+    consolidate_params: dict[str, object] = Field(default_factory=dict)  # ConsolidationConfig fields of such jobs
+
+    @field_validator("choose")
+    @classmethod
+    def _choose(cls, value: str) -> str:
+        if value not in ("off", "vote"):
+            raise ValueError(f"choose must be 'off' or 'vote', got {value!r}")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {value!r}")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.home / 'memory.db'}"

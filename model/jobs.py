@@ -1,0 +1,53 @@
+"""The work of a consolidation job: train, gate, save the adapter, register it, and when the gate promotes it,
+activate it and mark the experiences it covers. Where and when a job runs is the job runner's (`logmem.api.jobs`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from logmem.memory import VectorMemory
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[float, str], None]
+"""`report(progress, message)`: progress in [0, 1], message one line ("step 12/80 loss 1.23")."""
+
+
+def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenant: str, params: dict[str, Any],
+                      base_model: str, report: Report | None = None,
+                      progress: bool = False) -> tuple[str, dict[str, Any]]:
+    """Consolidate the tenant's memory into a LoRA adapter with `ConsolidationConfig(**params)`.
+
+    Returns ("succeeded" | "rejected", metrics): the gate's figures, the adapter `version` and the held-out ids.
+    """
+    from .consolidate import ConsolidationConfig, consolidate
+
+    config = ConsolidationConfig(**params)
+    outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report, progress=progress)
+    folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}"
+    outcome.adapter.save_pretrained(str(folder))
+    version = memory.register_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
+                                      promoted=outcome.promoted, metrics=outcome.metrics, covered=outcome.covered,
+                                      path=str(folder))
+    if outcome.promoted:
+        memory.activate_adapter(version, tenant=tenant)
+        memory.mark_consolidated(outcome.covered, version=version, tenant=tenant)
+        if config.rebuild:  # the stale adapters' weights hold forgotten experiences: erase them too
+            for old in memory.adapters(tenant):
+                if old.status == "stale" and Path(old.path).exists():
+                    shutil.rmtree(old.path)
+                    logger.info("deleted the weights of stale adapter %s (%s)", old.version, old.path)
+    metrics = {**outcome.metrics, "version": version, "holdout_ids": outcome.holdout}
+    return ("succeeded" if outcome.promoted else "rejected"), metrics
+
+
+def tenant_key(tenant: str) -> str:
+    """A file-name-safe key of a tenant name."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:12]
