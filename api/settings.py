@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # Jobs
     worker: bool = True  # the server also runs queued consolidation jobs (else: `logmem worker`)
     worker_poll_seconds: float = Field(default=2.0, gt=0)  # how often an idle worker looks for work
-    consolidate_after: int = Field(default=0, ge=0)  # queue a tenant's consolidation after this many new experiences (0: off)
+    consolidate_after: int = Field(default=0, ge=0)  # queue a consolidation after this many new experiences (0: off)
     consolidate_every_hours: float = Field(default=0.0, ge=0)  # ... or this old a last job, if new since (0: off)
     consolidate_params: dict[str, object] = Field(default_factory=dict)  # ConsolidationConfig fields of such jobs
 
