@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = None
         if runtime.settings.worker:
-            worker = threading.Thread(target=run_worker, args=(runtime, stop), name="logmem-worker", daemon=True)
+            worker = threading.Thread(target=runtime.work, args=(stop,), name="logmem-worker", daemon=True)
             worker.start()
         try:
             yield
@@ -65,18 +65,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes)
     app.add_middleware(_Measured, metrics=metrics)
     return app
-
-
-def run_worker(runtime: Runtime, stop: threading.Event) -> None:
-    """Run queued jobs one at a time and queue the periodic ones, until `stop` is set."""
-    while not stop.is_set():
-        try:
-            runtime.queue_due()
-            if runtime.run_next_job() is not None:
-                continue
-        except Exception:  # a failed poll must not end the worker: the next may pass
-            logger.exception("the job worker's poll failed")
-        stop.wait(runtime.settings.worker_poll_seconds)
 
 
 def error(status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None,
@@ -147,7 +135,7 @@ class _BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                raise _TooLarge(self.limit)
             return message
 
         try:
@@ -156,5 +144,7 @@ class _BodyLimit:
             await error(413, f"request body over {self.limit} bytes", "invalid_request_error")(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    # an HTTPException, so that FastAPI's body parsing lets it through (any other error there becomes a 400)
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")

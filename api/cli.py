@@ -10,57 +10,49 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from logmem.memory import LogmemError, MemoryConfig, StoreError, VectorMemory
+from logmem.memory import LogmemError, StoreError
 from logmem.memory.logs import FORMATS
-from logmem.memory.store import AdapterData, JobData, Store
+from logmem.memory.store import AdapterData, JobData, KeyData, Store
 from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI stays quick to start
 
+from .demo import DEMO_TENANT, one_line, run_demo
+from .runtime import SERVED_MODEL, Caller, Runtime
+from .settings import Settings
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+__all__ = ["DEMO_TENANT", "EXIT_ERROR", "EXIT_OK", "EXIT_REJECTED", "EXIT_USAGE", "build_parser", "main"]
 
 
-def _open_memory(args: argparse.Namespace, config: MemoryConfig | None = None) -> VectorMemory:
-    from logmem.model.embedding import SentenceTransformerEmbedder, default_embedder
+def _settings(args: argparse.Namespace, **more: Any) -> Settings:
+    """The runtime's settings from the global options (and a subcommand's generation options)."""
+    fields: dict[str, Any] = {"home": Path(args.home), "db": args.db, "embedder": args.embedder, "model": args.model,
+                              "device": args.device, "dtype": args.dtype}
+    for name in ("k", "template", "choose"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    return Settings(**fields, **more)
 
-    embedder = SentenceTransformerEmbedder(path=args.embedder) if args.embedder else default_embedder()
-    return VectorMemory(args.home, embedder=embedder, db_url=args.db, config=config)
+
+def _runtime(args: argparse.Namespace, **more: Any) -> Runtime:
+    return Runtime(_settings(args, **more))
+
+
+def _operator(tenant: str) -> Caller:
+    """Who the command line acts for: the machine's operator, on the tenant it names."""
+    return Caller(tenant, None, admin=True)
 
 
 def _open_store(args: argparse.Namespace) -> Store:
-    """The SQL store alone, no embedder loaded: all that jobs and adapters need."""
+    """The SQL store alone, no embedder loaded: all that jobs, adapters and keys need."""
     if args.db:
         return Store(args.db)
     path = Path(args.home) / "memory.db"
     if not path.is_file():
         raise StoreError(f"no memory in {args.home} (no {path.name}); ingest logs first, or pass --home or --db")
     return Store(f"sqlite:///{path}")
-
-
-def _load_model(args: argparse.Namespace, dtype: str | None = None) -> tuple[Any, Any]:
-    from logmem.model.loading import load_generator
-
-    return load_generator(args.model, home=Path(args.home), dtype=dtype or args.dtype, device=args.device)
-
-
-def _with_active_adapter(model: Any, memory: VectorMemory, tenant: str) -> Any:
-    """`model` with the tenant's active adapter applied, if it has one."""
-    from logmem.model.loading import load_adapter
-
-    active = memory.active_adapter(tenant)
-    return load_adapter(model, active.path) if active is not None else model
-
-
-def _generator(args: argparse.Namespace, memory: VectorMemory | None) -> Any:
-    from logmem.model.generator import MemoryGenerator
-
-    model, tokenizer = _load_model(args)
-    if memory is not None and not args.no_adapter:
-        model = _with_active_adapter(model, memory, args.tenant)
-    config = GeneratorConfig(k=args.k, template=args.template, choose=args.choose)
-    return MemoryGenerator(model, tokenizer, memory, config=config, tenant=args.tenant)
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], None]) -> None:
@@ -72,12 +64,12 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], Non
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     total: dict[str, Any] = {}
-    with _open_memory(args) as memory:
+    with closing(_runtime(args)) as runtime:
         for path in args.files:
             if not Path(path).is_file():
                 print(f"logmem: {path}: no such file", file=sys.stderr)
                 return EXIT_ERROR
-            report = memory.ingest_file(path, format=args.format, tenant=args.tenant, progress=not args.json)
+            report = runtime.ingest_file(path, format=args.format, tenant=args.tenant, progress=not args.json)
             for key, value in report.to_json().items():
                 if isinstance(value, int):
                     total[key] = total.get(key, 0) + value
@@ -99,8 +91,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    with _open_memory(args) as memory:
-        hits = memory.search(args.text, args.k, tenant=args.tenant)
+    with closing(_runtime(args)) as runtime:
+        hits = runtime.search(_operator(args.tenant), args.text, args.k)
 
     def text() -> None:
         if not hits:
@@ -108,18 +100,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         for h in hits:
             print(f"[{h.id}] score={h.score:.3f} (sim={h.sim:.3f} util={h.util:+.3f} rec={h.rec:.3f}) "
                   f"support={h.support}")
-            print(f"    trigger:  {_one_line(h.trigger)}")
-            print(f"    response: {_one_line(h.response)}")
+            print(f"    trigger:  {one_line(h.trigger)}")
+            print(f"    response: {one_line(h.response)}")
             if h.lesson:
-                print(f"    lesson:   {_one_line(h.lesson)}")
+                print(f"    lesson:   {one_line(h.lesson)}")
 
     _emit(args, {"hits": [h.to_json() for h in hits]}, text)
     return EXIT_OK
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _open_memory(args) as memory:
-        stats = memory.stats(args.tenant).to_json()
+    with closing(_runtime(args)) as runtime:
+        stats = runtime.stats(_operator(args.tenant) if args.tenant else None).to_json()
 
     def text() -> None:
         for key, value in stats.items():
@@ -130,23 +122,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    with _open_memory(args) as memory:
-        counts = memory.forget(id=args.id, user=args.user, tenant=args.tenant)
+    with closing(_runtime(args)) as runtime:  # the operator's erasure may span tenants (a user of all of them)
+        counts = runtime.memory.forget(id=args.id, user=args.user, tenant=args.tenant)
     _emit(args, counts, lambda: print(" ".join(f"{k}={v}" for k, v in counts.items()) + " removed"))
     return EXIT_OK
 
 
+def _model_name(args: argparse.Namespace, runtime: Runtime) -> str:
+    """The served model (the tenant's active adapter on the base), or the base alone with --no-adapter."""
+    return runtime.base_model if args.no_adapter else SERVED_MODEL
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    with _open_memory(args) as memory:
-        gen = _generator(args, None if args.no_memory else memory)
-        reply = gen.chat([{"role": "user", "content": args.prompt}], max_new_tokens=args.max_new_tokens)
+    with closing(_runtime(args)) as runtime:
+        answer = runtime.chat(_operator(args.tenant), [{"role": "user", "content": args.prompt}],
+                              model=_model_name(args, runtime), max_tokens=args.max_new_tokens,
+                              use_memory=not args.no_memory)
+    reply = answer.reply
 
     def text() -> None:
         print(reply.text)
         print(f"[{len(reply.experiences)} experience(s), {reply.memory_tokens} memory tokens; "
               f"retrieval {reply.retrieval_ms:.0f} ms, model {reply.model_ms:.0f} ms]", file=sys.stderr)
 
-    _emit(args, reply.to_json(), text)
+    _emit(args, {**reply.to_json(), "adapter": answer.adapter}, text)
     return EXIT_OK
 
 
@@ -155,8 +154,8 @@ CHAT_HELP = "commands: /like, /dislike, /fix RIGHT ANSWER, /quit"
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Interactive chat; feedback on the last answer flows back into the memory."""
-    with _open_memory(args) as memory:
-        gen = _generator(args, memory)
+    caller = _operator(args.tenant)
+    with closing(_runtime(args)) as runtime:
         print(CHAT_HELP)
         last = None
         for line in sys.stdin:
@@ -172,11 +171,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     print(CHAT_HELP if kind is None else "nothing to give feedback on yet" if last is None
                           else "usage: /fix RIGHT ANSWER")
                     continue
-                result = gen.feedback(last.interaction_id, kind, text=rest.strip() or None)
-                print(f"[feedback recorded: {result['credited']} experience(s) credited, "
-                      f"{result['experiences']} stored]")
+                result = runtime.feedback(caller, last.interaction_id, kind, text=rest.strip() or None)
+                print(f"[feedback recorded: {result.credited} experience(s) credited, "
+                      f"{result.experiences + result.merged} stored]")
                 continue
-            last = gen.chat([{"role": "user", "content": line}], max_new_tokens=args.max_new_tokens)
+            last = runtime.chat(caller, [{"role": "user", "content": line}], model=_model_name(args, runtime),
+                                max_tokens=args.max_new_tokens).reply
             print(last.text)
             print(f"[{len(last.experiences)} experience(s) used]")
     return EXIT_OK
@@ -191,10 +191,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"logmem: unknown mode(s) {', '.join(unknown)}; expected {', '.join(MODES)}", file=sys.stderr)
         return EXIT_USAGE
     items = read_eval(args.eval)[: args.limit or None]
-    with _open_memory(args) as memory:
-        model, tokenizer = _load_model(args)
+    with closing(_runtime(args)) as runtime:
+        model, tokenizer = runtime.load_model_copy()
         config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
-        results, data = eval_report(model, tokenizer, memory, args.logs, items, modes=modes, config=config,
+        results, data = eval_report(model, tokenizer, runtime.memory, args.logs, items, modes=modes, config=config,
                                     tenant=args.tenant, max_new_tokens=args.max_new_tokens,
                                     predictions=args.predictions, batch_size=args.batch_size,
                                     progress=not args.json)
@@ -203,92 +203,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-DEMO_QUESTIONS = [
-    ("acme", "how can I reverse a python list?"),
-    ("acme", "How do I remove a branch from the remote in git?"),
-    ("globex", "How do I reverse a list in Python?"),
-]
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Ingest the sample logs, answer with and without memory side by side, take feedback, show stats."""
-    sample = resources.files("logmem.api").joinpath("data/sample_logs.jsonl")
-    with resources.as_file(sample) as path, _open_memory(args) as memory:
-        print(f"== 1. ingest {path.name}")
-        report = memory.ingest_file(path, progress=True)
-        print("   " + " ".join(f"{k}={v}" for k, v in report.to_json().items() if isinstance(v, int)))
-        print("== 2. load the generator (the first run converts the bundled GGUF once, ~20 s)")
-        gen = _generator(args, memory)
-        base = type(gen)(gen.model, gen.tokenizer, None)
-        replies = []
-        for tenant, question in DEMO_QUESTIONS:
-            bare = base.chat([{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens)
-            reply = gen.chat([{"role": "user", "content": question}], tenant=tenant,
-                             max_new_tokens=args.max_new_tokens)
-            replies.append(reply)
-            print(f"\n== 3. [{tenant}] {question}")
-            print(f"   without memory: {_one_line(bare.text)}")
-            print(f"   with memory:    {_one_line(reply.text)}")
-            for h in reply.experiences[-2:]:
-                print(f"      used [{h.id}] score={h.score:.3f} (sim={h.sim:.3f} util={h.util:+.3f}): "
-                      f"{_one_line(h.response, 70)}")
-        print("\n== 4. feedback: like the first answer, dislike the second")
-        for reply, kind in zip(replies, ("like", "dislike")):
-            result = gen.feedback(reply.interaction_id, kind)
-            conflict = ", a conflict with an earlier answer recorded" if result["conflicts"] else ""
-            print(f"   {kind}: {result['credited']} experience(s) credited, {result['experiences']} stored{conflict}")
-        print("\n== 5. stats")
-        for key, value in memory.stats().to_json().items():
-            print(f"{key:>20}: {json.dumps(value) if isinstance(value, dict) else value}")
-        print(f"\n== 6. consolidate {DEMO_TENANT}'s experiences into a LoRA adapter, gated on held-out ones")
-        _demo_consolidation(args, memory, gen)
+    """Ingest the sample logs, answer with and without memory side by side, take feedback, show stats,
+    consolidate a tenant (`logmem.api.demo`)."""
+    with closing(_runtime(args)) as runtime:
+        run_demo(runtime, max_new_tokens=args.max_new_tokens)
     return EXIT_OK
-
-
-DEMO_TENANT = "acme"
-DEMO_CONSOLIDATION = {"epochs": 6}  # ~13 experiences: a few steps of 16 pairs, under a minute here
-
-
-def _demo_consolidation(args: argparse.Namespace, memory: VectorMemory, gen: Any) -> None:
-    """Train (or reuse, on a second run) the demo tenant's adapter; answer one of its taught questions
-    without memory, with the base model and with the adapter."""
-    from logmem.model.loading import load_adapter
-
-    active = memory.active_adapter(DEMO_TENANT)
-    if active is None:
-        job = _run_consolidation(args, memory, DEMO_TENANT, DEMO_CONSOLIDATION, progress=True)
-        metrics = job.metrics or {}
-        print(f"   job {job.id} {job.status}: {metrics.get('gate') or job.error}")
-        if job.status != "succeeded":
-            print("   the base model stays; the adapter is kept on disk, marked rejected (`logmem adapters`)")
-            return
-        active = memory.active_adapter(DEMO_TENANT)
-        assert active is not None  # a succeeded job activated its adapter
-        print(f"   adapter {active.version} active; {len(active.covered)} experiences consolidated in it")
-    else:
-        print(f"   adapter {active.version} already active (an earlier run; `make clean` starts over)")
-    first = min(active.covered)
-    question = memory.store.get_experiences(tenant=DEMO_TENANT, ids=[first])[first].trigger
-    base = type(gen)(gen.model, gen.tokenizer, None)
-    bare = base.chat([{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens)
-    taught = type(gen)(load_adapter(gen.model, active.path), gen.tokenizer, None)
-    reply = taught.chat([{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens)
-    print(f"\n== 7. [{DEMO_TENANT}] {question}  (no memory in either prompt)")
-    print(f"   base model:       {_one_line(bare.text)}")
-    print(f"   with the adapter: {_one_line(reply.text)}")
-
-
-def _run_consolidation(args: argparse.Namespace, memory: VectorMemory, tenant: str, params: dict[str, Any],
-                       progress: bool) -> JobData:
-    """Submit a consolidation job (a dead process's running job is marked failed first) and run it here."""
-    from logmem.api.jobs import JobRunner, consolidation_job
-
-    runner = JobRunner(memory)
-    runner.recover()
-    job_id = runner.submit("consolidate", tenant, params)
-    model, tokenizer = _load_model(args, dtype="float32")  # training runs in float32
-    return runner.run(job_id, consolidation_job(memory, model, tokenizer, tenant=tenant, params=params,
-                                                base_model=args.model or "SmolLM2-135M-Instruct", progress=progress))
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
@@ -296,8 +216,10 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     params = {"epochs": args.epochs, "max_steps": args.max_steps, "with_memory": args.with_memory,
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
               **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
-    with _open_memory(args) as memory:
-        job = _run_consolidation(args, memory, args.tenant, params, progress=not args.json)
+    with closing(_runtime(args)) as runtime:
+        runtime.jobs.recover()  # a dead process's running job would hold the tenant
+        job = runtime.run_job(runtime.submit_consolidation(_operator(args.tenant), params).id,
+                              progress=not args.json)
     _emit(args, job.to_json(), lambda: print(f"job {job.id} {job.status}: "
                                              f"{(job.metrics or {}).get('gate') or job.error or ''}"))
     return EXIT_OK if job.status == "succeeded" else EXIT_ERROR if job.status == "failed" else EXIT_REJECTED
@@ -326,7 +248,7 @@ def _print_jobs(jobs: list[JobData]) -> None:
     print(f"{'id':>4}  {'kind':<12} {'tenant':<16} {'status':<10} {'progress':>8}  {'created':<19}  message")
     for j in jobs:
         print(f"{j.id:>4}  {j.kind:<12} {j.tenant:<16} {j.status:<10} {j.progress:>8.0%}  {_when(j.created_at)}  "
-              f"{_one_line(j.error or j.message or '', 60)}")
+              f"{one_line(j.error or j.message or '', 60)}")
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
@@ -352,6 +274,69 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP service (uvicorn). One process per worker; several need a database they can share."""
+    import uvicorn
+
+    settings = _settings(args, worker=not args.no_worker)
+    if args.workers > 1:
+        if settings.db_url.startswith("sqlite"):
+            print("logmem: several --workers need a shared database: pass --db postgresql+psycopg://...",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        for name, value in settings.model_dump(exclude_none=True).items():  # each worker builds its own from these
+            if name != "admin_key":
+                os.environ[f"LOGMEM_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+        uvicorn.run("logmem.api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level="info" if args.verbose else "warning")
+        return EXIT_OK
+    from .app import create_app
+
+    runtime = Runtime(settings)
+    if not runtime.store.keys() and settings.admin_key is None:
+        print("logmem: no API keys yet; make one with `logmem keys create --tenant NAME`", file=sys.stderr)
+    uvicorn.run(create_app(runtime=runtime), host=args.host, port=args.port,
+                log_level="info" if args.verbose else "warning")
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run queued (and the policy's periodic) consolidation jobs, one at a time per tenant."""
+    import threading
+
+    with closing(_runtime(args)) as runtime:
+        ran = runtime.work(threading.Event(), once=args.once)
+    print(f"{ran} job(s) run")
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys of the service: create (the key is printed once, on the last line), list, revoke."""
+    with closing(Store(_settings(args).db_url)) as store:
+        if args.action == "create":
+            if (args.tenant is None) == (not args.admin):
+                print("logmem: keys create needs --tenant NAME, or --admin", file=sys.stderr)
+                return EXIT_USAGE
+            key, record = store.create_key(tenant=args.tenant, admin=args.admin, name=args.name)
+            _emit(args, {**record.to_json(), "key": key}, lambda: print(
+                f"key {record.id} for {'any tenant it names (admin)' if record.admin else record.tenant}:\n{key}"))
+        elif args.action == "revoke":
+            store.revoke_key(key_id=args.id)
+            _emit(args, {"revoked": args.id}, lambda: print(f"key {args.id} revoked"))
+        else:
+            keys = store.keys(tenant=args.tenant)
+            _emit(args, {"keys": [k.to_json() for k in keys]}, lambda: _print_keys(keys))
+    return EXIT_OK
+
+
+def _print_keys(keys: list[KeyData]) -> None:
+    if not keys:
+        print("no keys")
+    for k in keys:
+        state = f"revoked {_when(k.revoked_at)}" if k.revoked_at else "live"
+        print(f"{k.id:>4}  {k.prefix}…  {'(admin)' if k.admin else k.tenant:<16} {state:<28} {k.name or ''}")
+
+
 def _print_adapters(adapters: list[AdapterData]) -> None:
     if not adapters:
         print("no adapters")
@@ -372,11 +357,6 @@ def _print_fields(data: dict[str, Any]) -> None:
 
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts is not None else "-"
-
-
-def _one_line(text: str, width: int = 100) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
@@ -486,7 +466,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     _adapters_parser(sub)
+    _service_parsers(sub)
     return parser
+
+
+def _service_parsers(sub: Any) -> None:
+    p = sub.add_parser("serve", help="the HTTP service: OpenAI-compatible chat, feedback, memory, consolidation")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes (more than one needs --db PostgreSQL)")
+    p.add_argument("--no-worker", action="store_true", help="do not run consolidation jobs here (`logmem worker`)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run queued and periodic consolidation jobs")
+    p.add_argument("--once", action="store_true", help="run what is queued, then exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("keys", help="API keys of the service: create, list, revoke")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys, action="list", tenant=None)
+    actions = p.add_subparsers(dest="action")
+    q = actions.add_parser("create", help="a new key for a tenant (printed once, on the last line)")
+    q.add_argument("--tenant", default=None)
+    q.add_argument("--admin", action="store_true", help="a key that acts for any tenant it names")
+    q.add_argument("--name", default=None, help="what the key is for")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    q = actions.add_parser("list", help="the keys (never the keys themselves)")
+    q.add_argument("--tenant", default=None)
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    q = actions.add_parser("revoke", help="revoke key ID")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def _adapters_parser(sub: Any) -> None:

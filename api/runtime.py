@@ -68,7 +68,7 @@ class Runtime:
         self._load_model = load_model
         self._load_trainer = load_trainer
         self._model_lock = threading.Lock()
-        self._loaded: tuple[Any, Any, Any] | None = None  # (generator, tokenizer, adapter pool)
+        self._loaded: tuple[Any, Any, Any, Any] | None = None  # (generator, bare generator, tokenizer, adapter pool)
         self.base_model = Path(settings.model).stem if settings.model else DEFAULT_GENERATOR
 
     # --- assembly -----------------------------------------------------------------------------
@@ -92,8 +92,8 @@ class Runtime:
         if "memory" in self.__dict__:
             self.memory.close()
 
-    def _model_parts(self) -> tuple[Any, Any, Any]:
-        """(generator, tokenizer, adapter pool), loaded on first use."""
+    def _model_parts(self) -> tuple[Any, Any, Any, Any]:
+        """(generator, the same without memory, tokenizer, adapter pool), loaded on first use."""
         with self._model_lock:
             if self._loaded is None:
                 from logmem.model.generator import MemoryGenerator
@@ -103,8 +103,15 @@ class Runtime:
                 config = GeneratorConfig(k=self.settings.k, template=self.settings.template,
                                          choose=self.settings.choose)
                 generator = MemoryGenerator(model, tokenizer, self.memory, config=config)
-                self._loaded = (generator, tokenizer, AdapterPool(model, max_loaded=self.settings.max_loaded_adapters))
+                bare = MemoryGenerator(model, tokenizer, None, config=config)
+                pool = AdapterPool(model, max_loaded=self.settings.max_loaded_adapters)
+                self._loaded = (generator, bare, tokenizer, pool)
             return self._loaded
+
+    def load_model_copy(self, dtype: str | None = None) -> tuple[Any, Any]:
+        """A fresh (model, tokenizer) of the settings' model, apart from the one being served (evaluation
+        applies adapters to it; a job trains it)."""
+        return self._load_settings_model(dtype)
 
     def _load_settings_model(self, dtype: str | None = None) -> tuple[Any, Any]:
         from logmem.model.loading import load_generator
@@ -114,7 +121,7 @@ class Runtime:
 
     @property
     def tokenizer(self) -> Any:
-        return self._model_parts()[1]
+        return self._model_parts()[2]
 
     # --- logs in --------------------------------------------------------------------------------
     def ingest(self, records: Iterable[Any], *, tenant: str | None = None, format: str = "auto",
@@ -149,12 +156,14 @@ class Runtime:
     def chat(self, caller: Caller, messages: Sequence[dict[str, str]], *, model: str = SERVED_MODEL,
              user: str | None = None, max_tokens: int = 128, temperature: float | None = None,
              top_p: float | None = None, stop: Sequence[str] | None = None, streamer: Any = None,
-             interaction_id: str | None = None) -> Answer:
+             interaction_id: str | None = None, use_memory: bool = True) -> Answer:
         """Answer `messages` with the caller's memory (and its active adapter when `model` is the served one);
-        the answer is logged for feedback. `temperature` None or 0 answers greedily."""
+        the answer is logged for feedback. `temperature` None or 0 answers greedily. Without `use_memory` the
+        model answers alone and nothing is logged (a comparison, not a served answer)."""
         if model not in self.models():
             raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(self.models())}")
-        generator, tokenizer, pool = self._model_parts()
+        generator, bare, tokenizer, pool = self._model_parts()
+        generator = generator if use_memory else bare
         active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
         version = active.version if active else None
         kwargs: dict[str, Any] = {}
@@ -242,6 +251,24 @@ class Runtime:
             except (JobConflictError, JobStateError):
                 continue  # its tenant is busy, or another worker took it first
         return None
+
+    def work(self, stop: threading.Event, *, once: bool = False) -> int:
+        """The job worker: queue the policy's due jobs, run queued ones one at a time, and poll every
+        `worker_poll_seconds` until `stop` is set (with `once`: until nothing is left to run). Returns how many
+        jobs it ran."""
+        ran = 0
+        while not stop.is_set():
+            try:
+                self.queue_due()
+                if self.run_next_job() is not None:
+                    ran += 1
+                    continue
+            except Exception:  # a failed poll must not end the worker: the next may pass
+                logger.exception("the job worker's poll failed")
+            if once:
+                break
+            stop.wait(self.settings.worker_poll_seconds)
+        return ran
 
     def queue_due(self, now: float | None = None) -> list[int]:
         """Queue the consolidation jobs the settings' policy asks for; returns their ids.

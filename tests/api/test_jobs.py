@@ -292,7 +292,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Store]]:
     """A home with a memory.db; the commands must not load the embedder to read it."""
-    monkeypatch.setattr(cli, "_open_memory", lambda *a, **k: pytest.fail("jobs/adapters loaded the embedder"))
+    monkeypatch.setattr(cli, "_runtime", lambda *a, **k: pytest.fail("jobs/adapters loaded the embedder"))
     h = tmp_path / "home"
     h.mkdir()
     s = Store(f"sqlite:///{h / 'memory.db'}")
