@@ -312,6 +312,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys of the service: create (the key is printed once, on the last line), list, revoke."""
+    if args.db is None:  # the service's first key may come before its first log
+        Path(args.home).mkdir(parents=True, exist_ok=True)
     with closing(Store(_settings(args).db_url)) as store:
         if args.action == "create":
             if (args.tenant is None) == (not args.admin):
