@@ -29,8 +29,9 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (ConfigError, 422, "invalid_request_error"),
     (ValueError, 422, "invalid_request_error"),
 ]
-HTTP_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
-              422: "invalid_request_error", 429: "rate_limit_error"}
+HTTP_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+              405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+              429: "rate_limit_error"}
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:

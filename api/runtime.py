@@ -175,8 +175,7 @@ class Runtime:
             generator.model = served
             reply = generator.chat(list(messages), tenant=caller.tenant, user=user, max_new_tokens=max_tokens,
                                    adapter=version, stop=list(stop or []), interaction_id=interaction_id, **kwargs)
-        n = len(tokenizer(reply.text, add_special_tokens=False)["input_ids"])
-        return Answer(reply, version, model, n, "length" if n >= max_tokens else "stop")
+        return Answer(reply, version, model, reply.completion_tokens, reply.finish_reason)
 
     def feedback(self, caller: Caller, interaction_id: str, kind: str, *, value: float | None = None,
                  text: str | None = None, event_id: str | None = None) -> FeedbackResult:

@@ -114,7 +114,7 @@ def distill(interaction: Interaction, config: MemoryConfig, *, now: float = 0.0)
         if not o.confident_success(config.min_success, config.min_confidence):
             continue
         req, failed, lesson = _origin(interaction, outcomes, turn, config)
-        if req is None:
+        if req is None or not interaction.messages[turn].content.strip():  # an empty answer teaches nothing
             continue
         msgs = interaction.messages
         out.append(Candidate(

@@ -349,7 +349,8 @@ class VectorMemory:
         elif decision == "conflict" and target is not None:
             corrects = c.rejected is not None and agree(c.rejected, rows[target].response, self.config.agree_threshold)
             self.store.add_conflict(tx, experience_id=target, interaction_id=interaction_id, response=c.response,
-                                    swap_hash=content_hash(rows[target].trigger, c.response), wins_ties=corrects)
+                                    swap_hash=content_hash(rows[target].trigger, c.response), wins_ties=corrects,
+                                    lesson=c.lesson, rejected=c.rejected)
         else:
             new_id = self.store.add_experience(
                 tx, tenant=tenant, user=c.user, content_hash=c.content_hash, instruction=instruction,

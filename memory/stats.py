@@ -21,6 +21,7 @@ class Stats:
     merged: int  # supporting duplicates merged into experiences
     conflicts: int  # answers that contradicted a near-duplicate's
     filtered: int  # interactions that taught nothing confident (noise)
+    awaiting: int  # served answers no feedback or follow-up has judged yet
     lessons: int  # experiences that carry a correction's lesson (and a rejected answer)
     index: dict[str, Any]  # per tenant: kind, size, bytes
     utility: dict[str, float]  # mean and quartiles of the utility posterior means
@@ -52,6 +53,7 @@ def compute_stats(counts: Mapping[str, Any], indexes: Mapping[str, Index], now: 
         merged=counts["support"] - n_exp,
         conflicts=counts["conflicts"],
         filtered=int(by_status.get("filtered", 0)),
+        awaiting=int(by_status.get("answered", 0)),
         lessons=counts["lessons"],
         index={t: {"kind": ix.kind, "size": len(ix), "bytes": ix.nbytes()} for t, ix in indexes.items()},
         utility=_quantiles(counts["utility"]),

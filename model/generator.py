@@ -34,6 +34,8 @@ class Reply:
     prompt_ms: float  # selection, templating, tokenisation
     model_ms: float  # the wrapped model's generation
     chosen_by: str = "model"  # "model", or "vote" when a memory-supported answer was chosen
+    completion_tokens: int = 0  # tokens the model generated (the chosen answer's, when the vote chose)
+    finish_reason: str = "stop"  # "stop" (end of sequence, a stop string, a chosen answer) or "length"
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if k != "experiences"}
@@ -149,6 +151,7 @@ class MemoryGenerator:
         prompt_ms = ((time.perf_counter() - started) * 1e3 - sum(retrieval_ms)) / max(len(prompts), 1)
         t2 = time.perf_counter()
         texts: list[str | None] = [None] * len(prompts)
+        counts = [(0, "stop")] * len(prompts)  # (completion tokens, finish reason)
         chosen_by = ["model"] * len(prompts)
         if self.gen_config.choose == "vote":
             for i, cond in enumerate(conds):
@@ -156,22 +159,26 @@ class MemoryGenerator:
                     ids = enc["input_ids"][i:i + 1, enc["input_ids"].shape[1] - lengths[i]:]  # its padding off
                     texts[i] = choose_answer(self.model, self.tokenizer, ids, cond.experiences, self.gen_config)
                     chosen_by[i] = "vote" if texts[i] is not None else "model"
+                    if texts[i] is not None:
+                        counts[i] = (len(self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]), "stop")
         todo = [i for i, t in enumerate(texts) if t is None]
         if todo:
             width = max(lengths[i] for i in todo)  # the rows left may need less padding than the whole batch
             rows = {key: value[todo, -width:] for key, value in enc.items()}
             if stop:
                 kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-            for i, text in zip(todo, self._generate_texts(rows, max_new_tokens, **kwargs)):
+            for i, (text, n, ended) in zip(todo, self._generate_texts(rows, max_new_tokens, **kwargs)):
                 texts[i] = _cut(text, stop)
+                counts[i] = (n, "stop" if ended or texts[i] != text or n < max_new_tokens else "length")
         model_ms = (time.perf_counter() - t2) * 1e3 / max(len(prompts), 1)
         replies = []
         ids = list(interaction_ids) if interaction_ids is not None else [uuid.uuid4().hex for _ in conversations]
-        for iid, messages, prompt, n_tokens, cond, text, how, r_ms in zip(ids, conversations, prompts, lengths, conds,
-                                                                          texts, chosen_by, retrieval_ms):
+        for iid, messages, prompt, n_tokens, cond, text, how, r_ms, (n_out, finish) in zip(
+                ids, conversations, prompts, lengths, conds, texts, chosen_by, retrieval_ms, counts):
             reply = Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
                           prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens, retrieval_ms=r_ms,
-                          prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how)
+                          prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how, completion_tokens=n_out,
+                          finish_reason=finish)
             if log and self.memory is not None:
                 timings = {"retrieval_ms": r_ms, "prompt_ms": prompt_ms, "model_ms": model_ms}
                 self.memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages,
@@ -181,13 +188,24 @@ class MemoryGenerator:
             replies.append(reply)
         return replies
 
-    def _generate_texts(self, enc: dict[str, torch.Tensor], max_new_tokens: int, **kwargs: Any) -> list[str]:
-        """Greedy (unless `kwargs` say otherwise) answers to a left-padded batch of prompt ids."""
+    def _generate_texts(self, enc: dict[str, torch.Tensor], max_new_tokens: int,
+                        **kwargs: Any) -> list[tuple[str, int, bool]]:
+        """Greedy (unless `kwargs` say otherwise) answers to a left-padded batch of prompt ids: each answer's
+        text, how many tokens were generated for it (its end-of-sequence token included), and whether it ended
+        with one (else it ran to `max_new_tokens` or a stop string)."""
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         out = self.model.generate(**enc, max_new_tokens=max_new_tokens, **kwargs)
         width = enc["input_ids"].shape[1]
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
+        ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [self.tokenizer.eos_token_id])
+        answers = []
+        for row in out:
+            ids = row[width:].tolist()
+            n = next((i + 1 for i, t in enumerate(ids) if t in ends), len(ids))
+            answers.append((self.tokenizer.decode(row[width:], skip_special_tokens=True).strip(), n, n < len(ids)
+                            or (bool(ids) and ids[-1] in ends)))
+        return answers
 
     def _left_padded(self, texts: Sequence[str]) -> Any:
         """Token ids of `texts`, left-padded into one batch (generation continues every row at its end)."""

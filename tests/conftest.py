@@ -74,6 +74,22 @@ def tiny_lm(smollm: tuple[PreTrainedModel, PreTrainedTokenizerBase],
 
 
 @pytest.fixture(scope="session")
+def wordy_lm(tiny_lm: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The tiny model with its newline embedding zeroed. The plain one repeats the prompt's last token (the
+    newline after the assistant header), so every answer strips to nothing, and an empty answer teaches
+    nothing; this one writes words, which tests that learn from answers need."""
+    import copy
+
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[newline] = 0
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A URL of a real PostgreSQL server: $LOGMEM_TEST_PG_URL (CI starts Debian's server), else one
     started here from PyPI's pgserver wheel. Each test gets a fresh database through `pg_db`."""

@@ -28,13 +28,15 @@ def list_models(runtime: RuntimeDep, caller: CallerDep) -> ModelList:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
-             responses={404: {"model": ErrorOut}, 429: {"model": ErrorOut}})
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "The completion; with `stream`, server-sent chat.completion.chunk events"},
+                        404: {"model": ErrorOut}, 429: {"model": ErrorOut}})
 async def chat_completions(body: ChatRequest, request: Request, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """Answer with memory; the response `id` is the interaction id that feedback names later."""
     settings = runtime.settings
     if len(body.messages) > settings.max_messages:
         raise HTTPException(422, f"messages: at most {settings.max_messages} per request")
-    max_tokens = body.max_completion_tokens or body.max_tokens or 128
+    max_tokens = body.max_completion_tokens or body.max_tokens or min(128, settings.max_tokens)
     if max_tokens > settings.max_tokens:
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
     if body.model not in runtime.models():
@@ -46,8 +48,16 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
     messages = [m.plain() for m in body.messages]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(runtime, caller, messages, kwargs, include_usage, limit, slot, metrics),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        events = _stream(runtime, caller, messages, kwargs, include_usage, limit, slot, metrics)
+        # the first event starts the answering thread, which gives the slot back at its end: started here, not when
+        # the response first reads, so that a client gone before then cannot keep the slot for ever
+        try:
+            first = await anext(events)
+        except BaseException:  # no thread started (the model failed to load, say): nothing else gives it back
+            limit.release(slot)
+            raise
+        return StreamingResponse(_after(first, events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
     try:
         answer = await run_in_threadpool(lambda: runtime.chat(caller, messages, **kwargs))
     finally:
@@ -84,7 +94,8 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
     object), then the usage chunk when asked for, then `[DONE]`. The interaction is logged before `[DONE]`."""
     from transformers import TextIteratorStreamer
 
-    streamer = TextIteratorStreamer(runtime.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    tokenizer = await run_in_threadpool(lambda: runtime.tokenizer)  # the first request loads the model: not here
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     done: dict[str, Any] = {}
 
     stream_id = uuid.uuid4().hex  # the interaction id, known before the first chunk
@@ -100,13 +111,15 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
 
     worker = threading.Thread(target=answer, name="logmem-stream", daemon=True)
     worker.start()
-    created, sent = int(time.time()), ""
+    created, raw, sent = int(time.time()), "", ""
     yield _sse({"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": kwargs["model"],
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
     async for piece in iterate_in_threadpool(streamer):
-        if piece:
-            sent += piece
-            yield _sse(_chunk(stream_id, created, kwargs["model"], {"content": piece}))
+        raw += piece
+        shown = _shown(raw, kwargs["stop"] or [])
+        if len(shown) > len(sent) and shown.startswith(sent):
+            yield _sse(_chunk(stream_id, created, kwargs["model"], {"content": shown[len(sent):]}))
+            sent = shown
     await run_in_threadpool(worker.join)
     if "error" in done:
         yield _sse({"error": {"message": str(done["error"]), "type": "server_error"}})
@@ -115,8 +128,8 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
     result: Answer = done["answer"]
     metrics.observe_answer(result)
     text = result.reply.text
-    if not sent.strip() and text:  # chosen by the vote, not generated: nothing was streamed
-        yield _sse(_chunk(stream_id, created, kwargs["model"], {"content": text}))
+    if len(text) > len(sent) and text.startswith(sent):  # what was held back (or chosen by the vote: all of it)
+        yield _sse(_chunk(stream_id, created, kwargs["model"], {"content": text[len(sent):]}))
     final = _chunk(stream_id, created, kwargs["model"], {}, result.finish_reason)
     final["logmem"] = _logmem(result)
     yield _sse(final)
@@ -124,6 +137,23 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
         yield _sse({"id": stream_id, "object": "chat.completion.chunk", "created": created,
                     "model": kwargs["model"], "choices": [], "usage": _usage(result)})
     yield "data: [DONE]\n\n"
+
+
+async def _after(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for event in rest:
+        yield event
+
+
+def _shown(raw: str, stop: list[str]) -> str:
+    """What of the text generated so far can be streamed: the stored answer is stripped and ends before the first
+    stop string, so leading and trailing whitespace and a tail that may begin a stop string are held back."""
+    text = raw.lstrip()
+    ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if ends:
+        return text[:min(ends)].rstrip()
+    hold = max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    return text[:len(text) - hold].rstrip()
 
 
 def _chunk(chunk_id: str, created: int, model: str, delta: dict[str, str],

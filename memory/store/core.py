@@ -152,14 +152,15 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
         tx.add(SourceRow(experience_id=experience_id, interaction_id=interaction_id))
 
     def add_conflict(self, tx: Session, *, experience_id: int, interaction_id: int, response: str,
-                     swap_hash: str, wins_ties: bool = False) -> bool:
+                     swap_hash: str, wins_ties: bool = False, lesson: str | None = None,
+                     rejected: str | None = None) -> bool:
         """Record a conflicting answer. When its support outgrows the experience's, it takes its place
         (and the old answer becomes the conflict). Returns whether the answer was swapped.
 
         `swap_hash` is the content hash of the experience's trigger with `response`: the experience takes
         it on a swap, so that a later exact copy of the old answer counts as a conflict, not as support.
         `wins_ties`: the answer corrects the experience's own answer, evidence against it, so equal support
-        is enough to take its place."""
+        is enough to take its place, and on a swap the experience takes its `lesson` and `rejected` answer."""
         row = _locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
@@ -180,6 +181,8 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
         for _ in range(row.support):
             tx.add(ConflictRow(experience_id=experience_id, interaction_id=None, response=row.response))
         row.response, row.support = response, same
+        if lesson is not None or rejected is not None:
+            row.lesson, row.rejected = lesson, rejected
         if self.experience_by_hash(tx, tenant=row.tenant, content_hash=swap_hash) is None:  # keep it unique
             row.content_hash = swap_hash
         return True

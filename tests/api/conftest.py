@@ -27,15 +27,15 @@ def make_runtime(home: Path, embedder: Any, lm: tuple[Any, Any], **settings: Any
 
 
 @pytest.fixture
-def runtime_for(embedder: Any, tiny_lm: tuple[Any, Any]) -> Any:
-    """`runtime_for(home, **settings)`: `make_runtime` with the session's embedder and tiny model."""
-    return lambda home, **settings: make_runtime(home, embedder, tiny_lm, **settings)
+def runtime_for(embedder: Any, wordy_lm: tuple[Any, Any]) -> Any:
+    """`runtime_for(home, **settings)`: `make_runtime` with the session's embedder and tiny (wordy) model."""
+    return lambda home, **settings: make_runtime(home, embedder, wordy_lm, **settings)
 
 
 @pytest.fixture
-def service(tmp_path: Path, embedder: Any, tiny_lm: tuple[Any, Any]) -> Iterator[dict[str, Any]]:
+def service(tmp_path: Path, embedder: Any, wordy_lm: tuple[Any, Any]) -> Iterator[dict[str, Any]]:
     """A TestClient over the app, with keys of tenants acme and globex (and an admin key)."""
-    runtime = make_runtime(tmp_path / "home", embedder, tiny_lm, admin_key="admin-secret")
+    runtime = make_runtime(tmp_path / "home", embedder, wordy_lm, admin_key="admin-secret")
     acme, _ = runtime.store.create_key(tenant="acme")
     globex, _ = runtime.store.create_key(tenant="globex")
     with TestClient(create_app(runtime=runtime)) as client:

@@ -30,8 +30,8 @@ def _reference(model: Any, tokenizer: Any) -> str:
     return MemoryGenerator(model, tokenizer, None).chat(QUESTION, max_new_tokens=8, log=False).text
 
 
-def test_interleaved_tenants_each_get_their_own_adapter(tmp_path: Path, runtime_for: Any, tiny_lm: Any) -> None:
-    base, tokenizer = tiny_lm
+def test_interleaved_tenants_each_get_their_own_adapter(tmp_path: Path, runtime_for: Any, wordy_lm: Any) -> None:
+    base, tokenizer = wordy_lm
     paths = {tenant: _lora(base, seed, tmp_path / tenant) for tenant, seed in (("acme", 1), ("globex", 2))}
     want = {tenant: _reference(PeftModel.from_pretrained(copy.deepcopy(base), str(p)).eval(), tokenizer)
             for tenant, p in paths.items()}

@@ -187,13 +187,22 @@ def test_the_logged_answer_names_the_experiences_it_used(tiny_lm, memory) -> Non
     assert records[ids[0]][0]["metadata"] == {"retrieved": ids}
 
 
-def test_a_liked_answer_becomes_an_experience(tiny_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
-    model, tok = tiny_lm
+def test_a_liked_answer_becomes_an_experience(wordy_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = wordy_lm
     gen = MemoryGenerator(model, tok, empty_memory)
     reply = gen.chat([{"role": "user", "content": "What colour is the sky on Mars at noon?"}], max_new_tokens=5)
     assert gen.feedback(reply.interaction_id, "like")["experiences"] == 1
     hits = empty_memory.search("sky colour on Mars at noon", 1)
     assert hits and hits[0].response == reply.text
+
+
+def test_an_empty_answer_teaches_nothing(tiny_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_lm  # its answers strip to nothing
+    gen = MemoryGenerator(model, tok, empty_memory)
+    reply = gen.chat([{"role": "user", "content": "What colour is the sky on Mars at noon?"}], max_new_tokens=5)
+    assert reply.text == "" and reply.completion_tokens == 5 and reply.finish_reason == "length"
+    assert gen.feedback(reply.interaction_id, "like")["experiences"] == 0
+    assert empty_memory.search("sky colour on Mars at noon", 1) == []
 
 
 def test_a_correction_stores_the_right_answer_with_the_rejected_one(tiny_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
