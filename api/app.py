@@ -85,8 +85,10 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "model_not_found" if exc.status_code == 404 and "model" in str(exc.detail) else None
+        field, sep, _ = str(exc.detail).partition(": ")  # the routes' own 422s open with the field they refuse
+        param = "model" if code else field if exc.status_code == 422 and sep and " " not in field else None
         return error(exc.status_code, str(exc.detail), HTTP_TYPES.get(exc.status_code, "server_error"),
-                     param="model" if code else None, code=code, headers=dict(exc.headers or {}))
+                     param=param, code=code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(LogmemError)
     async def domain(request: Request, exc: LogmemError) -> JSONResponse:
