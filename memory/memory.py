@@ -231,12 +231,20 @@ class VectorMemory:
         for it in batch:
             by_tenant.setdefault(it.tenant, []).append(it)
         for tenant, items in by_tenant.items():
-            try:
-                self._ingest_tenant(tenant, items, report)
-            except BaseException:
-                self._indexes.pop(tenant, None)  # may hold vectors of the rolled-back transaction
-                self._instructions.pop(tenant, None)
-                raise
+            part = self.store.retry_on_conflict(functools.partial(self._ingest_attempt, tenant, items))
+            for name in ("stored", "skipped", "experiences", "merged", "conflicts", "filtered"):
+                setattr(report, name, getattr(report, name) + getattr(part, name))
+
+    def _ingest_attempt(self, tenant: str, items: list[Interaction]) -> IngestReport:
+        """`_ingest_tenant` in one transaction, counted apart: an attempt rolled back counts nothing."""
+        part = IngestReport()
+        try:
+            self._ingest_tenant(tenant, items, part)
+        except BaseException:
+            self._indexes.pop(tenant, None)  # may hold vectors of the rolled-back transaction
+            self._instructions.pop(tenant, None)
+            raise
+        return part
 
     def _ingest_tenant(self, tenant: str, items: list[Interaction], report: IngestReport) -> None:
         index, seen = self._index(tenant)
@@ -409,7 +417,7 @@ class VectorMemory:
             result.credited = self.store.record_outcome(tx, tenant=tenant, ids=used, success=success) if used else 0
             return {"turn": turn, **event}
 
-        return self._rejudge(interaction_id, tenant, judge_it, result)
+        return self.store.retry_on_conflict(lambda: self._rejudge(interaction_id, tenant, judge_it, result))
 
     def follow_up(self, messages: Sequence[dict[str, str]], *, tenant: str = "default") -> FeedbackResult | None:
         """Judge the served answer that a new request continues, as ingested logs are judged: `messages`
@@ -436,7 +444,7 @@ class VectorMemory:
                                                             weight=outcome.confidence)
             return None
 
-        return self._rejudge(found, tenant, judge_it, result)
+        return self.store.retry_on_conflict(lambda: self._rejudge(found, tenant, judge_it, result))
 
     @_serialized
     def _rejudge(self, interaction_id: str, tenant: str,
@@ -444,8 +452,19 @@ class VectorMemory:
                  result: FeedbackResult) -> FeedbackResult:
         """In one transaction: lock the served answer, let `change` update its record (and return the feedback
         row to add), then place the experiences the changed record teaches that it did not teach before."""
+        try:
+            return self._rejudge_once(interaction_id, tenant, change, result)
+        except BaseException:
+            self._indexes.pop(tenant, None)  # may hold vectors of the rolled-back transaction
+            self._instructions.pop(tenant, None)
+            raise
+
+    def _rejudge_once(self, interaction_id: str, tenant: str,
+                      change: Callable[[Tx, AnswerData, dict[str, Any]], dict[str, Any] | None],
+                      result: FeedbackResult) -> FeedbackResult:
         index, seen = self._index(tenant)
         report = IngestReport()
+        result.duplicate = False
         with self.store.transaction() as tx:
             answer = self.store.get_answer(tx, tenant=tenant, ext_id=interaction_id, lock=True)
             before = answer.record

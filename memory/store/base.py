@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .schema import Base
+
+T = TypeVar("T")
+RETRY_STATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -40,6 +44,19 @@ class StoreBase:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def retry_on_conflict(self, work: Callable[[], T], *, attempts: int = 3) -> T:
+        """`work()` (which opens its own transaction), run again when another writer committed a row with the same
+        unique key first (two servers given the same record at once: the next attempt sees that row), or when
+        PostgreSQL chose this transaction as a deadlock's or a serialization conflict's victim."""
+        for attempt in range(attempts):
+            try:
+                return work()
+            except (IntegrityError, OperationalError) as exc:
+                retryable = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in RETRY_STATES
+                if attempt == attempts - 1 or not retryable:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
