@@ -74,10 +74,10 @@ class Runtime:
     # --- assembly -----------------------------------------------------------------------------
     @cached_property
     def memory(self) -> VectorMemory:
-        from logmem.model.embedding import SentenceTransformerEmbedder, default_embedder
+        from logmem.model.embedding import default_embedder
 
-        embedder = self._embedder or (SentenceTransformerEmbedder(path=self.settings.embedder)
-                                      if self.settings.embedder else default_embedder())
+        s = self.settings
+        embedder = self._embedder or default_embedder(path=s.embedder, home=s.home, runtime=s.embedder_runtime)
         return VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
 
     @property

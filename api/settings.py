@@ -4,6 +4,7 @@ CLI's options) when a front end starts, never at import."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,7 @@ class Settings(BaseSettings):
     home: Path = Path(".logmem")  # the SQLite file (unless `db`), index files, adapters, the converted model
     db: str | None = None  # any SQLAlchemy URL (postgresql+psycopg://... for several workers); default SQLite in home
     embedder: str | None = None  # a local sentence-transformers folder; default the bundled MiniLM
+    embedder_runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: onnxruntime (same vectors, faster) if installed
     model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
     device: str = "auto"  # torch device of the model (auto: the first GPU when there is one)
     dtype: str = "float32"  # bfloat16 halves memory but is ~2x slower on CPUs without AVX-512 BF16
