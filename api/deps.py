@@ -12,17 +12,19 @@ from fastapi import Depends, Header, HTTPException, Request
 from .runtime import Caller, Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:  # async: a plain def would cost a threadpool hop
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None,
-               x_logmem_tenant: Annotated[str | None, Header(max_length=200)] = None) -> Caller:
+async def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None,
+                     x_logmem_tenant: Annotated[str | None, Header(max_length=200)] = None) -> Caller:
     """The caller of a request: its Bearer key's tenant (an admin key: the tenant X-Logmem-Tenant names).
-    A missing, wrong or revoked key is a 401 that says nothing more."""
+    A missing, wrong or revoked key is a 401 that says nothing more. Async on purpose: the lookup is one
+    indexed read (~0.1 ms), cheaper than the threadpool hop a plain def would cost every request."""
     scheme, _, key = (authorization or "").partition(" ")
-    caller = get_runtime(request).authenticate(key.strip(), tenant=x_logmem_tenant or None) \
+    runtime: Runtime = request.app.state.runtime
+    caller = runtime.authenticate(key.strip(), tenant=x_logmem_tenant or None) \
         if scheme.lower() == "bearer" and key.strip() else None
     if caller is None:
         raise HTTPException(status_code=401, detail="unauthorized", headers={"WWW-Authenticate": "Bearer"})

@@ -54,10 +54,12 @@ class KeyStore(StoreBase):
 
     def key_for(self, key: str) -> KeyData | None:
         """The live (not revoked) key record of `key`, or None."""
-        with Session(self.engine) as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key),
-                                                   ApiKeyRow.revoked_at.is_(None)))
-            return _key(row) if row is not None else None
+        keys = ApiKeyRow.__table__
+        with self.engine.connect() as conn:  # every request asks: a Core read, no ORM session
+            row = conn.execute(select(keys).where(keys.c.key_hash == hash_key(key),
+                                                  keys.c.revoked_at.is_(None))).first()
+        return KeyData(row.id, row.prefix, row.tenant, bool(row.admin), row.name, row.created_at,
+                       row.revoked_at) if row is not None else None
 
     def keys(self, *, tenant: str | None = None) -> list[KeyData]:
         stmt = select(ApiKeyRow).order_by(ApiKeyRow.id)
