@@ -45,7 +45,7 @@ class StoreBase:
     def close(self) -> None:
         self.engine.dispose()
 
-    def retry_on_conflict(self, work: Callable[[], T], *, attempts: int = 3) -> T:
+    def retry_on_conflict(self, work: Callable[[], T], *, attempts: int = 2) -> T:
         """`work()` (which opens its own transaction), run again when another writer committed a row with the same
         unique key first (two servers given the same record at once: the next attempt sees that row), or when
         PostgreSQL chose this transaction as a deadlock's or a serialization conflict's victim."""

@@ -139,11 +139,14 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
         """Count one more supporting interaction (a duplicate) on `experience_id`.
 
         Only the count and times are taken: an experience's text all comes from the one interaction that
-        created it, so forgetting a user who merely agreed leaves none of their words behind.
+        created it, so forgetting a user who merely agreed leaves none of their words behind. An interaction
+        that already supports the experience (a served answer judged again) counts once: nothing changes.
         """
         row = _locked(tx, ExperienceRow, experience_id)
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
+        if tx.get(SourceRow, (experience_id, interaction_id)) is not None:
+            return
         row.support += 1
         row.alpha += success
         row.beta += 1.0 - success
@@ -164,6 +167,10 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
         row = _locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
+        if tx.scalar(select(ConflictRow.id).where(ConflictRow.experience_id == experience_id,  # judged again
+                                                  ConflictRow.interaction_id == interaction_id,
+                                                  ConflictRow.response == response)) is not None:
+            return False
         tx.add(ConflictRow(experience_id=experience_id, interaction_id=interaction_id, response=response))
         tx.flush()
         same = tx.scalar(select(func.count()).select_from(ConflictRow).where(

@@ -1,0 +1,73 @@
+"""The service and feedback benchmarks run end to end in their --quick form, on a small generated log (no
+shared data), into a temporary folder, and their JSON says nothing failed and nothing was lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SUBJECTS = ["Redis", "PostgreSQL", "nginx", "Kubernetes", "Docker", "Python", "Rust", "git", "SQLite", "Kafka"]
+ASKS = ["Which port does {} use by default?", "How do I upgrade {} without downtime?",
+        "What is the configuration file of {} called?", "Why does {} use so much memory?", "How do I back up {}?"]
+
+
+@pytest.fixture(scope="module")
+def small_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 native-schema records: distinct questions, each answered and liked."""
+    path = tmp_path_factory.mktemp("bench-logs") / "logs.jsonl"
+    with path.open("w") as fh:
+        for i in range(50):
+            subject, ask = SUBJECTS[i % len(SUBJECTS)], ASKS[i // len(SUBJECTS)]
+            fh.write(json.dumps({"id": f"r{i}", "tenant": "default", "user": f"u{i % 7}", "messages": [
+                {"role": "user", "content": ask.format(subject)},
+                {"role": "assistant", "content": f"For {subject}: answer {i}, see the {subject} manual."}],
+                "feedback": [{"turn": 1, "kind": "like"}]}) + "\n")
+    return path
+
+
+def run(script: str, *args: str, timeout: float = 600) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def test_bench_service_quick(tmp_path: Path, small_logs: Path, smollm_folder: Path) -> None:
+    run("bench_service.py", "--logs", str(small_logs), "--out", str(tmp_path), "--model", str(smollm_folder))
+    result = json.loads((tmp_path / "service.json").read_text())
+    assert (tmp_path / "service.md").is_file() and (tmp_path / "service.png").is_file()
+    routes = {row["route"]: row for row in result["load"]}
+    assert set(routes) == {"GET /v1/memory/search", "POST /v1/chat/completions", "POST /v1/interactions/{id}/feedback"}
+    for row in routes.values():
+        assert row["requests"] > 0 and row["errors"] == 0, row
+        assert {"clients", "duration_s", "req_per_s", "p50_ms", "p95_ms"} <= set(row)
+    lost = result["nothing_lost"]
+    assert lost["nothing_lost"], lost
+    assert lost["feedback_events_rows"] == lost["feedback_events_sent"] > 0
+    assert lost["retries_answered_duplicate"] == lost["feedback_retries_sent"]
+    assert [r["call"].split()[0] for r in result["overhead"]] == ["GET", "POST"]
+    for row in result["overhead"]:
+        assert row["n"] == result["args"]["overhead_n"] and row["http_p50_ms"] > 0 and row["inprocess_p50_ms"] > 0
+
+
+def test_bench_feedback_quick(tmp_path: Path, small_logs: Path) -> None:
+    run("bench_feedback.py", "--logs", str(small_logs), "--out", str(tmp_path))
+    result = json.loads((tmp_path / "feedback_cost.json").read_text())
+    assert (tmp_path / "feedback_cost.md").is_file()
+    assert [r["size"] for r in result["rows"]] == [1000, 5000]
+    for row in result["rows"]:
+        assert row["experiences_after"] > row["size"]  # the likes and corrections added experiences
+        assert row["full_write"]["p50_ms"] > 0 and row["full_write"]["file_mb"] > 0
+        for kind in ("like", "correction"):
+            series = row["feedback"][kind]
+            assert series["n"] == len(series["ms"]) > 0 and series["new_experiences"] > 0
+            assert 0 < series["p50_ms"] <= series["p95_ms"]
+            assert row[f"{kind}_before_ms"] > row[f"{kind}_amortized_ms"]
