@@ -7,7 +7,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-service clean
+LOGS ?= ../shared/data/nfcats/logs.jsonl
 
 setup: $(STAMP)
 
@@ -28,6 +29,11 @@ demo: setup
 bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(PY) benchmarks/bench_retrieval.py --out benchmarks/results
+
+bench-service: setup  # the service under load and its overhead; the cost of one feedback at 1k and 100k memories
+	$(PY) benchmarks/bench_service.py --logs $(LOGS) --out benchmarks/results
+	$(PY) benchmarks/bench_feedback.py --logs $(LOGS) --out benchmarks/results
+	$(PY) benchmarks/bench_embedding.py ../shared/data/nfcats/test.eval.jsonl ../shared/data/nfcats/dev.eval.jsonl
 
 clean:
 	rm -rf .logmem
