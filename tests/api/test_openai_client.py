@@ -3,29 +3,15 @@ completions, streaming with usage, models, OpenAI's error classes, then feedback
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import torch
 from conftest import SKY, make_runtime
 from logmem.api.app import create_app
 from servers import serving
-
-
-@pytest.fixture(scope="module")
-def wordy_lm(tiny_lm: tuple[Any, Any]) -> tuple[Any, Any]:
-    """The tiny model with its newline embedding zeroed: the plain one repeats the prompt's last token (the newline
-    after the assistant header) and every answer strips to nothing; this one writes words, with leading spaces."""
-    model, tokenizer = tiny_lm
-    model = copy.deepcopy(model)
-    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        model.get_input_embeddings().weight[newline] = 0
-    return model, tokenizer
 
 
 @pytest.fixture(scope="module")
