@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import itertools
 import json
 import os
 import platform
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -121,7 +124,7 @@ def prepare_home(home: Path, records: list[dict[str, Any]], n_answers: int, n_ov
             corrections[iid] = rng.choice([a for a in said if a != answer] or [f"not {answer}"])  # another answer
         q, a = _turns(held[0])
         hits = memory.search(q, 8, tenant=TENANT)
-        overhead_ids: dict[str, list[str]] = {"http": [], "inprocess": []}
+        overhead_ids: dict[str, list[str]] = {"http": [], "raw": [], "inprocess": []}
         for side, ids in overhead_ids.items():
             for i in range(n_overhead + WARMUP):
                 ids.append(f"ovh-{side}-{i}")
@@ -341,30 +344,47 @@ def _paired_series(base: str, home: Path, model: Path, prep: Prepared, n: int) -
     runtime = Runtime(Settings(home=home, model=str(model), worker=False))
     caller = runtime.authenticate(prep.key)
     assert caller is not None
-    http_ids, own_ids = prep.overhead_ids["http"], prep.overhead_ids["inprocess"]
+    http_ids, raw_ids, own_ids = (prep.overhead_ids[k] for k in ("http", "raw", "inprocess"))
     q = prep.overhead_query
-    out: dict[str, dict[str, list[float]]] = {"http": {}, "inprocess": {}}
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {prep.key}"}, timeout=60) as client:
-        calls: dict[str, tuple[Callable[[int], Any], Callable[[int], Any]]] = {
+    out: dict[str, dict[str, list[float]]] = {"http": {}, "raw": {}, "inprocess": {}}
+    headers = {"Authorization": f"Bearer {prep.key}"}
+    host, port = base.removeprefix("http://").split(":")
+    raw = http.client.HTTPConnection(host, int(port), timeout=60)  # the lightest keep-alive client there is
+
+    def raw_call(method: str, path: str, body: dict[str, Any] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else None
+        raw.request(method, path, body=data, headers={**headers, "Content-Type": "application/json"})
+        response = raw.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path}: {response.status}")
+
+    search_path = "/v1/memory/search?" + urllib.parse.urlencode({"q": q, "k": K})
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        calls: dict[str, tuple[Callable[[int], Any], ...]] = {
             "search": (lambda i: client.get("/v1/memory/search", params={"q": q, "k": K}).raise_for_status(),
+                       lambda i: raw_call("GET", search_path),
                        lambda i: runtime.search(caller, q, K)),
             "feedback": (lambda i: client.post(f"/v1/interactions/{http_ids[i]}/feedback", json={
                              "kind": "dislike", "event_id": f"{http_ids[i]}-ovh"}).raise_for_status(),
+                         lambda i: raw_call("POST", f"/v1/interactions/{raw_ids[i]}/feedback",
+                                            {"kind": "dislike", "event_id": f"{raw_ids[i]}-ovh"}),
                          lambda i: runtime.feedback(caller, own_ids[i], "dislike", event_id=f"{own_ids[i]}-ovh"))}
         try:
-            for name, (http, own) in calls.items():
+            for name, sides in calls.items():
                 for i in range(WARMUP):
-                    http(i)
-                    own(i)
-                h: list[float] = []
-                p: list[float] = []
-                for i in range(WARMUP, WARMUP + n):
-                    for call, into in ((http, h), (own, p)) if i % 2 == 0 else ((own, p), (http, h)):
-                        t0 = time.perf_counter_ns()
+                    for call in sides:
                         call(i)
-                        into.append((time.perf_counter_ns() - t0) / 1e6)
-                out["http"][name], out["inprocess"][name] = h, p
+                times: list[list[float]] = [[], [], []]
+                for i in range(WARMUP, WARMUP + n):
+                    order = [(i + j) % 3 for j in range(3)]  # each side first, second and third in turn
+                    for j in order:
+                        t0 = time.perf_counter_ns()
+                        sides[j](i)
+                        times[j].append((time.perf_counter_ns() - t0) / 1e6)
+                out["http"][name], out["raw"][name], out["inprocess"][name] = times
         finally:
+            raw.close()
             runtime.close()
     return out
 
@@ -388,12 +408,17 @@ def overhead_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def overhead_rows(http: dict[str, list[float]], inproc: dict[str, list[float]]) -> list[dict[str, Any]]:
+def overhead_rows(http: dict[str, list[float]], inproc: dict[str, list[float]],
+                  raw: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     rows = []
-    for call, label in (("search", f"GET /v1/memory/search (same q, k={K})"),
-                        ("feedback", "POST /v1/interactions/{id}/feedback (dislike, a fresh answer each)")):
-        h, p = np.array(http[call]), np.array(inproc[call])
-        rows.append({"call": label, "n": len(h), "http_p50_ms": float(np.median(h)),
+    for (call, label), (client, series) in itertools.product(
+            (("search", f"GET /v1/memory/search (same q, k={K})"),
+             ("feedback", "POST /v1/interactions/{id}/feedback (dislike, a fresh answer each)")),
+            (("httpx.Client", http), ("http.client", raw or {}))):
+        if call not in series:
+            continue
+        h, p = np.array(series[call]), np.array(inproc[call])
+        rows.append({"call": f"{label}, client {client}", "n": len(h), "http_p50_ms": float(np.median(h)),
                      "inprocess_p50_ms": float(np.median(p)), "overhead_p50_ms": float(np.median(h) - np.median(p)),
                      "paired_overhead_p50_ms": float(np.median(h - p)),
                      "http_p95_ms": float(np.percentile(h, 95)), "inprocess_p95_ms": float(np.percentile(p, 95))})
@@ -457,11 +482,12 @@ def write_markdown(out: Path, result: dict[str, Any]) -> str:
         f"retries, {lost['retries_answered_duplicate']} answered `duplicate`; {lost['chat_answers_ok']} chat answers, "
         f"{lost['chat_answers_rows']} answers rows: **{'nothing lost' if lost['nothing_lost'] else 'MISMATCH'}**.", "",
         "## HTTP overhead (one client, sequential, warm)", "", overhead_table(result["overhead"]), "",
-        "After the load phases, in interleaved pairs (order alternating), one call at a time: HTTP through a "
-        "keep-alive httpx.Client to the otherwise idle server, and `Runtime.search` / `Runtime.feedback` on a "
-        "runtime in the benchmark process over the same home, both from one worker thread. Overhead = HTTP p50 "
-        "- in-process p50: the client's work, loopback, uvicorn (h11), FastAPI, the key lookup (one SQL "
-        "query per request), the threadpool hops.", ""])
+        "After the load phases, in interleaved triplets (each side first in turn), one call at a time: HTTP "
+        "through a keep-alive httpx.Client and through the standard library's http.client (the lightest client: "
+        "what remains is the service's own path) to the otherwise idle server, and `Runtime.search` / "
+        "`Runtime.feedback` on a runtime in the benchmark process over the same home, all from one worker thread. "
+        "Overhead = HTTP p50 - in-process p50: the client's work, loopback, uvicorn (httptools when installed), "
+        "FastAPI, the key lookup (one SQL read per request), the threadpool hop.", ""])
     (out / "service.md").write_text(text)
     return text
 
@@ -552,8 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                      "model": model.name, "prepare_s": prep.prepare_s},
         "load": [p.summary() for p in phases],
         "load_notes": {"chat_prompt_tokens_mean": float(np.mean(tokens)) if tokens else float("nan")},
-        "nothing_lost": lost, "overhead": overhead_rows(http, inproc),
-        "latencies_ms": {"load": {p.route: p.latencies_ms for p in phases}, "http": http, "inprocess": inproc},
+        "nothing_lost": lost, "overhead": overhead_rows(http, inproc, series["raw"]),
+        "latencies_ms": {"load": {p.route: p.latencies_ms for p in phases}, "http": http, "raw": series["raw"],
+                         "inprocess": inproc},
         "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "wall_s": time.perf_counter() - started,
         "stages": stages, "server_log_tail": server_log,
     }

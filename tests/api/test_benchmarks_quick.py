@@ -53,7 +53,8 @@ def test_bench_service_quick(tmp_path: Path, small_logs: Path, smollm_folder: Pa
     assert lost["nothing_lost"], lost
     assert lost["feedback_events_rows"] == lost["feedback_events_sent"] > 0
     assert lost["retries_answered_duplicate"] == lost["feedback_retries_sent"]
-    assert [r["call"].split()[0] for r in result["overhead"]] == ["GET", "POST"]
+    assert [(r["call"].split()[0], r["call"].split()[-1]) for r in result["overhead"]] == [
+        ("GET", "httpx.Client"), ("GET", "http.client"), ("POST", "httpx.Client"), ("POST", "http.client")]
     for row in result["overhead"]:
         assert row["n"] == result["args"]["overhead_n"] and row["http_p50_ms"] > 0 and row["inprocess_p50_ms"] > 0
 
