@@ -162,7 +162,7 @@ class Runtime:
         model answers alone and nothing is logged (a comparison, not a served answer)."""
         if model not in self.models():
             raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(self.models())}")
-        generator, bare, tokenizer, pool = self._model_parts()
+        generator, bare, _, pool = self._model_parts()
         generator = generator if use_memory else bare
         active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
         version = active.version if active else None

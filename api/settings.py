@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,12 +22,12 @@ class Settings(BaseSettings):
     embedder_runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: onnxruntime (same vectors, faster) if installed
     model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
     device: str = "auto"  # torch device of the model (auto: the first GPU when there is one)
-    dtype: str = "float32"  # bfloat16 halves memory but is ~2x slower on CPUs without AVX-512 BF16
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: half the memory, ~2x slower without AVX-512 BF16
 
     # Answering
     k: int = Field(default=8, ge=0)  # experiences retrieved per request
     template: str = "exchanges"  # prompt template name or .jinja path
-    choose: str = "off"  # "vote": answer with a memory-supported answer where the memory agrees
+    choose: Literal["off", "vote"] = "off"  # "vote": answer with a memory-supported answer where the memory agrees
     max_loaded_adapters: int = Field(default=8, ge=1)  # tenants' adapters kept loaded beside the base model
 
     # The service: keys and limits
@@ -45,20 +45,6 @@ class Settings(BaseSettings):
     consolidate_after: int = Field(default=0, ge=0)  # queue a consolidation after this many new experiences (0: off)
     consolidate_every_hours: float = Field(default=0.0, ge=0)  # ... or this old a last job, if new since (0: off)
     consolidate_params: dict[str, object] = Field(default_factory=dict)  # ConsolidationConfig fields of such jobs
-
-    @field_validator("choose")
-    @classmethod
-    def _choose(cls, value: str) -> str:
-        if value not in ("off", "vote"):
-            raise ValueError(f"choose must be 'off' or 'vote', got {value!r}")
-        return value
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, value: str) -> str:
-        if value not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {value!r}")
-        return value
 
     @property
     def db_url(self) -> str:
