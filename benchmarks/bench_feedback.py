@@ -12,7 +12,7 @@ judged with `VectorMemory.feedback`: `like` on half the answers (a new experienc
 search, rows, a vector), `correction` on the other half (the corrected answer becomes an experience with
 the served one as `rejected`). Measured per call: p50 / p95 / mean, with the calls that wrote a checkpoint
 counted apart. Beside it, what every such feedback paid before checkpointing: a full write of the tenant's
-index file (`VectorMemory._save_tenant`), timed on its own.
+index file (`TenantIndexes.write`), timed on its own.
 
 faiss searches on 1 thread (PERFORMANCE.md: more is slower for one query on 2 cores) and builds on 2;
 torch (the embedder) on 1 thread. Writes `feedback_cost.json` and `feedback_cost.md` to `--out`.
@@ -103,7 +103,7 @@ def build_memory(home: Path, base: Base, size: int, embedder: Any) -> tuple[Any,
             store.bump_generation(tx, tenant=TENANT)
     t2 = time.perf_counter()
     faiss.omp_set_num_threads(2)  # a build is a batch: both cores
-    memory._index(TENANT)  # rebuilt from SQL, as the next process would
+    memory.indexes.get(TENANT)  # rebuilt from SQL, as the next process would
     faiss.omp_set_num_threads(1)
     t3 = time.perf_counter()
     memory.save()
@@ -147,11 +147,11 @@ def judge_all(memory: Any, served: list[tuple[str, str, str]]) -> dict[str, dict
     for kind, part in (("like", served[:half]), ("correction", served[half:])):
         ms, wrote, learned = [], [], 0
         for iid, _, other in part:
-            before = memory._saved.get(TENANT)
+            before = memory.indexes.saved_generation(TENANT)
             t0 = time.perf_counter_ns()
             result = memory.feedback(iid, kind, tenant=TENANT, text=other if kind == "correction" else None)
             ms.append((time.perf_counter_ns() - t0) / 1e6)
-            wrote.append(memory._saved.get(TENANT) != before)
+            wrote.append(memory.indexes.saved_generation(TENANT) != before)
             learned += result.experiences
         series[kind] = summarize(ms, wrote) | {"new_experiences": learned}
     return series
@@ -170,17 +170,17 @@ def summarize(ms: list[float], wrote: list[bool]) -> dict[str, Any]:
 
 def full_writes(memory: Any, n: int) -> dict[str, Any]:
     """Time n full writes of the tenant's index file (what every feedback paid before checkpointing)."""
-    meta = memory._index_path(TENANT).with_suffix(".json")
+    meta = memory.indexes.path(TENANT).with_suffix(".json")
     ms = []
     for _ in range(n):
         meta.unlink(missing_ok=True)  # else the write is skipped: the file already holds this generation
         t0 = time.perf_counter_ns()
-        memory._save_tenant(TENANT)
+        memory.indexes.write(TENANT)
         ms.append((time.perf_counter_ns() - t0) / 1e6)
     a = np.array(ms)
-    size = memory._index_path(TENANT).with_suffix(".idx").stat().st_size
+    size = memory.indexes.path(TENANT).stat().st_size
     return {"n": n, "p50_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95)), "mean_ms": float(a.mean()),
-            "file_mb": size / 2**20, "kind": memory._indexes[TENANT][0].kind, "ms": [round(x, 3) for x in ms]}
+            "file_mb": size / 2**20, "kind": memory.indexes.get(TENANT).kind, "ms": [round(x, 3) for x in ms]}
 
 
 def measure_size(base: Base, size: int, writes: int, embedder: Any) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def measure_size(base: Base, size: int, writes: int, embedder: Any) -> dict[str,
                 memory.feedback(served.pop()[0], "dislike", tenant=TENANT)
             series = judge_all(memory, served)
             write = full_writes(memory, writes)
-            n_exp = len(memory._index(TENANT)[0])
+            n_exp = len(memory.indexes.get(TENANT))
         finally:
             memory.close()
     cfg = memory.config

@@ -39,6 +39,7 @@ from data import (  # benchmarks/ is on sys.path when run as a script
 from logmem.memory import kernels
 from logmem.memory.config import MemoryConfig
 from logmem.memory.index import ExactIndex, FlatIndex, HNSWIndex, make_index
+from logmem.memory.index.cache import index_settings
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -140,7 +141,7 @@ def bench_index(name: str, params: str, make: Callable[[], object], xb: np.ndarr
 def bench_hnsw(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, data: str) -> list[SearchRow]:
     """HNSW with MemoryConfig's graph parameters, built once, searched at every efSearch of EF_SWEEP."""
     cfg = MemoryConfig()
-    index, seconds = build(lambda: make_index("hnsw", xb.shape[1], cfg), xb)
+    index, seconds = build(lambda: make_index("hnsw", xb.shape[1], **index_settings(cfg)), xb)
     assert isinstance(index, HNSWIndex)
     rows = []
     for ef in EF_SWEEP:

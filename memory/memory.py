@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +32,7 @@ from .distill import (
 )
 from .embedding import Embedder
 from .errors import DimensionMismatchError, LogFormatError, NotFoundError
-from .index import Index, choose_kind, load_index, make_index
+from .index.cache import Pending, TenantIndexes
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .outcome import explicit_signal, judge
 from .stats import Stats, compute_stats
@@ -148,10 +146,9 @@ class VectorMemory:
         self.d = embedder.dim
         self.store = Store(db_url or f"sqlite:///{self.home / 'memory.db'}")
         self.store.check_meta(embedder=embedder.name, dim=self.d)
-        self._indexes: dict[str, tuple[Index, int]] = {}  # tenant -> (index, generation it reflects)
+        self.indexes = TenantIndexes(self.home / "index", d=self.d, config=self.config, source=self.store)
         self._instructions: dict[str, set[str]] = {}
-        self._saved: dict[str, tuple[int, float]] = {}
-        self._lock = threading.RLock()  # tenant -> (generation, monotonic time) of its file
+        self._lock = threading.RLock()
 
     def close(self) -> None:
         """Write the changed indexes, then close the database."""
@@ -241,13 +238,12 @@ class VectorMemory:
         try:
             self._ingest_tenant(tenant, items, part)
         except BaseException:
-            self._indexes.pop(tenant, None)  # may hold vectors of the rolled-back transaction
-            self._instructions.pop(tenant, None)
+            self._instructions.pop(tenant, None)  # may hold instructions of the rolled-back transaction
             raise
         return part
 
     def _ingest_tenant(self, tenant: str, items: list[Interaction], report: IngestReport) -> None:
-        index, seen = self._index(tenant)
+        index = self.indexes.pending(tenant)
         now = time.time()
         with self.store.transaction() as tx:
             known = self.store.known_interactions(tx, tenant=tenant, ext_ids=[it.id for it in items])
@@ -267,9 +263,9 @@ class VectorMemory:
                 report.stored += 1
                 self._learn(tx, tenant, index, pk, it, cands[ext_id], vectors, report)
             generation = self.store.bump_generation(tx, tenant=tenant)
-        self._keep_index(tenant, index, seen, generation)
+        self.indexes.committed(index, generation)
 
-    def _learn(self, tx: Tx, tenant: str, index: Index, pk: int, it: Interaction, cands: Sequence[Candidate],
+    def _learn(self, tx: Tx, tenant: str, index: Pending, pk: int, it: Interaction, cands: Sequence[Candidate],
                vectors: dict[str, np.ndarray], report: IngestReport, status: str | None = None) -> str:
         """Place one stored interaction's candidates (new experience, merge or conflict) and set its status
         (the better of `status`, what it had, and what these candidates made of it)."""
@@ -289,13 +285,6 @@ class VectorMemory:
         report.filtered += final == "filtered"
         self.store.set_status(tx, interaction_id=pk, status=final)
         return final
-
-    def _keep_index(self, tenant: str, index: Index, seen: int, generation: int) -> None:
-        """After a committed write: keep the updated in-process index if no other process wrote meanwhile."""
-        if generation == seen + 1:
-            self._indexes[tenant] = (index, generation)
-        else:  # another process wrote to this tenant meanwhile: rebuild from SQL on next use
-            self._indexes.pop(tenant, None)
 
     def _learn_instructions(self, tx: Tx, tenant: str, cands: Sequence[Candidate]) -> None:
         if not self.config.strip_shared_instructions:
@@ -336,7 +325,7 @@ class VectorMemory:
             raise DimensionMismatchError(f"embedder returned shape {xb.shape}, expected ({len(texts)}, {self.d})")
         return dict(zip(texts, np.asarray(xb, dtype=np.float32)))
 
-    def _place(self, tx: Tx, tenant: str, index: Index, c: Candidate, vectors: dict[str, np.ndarray],
+    def _place(self, tx: Tx, tenant: str, index: Pending, c: Candidate, vectors: dict[str, np.ndarray],
                interaction_id: int) -> str:
         """Store one candidate as a new experience, a merge, or a conflict; return which."""
         same = self.store.experience_by_hash(tx, tenant=tenant, content_hash=c.content_hash)
@@ -455,14 +444,13 @@ class VectorMemory:
         try:
             return self._rejudge_once(interaction_id, tenant, change, result)
         except BaseException:
-            self._indexes.pop(tenant, None)  # may hold vectors of the rolled-back transaction
-            self._instructions.pop(tenant, None)
+            self._instructions.pop(tenant, None)  # may hold instructions of the rolled-back transaction
             raise
 
     def _rejudge_once(self, interaction_id: str, tenant: str,
                       change: Callable[[Tx, AnswerData, dict[str, Any]], dict[str, Any] | None],
                       result: FeedbackResult) -> FeedbackResult:
-        index, seen = self._index(tenant)
+        index = self.indexes.pending(tenant)
         report = IngestReport()
         result.duplicate = False
         with self.store.transaction() as tx:
@@ -483,9 +471,9 @@ class VectorMemory:
             it = parse_record(record, format="native")
             result.status = self._learn(tx, tenant, index, answer.pk, it if answer.status == "answered" else
                                         replace(it, metadata={}), cands, vectors, report, status=answer.status)
-            generation = self.store.bump_generation(tx, tenant=tenant) if cands else seen
+            generation = self.store.bump_generation(tx, tenant=tenant) if cands else index.generation
         if cands:
-            self._keep_index(tenant, index, seen, generation)
+            self.indexes.committed(index, generation)
             self.checkpoint()
         result.experiences, result.merged, result.conflicts = report.experiences, report.merged, report.conflicts
         return result
@@ -493,8 +481,9 @@ class VectorMemory:
     # --- search -----------------------------------------------------------------------------
     def search(self, text: str, k: int = 5, *, tenant: str = "default", now: float | None = None) -> list[Hit]:
         """The `k` best experiences for a request: faiss candidates, Numba scoring, MMR diversity."""
-        index, _ = self._index(tenant)
-        if len(index) == 0 or k <= 0:
+        with self._lock:
+            empty = len(self.indexes.get(tenant)) == 0
+        if empty or k <= 0:
             return []
         _, body = self._embed_text(tenant, text)
         return self.search_vector(self.embedder.encode([body])[0], k, tenant=tenant, now=now)
@@ -503,7 +492,7 @@ class VectorMemory:
     def search_vector(self, xq: np.ndarray, k: int = 5, *, tenant: str = "default",
                       now: float | None = None) -> list[Hit]:
         """`search` for an already embedded request `xq` (float32, (d,))."""
-        index, _ = self._index(tenant)
+        index = self.indexes.get(tenant)
         if len(index) == 0 or k <= 0:
             return []
         cfg = self.config
@@ -527,7 +516,7 @@ class VectorMemory:
     @_serialized
     def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
         """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""
-        index, _ = self._index(tenant)
+        index = self.indexes.get(tenant)
         if len(index) == 0 or k <= 0:
             return []
         _, body = self._embed_text(tenant, text)
@@ -579,16 +568,16 @@ class VectorMemory:
             raise ValueError("forget needs id=, user= or tenant=")
         counts, changed = self.store.forget(experience_id=id, user=user, tenant=tenant, tally=self._tally)
         for t in changed:
-            self._indexes.pop(t, None)
+            self.indexes.invalidate(t)
             self._instructions.pop(t, None)
-            self._index(t)
+            self.indexes.get(t)
         self.save()
         return counts
 
     @_serialized
     def stats(self, tenant: str | None = None) -> Stats:
         tenants = [tenant] if tenant is not None else self.store.tenants()
-        indexes = {t: self._index(t)[0] for t in tenants}
+        indexes = {t: self.indexes.get(t) for t in tenants}
         return compute_stats(self.store.counts(tenant=tenant), indexes)
 
     def experiences(self, *, tenant: str = "default", sort: str = "utility", descending: bool = True,
@@ -638,82 +627,16 @@ class VectorMemory:
         """Back to the adapter active before (None: the base model)."""
         return self.store.rollback_adapter(tenant=tenant)
 
-    # --- index lifecycle --------------------------------------------------------------------
-    def _index_path(self, tenant: str) -> Path:
-        return self.home / "index" / hashlib.sha256(tenant.encode()).hexdigest()[:16]
-
-    @_serialized
-    def _index(self, tenant: str) -> tuple[Index, int]:
-        """The tenant's index, loaded from disk if it matches SQL's generation, else rebuilt from SQL."""
-        generation = self.store.generation(tenant=tenant)
-        cached = self._indexes.get(tenant)
-        if cached is not None and cached[1] == generation:
-            return cached
-        path = self._index_path(tenant)
-        index = None
-        try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            if meta["generation"] == generation and meta["d"] == self.d:
-                index = load_index(path.with_suffix(".idx"), meta["kind"], self.config)
-        except (OSError, ValueError, KeyError, RuntimeError):
-            index = None
-        if index is None:
-            index = self._rebuild(tenant)
-            self._saved[tenant] = (-1, float("-inf"))  # a rebuild is worth keeping: due at the next checkpoint
-        else:
-            self._saved[tenant] = (generation, time.monotonic())
-        self._indexes[tenant] = (index, generation)
-        return self._indexes[tenant]
-
-    def _rebuild(self, tenant: str) -> Index:
-        ids, xb = self.store.vectors(tenant=tenant, d=self.d)
-        index = make_index(choose_kind(len(ids), self.config), self.d, self.config)
-        if len(ids):
-            logger.info("rebuilding the %s index of tenant %r from %d stored vectors", index.kind, tenant, len(ids))
-            index.add(ids, xb)
-        return index
-
+    # --- index files (the cache in `index.cache` keeps them) --------------------------------
     @_serialized
     def save(self) -> None:
         """Write every loaded index whose contents changed since its file was written."""
-        for tenant in list(self._indexes):
-            self._save_tenant(tenant)
+        self.indexes.save()
 
     @_serialized
     def checkpoint(self) -> None:
-        """Write the loaded indexes that are due: `checkpoint_changes` writes or `checkpoint_seconds` since their
-        file was written. SQL holds every change; a file only spares the next process a rebuild, so a write
-        per change (a full copy of the index) would buy nothing but cost that grows with the memory."""
-        now, cfg = time.monotonic(), self.config
-        for tenant, (_, generation) in list(self._indexes.items()):
-            saved_generation, saved_at = self._saved.get(tenant, (generation, now))
-            if generation != saved_generation and (generation - saved_generation >= cfg.checkpoint_changes
-                                                   or now - saved_at >= cfg.checkpoint_seconds):
-                self._save_tenant(tenant)
-
-    def _save_tenant(self, tenant: str) -> None:
-        """Write one tenant's index file (switching to HNSW where the tenant outgrew flat)."""
-        index, generation = self._indexes[tenant]
-        want = choose_kind(len(index), self.config)
-        if want != index.kind:
-            index = self._rebuild(tenant)
-            self._indexes[tenant] = (index, generation)
-        path = self._index_path(tenant)
-        meta_path = path.with_suffix(".json")
-        try:
-            if json.loads(meta_path.read_text()).get("generation") == generation:
-                self._saved[tenant] = (generation, time.monotonic())
-                return
-        except (OSError, ValueError):
-            pass
-        tmp = path.with_suffix(".idx.tmp")
-        index.save(tmp)
-        os.replace(tmp, path.with_suffix(".idx"))
-        meta_tmp = path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps({"tenant": tenant, "generation": generation, "kind": index.kind,
-                                        "d": self.d, "n": len(index)}))
-        os.replace(meta_tmp, meta_path)
-        self._saved[tenant] = (generation, time.monotonic())
+        """Write the loaded indexes that are due (`MemoryConfig.checkpoint_changes` / `checkpoint_seconds`)."""
+        self.indexes.checkpoint()
 
     def _known_instructions(self, tenant: str) -> set[str]:
         if tenant not in self._instructions:

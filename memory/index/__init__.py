@@ -1,43 +1,74 @@
-"""Index backends behind one Protocol: `exact` (NumPy oracle), `flat` (faiss), `hnsw` (faiss, approximate)."""
+"""Index backends behind one Protocol, by kind: `exact` (NumPy oracle), `flat` (faiss), `hnsw` (faiss, approximate).
+
+The registry maps a kind to how to make an empty index and how to load a saved one. It knows nothing of
+`MemoryConfig`: a caller passes the settings a backend takes as keyword arguments (`m`, `ef_construction`,
+`ef_search`, `threads`), and a backend ignores those it has no use for.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..config import MemoryConfig
 from ..errors import ConfigError
 from .base import Index
 from .exact import ExactIndex
 from .faiss_index import FlatIndex, HNSWIndex, load_faiss
 
-KINDS = ("exact", "flat", "hnsw")
 
-__all__ = ["Index", "ExactIndex", "FlatIndex", "HNSWIndex", "KINDS", "make_index", "load_index", "choose_kind"]
+@dataclass(frozen=True)
+class Backend:
+    """How to make an empty index of one kind, and how to read one back from a file `save` wrote."""
 
-
-def choose_kind(n: int, config: MemoryConfig) -> str:
-    """The configured kind, or for `auto`: `flat` (exact) while small, `hnsw` past `approx_threshold`."""
-    if config.index_kind != "auto":
-        return config.index_kind
-    return "hnsw" if n > config.approx_threshold else "flat"
+    make: Callable[..., Index]  # (d, **settings) -> Index
+    load: Callable[..., Index]  # (path, **settings) -> Index
 
 
-def make_index(kind: str, d: int, config: MemoryConfig | None = None) -> Index:
-    config = config or MemoryConfig()
-    if kind == "exact":
-        return ExactIndex(d)
-    if kind == "flat":
-        return FlatIndex(d)
-    if kind == "hnsw":
-        return HNSWIndex(d, m=config.hnsw_m, ef_construction=config.hnsw_ef_construction,
-                         ef_search=config.hnsw_ef_search)
-    raise ConfigError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+_BACKENDS: dict[str, Backend] = {}
 
 
-def load_index(path: Path, kind: str, config: MemoryConfig | None = None) -> Index:
-    config = config or MemoryConfig()
-    if kind == "exact":
-        return ExactIndex.load(path)
-    if kind in ("flat", "hnsw"):
-        return load_faiss(path, kind, ef_search=config.hnsw_ef_search)
-    raise ConfigError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+def register(kind: str, backend: Backend) -> None:
+    """Make `kind` available to `make_index` and `load_index` (a later registration of a kind replaces it)."""
+    _BACKENDS[kind] = backend
+
+
+def kinds() -> tuple[str, ...]:
+    """The registered kinds, in registration order."""
+    return tuple(_BACKENDS)
+
+
+def _backend(kind: str) -> Backend:
+    try:
+        return _BACKENDS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown index kind {kind!r}; expected one of {', '.join(_BACKENDS)}") from None
+
+
+def make_index(kind: str, d: int, **settings: Any) -> Index:
+    """An empty index of `kind` over `d`-dimensional vectors."""
+    return _backend(kind).make(d, **settings)
+
+
+def load_index(path: Path, kind: str, **settings: Any) -> Index:
+    """The index of `kind` saved at `path`. Raises ValueError, KeyError or RuntimeError on a damaged file."""
+    return _backend(kind).load(path, **settings)
+
+
+def _make_hnsw(d: int, *, m: int = 32, ef_construction: int = 64, ef_search: int = 128, threads: int | None = None,
+               **_: Any) -> Index:
+    return HNSWIndex(d, m=m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
+
+
+register("exact", Backend(make=lambda d, **_: ExactIndex(d), load=lambda path, **_: ExactIndex.load(path)))
+register("flat", Backend(make=lambda d, *, threads=None, **_: FlatIndex(d, threads=threads),
+                         load=lambda path, *, threads=None, **_: load_faiss(path, "flat", threads=threads)))
+register("hnsw", Backend(make=_make_hnsw,
+                         load=lambda path, *, ef_search=128, threads=None, **_: load_faiss(
+                             path, "hnsw", ef_search=ef_search, threads=threads)))
+
+KINDS = kinds()  # the built-in kinds
+
+__all__ = ["Backend", "Index", "ExactIndex", "FlatIndex", "HNSWIndex", "KINDS", "kinds", "load_index", "make_index",
+           "register"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from logmem.memory import DimensionMismatchError, MemoryConfig
 from logmem.memory.errors import ConfigError
-from logmem.memory.index import KINDS, ExactIndex, Index, choose_kind, load_index, make_index
+from logmem.memory.index import KINDS, ExactIndex, Index, load_index, make_index
+from logmem.memory.index.cache import choose_kind, index_settings
 
 D_WIDTH = 16
 
@@ -200,11 +201,11 @@ def test_hnsw_recall_on_clustered_vectors() -> None:
 def test_hnsw_keeps_its_settings_through_save_and_load(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     config = MemoryConfig(hnsw_m=8, hnsw_ef_construction=40, hnsw_ef_search=77)
-    index = make_index("hnsw", 8, config)
+    index = make_index("hnsw", 8, **index_settings(config))
     index.add(np.arange(50), unit_rows(rng, 50, 8))
 
     index.save(tmp_path / "h")
-    loaded = load_index(tmp_path / "h", "hnsw", config)
+    loaded = load_index(tmp_path / "h", "hnsw", **index_settings(config))
 
     assert (loaded.m, loaded.ef_construction, loaded.ef_search) == (8, 40, 77)  # type: ignore[attr-defined]
 
@@ -236,3 +237,45 @@ def test_loading_a_truncated_file_raises(kind: str, error: type, pattern: str, t
 
     with pytest.raises(error, match=pattern):  # VectorMemory rebuilds from SQL on these errors
         load_index(tmp_path / "ix", kind)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_faiss_searches_on_the_configured_threads_and_sets_them_back(kind: str) -> None:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    index = make_index(kind, 8, **index_settings(MemoryConfig(search_threads=1)))
+    index.add(np.arange(50), unit_rows(rng, 50, 8))
+    seen: list[int] = []
+    inner = index._index  # type: ignore[attr-defined]
+
+    class Spy:  # the faiss index, reporting the OpenMP threads in force when it is searched
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        def search(self, xq: np.ndarray, k: int) -> object:
+            seen.append(faiss.omp_get_max_threads())
+            return inner.search(xq, k)
+
+    index._index = Spy()  # type: ignore[attr-defined]
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        index.search(unit_rows(rng, 1, 8), 3)
+        assert seen == [1]
+        assert faiss.omp_get_max_threads() == 2  # a batch elsewhere in this thread keeps its threads
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def test_the_registry_takes_a_new_kind(tmp_path: Path) -> None:
+    from logmem.memory.index import Backend, kinds, register
+
+    register("exact-copy", Backend(make=lambda d, **_: ExactIndex(d), load=lambda path, **_: ExactIndex.load(path)))
+    try:
+        index = make_index("exact-copy", 4, m=8, threads=1)  # settings it has no use for are ignored
+        assert isinstance(index, ExactIndex) and "exact-copy" in kinds()
+    finally:
+        from logmem.memory import index as registry
+
+        registry._BACKENDS.pop("exact-copy")

@@ -1,0 +1,218 @@
+"""One process's per-tenant indexes: which index each tenant has, the SQL generation it reflects, its file.
+
+SQL is the truth; an index is a disposable copy of a tenant's vectors that follows it. `TenantIndexes.get`
+hands out a tenant's index as of SQL's current generation: the one in memory when it is current, else the
+file under `<home>/index` when it is, else one rebuilt from the vectors in SQL. A write works on a
+`Pending` view (the index plus the vectors of the open transaction, which no search may see before they
+commit) and hands it to `committed` once its transaction has committed. Index files are written by
+`checkpoint` (every `checkpoint_changes` generations or `checkpoint_seconds`) and by `save`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..config import MemoryConfig
+from . import load_index, make_index
+from .base import Index, check_vectors
+from .exact import ExactIndex
+
+logger = logging.getLogger(__name__)
+
+
+class IndexSource(Protocol):
+    """What the cache reads from SQL (the `Store` meets it)."""
+
+    def generation(self, *, tenant: str) -> int: ...
+
+    def vectors(self, *, tenant: str, d: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def choose_kind(n: int, config: MemoryConfig) -> str:
+    """The configured kind, or for `auto`: `flat` (exact) while small, `hnsw` past `approx_threshold`."""
+    if config.index_kind != "auto":
+        return config.index_kind
+    return "hnsw" if n > config.approx_threshold else "flat"
+
+
+def index_settings(config: MemoryConfig) -> dict[str, Any]:
+    """The registry's keyword settings from a config (each backend takes those it knows)."""
+    return {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search,
+            "threads": config.search_threads}
+
+
+def file_key(tenant: str) -> str:
+    """The name of a tenant's index files (a hash: tenant names may hold any character)."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:16]
+
+
+class Pending:
+    """A tenant's index as one open transaction sees it: the committed index plus the vectors this
+    transaction added. Searches merge both; the committed index is not changed until `TenantIndexes.committed`."""
+
+    def __init__(self, tenant: str, index: Index, generation: int) -> None:
+        self.tenant, self.index, self.generation = tenant, index, generation  # generation: what `index` reflects
+        self.d = index.d
+        self.new = ExactIndex(index.d)
+
+    def add(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        self.new.add(ids, xb)
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best `k` of the committed index and the new vectors (shapes as `Index.search`)."""
+        D, I = self.index.search(xq, k)
+        if len(self.new) == 0:
+            return D, I
+        D2, I2 = self.new.search(xq, k)
+        D, I = np.hstack([D, D2]), np.hstack([I, I2])
+        order = np.argsort(-D, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+
+    def added(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids (int64, (n,)) and vectors (float32, (n, d)) this transaction added."""
+        return self.new._ids, self.new._xb
+
+
+class TenantIndexes:
+    """The per-tenant index cache of one process. Not thread-safe: `VectorMemory` calls it under its lock.
+
+    Args:
+        folder: where the index files go (one `.idx` and one `.json` per tenant).
+        d: the vectors' width.
+        config: the index kind, its settings, and the checkpoint policy.
+        source: SQL, read for generations and vectors.
+    """
+
+    def __init__(self, folder: Path, *, d: int, config: MemoryConfig, source: IndexSource) -> None:
+        self.folder, self.d, self.config, self.source = Path(folder), d, config, source
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._indexes: dict[str, tuple[Index, int]] = {}  # tenant -> (index, generation it reflects)
+        self._saved: dict[str, tuple[int, float]] = {}  # tenant -> (generation, monotonic time) of its file
+        self.rebuilds = 0  # indexes built from all of a tenant's vectors in SQL
+
+    # --- reading --------------------------------------------------------------------------
+    def get(self, tenant: str) -> Index:
+        """The tenant's index as of SQL's current generation."""
+        return self.current(tenant)[0]
+
+    def current(self, tenant: str) -> tuple[Index, int]:
+        """(index, generation) for the tenant: kept in memory if current, else loaded from its file if that
+        is, else rebuilt from SQL."""
+        generation = self.source.generation(tenant=tenant)
+        cached = self._indexes.get(tenant)
+        if cached is not None and cached[1] == generation:
+            return cached
+        index = self._load(tenant, generation)
+        if index is None:
+            index = self._rebuild(tenant)
+            self._saved[tenant] = (-1, float("-inf"))  # a rebuild is worth keeping: due at the next checkpoint
+        else:
+            self._saved[tenant] = (generation, time.monotonic())
+        self._indexes[tenant] = (index, generation)
+        return self._indexes[tenant]
+
+    def loaded(self) -> dict[str, Index]:
+        """The indexes this process holds now, by tenant (whatever their generation)."""
+        return {t: ix for t, (ix, _) in self._indexes.items()}
+
+    def saved_generation(self, tenant: str) -> int | None:
+        """The generation of the tenant's file as this process last wrote or read it (None: neither)."""
+        saved = self._saved.get(tenant)
+        return saved[0] if saved is not None else None
+
+    # --- writing --------------------------------------------------------------------------
+    def pending(self, tenant: str) -> Pending:
+        """A view of the tenant's current index for one write transaction (see `Pending`)."""
+        index, generation = self.current(tenant)
+        return Pending(tenant, index, generation)
+
+    def committed(self, pending: Pending, generation: int) -> None:
+        """The transaction of `pending` committed as the tenant's `generation`: keep its vectors in the index
+        when nothing else changed the tenant since the view was taken, else follow SQL on the next `get`."""
+        cached = self._indexes.get(pending.tenant)
+        if generation == pending.generation:  # the transaction changed no vectors
+            return
+        if cached is not None and cached[1] == pending.generation and generation == pending.generation + 1:
+            ids, xb = pending.added()
+            if len(ids):
+                cached[0].add(ids, xb)
+            self._indexes[pending.tenant] = (cached[0], generation)
+        else:
+            self.invalidate(pending.tenant)
+
+    def invalidate(self, tenant: str) -> None:
+        """Forget the tenant's index in this process (the next `get` follows SQL)."""
+        self._indexes.pop(tenant, None)
+
+    # --- files ----------------------------------------------------------------------------
+    def path(self, tenant: str) -> Path:
+        """The tenant's index file (its metadata beside it, with the suffix `.json`)."""
+        return self.folder / f"{file_key(tenant)}.idx"
+
+    def save(self) -> None:
+        """Write every loaded index whose contents changed since its file was written."""
+        for tenant in list(self._indexes):
+            self.write(tenant)
+
+    def checkpoint(self) -> None:
+        """Write the loaded indexes that are due: `checkpoint_changes` writes or `checkpoint_seconds` since their
+        file was written. SQL holds every change; a file only spares the next process a rebuild, so a write
+        per change (a full copy of the index) would buy nothing but cost that grows with the memory."""
+        now, cfg = time.monotonic(), self.config
+        for tenant, (_, generation) in list(self._indexes.items()):
+            saved_generation, saved_at = self._saved.get(tenant, (generation, now))
+            if generation != saved_generation and (generation - saved_generation >= cfg.checkpoint_changes
+                                                   or now - saved_at >= cfg.checkpoint_seconds):
+                self.write(tenant)
+
+    def write(self, tenant: str, *, force: bool = False) -> None:
+        """Write one tenant's index file (switching to HNSW where the tenant outgrew flat); skipped when the
+        file already holds this generation, unless `force`."""
+        index, generation = self._indexes[tenant]
+        if choose_kind(len(index), self.config) != index.kind:
+            index = self._rebuild(tenant)
+            self._indexes[tenant] = (index, generation)
+        path = self.path(tenant)
+        meta_path = path.with_suffix(".json")
+        try:
+            if not force and json.loads(meta_path.read_text()).get("generation") == generation:
+                self._saved[tenant] = (generation, time.monotonic())
+                return
+        except (OSError, ValueError):
+            pass
+        tmp = path.with_suffix(".idx.tmp")
+        index.save(tmp)
+        os.replace(tmp, path)
+        meta_tmp = path.with_suffix(".json.tmp")
+        meta_tmp.write_text(json.dumps({"tenant": tenant, "generation": generation, "kind": index.kind,
+                                        "d": self.d, "n": len(index)}))
+        os.replace(meta_tmp, meta_path)
+        self._saved[tenant] = (generation, time.monotonic())
+
+    def _load(self, tenant: str, generation: int) -> Index | None:
+        """The tenant's file if it holds `generation`, else None (missing, damaged or stale)."""
+        path = self.path(tenant)
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            if meta["generation"] == generation and meta["d"] == self.d:
+                return load_index(path, meta["kind"], **index_settings(self.config))
+        except (OSError, ValueError, KeyError, RuntimeError):
+            pass
+        return None
+
+    def _rebuild(self, tenant: str) -> Index:
+        ids, xb = self.source.vectors(tenant=tenant, d=self.d)
+        index = make_index(choose_kind(len(ids), self.config), self.d, **index_settings(self.config))
+        self.rebuilds += 1
+        if len(ids):
+            logger.info("rebuilding the %s index of tenant %r from %d stored vectors", index.kind, tenant, len(ids))
+            index.add(ids, check_vectors(xb, self.d, "xb"))
+        return index
