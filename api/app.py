@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deps import GenerationLimit
 from .metrics import Message, Metrics, Scope
-from .routes import chat, consolidation, health, interactions, memory
+from .routes import chat, consolidation, health, inspector, inspector_api, interactions, memory
 from .runtime import Runtime
 from .settings import Settings
 
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.metrics = metrics = Metrics(runtime)
     app.state.generation_limit = GenerationLimit(runtime.settings.max_concurrent)
     for router in (chat.router, interactions.router, memory.router, consolidation.jobs, consolidation.adapters,
-                   health.router):
+                   health.router, inspector_api.router, inspector.router):
         app.include_router(router)
     _handle_errors(app)
     app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes)

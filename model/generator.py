@@ -75,6 +75,13 @@ class MemoryGenerator:
     def _condition(self, hits: Sequence[Hit]) -> Conditioning:
         return select(hits, self.tokenizer, self.gen_config)
 
+    def prompt_for(self, messages: Messages, *, tenant: str | None = None) -> tuple[list[Hit], Conditioning, str]:
+        """What `chat` would put before the model for `messages`, without generating: every retrieved hit (in the
+        memory's MMR order), the conditioning that fits the budgets, and the exact prompt text."""
+        hits = self.retrieve(_last_user(messages), tenant=tenant or self.tenant)
+        cond = self._condition(hits)
+        return hits, cond, self._prompt(messages, cond)
+
     # --- drop-in generate ---------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
@@ -140,9 +147,8 @@ class MemoryGenerator:
                 self.memory.follow_up(messages, tenant=tenant)
         started, prompts, conds, retrieval_ms = time.perf_counter(), [], [], []
         for messages in conversations:
-            query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             t0 = time.perf_counter()
-            hits = self.retrieve(query, tenant=tenant)
+            hits = self.retrieve(_last_user(messages), tenant=tenant)
             retrieval_ms.append((time.perf_counter() - t0) * 1e3)
             conds.append(self._condition(hits))
             prompts.append(self._prompt(messages, conds[-1]))
@@ -242,3 +248,8 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     """`text` up to the first of the `stop` strings."""
     ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return text[:min(ends)].rstrip() if ends else text
+
+
+def _last_user(messages: Messages) -> str:
+    """The last user message's text (what retrieval searches for)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

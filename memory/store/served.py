@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -119,14 +119,19 @@ class AnswerStore(StoreBase):
             return {k: int(n) for k, n in s.execute(stmt).all()}
 
     def experience_page(self, *, tenant: str, sort: str, descending: bool, limit: int,
-                        offset: int) -> tuple[int, list[int]]:
-        """(total, ids of one page) of the tenant's experiences ordered by `sort` (utility, uses, support, age, id)."""
+                        offset: int, contains: str | None = None) -> tuple[int, list[int]]:
+        """(total, ids of one page) of the tenant's experiences ordered by `sort` (utility, uses, support, age, id);
+        with `contains`, only those whose trigger, response, lesson or rejected answer holds that text (any case)."""
         utility = ExperienceRow.alpha / (ExperienceRow.alpha + ExperienceRow.beta)
         key = {"utility": utility, "uses": ExperienceRow.uses, "support": ExperienceRow.support,
                "age": -ExperienceRow.last_seen_at, "id": ExperienceRow.id}[sort]
         order = key.desc() if descending else key.asc()
+        where = [ExperienceRow.tenant == tenant]
+        if contains:
+            where.append(or_(*(column.icontains(contains, autoescape=True) for column in (
+                ExperienceRow.trigger, ExperienceRow.response, ExperienceRow.lesson, ExperienceRow.rejected))))
         with Session(self.engine) as s:
-            total = s.scalar(select(func.count()).select_from(ExperienceRow).where(ExperienceRow.tenant == tenant))
-            ids = list(s.scalars(select(ExperienceRow.id).where(ExperienceRow.tenant == tenant)
+            total = s.scalar(select(func.count()).select_from(ExperienceRow).where(*where))
+            ids = list(s.scalars(select(ExperienceRow.id).where(*where)
                                  .order_by(order, ExperienceRow.id).limit(limit).offset(offset)))
         return int(total or 0), ids

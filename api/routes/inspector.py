@@ -1,0 +1,38 @@
+"""The inspector page at `/`: static HTML, CSS and JavaScript shipped in the package (no build step, nothing
+fetched from elsewhere), under a strict Content-Security-Policy. The page holds no data; it calls the /v1 API
+with the key its user types, as any client does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+router = APIRouter(include_in_schema=False)
+FILES = Path(__file__).resolve().parent.parent / "inspector"
+MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8"}
+ASSET = re.compile(r"[a-z][a-z0-9-]*\.(js|css)")
+# Only this origin's own files, no inline script or style, no plugins, never framed; user text is shown as text
+# by the page's code (textContent), and this policy is the second line should that ever slip.
+POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+          "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+HEADERS = {"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+           "X-Frame-Options": "DENY", "Cache-Control": "no-cache"}
+
+
+@router.get("/")
+def page() -> FileResponse:
+    """The inspector."""
+    return FileResponse(FILES / "index.html", media_type=MEDIA[".html"], headers=HEADERS)
+
+
+@router.get("/inspector/{name}")
+def asset(name: str) -> FileResponse:
+    """One of the page's scripts or style sheets (by plain name only: no path reaches outside the folder)."""
+    path = FILES / name
+    if not ASSET.fullmatch(name) or not path.is_file():
+        raise HTTPException(404, f"no inspector file {name!r}")
+    return FileResponse(path, media_type=MEDIA[path.suffix], headers=HEADERS)

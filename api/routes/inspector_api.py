@@ -1,0 +1,103 @@
+"""The routes the inspector page needs beyond the rest of the API, each scoped to the caller's tenant like every
+/v1 route: served answers newest first, activity over time, a text filter over the experiences, an experience's
+history, the prompt a request would get, an answer without memory, the users."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from logmem.memory.store import AnswerData
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import CallerDep, RuntimeDep
+from ..inspector_schemas import (
+    ActivityOut,
+    AnswerPage,
+    BaselineIn,
+    BaselineOut,
+    ExperienceHistory,
+    PromptOut,
+    UserOut,
+)
+from ..runtime import turn_view
+from ..schemas import ErrorOut, ExperiencePage
+from .consolidation import _adapter
+from .memory import _experience
+
+router = APIRouter(prefix="/v1", tags=["inspector"])
+Sort = Literal["utility", "uses", "support", "age", "id"]
+
+
+@router.get("/interactions", response_model=AnswerPage)
+def list_answers(runtime: RuntimeDep, caller: CallerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                 offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
+    """The caller's served answers, newest first, with the feedback each got (judge one through its feedback)."""
+    total, page = runtime.answers_page(caller, limit=limit, offset=offset)
+    return {"total": total, "limit": limit, "offset": offset, "data": [_answer(a) for a in page]}
+
+
+@router.get("/memory/activity", response_model=ActivityOut)
+def activity(runtime: RuntimeDep, caller: CallerDep, days: Annotated[int, Query(ge=1, le=366)] = 30,
+             bins: Annotated[int, Query(ge=1, le=100)] = 10) -> Any:
+    """Answers and feedback events per UTC day over the last `days`, and the distribution of utility."""
+    return runtime.activity(caller, days=days, bins=bins)
+
+
+@router.get("/memory/find", response_model=ExperiencePage)
+def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[str, Query(min_length=1, max_length=1_000)],
+         sort: Sort = "utility", order: Literal["desc", "asc"] = "desc",
+         limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
+    """One page of the caller's experiences whose trigger, response, lesson or rejected answer holds `text`."""
+    total, page = runtime.find_experiences(caller, text, sort=sort, descending=order == "desc", limit=limit,
+                                           offset=offset)
+    return {"total": total, "limit": limit, "offset": offset, "data": [_experience(e) for e in page]}
+
+
+@router.get("/memory/experiences/{experience_id}/history", response_model=ExperienceHistory,
+            responses={404: {"model": ErrorOut}})
+def history(experience_id: Annotated[int, Path(ge=1, le=2**63 - 1)], runtime: RuntimeDep, caller: CallerDep) -> Any:
+    """An experience, the judged interactions it conditioned (with their outcomes), the adapters trained on it."""
+    found, uses, adapters = runtime.experience_history(caller, experience_id)
+    return {"experience": _experience(found), "uses": uses, "adapters": [_adapter(a) for a in adapters]}
+
+
+@router.get("/memory/prompt", response_model=PromptOut)
+async def prompt(runtime: RuntimeDep, caller: CallerDep,
+                 q: Annotated[str, Query(min_length=1, max_length=20_000)]) -> Any:
+    """What answering `q` would put before the model, generating nothing: the hits retrieval found with their
+    score parts and MMR rank (and which fit the prompt), and the exact prompt."""
+    hits, cond, text, tokens = await run_in_threadpool(runtime.preview, caller, q)
+    used = {h.id for h in cond.experiences}
+    return {"hits": [{"rank": rank, "in_prompt": h.id in used, "id": h.id, "score": h.score, "sim": h.sim,
+                      "util": h.util, "rec": h.rec, "cos": h.cos, "utility": h.utility, "trigger": h.trigger,
+                      "response": h.response, "lesson": h.lesson, "support": h.support}
+                     for rank, h in enumerate(hits, start=1)],
+            "prompt": text, "prompt_tokens": tokens, "memory_tokens": cond.memory_tokens, "lessons": cond.lessons}
+
+
+@router.post("/memory/baseline", response_model=BaselineOut, responses={429: {"model": ErrorOut}})
+async def baseline(body: BaselineIn, request: Request, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    """The served model's answer to `q` (with the caller's active adapter) with no memory in its prompt: what the
+    memory adds, seen side by side with a chat completion. Nothing is logged."""
+    if body.max_tokens > runtime.settings.max_tokens:
+        raise HTTPException(422, f"max_tokens: at most {runtime.settings.max_tokens}")
+    with request.app.state.generation_limit.slot(caller):
+        answer = await run_in_threadpool(lambda: runtime.chat(
+            caller, [{"role": "user", "content": body.q}], max_tokens=body.max_tokens, use_memory=False))
+    reply = answer.reply
+    return {"text": reply.text, "adapter": answer.adapter, "completion_tokens": answer.completion_tokens,
+            "finish_reason": answer.finish_reason, "prompt": reply.prompt, "model_ms": reply.model_ms}
+
+
+@router.get("/memory/users", response_model=list[UserOut])
+def users(runtime: RuntimeDep, caller: CallerDep) -> Any:
+    """The caller's users (named by an interaction or an experience), most recently seen first."""
+    return [vars(u) for u in runtime.users(caller)]
+
+
+def _answer(answer: AnswerData) -> dict[str, Any]:
+    return {"id": answer.id, "user": answer.user, "status": answer.status,
+            **turn_view(answer.record, int(answer.served["turn"])), "adapter": answer.adapter,
+            "experiences": [int(e["id"]) for e in answer.served.get("experiences", [])],
+            "chosen_by": answer.served.get("chosen_by"), "answered_at": answer.answered_at}
