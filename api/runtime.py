@@ -80,9 +80,7 @@ class Runtime:
 
         s = self.settings
         embedder = self._embedder or default_embedder(path=s.embedder, home=s.home, runtime=s.embedder_runtime)
-        memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
-        memory.store.key_cache_seconds = s.key_cache_seconds
-        return memory
+        return VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
 
     @property
     def store(self) -> Store:
