@@ -80,7 +80,9 @@ class Runtime:
 
         s = self.settings
         embedder = self._embedder or default_embedder(path=s.embedder, home=s.home, runtime=s.embedder_runtime)
-        return VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
+        memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
+        memory.store.key_cache_seconds = s.key_cache_seconds
+        return memory
 
     @property
     def store(self) -> Store:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     # The service: keys and limits
     admin_key: SecretStr | None = None  # acts for any tenant it names (also `logmem keys create --admin`)
+    # a live key is trusted this long without asking SQL again; a key revoked by another process (the CLI)
+    # stops working within it, one revoked through this server at once (0: look every key up every request)
+    key_cache_seconds: float = Field(default=2.0, ge=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)  # larger request bodies get 413
     max_messages: int = Field(default=64, ge=1)  # messages per chat request
     max_k: int = Field(default=50, ge=1)  # experiences per search

@@ -40,6 +40,13 @@ def hash_key(key: str) -> str:
 
 
 class KeyStore(StoreBase):
+    # A key found live is trusted for this long without asking SQL again: the lookup is most of what
+    # authenticating costs a request. Revoking through this store drops the cache at once; a revocation made
+    # by another process takes effect here within this many seconds. 0 asks SQL on every call.
+    key_cache_seconds: float = 2.0
+    KEY_CACHE_SIZE = 4096  # live keys remembered at most (only live ones: a wrong key is never cached)
+    _key_cache: dict[str, tuple[float, KeyData]] | None = None
+
     def create_key(self, *, tenant: str | None, admin: bool = False, name: str | None = None) -> tuple[str, KeyData]:
         """A new random key for `tenant` (or an admin key); returns (the key, shown once, and its record)."""
         if (tenant is None) != admin:
@@ -53,13 +60,25 @@ class KeyStore(StoreBase):
             return key, _key(row)
 
     def key_for(self, key: str) -> KeyData | None:
-        """The live (not revoked) key record of `key`, or None."""
+        """The live (not revoked) key record of `key`, or None (see `key_cache_seconds`)."""
+        digest, now = hash_key(key), time.monotonic()
+        if self._key_cache is None:
+            self._key_cache = {}
+        cached = self._key_cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         keys = ApiKeyRow.__table__
-        with self.engine.connect() as conn:  # every request asks: a Core read, no ORM session
-            row = conn.execute(select(keys).where(keys.c.key_hash == hash_key(key),
-                                                  keys.c.revoked_at.is_(None))).first()
-        return KeyData(row.id, row.prefix, row.tenant, bool(row.admin), row.name, row.created_at,
-                       row.revoked_at) if row is not None else None
+        with self.engine.connect() as conn:  # every request may ask: a Core read, no ORM session
+            row = conn.execute(select(keys).where(keys.c.key_hash == digest, keys.c.revoked_at.is_(None))).first()
+        if row is None:
+            self._key_cache.pop(digest, None)
+            return None
+        found = KeyData(row.id, row.prefix, row.tenant, bool(row.admin), row.name, row.created_at, row.revoked_at)
+        if self.key_cache_seconds > 0:
+            if len(self._key_cache) >= self.KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            self._key_cache[digest] = (now + self.key_cache_seconds, found)
+        return found
 
     def keys(self, *, tenant: str | None = None) -> list[KeyData]:
         stmt = select(ApiKeyRow).order_by(ApiKeyRow.id)
@@ -72,6 +91,7 @@ class KeyStore(StoreBase):
         with self.transaction() as tx:
             done = _rowcount(tx.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
                                         .values(revoked_at=time.time()).execution_options(synchronize_session=False)))
+        self._key_cache = None  # here, a revoked key stops working at once
         if not done:
             raise NotFoundError(f"no live API key {key_id}")
 
