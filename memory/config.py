@@ -53,6 +53,10 @@ class MemoryConfig:
     # Index files (SQL is the truth; a file spares the next process a rebuild)
     checkpoint_changes: int = 64  # a tenant's index file is rewritten after this many writes to its vectors ...
     checkpoint_seconds: float = 300.0  # ... or when it is this old and changed (and always on close)
+    # SQL logs which experience ids each generation added or removed; a process follows by applying them. The
+    # log keeps a tenant's last this many generations (trimmed when a file is written); a process further behind
+    # rebuilds from SQL instead.
+    change_log_generations: int = 10_000
 
     def __post_init__(self) -> None:
         for name in ("w_sim", "w_util", "w_rec"):
@@ -76,6 +80,7 @@ class MemoryConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("checkpoint_changes", self.checkpoint_changes >= 1, ">= 1"),
             ("checkpoint_seconds", self.checkpoint_seconds >= 0, ">= 0"),
+            ("change_log_generations", self.change_log_generations >= 1, ">= 1"),
         ]
         if self.index_kind not in ("auto", "exact", "flat", "hnsw"):
             raise ConfigError(f"MemoryConfig.index_kind must be auto, exact, flat or hnsw, got {self.index_kind!r}")

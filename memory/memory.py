@@ -262,7 +262,7 @@ class VectorMemory:
                 pk = self.store.add_interaction(tx, record=it.to_json(), status="filtered")
                 report.stored += 1
                 self._learn(tx, tenant, index, pk, it, cands[ext_id], vectors, report)
-            generation = self.store.bump_generation(tx, tenant=tenant)
+            generation = self.store.bump_generation(tx, tenant=tenant, added=index.added()[0])
         self.indexes.committed(index, generation)
 
     def _learn(self, tx: Tx, tenant: str, index: Pending, pk: int, it: Interaction, cands: Sequence[Candidate],
@@ -471,7 +471,8 @@ class VectorMemory:
             it = parse_record(record, format="native")
             result.status = self._learn(tx, tenant, index, answer.pk, it if answer.status == "answered" else
                                         replace(it, metadata={}), cands, vectors, report, status=answer.status)
-            generation = self.store.bump_generation(tx, tenant=tenant) if cands else index.generation
+            generation = (self.store.bump_generation(tx, tenant=tenant, added=index.added()[0]) if cands
+                          else index.generation)
         if cands:
             self.indexes.committed(index, generation)
             self.checkpoint()
@@ -562,13 +563,12 @@ class VectorMemory:
     def forget(self, *, id: int | None = None, user: str | None = None, tenant: str | None = None) -> dict[str, int]:
         """Remove an experience, all of a user's data, or a whole tenant: rows, vectors and text.
 
-        The affected tenants' index files are rewritten from what remains in SQL.
+        The affected tenants' indexes follow SQL (the removed ids come out); their files are rewritten.
         """
         if id is None and user is None and tenant is None:
             raise ValueError("forget needs id=, user= or tenant=")
         counts, changed = self.store.forget(experience_id=id, user=user, tenant=tenant, tally=self._tally)
         for t in changed:
-            self.indexes.invalidate(t)
             self._instructions.pop(t, None)
             self.indexes.get(t)
         self.save()

@@ -1,11 +1,14 @@
 """One process's per-tenant indexes: which index each tenant has, the SQL generation it reflects, its file.
 
 SQL is the truth; an index is a disposable copy of a tenant's vectors that follows it. `TenantIndexes.get`
-hands out a tenant's index as of SQL's current generation: the one in memory when it is current, else the
-file under `<home>/index` when it is, else one rebuilt from the vectors in SQL. A write works on a
-`Pending` view (the index plus the vectors of the open transaction, which no search may see before they
-commit) and hands it to `committed` once its transaction has committed. Index files are written by
-`checkpoint` (every `checkpoint_changes` generations or `checkpoint_seconds`) and by `save`.
+hands out a tenant's index as of SQL's current generation: the one in memory, or else the file under
+`<home>/index`, brought forward by the changes SQL logged since its generation (the store's change log);
+an index is rebuilt from all of the tenant's vectors only when it must be (no usable file, the log
+truncated past it, or the kind switched). A write works on a `Pending` view (the index plus the vectors
+of the open transaction, which no search may see before they commit) and hands it to `committed` once its
+transaction has committed. Index files are written by `checkpoint` (every `checkpoint_changes`
+generations or `checkpoint_seconds`) and by `save`; a file write also trims the change log to the last
+`change_log_generations` generations.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -24,6 +27,9 @@ from ..config import MemoryConfig
 from . import load_index, make_index
 from .base import Index, check_vectors
 from .exact import ExactIndex
+
+if TYPE_CHECKING:
+    from ..store.changes import Delta
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +39,11 @@ class IndexSource(Protocol):
 
     def generation(self, *, tenant: str) -> int: ...
 
-    def vectors(self, *, tenant: str, d: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def snapshot(self, *, tenant: str, d: int) -> tuple[int, np.ndarray, np.ndarray]: ...
+
+    def changes(self, *, tenant: str, after: int, d: int) -> Delta | None: ...
+
+    def truncate_changes(self, *, tenant: str, keep: int) -> int: ...
 
 
 def choose_kind(n: int, config: MemoryConfig) -> str:
@@ -61,10 +71,14 @@ class Pending:
     def __init__(self, tenant: str, index: Index, generation: int) -> None:
         self.tenant, self.index, self.generation = tenant, index, generation  # generation: what `index` reflects
         self.d = index.d
-        self.new = ExactIndex(index.d)
+        self.new = ExactIndex(index.d)  # what this transaction added, searched exactly (a batch's worth)
+        self._ids: list[np.ndarray] = []
+        self._xb: list[np.ndarray] = []
 
     def add(self, ids: np.ndarray, xb: np.ndarray) -> None:
         self.new.add(ids, xb)
+        self._ids.append(np.asarray(ids, dtype=np.int64).reshape(-1))
+        self._xb.append(check_vectors(xb, self.d, "xb"))
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best `k` of the committed index and the new vectors (shapes as `Index.search`)."""
@@ -78,7 +92,9 @@ class Pending:
 
     def added(self) -> tuple[np.ndarray, np.ndarray]:
         """The ids (int64, (n,)) and vectors (float32, (n, d)) this transaction added."""
-        return self.new._ids, self.new._xb
+        if not self._ids:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.d), dtype=np.float32)
+        return np.concatenate(self._ids), np.vstack(self._xb)
 
 
 class TenantIndexes:
@@ -97,6 +113,7 @@ class TenantIndexes:
         self._indexes: dict[str, tuple[Index, int]] = {}  # tenant -> (index, generation it reflects)
         self._saved: dict[str, tuple[int, float]] = {}  # tenant -> (generation, monotonic time) of its file
         self.rebuilds = 0  # indexes built from all of a tenant's vectors in SQL
+        self.follows = 0  # deltas from the change log applied to an index
 
     # --- reading --------------------------------------------------------------------------
     def get(self, tenant: str) -> Index:
@@ -104,20 +121,23 @@ class TenantIndexes:
         return self.current(tenant)[0]
 
     def current(self, tenant: str) -> tuple[Index, int]:
-        """(index, generation) for the tenant: kept in memory if current, else loaded from its file if that
-        is, else rebuilt from SQL."""
+        """(index, generation) for the tenant at SQL's generation: the one in memory or the tenant's file,
+        brought forward by the logged changes; rebuilt from SQL when neither can be."""
         generation = self.source.generation(tenant=tenant)
         cached = self._indexes.get(tenant)
         if cached is not None and cached[1] == generation:
             return cached
-        index = self._load(tenant, generation)
-        if index is None:
-            index = self._rebuild(tenant)
+        found = self._follow(tenant, *cached) if cached is not None and cached[1] < generation else None
+        if found is None:
+            loaded = self._load(tenant, generation)
+            if loaded is not None:
+                self._saved[tenant] = (loaded[1], time.monotonic())
+                found = loaded if loaded[1] == generation else self._follow(tenant, *loaded)
+        if found is None:
+            found = self._rebuild(tenant)
             self._saved[tenant] = (-1, float("-inf"))  # a rebuild is worth keeping: due at the next checkpoint
-        else:
-            self._saved[tenant] = (generation, time.monotonic())
-        self._indexes[tenant] = (index, generation)
-        return self._indexes[tenant]
+        self._indexes[tenant] = found
+        return found
 
     def loaded(self) -> dict[str, Index]:
         """The indexes this process holds now, by tenant (whatever their generation)."""
@@ -135,18 +155,15 @@ class TenantIndexes:
         return Pending(tenant, index, generation)
 
     def committed(self, pending: Pending, generation: int) -> None:
-        """The transaction of `pending` committed as the tenant's `generation`: keep its vectors in the index
-        when nothing else changed the tenant since the view was taken, else follow SQL on the next `get`."""
+        """The transaction of `pending` committed as the tenant's `generation`: its vectors go into the index
+        when it directly follows the view's generation. Otherwise another process committed in between and
+        the next `get` applies the log from the view's generation, this transaction's changes included."""
         cached = self._indexes.get(pending.tenant)
-        if generation == pending.generation:  # the transaction changed no vectors
-            return
         if cached is not None and cached[1] == pending.generation and generation == pending.generation + 1:
             ids, xb = pending.added()
             if len(ids):
                 cached[0].add(ids, xb)
             self._indexes[pending.tenant] = (cached[0], generation)
-        else:
-            self.invalidate(pending.tenant)
 
     def invalidate(self, tenant: str) -> None:
         """Forget the tenant's index in this process (the next `get` follows SQL)."""
@@ -178,8 +195,7 @@ class TenantIndexes:
         file already holds this generation, unless `force`."""
         index, generation = self._indexes[tenant]
         if choose_kind(len(index), self.config) != index.kind:
-            index = self._rebuild(tenant)
-            self._indexes[tenant] = (index, generation)
+            index, generation = self._indexes[tenant] = self._rebuild(tenant)
         path = self.path(tenant)
         meta_path = path.with_suffix(".json")
         try:
@@ -196,23 +212,41 @@ class TenantIndexes:
                                         "d": self.d, "n": len(index)}))
         os.replace(meta_tmp, meta_path)
         self._saved[tenant] = (generation, time.monotonic())
+        self.source.truncate_changes(tenant=tenant, keep=self.config.change_log_generations)
 
-    def _load(self, tenant: str, generation: int) -> Index | None:
-        """The tenant's file if it holds `generation`, else None (missing, damaged or stale)."""
+    def _load(self, tenant: str, generation: int) -> tuple[Index, int] | None:
+        """(index, its generation) from the tenant's file, or None when it is missing or damaged, is of another
+        kind than the configured one, or holds a generation SQL never reached (another database's file)."""
         path = self.path(tenant)
         try:
             meta = json.loads(path.with_suffix(".json").read_text())
-            if meta["generation"] == generation and meta["d"] == self.d:
-                return load_index(path, meta["kind"], **index_settings(self.config))
-        except (OSError, ValueError, KeyError, RuntimeError):
+            kind, at = meta["kind"], int(meta["generation"])
+            if at <= generation and meta["d"] == self.d and self.config.index_kind in ("auto", kind):
+                return load_index(path, kind, **index_settings(self.config)), at
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError):
             pass
         return None
 
-    def _rebuild(self, tenant: str) -> Index:
-        ids, xb = self.source.vectors(tenant=tenant, d=self.d)
+    def _follow(self, tenant: str, index: Index, at: int) -> tuple[Index, int] | None:
+        """`index` (at generation `at`) brought to SQL's generation by the logged changes, or None when the log
+        no longer reaches back to `at`."""
+        delta = self.source.changes(tenant=tenant, after=at, d=self.d)
+        if delta is None:
+            return None
+        if len(delta.removed):
+            index.remove(delta.removed)
+        if len(delta.ids):
+            index.add(delta.ids, delta.xb)
+        self.follows += 1
+        logger.debug("tenant %r: index followed from generation %d to %d (+%d, -%d)", tenant, at, delta.generation,
+                     len(delta.ids), len(delta.removed))
+        return index, delta.generation
+
+    def _rebuild(self, tenant: str) -> tuple[Index, int]:
+        generation, ids, xb = self.source.snapshot(tenant=tenant, d=self.d)
         index = make_index(choose_kind(len(ids), self.config), self.d, **index_settings(self.config))
         self.rebuilds += 1
         if len(ids):
             logger.info("rebuilding the %s index of tenant %r from %d stored vectors", index.kind, tenant, len(ids))
             index.add(ids, check_vectors(xb, self.d, "xb"))
-        return index
+        return index, generation

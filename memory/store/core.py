@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, StoreError
 from .adapters import AdapterStore
+from .changes import ChangeLog
 from .jobs import JobStore
 from .keys import KeyStore
 from .records import ExperienceData, _created_locked, _data, _locked, _rowcount
@@ -45,7 +46,7 @@ Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> t
 Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
 
 
-class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
+class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
     """Repository over the SQL database. Write methods take the open transaction `tx` first."""
 
     # --- meta -------------------------------------------------------------------------------
@@ -267,11 +268,15 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
                                                                    InstructionRow.count >= min_count)))
 
     # --- index state ------------------------------------------------------------------------
-    def bump_generation(self, tx: Session, *, tenant: str) -> int:
-        """Count one more change to the tenant's vectors; returns the new generation."""
+    def bump_generation(self, tx: Session, *, tenant: str, added: Iterable[int] = (),
+                        removed: Iterable[int] = ()) -> int:
+        """Count one more change to the tenant's vectors and log which experience ids it `added` and `removed`
+        (in `tx`, so the log commits with the rows or not at all); returns the new generation. The tenant's
+        row stays locked until commit: generations commit in order."""
         row = _created_locked(tx, IndexStateRow, {"tenant": tenant, "generation": 0})
         row.generation += 1
         tx.flush()
+        self.log_changes(tx, tenant=tenant, generation=row.generation, added=added, removed=removed)
         return row.generation
 
     def generation(self, *, tenant: str) -> int:
@@ -307,20 +312,27 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
                 tx.delete(row)
                 if pks:
                     tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
-                changed, forgotten = {row.tenant}, {row.id}
+                by_tenant = {row.tenant: {row.id}}
                 counts = {"experiences": 1, "interactions": len(pks)}
             elif user is not None:
-                counts, changed, forgotten = self._forget_user(tx, user=user, tenant=tenant, tally=tally)
+                counts, by_tenant = self._forget_user(tx, user=user, tenant=tenant, tally=tally)
             elif tenant is not None:
-                forgotten = set(tx.scalars(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)
-                                           .returning(ExperienceRow.id)))
+                gone = set(tx.scalars(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)
+                                      .returning(ExperienceRow.id)))
                 n_int = _rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
                 tx.execute(delete(InstructionRow).where(InstructionRow.tenant == tenant))
-                counts, changed = {"experiences": len(forgotten), "interactions": int(n_int)}, {tenant}
+                counts, by_tenant = {"experiences": len(gone), "interactions": int(n_int)}, {tenant: gone}
             else:
                 raise ValueError("forget needs an experience id, a user or a tenant")
-            for t in changed:
-                self.bump_generation(tx, tenant=t)
+            # a whole tenant: its change log starts afresh instead of taking one row per forgotten id (a process
+            # behind rebuilds, from nothing)
+            whole = experience_id is None and user is None
+            for t, ids in by_tenant.items():
+                generation = self.bump_generation(tx, tenant=t, removed=() if whole else sorted(ids))
+                if whole:
+                    self.reset_changes(tx, tenant=t, generation=generation)
+            changed = set(by_tenant)
+            forgotten = set().union(*by_tenant.values())
             self._mark_stale(tx, tenants=changed, forgotten=forgotten)
         self._scrub()
         return counts, changed
@@ -340,7 +352,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
                             tx.delete(row)
 
     def _forget_user(self, tx: Session, *, user: str, tenant: str | None,
-                     tally: Tally | None) -> tuple[dict[str, int], set[str], set[int]]:
+                     tally: Tally | None) -> tuple[dict[str, int], dict[str, set[int]]]:
         scope = [InteractionRow.user == user] + ([InteractionRow.tenant == tenant] if tenant else [])
         pks = list(tx.scalars(select(InteractionRow.id).where(*scope)))
         self._untally(tx, pks, tally)
@@ -348,7 +360,9 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
         exp_scope = [(ExperienceRow.user == user) | ExperienceRow.id.in_(authored)] + (
             [ExperienceRow.tenant == tenant] if tenant else [])
         own = list(tx.execute(select(ExperienceRow.id, ExperienceRow.tenant).where(*exp_scope)))
-        changed = {t for _, t in own}
+        by_tenant: dict[str, set[int]] = {}
+        for i, t in own:
+            by_tenant.setdefault(t, set()).add(i)
         supported = tx.execute(select(SourceRow.experience_id, func.count()).where(
             SourceRow.interaction_id.in_(pks)).group_by(SourceRow.experience_id)).all() if pks else []
         own_ids = {i for i, _ in own}
@@ -361,7 +375,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore):
             tx.execute(delete(ExperienceRow).where(ExperienceRow.id.in_(own_ids)))
         if pks:
             tx.execute(delete(InteractionRow).where(InteractionRow.id.in_(pks)))
-        return {"experiences": len(own_ids), "interactions": len(pks)}, changed, own_ids
+        return {"experiences": len(own_ids), "interactions": len(pks)}, by_tenant
 
     def _scrub(self) -> None:
         """Leave no deleted text in SQLite's write-ahead log (the main file is scrubbed by secure_delete)."""

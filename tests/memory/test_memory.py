@@ -409,7 +409,7 @@ def test_reopen_gives_the_same_results_without_a_rebuild(home: Path, embedder: E
 
 
 @pytest.mark.parametrize(("kind", "damage"), [
-    ("flat", "missing"), ("flat", "corrupt"), ("flat", "truncated"), ("flat", "stale"), ("flat", "bad meta"),
+    ("flat", "missing"), ("flat", "corrupt"), ("flat", "truncated"), ("flat", "future"), ("flat", "bad meta"),
     ("exact", "truncated"), ("hnsw", "truncated"),
 ])
 def test_a_damaged_index_file_is_rebuilt_from_sql(home: Path, embedder: Embedder, kind: str, damage: str,
@@ -426,8 +426,8 @@ def test_a_damaged_index_file_is_rebuilt_from_sql(home: Path, embedder: Embedder
         idx.write_bytes(b"\x00garbage" * 10)
     elif damage == "truncated":
         idx.write_bytes(idx.read_bytes()[:60])
-    elif damage == "stale":  # an older file: holds one vector, saved at an earlier generation
-        meta.write_text(json.dumps(json.loads(meta.read_text()) | {"generation": 0}))
+    elif damage == "future":  # a generation this database never reached: another database's file
+        meta.write_text(json.dumps(json.loads(meta.read_text()) | {"generation": 99}))
     else:
         meta.write_text("{")
 
