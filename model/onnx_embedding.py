@@ -22,6 +22,7 @@ import re
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,19 +228,24 @@ class OnnxEmbedder:
         name: stable identifier stored with the memory; defaults to the one `SentenceTransformerEmbedder`
             gives the same folder.
         show_progress: show a progress bar over batches while encoding.
+        query_cache: how many recent texts of small calls (at most `QUERY_CALL` texts: requests, not ingest
+            batches) keep their vectors, so that a repeated request is not embedded again; 0 turns it off.
 
     Raises:
         EmbedderNotFoundError: `path` does not exist or has no `modules.json`.
         UnsupportedEmbedderError: the folder is not a BERT-like transformer with mean pooling.
-        ConfigError: `threads`, `batch_size` or `max_seq_length` is not positive.
+        ConfigError: `threads`, `batch_size` or `max_seq_length` is not positive, or `query_cache` is negative.
     """
+
+    QUERY_CALL = 8  # calls with at most this many texts are requests: their vectors go to the query cache
 
     def __init__(self, path: str | Path | None = None, *, cache_dir: str | Path, threads: int = 1,
                  batch_size: int = 64, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, name: str | None = None,
-                 show_progress: bool = False) -> None:
-        for option, value in (("threads", threads), ("batch_size", batch_size), ("max_seq_length", max_seq_length)):
-            if value < 1:
-                raise ConfigError(f"{option} must be >= 1, got {value}")
+                 show_progress: bool = False, query_cache: int = 1024) -> None:
+        for option, value, least in (("threads", threads, 1), ("batch_size", batch_size, 1),
+                                     ("max_seq_length", max_seq_length, 1), ("query_cache", query_cache, 0)):
+            if value < least:
+                raise ConfigError(f"{option} must be >= {least}, got {value}")
         self.path, default_name = resolve_embedder_folder(path)
         self._name = name or default_name
         self.spec = inspect_folder(self.path)
@@ -251,6 +257,9 @@ class OnnxEmbedder:
         self.onnx_path: Path | None = None  # set on load
         self._loaded: tuple[onnxruntime.InferenceSession, Tokenizer, list[str]] | None = None
         self._lock = threading.Lock()
+        self.query_cache = query_cache
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recent first
+        self._recent_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"OnnxEmbedder(name={self._name!r}, path={str(self.path)!r}, threads={self.threads})"
@@ -326,6 +335,8 @@ class OnnxEmbedder:
         unique = list(dict.fromkeys(t for t in texts if t.strip()))
         if not unique:
             return out
+        if self.query_cache and len(unique) <= self.QUERY_CALL:
+            return self._encode_recent(texts, unique, out)
         order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))  # longest first, as sentence-transformers
         xb = np.empty((len(unique), self.dim), dtype=np.float32)
         starts = range(0, len(order), self.batch_size)
@@ -336,7 +347,29 @@ class OnnxEmbedder:
         for start in starts:
             rows = order[start:start + self.batch_size]
             xb[rows] = self._encode_batch([unique[i] for i in rows])
-        row_of = {t: i for i, t in enumerate(unique)}
-        keep = [i for i, t in enumerate(texts) if t in row_of]
-        out[keep] = xb[[row_of[texts[i]] for i in keep]]
-        return out
+        return _fill(out, texts, unique, xb)
+
+    def _encode_recent(self, texts: list[str], unique: list[str], out: np.ndarray) -> np.ndarray:
+        """`encode` for a request's few texts: the ones embedded lately come from the cache."""
+        with self._recent_lock:
+            known = {t: self._recent[t] for t in unique if t in self._recent}
+            for t in known:
+                self._recent.move_to_end(t)
+        missing = [t for t in unique if t not in known]
+        if missing:
+            fresh = self._encode_batch(sorted(missing, key=len, reverse=True))
+            with self._recent_lock:
+                for t, v in zip(sorted(missing, key=len, reverse=True), fresh):
+                    known[t] = self._recent[t] = v
+                    self._recent.move_to_end(t)
+                while len(self._recent) > self.query_cache:
+                    self._recent.popitem(last=False)
+        return _fill(out, texts, unique, np.stack([known[t] for t in unique]))
+
+
+def _fill(out: np.ndarray, texts: list[str], unique: list[str], xb: np.ndarray) -> np.ndarray:
+    """`out` with each non-empty text's row set from `xb`, whose rows follow `unique`."""
+    row_of = {t: i for i, t in enumerate(unique)}
+    keep = [i for i, t in enumerate(texts) if t in row_of]
+    out[keep] = xb[[row_of[texts[i]] for i in keep]]
+    return out

@@ -115,7 +115,7 @@ def test_name_defaults_to_folder_basename_as_torch(tmp_path: Path) -> None:
     assert OnnxEmbedder(link, cache_dir=tmp_path, name="x").name == "x"
 
 
-@pytest.mark.parametrize("kw", [{"threads": 0}, {"batch_size": 0}, {"max_seq_length": 0}])
+@pytest.mark.parametrize("kw", [{"threads": 0}, {"batch_size": 0}, {"max_seq_length": 0}, {"query_cache": -1}])
 def test_bad_options_raise(tmp_path: Path, kw: dict[str, int]) -> None:
     with pytest.raises(ConfigError, match=str(next(iter(kw)))):
         OnnxEmbedder(cache_dir=tmp_path, **kw)
@@ -187,6 +187,27 @@ def test_tiny_models_match_torch(tiny_folder: Callable[[str], Path], tmp_path: P
     want = SentenceTransformerEmbedder(folder).encode(texts)
     assert got.shape == want.shape == (4, 32)
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+# --- the query cache -------------------------------------------------------------------------------------
+
+def test_a_repeated_request_is_not_embedded_again(tiny_folder: Callable[[str], Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = OnnxEmbedder(tiny_folder("bert"), cache_dir=tmp_path, query_cache=2)
+    plain = OnnxEmbedder(tiny_folder("bert"), cache_dir=tmp_path, query_cache=0)
+    embedded: list[str] = []
+    real = cached._encode_batch
+    monkeypatch.setattr(cached, "_encode_batch", lambda texts: embedded.extend(texts) or real(texts))
+    for texts in (["how do I reset my password"], ["", "how do I reset my password", "what is a cat"],
+                  ["how do I reset my password"]):
+        np.testing.assert_allclose(cached.encode(texts), plain.encode(texts), atol=1e-6)  # same vectors
+    assert embedded == ["how do I reset my password", "what is a cat"]  # each embedded once
+    cached.encode(["a third text"])  # the cache holds 2: the least recent ("what is a cat") goes
+    cached.encode(["what is a cat", "how do I reset my password"])
+    assert embedded[2:] == ["a third text", "what is a cat"]
+    batch = [f"ingested text {i}" for i in range(cached.QUERY_CALL + 1)]  # a batch is not a request
+    np.testing.assert_allclose(cached.encode(batch), plain.encode(batch), atol=1e-6)
+    assert not set(batch) & set(cached._recent)
 
 
 # --- the export cache ------------------------------------------------------------------------------------
