@@ -47,8 +47,9 @@ function jobsTable(jobs) {
     ["job", "status", "progress", "queued", "finished", "gate figures"].map((c) => h("th", {scope: "col"}, c)))),
   h("tbody", {}, [...jobs].reverse().map((j) => h("tr", {},
     h("td", {class: "num"}, String(j.id)), h("td", {}, h("span", {class: `badge j-${j.status}`}, j.status)),
-    h("td", {}, h("progress", {max: 1, value: j.progress, "aria-label": `job ${j.id} progress`}),
-      ` ${Math.round(100 * j.progress)} %`, j.message ? h("div", {class: "muted small"}, j.message) : null),
+    h("td", {}, h("span", {class: "progress"}, h("progress", {max: 1, value: j.progress,
+      "aria-label": `job ${j.id} progress`}), ` ${Math.round(100 * j.progress)} %`),
+    j.message ? h("div", {class: "muted small"}, j.message) : null),
     h("td", {class: "nowrap"}, when(j.created_at)), h("td", {class: "nowrap"}, when(j.finished_at)),
     h("td", {}, j.error ? h("span", {class: "error-text"}, j.error) : figures(j.metrics))))));
 }

@@ -92,7 +92,9 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
-window.addEventListener("logmem:signed-out", () => login("The key was refused; sign in again."));
+window.addEventListener("logmem:signed-out", () => {  // the sign-in form reports its own refusals
+  if (!document.querySelector("form.login")) login("The key was refused; sign in again.");
+});
 window.addEventListener("unhandledrejection", (e) => ctx.say(e.reason?.message || String(e.reason), "error"));
 document.addEventListener("keydown", (e) => {
   const typing = e.target.closest("input, textarea, select");

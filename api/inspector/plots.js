@@ -67,7 +67,7 @@ export function histogram(hist, label) {
 
 /** Each judged use of an experience: its outcome (0 failed … 1 served) over time; filled when explicit. */
 export function outcomes(uses) {
-  const W = 640, H = 160, L = 34, B = 22, T = 10;
+  const W = 960, H = 200, L = 34, B = 22, T = 10;
   const svg = frame(W, H, "outcomes of the answers this experience conditioned, over time");
   const points = uses.filter((u) => u.success !== null).map((u) => ({t: u.judged_at || u.at, ...u}));
   const t0 = Math.min(...points.map((p) => p.t)), t1 = Math.max(...points.map((p) => p.t));

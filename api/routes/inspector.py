@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse
 router = APIRouter(include_in_schema=False)
 FILES = Path(__file__).resolve().parent.parent / "inspector"
 MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8"}
-ASSET = re.compile(r"[a-z][a-z0-9-]*\.(js|css)")
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+ASSET = re.compile(r"[a-z][a-z0-9-]*\.(js|css|svg)")
 # Only this origin's own files, no inline script or style, no plugins, never framed; user text is shown as text
 # by the page's code (textContent), and this policy is the second line should that ever slip.
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -31,7 +31,7 @@ def page() -> FileResponse:
 
 @router.get("/inspector/{name}")
 def asset(name: str) -> FileResponse:
-    """One of the page's scripts or style sheets (by plain name only: no path reaches outside the folder)."""
+    """One of the page's scripts, style sheets or its icon (by plain name only: no path reaches outside the folder)."""
     path = FILES / name
     if not ASSET.fullmatch(name) or not path.is_file():
         raise HTTPException(404, f"no inspector file {name!r}")
