@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo bench bench-service clean
+.PHONY: setup test demo bench bench-quick bench-service clean
 LOGS ?= ../shared/data/nfcats/logs.jsonl
 
 setup: $(STAMP)
@@ -26,9 +26,13 @@ test: setup
 demo: setup
 	$(VENV)/bin/logmem --home .logmem/demo demo
 
-bench: setup
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
+bench: setup  # every performance figure of the README, peers in the same runs (~40 min on 2 cores: run nothing else)
+	$(PY) benchmarks/bench_peers.py --logs $(LOGS) --out benchmarks/results
 	$(PY) benchmarks/bench_retrieval.py --out benchmarks/results
+	$(MAKE) bench-service
+
+bench-quick: setup  # the benchmark scripts at small sizes into temporary folders, as CI runs them (a few minutes)
+	$(PY) -m pytest -q -m slow tests/api/test_benchmarks_quick.py
 
 bench-service: setup  # the service under load and its overhead; the cost of one feedback at 1k and 100k memories
 	$(PY) benchmarks/bench_service.py --logs $(LOGS) --out benchmarks/results

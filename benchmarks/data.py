@@ -36,8 +36,8 @@ class Corpus:
     source: str  # where the texts came from, for the results
 
 
-def iter_user_turns(path: Path) -> Iterator[str]:
-    """User turns of the ShareGPT JSON list, read object by object (the packaged file is cut off)."""
+def iter_conversations(path: Path) -> Iterator[dict]:
+    """The conversations of the ShareGPT JSON list, read object by object (the packaged file is cut off)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     decoder = json.JSONDecoder()
     idx = text.index("[") + 1
@@ -48,6 +48,12 @@ def iter_user_turns(path: Path) -> Iterator[str]:
             conv, idx = decoder.raw_decode(text, idx)
         except json.JSONDecodeError:
             return  # the truncated last object
+        yield conv
+
+
+def iter_user_turns(path: Path) -> Iterator[str]:
+    """User turns of the ShareGPT conversations."""
+    for conv in iter_conversations(path):
         for turn in conv.get("conversations", []):
             if turn.get("from") == "human":
                 yield str(turn.get("value", ""))

@@ -1,4 +1,4 @@
-"""The service and feedback benchmarks run end to end in their --quick form, on a small generated log (no
+"""The service, feedback and peers benchmarks run end to end in their --quick form, on a small generated log (no
 shared data), into a temporary folder, and their JSON says nothing failed and nothing was lost."""
 
 from __future__ import annotations
@@ -72,3 +72,17 @@ def test_bench_feedback_quick(tmp_path: Path, small_logs: Path) -> None:
             assert series["n"] == len(series["ms"]) > 0 and series["new_experiences"] > 0
             assert 0 < series["p50_ms"] <= series["p95_ms"]
             assert row[f"{kind}_before_ms"] > row[f"{kind}_amortized_ms"]
+
+
+def test_bench_peers_quick(tmp_path: Path, small_logs: Path) -> None:
+    run("bench_peers.py", "--logs", str(small_logs), "--out", str(tmp_path))
+    result = json.loads((tmp_path / "peers.json").read_text())
+    assert (tmp_path / "peers.md").is_file() and (tmp_path / "peers.png").is_file()
+    systems = {"logmem", "chromadb", "mem0"}
+    for data in (small_logs.parent.name, "sharegpt-100"):  # both log sets ingested by every system
+        rows = [r for r in result["ingest"] if r["data"] == data]
+        assert {r["system"] for r in rows} == systems and all(r["per_s"] > 0 for r in rows), rows
+    logmem = next(r for r in result["ingest"] if r["system"] == "logmem")
+    assert logmem["stages_s"]["embed"] > 0 and set(logmem["stages_s"]) >= {"parse", "distil", "index"}
+    assert {r["system"] for r in result["search"]} == systems
+    assert all(r["queries"] == 20 and r["p50_ms"] > 0 for r in result["search"])

