@@ -35,9 +35,10 @@ async function show(out, {q, answer}, ctx) {
   if (!answer) return;
   const pending = h("p", {class: "muted"}, "Answering…");
   out.append(pending);
-  const [withMemory, without] = await Promise.all([
-    post("/v1/chat/completions", {model: "default", max_tokens: 64, messages: [{role: "user", content: q}]}),
-    post("/v1/memory/baseline", {q, max_tokens: 64})]);
+  // one after the other: a key may have a single generation slot (LOGMEM_MAX_CONCURRENT=1)
+  const withMemory = await post("/v1/chat/completions",
+    {model: "default", max_tokens: 64, messages: [{role: "user", content: q}]});
+  const without = await post("/v1/memory/baseline", {q, max_tokens: 64});
   pending.replaceWith(h("div", {class: "two"},
     section("With memory", h("pre", {class: "text", id: "answer-with"}, withMemory.choices[0].message.content),
       h("p", {class: "muted"}, `interaction ${withMemory.id}, ${withMemory.logmem.experiences.length} memories, ` +

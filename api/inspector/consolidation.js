@@ -1,7 +1,7 @@
 // Consolidation: jobs with live progress and their gate's figures; adapters to activate or roll back; stale
 // adapters (trained on data since erased) and the rebuild that replaces them.
 import {get, post} from "./api.js";
-import {confirmButton, h, num, section, when} from "./dom.js";
+import {confirmButton, h, num, section, short} from "./dom.js";
 
 export const title = "Consolidation";
 const GATE = [["gate", "gate"], ["base_nll", "held-out NLL, base"], ["student_nll", "held-out NLL, adapter"],
@@ -50,7 +50,7 @@ function jobsTable(jobs) {
     h("td", {}, h("span", {class: "progress"}, h("progress", {max: 1, value: j.progress,
       "aria-label": `job ${j.id} progress`}), ` ${Math.round(100 * j.progress)} %`),
     j.message ? h("div", {class: "muted small"}, j.message) : null),
-    h("td", {class: "nowrap"}, when(j.created_at)), h("td", {class: "nowrap"}, when(j.finished_at)),
+    h("td", {class: "nowrap"}, short(j.created_at)), h("td", {class: "nowrap"}, short(j.finished_at)),
     h("td", {}, j.error ? h("span", {class: "error-text"}, j.error) : figures(j.metrics))))));
 }
 
@@ -70,7 +70,7 @@ function adapterViews(adapters, ctx, refresh) {
   const rows = [...adapters].reverse().map((a) => h("tr", {"data-version": a.version, class: a.active ? "active" : ""},
     h("td", {}, h("strong", {}, a.version), a.active ? h("span", {class: "badge active"}, "active") : null),
     h("td", {}, h("span", {class: `badge a-${a.status}`}, a.status)), h("td", {}, a.method),
-    h("td", {class: "num"}, num(a.covered)), h("td", {}, a.previous || "–"), h("td", {class: "nowrap"}, when(a.created_at)),
+    h("td", {class: "num"}, num(a.covered)), h("td", {}, a.previous || "–"), h("td", {class: "nowrap"}, short(a.created_at)),
     h("td", {}, figures(a.metrics)),
     h("td", {}, a.active ? null : a.status === "promoted"
       ? h("button", {type: "button", class: "activate", onclick: activate(a, false)}, "Activate")
@@ -83,8 +83,8 @@ function adapterViews(adapters, ctx, refresh) {
     : h("p", {class: "muted"}, "No adapter trained yet.")];
   if (stale.length) {
     views.push(h("div", {class: "stale", id: "stale"}, h("h3", {}, "Stale adapters"),
-      h("p", {}, `${stale.map((a) => a.version).join(", ")} were trained on data that was since erased. ` +
-        "A rebuild trains a replacement without it and deletes their weights once it is promoted."),
+      h("p", {}, `Trained on data since erased: ${stale.map((a) => a.version).join(", ")}. A rebuild trains a ` +
+        "replacement without that data and, once the replacement is promoted, deletes the stale weights."),
       h("button", {type: "button", id: "rebuild", onclick: async () => {
         const job = await post("/v1/consolidations", {rebuild: true});
         ctx.say(`Queued rebuild job ${job.id}.`);

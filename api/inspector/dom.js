@@ -47,6 +47,11 @@ export function when(seconds) {
   return new Date(seconds * 1000).toISOString().slice(0, 16).replace("T", " ");
 }
 
+/** A time as "MM-DD HH:MM" (UTC), for table cells. */
+export function short(seconds) {
+  return seconds ? when(seconds).slice(5) : "–";
+}
+
 export function day(seconds) {
   return new Date(seconds * 1000).toISOString().slice(5, 10);
 }

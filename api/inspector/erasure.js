@@ -1,6 +1,6 @@
 // Erasure: forget a user of the tenant, and see what went (rows, vectors, adapters marked stale).
 import {del, get} from "./api.js";
-import {confirmButton, h, num, section, when} from "./dom.js";
+import {confirmButton, h, num, section, short} from "./dom.js";
 
 export const title = "Erasure";
 let lastResult = null;
@@ -35,7 +35,7 @@ function usersTable(users, forget) {
     ["user", "interactions", "experiences", "last seen", ""].map((c) => h("th", {scope: "col"}, c)))),
   h("tbody", {}, users.map((u) => h("tr", {"data-user": u.user},
     h("td", {}, u.user), h("td", {class: "num"}, num(u.interactions)), h("td", {class: "num"}, num(u.experiences)),
-    h("td", {class: "nowrap"}, when(u.last_seen_at)),
+    h("td", {class: "nowrap"}, short(u.last_seen_at)),
     h("td", {}, confirmButton("Forget", `Forget ${u.user}?`, () => forget(u.user)))))));
 }
 

@@ -1,6 +1,6 @@
 // Interactions: the latest served answers with their feedback; judge one from here (the API's feedback route).
 import {get, post} from "./api.js";
-import {clip, h, num, section, when} from "./dom.js";
+import {clip, h, num, section, short, when} from "./dom.js";
 
 export const title = "Interactions";
 const PAGE = 20;
@@ -16,7 +16,7 @@ async function load(body, ctx) {
   const page = await get("/v1/interactions", {limit: PAGE, offset});
   const rows = page.data.map((a) => {
     const row = h("tr", {"data-id": a.id},
-      h("td", {class: "nowrap"}, when(a.answered_at)), h("td", {}, a.user || "–"),
+      h("td", {class: "nowrap", title: when(a.answered_at)}, short(a.answered_at)), h("td", {}, a.user || "–"),
       h("td", {}, clip(a.request)), h("td", {}, clip(a.answer)),
       h("td", {}, h("span", {class: `badge s-${a.status}`}, a.status)),
       h("td", {class: "feedback"}, a.feedback.length ? a.feedback.map(badge) : h("span", {class: "muted"}, "none")),

@@ -1,7 +1,7 @@
 // Memories: the experiences as a sortable, searchable, paginated table, and one experience's page.
 import {del, get} from "./api.js";
-import {ageDays, clip, confirmButton, facts, h, num, section, when} from "./dom.js";
-import {outcomes} from "./plots.js";
+import {ageDays, clip, confirmButton, facts, h, num, section, short, when} from "./dom.js";
+import {outcomes, parts} from "./plots.js";
 
 export const title = "Memories";
 const COLUMNS = [["id", "id"], [null, "trigger"], [null, "response"], ["utility", "utility"], ["uses", "uses"],
@@ -97,11 +97,10 @@ function usesTable(uses) {
   return h("table", {class: "data"}, h("thead", {}, h("tr", {}, ["when", "user", "request", "answer", "feedback",
     "outcome", "score parts"].map((c) => h("th", {scope: "col"}, c)))),
   h("tbody", {}, uses.map((u) => h("tr", {},
-    h("td", {class: "nowrap"}, when(u.judged_at || u.at)), h("td", {}, u.user || "–"),
+    h("td", {class: "nowrap", title: when(u.judged_at || u.at)}, short(u.judged_at || u.at)), h("td", {}, u.user || "–"),
     h("td", {}, clip(u.request)), h("td", {}, clip(u.answer)),
     h("td", {}, u.feedback.map((f) => h("span", {class: `badge k-${f.kind}`}, f.value ? `${f.kind} ${f.value}` : f.kind))
       .concat(u.explicit ? [] : [h("span", {class: "muted"}, "next turn")])),
     h("td", {class: "num"}, u.success === null ? "–" : u.success.toFixed(2)),
-    h("td", {class: "nowrap"}, u.parts ? `sim ${num(u.parts.sim)} · util ${num(u.parts.util)} · rec ${num(u.parts.rec)}`
-      : "–")))));
+    h("td", {class: "nowrap"}, u.parts ? parts(u.parts) : "–")))));
 }

@@ -101,10 +101,10 @@ def judged_uses(store: StoreBase, *, tenant: str, experience_id: int, limit: int
 def users(store: StoreBase, *, tenant: str, limit: int = 500) -> list[UserData]:
     """The tenant's users (those named by an interaction or an experience), most recently seen first."""
     with Session(store.engine) as s:
-        seen = {u: (int(n), float(t)) for u, n, t in s.execute(
+        seen = {str(u): (int(n), float(t)) for u, n, t in s.execute(
             select(InteractionRow.user, func.count(), func.max(InteractionRow.ingested_at))
             .where(InteractionRow.tenant == tenant, InteractionRow.user.is_not(None)).group_by(InteractionRow.user))}
-        made = {u: int(n) for u, n in s.execute(
+        made = {str(u): int(n) for u, n in s.execute(
             select(ExperienceRow.user, func.count())
             .where(ExperienceRow.tenant == tenant, ExperienceRow.user.is_not(None)).group_by(ExperienceRow.user))}
     found = [UserData(u, seen.get(u, (0, 0.0))[0], made.get(u, 0), seen.get(u, (0, 0.0))[1])

@@ -67,8 +67,9 @@ def _lora(base: Any, seed: int, folder: Path) -> str:
 
 
 def populate(runtime: Runtime, base: Any, folder: Path, *, job: bool = False) -> dict[str, Any]:
-    """Tenant acme's logs (users ann, bob, cy, dee, mallory), answers served to eve and fay (two judged), two promoted
-    adapters (one trained on bob's experiences, active), and with `job` a real consolidation job (1 step)."""
+    """Tenant acme's logs (users ann, bob, cy, dee, mallory), answers served to eve, fay, gil and hal (three judged),
+    two adapters registered as promoted (random LoRA weights, no gate; the first covers bob's experiences and is
+    active), and with `job` a real consolidation job (one training step, judged by the real gate)."""
     records = [{"id": f"log{i}", "user": user, "messages": [{"role": "user", "content": q},
                                                             {"role": "assistant", "content": a}],
                 "feedback": [{"turn": 1, **feedback}]} for i, (user, q, a, feedback) in enumerate(LOGS)]
@@ -88,8 +89,7 @@ def populate(runtime: Runtime, base: Any, folder: Path, *, job: bool = False) ->
     bobs = [ids[q] for user, q, *_ in LOGS if user == "bob"]
     adapters = [runtime.memory.register_adapter(
         tenant="acme", base_model="tiny", method="sft", seed=seed, promoted=True, covered=covered,
-        metrics={"gate": "promoted: held-out NLL -12% vs base, probe perplexity +0.4%", "base_nll": 2.31,
-                 "student_nll": 2.03, "train": len(covered), "holdout": 1},
+        metrics={"gate": "none: a random LoRA registered by the test", "train": len(covered)},
         path=_lora(base, seed, folder / f"lora{seed}")) for seed, covered in ((1, bobs), (2, [ids[REDIS[0]]]))]
     runtime.memory.activate_adapter(adapters[0], tenant="acme")
     if job:
@@ -183,6 +183,11 @@ def test_every_view_opens_on_the_tenants_data(page: Any, site: dict[str, Any]) -
     assert page.locator("svg.plot circle.dot").count() == len(uses)
     assert site["adapters"][1] in page.text_content(".facts")  # the adapter trained on it
     shot(page, "memory")
+    corrected = site["ids"]["Which port does PostgreSQL listen on by default?"]
+    go(page, f"#/memories/{corrected}", "memories")
+    assert page.text_content("#memory-lesson") == "No, it should be 5432: 3306 is MySQL's port."
+    assert page.text_content("#memory-rejected") == "3306."
+    shot(page, "memory-corrected")
 
     go(page, "#/ask", "ask")
     page.fill("#ask-query", REDIS[0])
