@@ -129,6 +129,7 @@ def expect(target: Any) -> Any:
     """playwright's waiting assertions (the page's policy forbids eval, so no `wait_for_function` strings)."""
     from playwright.sync_api import expect as playwright_expect
 
+    playwright_expect.set_options(timeout=15_000)  # a loaded CI machine: as patient as the page's own waits
     return playwright_expect(target)
 
 
@@ -223,7 +224,9 @@ def test_search_sort_and_page_through_the_memories(page: Any, site: dict[str, An
                                           {"role": "assistant", "content": str(i * (i + 7))}]} for i in range(20)],
                            tenant="acme")
     total = len(LOGS) + 20
-    sign_in(page, site, "memories")
+    sign_in(page, site)
+    page.keyboard.press("2")  # the keyboard way to the second view
+    page.wait_for_selector("#view-memories[data-ready]")
     assert page.text_content(".pager .count") == f"1–25 of {total}"
     page.click("text=Next →")
     expect(page.locator(".pager .count")).to_have_text(f"26–{total} of {total}")
