@@ -98,9 +98,10 @@ def build_memory(home: Path, base: Base, size: int, embedder: Any) -> tuple[Any,
                                                        "feedback": []}, status="experience")
             rows = [_row(base.rows[i % len(base.rows)], i, i >= len(base.rows), xb[i])
                     for i in range(start, min(start + INSERT_BATCH, size))]
-            ids = tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True), rows)
+            ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
+                                  rows))
             tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
-            store.bump_generation(tx, tenant=TENANT)
+            store.bump_generation(tx, tenant=TENANT, added=ids)
     t2 = time.perf_counter()
     faiss.omp_set_num_threads(2)  # a build is a batch: both cores
     memory.indexes.get(TENANT)  # rebuilt from SQL, as the next process would

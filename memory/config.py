@@ -40,7 +40,9 @@ class MemoryConfig:
     shared_min_count: int = 3  # a leading paragraph seen this often is a shared instruction
 
     # Index
-    index_kind: str = "auto"  # auto (flat, then hnsw past approx_threshold), exact, flat or hnsw
+    # auto (flat, then hnsw past approx_threshold), exact, flat, hnsw, or pgvector (vectors in PostgreSQL itself,
+    # searched there with an HNSW index: shared by every process and host, nothing to follow)
+    index_kind: str = "auto"
     approx_threshold: int = 50_000  # a tenant past this many experiences gets the approximate (HNSW) index
     hnsw_m: int = 32  # HNSW graph degree
     hnsw_ef_construction: int = 64  # HNSW build beam
@@ -82,6 +84,7 @@ class MemoryConfig:
             ("checkpoint_seconds", self.checkpoint_seconds >= 0, ">= 0"),
             ("change_log_generations", self.change_log_generations >= 1, ">= 1"),
         ]
-        if self.index_kind not in ("auto", "exact", "flat", "hnsw"):
-            raise ConfigError(f"MemoryConfig.index_kind must be auto, exact, flat or hnsw, got {self.index_kind!r}")
+        if self.index_kind not in ("auto", "exact", "flat", "hnsw", "pgvector"):
+            raise ConfigError("MemoryConfig.index_kind must be auto, exact, flat, hnsw or pgvector, "
+                              f"got {self.index_kind!r}")
         check_fields(self, checks)

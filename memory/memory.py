@@ -262,6 +262,7 @@ class VectorMemory:
                 pk = self.store.add_interaction(tx, record=it.to_json(), status="filtered")
                 report.stored += 1
                 self._learn(tx, tenant, index, pk, it, cands[ext_id], vectors, report)
+            self.indexes.stage(tx, index)
             generation = self.store.bump_generation(tx, tenant=tenant, added=index.added()[0])
         self.indexes.committed(index, generation)
 
@@ -471,6 +472,7 @@ class VectorMemory:
             it = parse_record(record, format="native")
             result.status = self._learn(tx, tenant, index, answer.pk, it if answer.status == "answered" else
                                         replace(it, metadata={}), cands, vectors, report, status=answer.status)
+            self.indexes.stage(tx, index)
             generation = (self.store.bump_generation(tx, tenant=tenant, added=index.added()[0]) if cands
                           else index.generation)
         if cands:

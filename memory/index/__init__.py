@@ -7,6 +7,7 @@ The registry maps a kind to how to make an empty index and how to load a saved o
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,12 @@ class Backend:
 
     make: Callable[..., Index]  # (d, **settings) -> Index
     load: Callable[..., Index]  # (path, **settings) -> Index
+    durable: bool = False  # the index lives in the database, written in the rows' transaction (no file, no cache)
 
 
 _BACKENDS: dict[str, Backend] = {}
+# kinds whose module registers them when first asked for (their dependencies are optional)
+_ON_DEMAND = {"pgvector": "logmem.memory.store.vectors"}
 
 
 def register(kind: str, backend: Backend) -> None:
@@ -40,10 +44,17 @@ def kinds() -> tuple[str, ...]:
 
 
 def _backend(kind: str) -> Backend:
+    if kind not in _BACKENDS and kind in _ON_DEMAND:
+        importlib.import_module(_ON_DEMAND[kind])
     try:
         return _BACKENDS[kind]
     except KeyError:
         raise ConfigError(f"unknown index kind {kind!r}; expected one of {', '.join(_BACKENDS)}") from None
+
+
+def is_durable(kind: str) -> bool:
+    """Whether `kind` keeps its vectors in the database itself (then a process has nothing to follow)."""
+    return _backend(kind).durable
 
 
 def make_index(kind: str, d: int, **settings: Any) -> Index:
@@ -70,5 +81,5 @@ register("hnsw", Backend(make=_make_hnsw,
 
 KINDS = kinds()  # the built-in kinds
 
-__all__ = ["Backend", "Index", "ExactIndex", "FlatIndex", "HNSWIndex", "KINDS", "kinds", "load_index", "make_index",
-           "register"]
+__all__ = ["Backend", "Index", "ExactIndex", "FlatIndex", "HNSWIndex", "KINDS", "is_durable", "kinds", "load_index",
+           "make_index", "register"]

@@ -9,6 +9,9 @@ of the open transaction, which no search may see before they commit) and hands i
 transaction has committed. Index files are written by `checkpoint` (every `checkpoint_changes`
 generations or `checkpoint_seconds`) and by `save`; a file write also trims the change log to the last
 `change_log_generations` generations.
+
+A durable kind (`pgvector`) keeps the vectors in the database itself: the cache then holds one handle per
+tenant, `stage` writes a transaction's vectors in that transaction, and there is nothing to follow or save.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..config import MemoryConfig
-from . import load_index, make_index
+from ..errors import ConfigError
+from . import is_durable, load_index, make_index
 from .base import Index, check_vectors
 from .exact import ExactIndex
 
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 class IndexSource(Protocol):
     """What the cache reads from SQL (the `Store` meets it)."""
 
+    engine: Any  # the database, for a durable kind
     def generation(self, *, tenant: str) -> int: ...
 
     def snapshot(self, *, tenant: str, d: int) -> tuple[int, np.ndarray, np.ndarray]: ...
@@ -114,16 +119,31 @@ class TenantIndexes:
         self._saved: dict[str, tuple[int, float]] = {}  # tenant -> (generation, monotonic time) of its file
         self.rebuilds = 0  # indexes built from all of a tenant's vectors in SQL
         self.follows = 0  # deltas from the change log applied to an index
+        self.durable = config.index_kind != "auto" and is_durable(config.index_kind)
+        if self.durable and source.engine.dialect.name != "postgresql":
+            raise ConfigError(f"index kind {config.index_kind!r} needs a PostgreSQL database, "
+                              f"not {source.engine.dialect.name!r}")
 
     # --- reading --------------------------------------------------------------------------
     def get(self, tenant: str) -> Index:
         """The tenant's index as of SQL's current generation."""
+        if self.durable:
+            return self._durable(tenant)
         return self.current(tenant)[0]
+
+    def _durable(self, tenant: str) -> Index:
+        if tenant not in self._indexes:
+            index = make_index(self.config.index_kind, self.d, engine=self.source.engine, tenant=tenant,
+                               **index_settings(self.config))
+            self._indexes[tenant] = (index, -1)  # always current: it is the database
+        return self._indexes[tenant][0]
 
     def current(self, tenant: str) -> tuple[Index, int]:
         """(index, generation) for the tenant at SQL's generation: the one in memory or the tenant's file,
         brought forward by the logged changes; rebuilt from SQL when neither can be."""
         generation = self.source.generation(tenant=tenant)
+        if self.durable:
+            return self._durable(tenant), generation
         cached = self._indexes.get(tenant)
         if cached is not None and cached[1] == generation:
             return cached
@@ -154,11 +174,20 @@ class TenantIndexes:
         index, generation = self.current(tenant)
         return Pending(tenant, index, generation)
 
+    def stage(self, tx: Any, pending: Pending) -> None:
+        """Before `tx` commits: a durable index writes the transaction's vectors in it (a file-backed one takes
+        them in `committed`, once they are sure)."""
+        ids, xb = pending.added()
+        if self.durable and len(ids):
+            pending.index.add(ids, xb, tx=tx)  # type: ignore[call-arg]
+
     def committed(self, pending: Pending, generation: int) -> None:
         """The transaction of `pending` committed as the tenant's `generation`: its vectors go into the index
         when it directly follows the view's generation. Otherwise another process committed in between and
         the next `get` applies the log from the view's generation, this transaction's changes included."""
         cached = self._indexes.get(pending.tenant)
+        if self.durable:
+            return
         if cached is not None and cached[1] == pending.generation and generation == pending.generation + 1:
             ids, xb = pending.added()
             if len(ids):
@@ -176,7 +205,7 @@ class TenantIndexes:
 
     def save(self) -> None:
         """Write every loaded index whose contents changed since its file was written."""
-        for tenant in list(self._indexes):
+        for tenant in list(self._indexes) if not self.durable else []:
             self.write(tenant)
 
     def checkpoint(self) -> None:
@@ -184,7 +213,7 @@ class TenantIndexes:
         file was written. SQL holds every change; a file only spares the next process a rebuild, so a write
         per change (a full copy of the index) would buy nothing but cost that grows with the memory."""
         now, cfg = time.monotonic(), self.config
-        for tenant, (_, generation) in list(self._indexes.items()):
+        for tenant, (_, generation) in list(self._indexes.items()) if not self.durable else []:
             saved_generation, saved_at = self._saved.get(tenant, (generation, now))
             if generation != saved_generation and (generation - saved_generation >= cfg.checkpoint_changes
                                                    or now - saved_at >= cfg.checkpoint_seconds):

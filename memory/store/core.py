@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, StoreError
@@ -44,6 +44,7 @@ from .served import AnswerStore
 logger = logging.getLogger(__name__)
 Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
 Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
+VECTOR_TABLE = "experience_vectors"  # pgvector's table (`store.vectors`), where a memory of that kind made it
 
 
 class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
@@ -333,6 +334,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
                     self.reset_changes(tx, tenant=t, generation=generation)
             changed = set(by_tenant)
             forgotten = set().union(*by_tenant.values())
+            _delete_vectors(tx, ids=[] if whole else sorted(forgotten), tenant=tenant if whole else None)
             self._mark_stale(tx, tenants=changed, forgotten=forgotten)
         self._scrub()
         return counts, changed
@@ -407,3 +409,16 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
                 "utility": np.array([a / (a + b) for a, b, _ in util], dtype=np.float64),
                 "last_seen": np.array([t for _, _, t in util], dtype=np.float64),
                 "adapters": [(t, v, st, bool(act)) for t, v, st, act in adapters]}
+
+
+def _delete_vectors(tx: Session, *, ids: list[int], tenant: str | None) -> None:
+    """Delete the forgotten experiences' vectors from pgvector's table (all of `tenant`'s, when given), in the
+    forgetting transaction, wherever the table exists: whichever index kind this process uses, another
+    process on the same database may keep the vectors there."""
+    if tx.get_bind().dialect.name != "postgresql" or tx.scalar(select(func.to_regclass(VECTOR_TABLE))) is None:
+        return
+    table = Table(VECTOR_TABLE, MetaData(), Column("experience_id", BigInteger), Column("tenant", String(200)))
+    if tenant is not None:
+        tx.execute(delete(table).where(table.c.tenant == tenant))
+    for k in range(0, len(ids), 1000):
+        tx.execute(delete(table).where(table.c.experience_id.in_(ids[k:k + 1000])))

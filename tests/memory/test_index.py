@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,8 +29,8 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, unit_rows(rng, 300, D_WIDTH), unit_rows(rng, 20, D_WIDTH)
 
 
-def filled(kind: str, ids: np.ndarray, xb: np.ndarray) -> Index:
-    index = make_index(kind, xb.shape[1])
+def filled(kind: str, ids: np.ndarray, xb: np.ndarray, **settings: Any) -> Index:
+    index = make_index(kind, xb.shape[1], **settings)
     index.add(ids, xb)
     return index
 
@@ -39,17 +41,34 @@ def oracle(ids: np.ndarray, xb: np.ndarray) -> ExactIndex:
     return index
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.fixture
+def settings(kind: str, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """What `make_index` needs beyond the kind: for pgvector, a database (a fresh one on the real server) and
+    a tenant, beside another tenant's vectors that the contract's every answer must leave out."""
+    if kind != "pgvector":
+        yield {}
+        return
+    from sqlalchemy import create_engine
+
+    engine = create_engine(request.getfixturevalue("pgvector_db"))
+    rng = np.random.default_rng(1)
+    make_index("pgvector", D_WIDTH, engine=engine, tenant="other").add(
+        np.arange(10**7, 10**7 + 200), unit_rows(rng, 200, D_WIDTH))
+    yield {"engine": engine, "tenant": "mine"}
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", [*KINDS, pytest.param("pgvector", marks=pytest.mark.postgres)])
 class TestContract:
-    def test_meets_the_protocol(self, kind: str) -> None:
-        index = make_index(kind, D_WIDTH)
+    def test_meets_the_protocol(self, kind: str, settings: dict) -> None:
+        index = make_index(kind, D_WIDTH, **settings)
 
         assert isinstance(index, Index)
         assert index.kind == kind and index.d == D_WIDTH and len(index) == 0
 
-    def test_search_matches_the_oracle(self, kind: str, data: tuple) -> None:
+    def test_search_matches_the_oracle(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
 
         D, I = index.search(xq, 10)
 
@@ -58,9 +77,9 @@ class TestContract:
         np.testing.assert_array_equal(I, I0)
         np.testing.assert_allclose(D, D0, atol=1e-5)
 
-    def test_scores_are_inner_products_best_first(self, kind: str, data: tuple) -> None:
+    def test_scores_are_inner_products_best_first(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
 
         D, I = index.search(xq, 5)
 
@@ -69,34 +88,34 @@ class TestContract:
         np.testing.assert_allclose(D, want, atol=1e-5)
         assert (np.diff(D, axis=1) <= 1e-6).all()
 
-    def test_a_stored_vector_finds_itself(self, kind: str, data: tuple) -> None:
+    def test_a_stored_vector_finds_itself(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, _ = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
 
         _, I = index.search(xb[:50], 1)
 
         assert I[:, 0].tolist() == ids[:50].tolist()
 
-    def test_one_dimensional_query_is_one_query(self, kind: str, data: tuple) -> None:
+    def test_one_dimensional_query_is_one_query(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
 
         D, I = index.search(xq[0], 3)
 
         assert D.shape == I.shape == (1, 3)
         assert I[0].tolist() == index.search(xq[:1], 3)[1][0].tolist()
 
-    def test_search_of_an_empty_index_is_padded(self, kind: str) -> None:
-        index = make_index(kind, D_WIDTH)
+    def test_search_of_an_empty_index_is_padded(self, kind: str, settings: dict) -> None:
+        index = make_index(kind, D_WIDTH, **settings)
 
         D, I = index.search(np.ones((3, D_WIDTH), dtype=np.float32), 4)
 
         assert D.shape == I.shape == (3, 4) and D.dtype == np.float32 and I.dtype == np.int64
         assert np.isneginf(D).all() and (I == -1).all()
 
-    def test_k_over_n_pads_the_tail(self, kind: str, data: tuple) -> None:
+    def test_k_over_n_pads_the_tail(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids[:5], xb[:5])
+        index = filled(kind, ids[:5], xb[:5], **settings)
 
         D, I = index.search(xq[:2], 8)
 
@@ -106,9 +125,9 @@ class TestContract:
             assert np.isfinite(D[q, :5]).all()
         assert np.isneginf(D[:, 5:]).all() and (I[:, 5:] == -1).all()
 
-    def test_remove_then_search_never_returns_removed_ids(self, kind: str, data: tuple) -> None:
+    def test_remove_then_search_never_returns_removed_ids(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
         gone = ids[::3]
 
         removed = index.remove(gone)
@@ -123,18 +142,18 @@ class TestContract:
         assert index.remove(np.array([-5, 10**12], dtype=np.int64)) == 0
         assert len(index) == len(ids) - len(gone)
 
-    def test_remove_everything_leaves_an_empty_searchable_index(self, kind: str, data: tuple) -> None:
+    def test_remove_everything_leaves_an_empty_searchable_index(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids[:10], xb[:10])
+        index = filled(kind, ids[:10], xb[:10], **settings)
 
         assert index.remove(ids[:10]) == 10
 
         D, I = index.search(xq[:1], 3)
         assert len(index) == 0 and (I == -1).all() and np.isneginf(D).all()
 
-    def test_adds_accumulate(self, kind: str, data: tuple) -> None:
+    def test_adds_accumulate(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, xq = data
-        index = make_index(kind, D_WIDTH)
+        index = make_index(kind, D_WIDTH, **settings)
 
         index.add(ids[:100], xb[:100])
         index.add(ids[100:], xb[100:])
@@ -142,14 +161,14 @@ class TestContract:
         assert len(index) == len(ids)
         np.testing.assert_array_equal(index.search(xq, 5)[1], oracle(ids, xb).search(xq, 5)[1])
 
-    def test_save_and_load_round_trip(self, kind: str, data: tuple, tmp_path: Path) -> None:
+    def test_save_and_load_round_trip(self, kind: str, settings: dict, data: tuple, tmp_path: Path) -> None:
         ids, xb, xq = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
         index.remove(ids[:7])
         before = index.search(xq, 10)
 
         index.save(tmp_path / "ix")
-        loaded = load_index(tmp_path / "ix", kind)
+        loaded = load_index(tmp_path / "ix", kind, **settings)
 
         assert loaded.kind == kind and loaded.d == D_WIDTH and len(loaded) == len(ids) - 7
         after = loaded.search(xq, 10)
@@ -157,9 +176,9 @@ class TestContract:
         np.testing.assert_allclose(after[0], before[0], atol=1e-6)
         assert index.nbytes() > 0 and loaded.nbytes() > 0
 
-    def test_wrong_width_raises(self, kind: str, data: tuple) -> None:
+    def test_wrong_width_raises(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, _ = data
-        index = filled(kind, ids, xb)
+        index = filled(kind, ids, xb, **settings)
 
         with pytest.raises(DimensionMismatchError, match=r"xb must have shape \(n, 16\), got \(5, 8\)"):
             index.add(np.arange(5), np.zeros((5, 8), dtype=np.float32))
@@ -169,9 +188,9 @@ class TestContract:
             index.search(np.zeros((2, 2, 16), dtype=np.float32), 3)
         assert len(index) == len(ids)  # nothing half-added
 
-    def test_ids_must_match_the_vectors(self, kind: str, data: tuple) -> None:
+    def test_ids_must_match_the_vectors(self, kind: str, settings: dict, data: tuple) -> None:
         _, xb, _ = data
-        index = make_index(kind, D_WIDTH)
+        index = make_index(kind, D_WIDTH, **settings)
 
         with pytest.raises(DimensionMismatchError, match="got 3 ids for 5 vectors"):
             index.add(np.arange(3), xb[:5])
