@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from .config import GeneratorConfig
 from .jobs import Report
+from .lineage import Plan, forgetting_check, plan_job, replay_sample, slice_sample
+from .loading import load_adapter
 from .objectives import METHODS, consolidation_loss, dpo_loss, sequence_logprobs
 from .prompting import render_messages, select
 
@@ -62,7 +64,15 @@ class ConsolidationConfig:
     gate_margin: float = 0.02  # promote only if held-out response NLL drops by this fraction vs base
     probe_bound: float = 0.05  # ... and general-text perplexity rises by at most this fraction
     seed: int = 0
-    rebuild: bool = False  # retrain what stale adapters covered (minus forgotten experiences) with the rest
+    rebuild: bool = False  # retrain from the base over every experience left (after forgetting), a new lineage
+    # Accumulation (model/lineage.py; chosen on the NFCats drift benchmark, README):
+    start: str = "active"  # "active": train on from the tenant's active adapter; "base": a fresh LoRA each job
+    replay: float = 1.0  # covered experiences taught again per new training experience (0: none)
+    replay_min: int = 32  # ... at least this many (when the lineage covers that many)
+    replay_max: int = 512  # ... at most: a job's steps grow with new + replay, not with all ever consolidated
+    forget_bound: float = 0.25  # an earlier held-out slice's NLL may rise by this fraction over the active adapter's
+    forget_slack: float = 0.05  # ... plus this many nats (a near-zero NLL wobbles by more than any fraction)
+    forget_max: int = 256  # earlier adapters' held-out experiences measured per job, shared evenly by their slices
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +90,13 @@ class ConsolidationConfig:
             ("temperature", self.temperature > 0, "> 0"),
             ("dpo_weight", self.dpo_weight >= 0.0, ">= 0"),
             ("dpo_beta", self.dpo_beta > 0, "> 0"),
+            ("start", self.start in ("active", "base"), "'active' or 'base'"),
+            ("replay", self.replay >= 0.0, ">= 0"),
+            ("replay_min", self.replay_min >= 0, ">= 0"),
+            ("replay_max", self.replay_max >= self.replay_min, f">= replay_min ({self.replay_min})"),
+            ("forget_bound", self.forget_bound >= 0.0, ">= 0"),
+            ("forget_slack", self.forget_slack >= 0.0, ">= 0"),
+            ("forget_max", self.forget_max >= 1, ">= 1"),
         ]
         check_fields(self, checks)
 
@@ -102,20 +119,17 @@ class Outcome:
 
     promoted: bool
     metrics: dict[str, Any]
-    covered: list[int]  # experience ids the adapter was trained on
+    covered: list[int]  # experience ids this job trained on (new and replayed)
     holdout: list[int]
     adapter: Any = field(repr=False, default=None)  # the peft model (base + trained adapter)
+    parent: str | None = None  # the adapter version it was trained on from (None: the base model)
+    erase: bool = False  # it replaces a lineage that held forgotten experiences (their weights go once promoted)
 
 
 def select_experiences(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> list[ExperienceData]:
-    """Experiences not yet consolidated (or, to rebuild, consolidated in a stale adapter) whose utility and
-    support pass the thresholds, in id order."""
-    open_versions: set[str | None] = {None}
-    if config.rebuild:
-        open_versions |= {a.version for a in memory.adapters(tenant) if a.status == "stale"}
-    return [e for e in memory.iter_experiences(tenant)
-            if e.consolidated_in in open_versions and e.utility >= config.min_utility
-            and e.support >= config.min_support]
+    """The experiences a job teaches anew: those whose utility and support pass the thresholds and that the
+    active adapter's lineage neither covers nor holds out (all of them when the job retrains from the base)."""
+    return plan_job(memory, tenant, config).new
 
 
 def split_holdout(experiences: Sequence[ExperienceData], config: ConsolidationConfig
@@ -267,18 +281,28 @@ def step_gradients(peft_model: Any, batch: Sequence[Pair], config: Consolidation
     return loss
 
 
-def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: ConsolidationConfig,
-                  report: Report | None = None, progress: bool = False) -> Any:
-    """Wrap `model` with a fresh LoRA adapter and train it on `pairs`; returns the peft model."""
-    from peft import LoraConfig, get_peft_model
+def attach_adapter(model: Any, config: ConsolidationConfig, start: str | Path | None = None) -> Any:
+    """`model` (changed in place) with a trainable LoRA adapter: the one saved at `start`, to train on from it,
+    or a fresh one (seeded)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
+    if start is not None:
+        return PeftModel.from_pretrained(model, str(start), is_trainable=True)
     torch.manual_seed(config.seed)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     modules = [m for m in config.target_modules if m in present]
     if not modules:
         raise ConfigError(f"none of the LoRA target modules {config.target_modules} is in the model")
-    peft_model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                                  target_modules=modules, task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                            target_modules=modules, task_type="CAUSAL_LM"))
+
+
+def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: ConsolidationConfig,
+                  report: Report | None = None, progress: bool = False) -> Any:
+    """Train `model`'s LoRA adapter on `pairs` (a plain model gets a fresh one first); returns the peft model."""
+    from peft import PeftModel
+
+    peft_model = model if isinstance(model, PeftModel) else attach_adapter(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     rng = random.Random(config.seed)
@@ -342,27 +366,56 @@ def gate(base_nll: float, student_nll: float, base_ppl: float, student_ppl: floa
 def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str = "default",
                 config: ConsolidationConfig | None = None, report: Report | None = None,
                 progress: bool = False, experiences: Sequence[ExperienceData] | None = None) -> Outcome:
-    """Select, split, train, gate. The caller saves and registers the adapter (`Outcome.adapter`)."""
+    """Plan (model/lineage.py), split, train on from the active adapter, gate. `model` is changed in place (the
+    adapter is injected into it). The caller saves and registers the adapter (`Outcome.adapter`).
+
+    `experiences` replaces the plan's new experiences (the lineage still gives the parent and the replay).
+    """
     config = config or ConsolidationConfig()
     started = time.perf_counter()
-    chosen = list(experiences) if experiences is not None else select_experiences(memory, tenant, config)
+    plan = plan_job(memory, tenant, config)
+    chosen = list(experiences) if experiences is not None else plan.new
     if len(chosen) < 2:
         raise ConfigError(f"tenant {tenant!r} has {len(chosen)} experience(s) to consolidate; at least 2 are needed")
     train, held = split_holdout(chosen, config)
+    replay = replay_sample(plan.replay_pool, len(train), config)
     pad = tokenizer.pad_token_id
-    extra = memory.went_well(train, tenant=tenant)
-    train_pairs = build_pairs(train, tokenizer, memory, tenant, config, progress, extra=extra)
+    taught = sorted(train + replay, key=lambda e: e.id)
+    train_pairs = build_pairs(taught, tokenizer, memory, tenant, config, progress,
+                              extra=memory.went_well(taught, tenant=tenant))
     held_pairs = build_pairs(held, tokenizer, memory, tenant, config, progress)
+    slices = {v: build_pairs(s, tokenizer, memory, tenant, config)
+              for v, s in slice_sample(plan.slices, config).items()}
     base_nll, base_ppl = response_nll(model, held_pairs, pad), probe_perplexity(model, tokenizer)
+    model, reference = _reference(model, plan, slices, config, pad)
     adapter = train_adapter(model, tokenizer, train_pairs, config, report, progress)
     student_nll, student_ppl = response_nll(adapter, held_pairs, pad), probe_perplexity(adapter, tokenizer)
     promoted, reason = gate(base_nll, student_nll, base_ppl, student_ppl, config)
+    kept, why, forgetting = forgetting_check(reference, {v: response_nll(adapter, p, pad) for v, p in slices.items()},
+                                             config)
+    promoted, reason = (False, why) if promoted and not kept else (promoted, f"{reason}; {why}")
+    parent = plan.parent.version if plan.parent is not None else None
     metrics = {"method": config.method, "with_memory": config.with_memory, "dpo_weight": config.dpo_weight,
-               "train": len(train),
-               "train_pairs": len(train_pairs),
+               "parent": parent, "start": config.start, "restart": plan.restart,
+               "train": len(train), "replay": len(replay), "train_pairs": len(train_pairs),
                "holdout": len(held_pairs), "base_nll": base_nll, "student_nll": student_nll,
-               "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "gate": reason,
-               "seconds": round(time.perf_counter() - started, 1), "seed": config.seed}
+               "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "forgetting": forgetting,
+               "gate": reason, "seconds": round(time.perf_counter() - started, 1), "seed": config.seed}
     logger.info("consolidation %s: %s", "promoted" if promoted else "rejected", reason)
-    return Outcome(promoted, metrics, [e.id for e in train], [e.id for e in held], adapter)
+    return Outcome(promoted, metrics, [e.id for e in taught], [e.id for e in held], adapter, parent, plan.erase)
 
+
+def _reference(model: Any, plan: Plan, slices: dict[str, list[Pair]], config: ConsolidationConfig,
+               pad: int) -> tuple[Any, dict[str, float]]:
+    """(the model to train, the active adapter's NLL on each earlier held-out slice). Training on from the active
+    adapter, its weights are loaded once, trainable, and measured before they move; a fresh LoRA measures
+    the active adapter first and unloads it."""
+    if plan.reference is None:
+        return model, {}
+    continued = plan.parent is not None
+    if not continued and not slices:
+        return model, {}
+    loaded = attach_adapter(model, config, plan.reference.path) if continued else load_adapter(
+        model, plan.reference.path)
+    reference = {v: response_nll(loaded, p, pad) for v, p in slices.items()}
+    return (loaded if continued else loaded.unload()), reference

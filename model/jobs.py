@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,25 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
                       progress: bool = False) -> tuple[str, dict[str, Any]]:
     """Consolidate the tenant's memory into a LoRA adapter with `ConsolidationConfig(**params)`.
 
-    Returns ("succeeded" | "rejected", metrics): the gate's figures, the adapter `version` and the held-out ids.
+    The adapter is registered with its lineage (the adapter it was trained on from, the experiences this job
+    taught, those its gate held out). Returns ("succeeded" | "rejected", metrics): the gate's figures (the
+    forgetting check's included), the adapter `version` and the held-out ids.
     """
     from .consolidate import ConsolidationConfig, consolidate
 
     config = ConsolidationConfig(**params)
     outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report, progress=progress)
-    folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}"
+    folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     outcome.adapter.save_pretrained(str(folder))
-    version = memory.register_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
-                                      promoted=outcome.promoted, metrics=outcome.metrics, covered=outcome.covered,
-                                      path=str(folder))
+    # Through the store: the facade's register_adapter predates lineage (parent, holdout)
+    version = memory.store.add_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
+                                       status="promoted" if outcome.promoted else "rejected",
+                                       metrics=outcome.metrics, covered=outcome.covered, path=str(folder),
+                                       parent=outcome.parent, holdout=outcome.holdout)
     if outcome.promoted:
         memory.activate_adapter(version, tenant=tenant)
         memory.mark_consolidated(outcome.covered, version=version, tenant=tenant)
-        if config.rebuild:  # the stale adapters' weights hold forgotten experiences: erase them too
+        if outcome.erase:  # the stale adapters' weights hold forgotten experiences: erase them too
             for old in memory.adapters(tenant):
                 if old.status == "stale" and Path(old.path).exists():
                     shutil.rmtree(old.path)

@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import inspect, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..errors import AdapterError, NotFoundError
@@ -21,17 +21,51 @@ from .schema import ADAPTER_METHODS, AdapterRow, ExperienceRow
 logger = logging.getLogger(__name__)
 
 
+# Columns added to the adapters table after its first release: a database made before gets them on open.
+LINEAGE_COLUMNS = {"parent": "VARCHAR(64)", "holdout": "TEXT"}
+
+
 class AdapterStore(StoreBase):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._add_lineage_columns()
+
+    def _add_lineage_columns(self) -> None:
+        """Add the lineage columns to an adapters table created before them (`create_all` adds tables, never
+        columns). Idempotent; a concurrent opener that added one first is not an error."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(AdapterRow.__tablename__)}
+        for name, kind in LINEAGE_COLUMNS.items():
+            if name in have:
+                continue
+            exists = " IF NOT EXISTS" if self.engine.dialect.name == "postgresql" else ""
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {AdapterRow.__tablename__} ADD COLUMN{exists} {name} {kind}")
+                logger.info("added column %s to the adapters table of %s", name, self.engine.url)
+            except OperationalError as exc:  # SQLite: another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+
     def add_adapter(self, *, tenant: str, base_model: str, method: str, seed: int, status: str,
-                    metrics: dict[str, Any], covered: Iterable[int], path: str) -> str:
-        """Register a trained adapter (inactive); returns its version, the next "v<n>" of the store."""
+                    metrics: dict[str, Any], covered: Iterable[int], path: str, parent: str | None = None,
+                    holdout: Iterable[int] = ()) -> str:
+        """Register a trained adapter (inactive); returns its version, the next "v<n>" of the store.
+
+        `covered`: the experience ids its own job trained on; `parent`: the adapter it was trained on from
+        (its lineage; None: from the base model); `holdout`: the ids its gate held out.
+        """
         if method not in ADAPTER_METHODS:
             raise AdapterError(f"adapter method must be one of {', '.join(ADAPTER_METHODS)}, got {method!r}")
         if status not in ("promoted", "rejected"):
             raise AdapterError(f"a new adapter is 'promoted' or 'rejected' by the gate, got {status!r}")
+        if parent is not None:
+            found = self.get_adapter(version=parent)
+            if found.tenant != tenant:
+                raise AdapterError(f"parent adapter {parent} belongs to tenant {found.tenant!r}, not {tenant!r}")
         fields = dict(tenant=tenant, base_model=base_model, method=method, seed=int(seed), status=status,
                       active=False, metrics=json.dumps(metrics, default=_plain),
-                      covered=json.dumps(sorted({int(i) for i in covered})), path=str(path), created_at=time.time())
+                      covered=json.dumps(sorted({int(i) for i in covered})), path=str(path), created_at=time.time(),
+                      parent=parent, holdout=json.dumps(sorted({int(i) for i in holdout})))
         for attempt in range(10):  # two writers may pick the same number: the primary key sends one round again
             try:
                 with self.transaction() as tx:
@@ -142,12 +176,21 @@ class AdapterStore(StoreBase):
                        .with_for_update())
 
     def _mark_stale(self, tx: Session, *, tenants: set[str], forgotten: set[int]) -> None:
+        """Mark stale the adapters whose own job trained on a forgotten experience, and every adapter trained on
+        from one of them (their weights carry it too)."""
         if not forgotten or not tenants:
             return
         now = time.time()
-        for row in tx.scalars(select(AdapterRow).where(AdapterRow.tenant.in_(sorted(tenants)))
-                              .order_by(AdapterRow.version).with_for_update()):  # the lock order of activations
-            if forgotten.isdisjoint(json.loads(row.covered)):
+        rows = list(tx.scalars(select(AdapterRow).where(AdapterRow.tenant.in_(sorted(tenants)))
+                               .order_by(AdapterRow.version).with_for_update()))  # the lock order of activations
+        tainted = {r.version for r in rows if not forgotten.isdisjoint(json.loads(r.covered))}
+        grew = True
+        while grew:  # descendants of a tainted adapter, to a fixed point (parents need not precede children)
+            more = {r.version for r in rows if r.parent in tainted} - tainted
+            tainted |= more
+            grew = bool(more)
+        for row in rows:
+            if row.version not in tainted:
                 continue
             if row.status == "promoted":
                 row.status = "stale"

@@ -63,15 +63,17 @@ class AdapterData:
     path: str
     created_at: float
     stale_at: float | None  # set (whatever the status) once an experience it covers is forgotten
+    parent: str | None = None  # the adapter it was trained on from; None: from the base model
+    holdout: tuple[int, ...] = ()  # experience ids its gate held out
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "covered": list(self.covered)}
+        return {**asdict(self), "covered": list(self.covered), "holdout": list(self.holdout)}
 
 
 def _adapter(row: AdapterRow) -> AdapterData:
     return AdapterData(row.version, row.tenant, row.base_model, row.method, row.seed, row.status, bool(row.active),
                        row.previous, json.loads(row.metrics), tuple(json.loads(row.covered)), row.path,
-                       row.created_at, row.stale_at)
+                       row.created_at, row.stale_at, row.parent, tuple(json.loads(row.holdout or "[]")))
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,11 @@ class AdapterRow(Base):
     status: Mapped[str] = mapped_column(String(20))  # promoted | rejected | stale (promoted, then data forgotten)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     previous: Mapped[str | None] = mapped_column(String(64))  # active before this one was activated
+    parent: Mapped[str | None] = mapped_column(String(64))  # the adapter it was trained on from (None: the base)
     metrics: Mapped[str] = mapped_column(Text)  # JSON: the gate's figures
-    covered: Mapped[str] = mapped_column(Text)  # JSON list of the experience ids it was trained on
+    covered: Mapped[str] = mapped_column(Text)  # JSON list of the experience ids its own job trained on (what
+    # its weights hold is that and what its parents' hold: the lineage)
+    holdout: Mapped[str | None] = mapped_column(Text)  # JSON list of the ids its gate held out (later jobs' slice)
     path: Mapped[str] = mapped_column(Text)  # the adapter's folder
     created_at: Mapped[float] = mapped_column(Float)
     stale_at: Mapped[float | None] = mapped_column(Float)  # when an experience it covers was forgotten
