@@ -86,3 +86,19 @@ def test_bench_peers_quick(tmp_path: Path, small_logs: Path) -> None:
     assert logmem["stages_s"]["embed"] > 0 and set(logmem["stages_s"]) >= {"parse", "distil", "index"}
     assert {r["system"] for r in result["search"]} == systems
     assert all(r["queries"] == 20 and r["p50_ms"] > 0 for r in result["search"])
+
+
+def test_bench_learning_quick(tmp_path: Path, small_logs: Path, smollm_folder: Path) -> None:
+    """The learning curve on a short stream: answers rated by the simulated user, a policy job run."""
+    items = tmp_path / "eval.jsonl"
+    items.write_text("".join(json.dumps({"id": f"e{i}", "messages": [{"role": "user", "content": f"How do I back up "
+                                                                      f"{s}?"}], "reference": [f"see the {s} manual"]})
+                             + "\n" for i, s in enumerate(SUBJECTS[:4])))
+    run("bench_learning.py", "--logs", str(small_logs), "--eval", str(items), "--out", str(tmp_path),
+        "--model", str(smollm_folder), "--p-missing", "0")
+    result = json.loads((tmp_path / "learning.json").read_text())
+    assert (tmp_path / "learning.md").is_file() and (tmp_path / "learning.png").is_file()
+    assert result["served"]["rated"] == 8  # every answer rated (--p-missing 0)
+    assert [p["interactions"] for p in result["points"]] == [8]
+    assert {"base", "memory", "vote", "knn"} <= set(result["points"][0]["accuracy"])
+    assert result["jobs"] and all(j["status"] in ("succeeded", "rejected") for j in result["jobs"])
