@@ -365,8 +365,9 @@ def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -
     p.add_argument("--tenant", default="default")
     p.add_argument("-k", type=int, default=8, help="experiences retrieved per request")
     p.add_argument("--template", default="exchanges", help="prompt template name or .jinja path")
-    p.add_argument("--choose", default="off", choices=["off", "vote"],
-                   help="vote: answer with a memory-supported answer (for tasks whose answers repeat)")
+    p.add_argument("--choose", default="off", choices=["off", "vote", "auto"],
+                   help="vote: answer with a memory-supported answer (for tasks whose answers repeat); "
+                        "auto: vote where the tenant's answers repeat, generate freely where they do not")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--no-adapter", action="store_true", help="ignore the tenant's active adapter")
 

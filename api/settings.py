@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     # Answering
     k: int = Field(default=8, ge=0)  # experiences retrieved per request
     template: str = "exchanges"  # prompt template name or .jinja path
-    choose: Literal["off", "vote"] = "off"  # "vote": answer with a memory-supported answer where the memory agrees
+    # "vote": answer with a memory-supported answer where the memory agrees; "auto": vote for a tenant whose answers
+    # repeat (labels, routes, canned replies), free generation for the others
+    choose: Literal["off", "vote", "auto"] = "off"
     max_loaded_adapters: int = Field(default=8, ge=1)  # tenants' adapters kept loaded beside the base model
 
     # The service: keys and limits

@@ -640,6 +640,12 @@ class VectorMemory:
         """Write the loaded indexes that are due (`MemoryConfig.checkpoint_changes` / `checkpoint_seconds`)."""
         self.indexes.checkpoint()
 
+    def answer_repetition(self, tenant: str = "default") -> float:
+        """The share of the tenant's experiences whose answer another experience also gave (1 - distinct /
+        total; 0 when empty): near 1 for labels, routes or canned replies, near 0 for free text."""
+        total, distinct = self.store.answer_counts(tenant=tenant)
+        return 1.0 - distinct / total if total else 0.0
+
     def _known_instructions(self, tenant: str) -> set[str]:
         if tenant not in self._instructions:
             self._instructions[tenant] = self.store.instructions(tenant=tenant,

@@ -18,6 +18,7 @@ from .prompting import ChatMarkers, Conditioning, Messages, render_messages, ren
 from .voting import choose_answer
 
 logger = logging.getLogger(__name__)
+AUTO_REFRESH_SECONDS = 60.0  # choose="auto" measures a tenant's answer repetition at most this often
 
 
 @dataclass
@@ -59,12 +60,26 @@ class MemoryGenerator:
         self.gen_config = config or GeneratorConfig()
         self.tenant = tenant
         self._markers = ChatMarkers.probe(tokenizer)
+        self._repetition: dict[str, tuple[float, float]] = {}  # tenant -> (when measured, answer repetition)
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes not found normally: defer to the wrapped model
         if name in ("model", "tokenizer"):
             raise AttributeError(name)
         return getattr(self.model, name)
+
+    def votes(self, tenant: str | None = None) -> bool:
+        """Whether `tenant`'s answers are chosen by the memory's vote: always under choose="vote"; under "auto"
+        where its answers repeat (`VectorMemory.answer_repetition` >= `auto_repetition`, measured at most every
+        `AUTO_REFRESH_SECONDS`), so a label-like tenant gets the vote and a free-text one free generation."""
+        choose = self.gen_config.choose
+        if choose != "auto" or self.memory is None:
+            return choose == "vote"
+        tenant, now = tenant or self.tenant, time.monotonic()
+        measured = self._repetition.get(tenant)
+        if measured is None or now - measured[0] > AUTO_REFRESH_SECONDS:
+            measured = self._repetition[tenant] = (now, self.memory.answer_repetition(tenant))
+        return measured[1] >= self.gen_config.auto_repetition
 
     # --- retrieval and conditioning -----------------------------------------------------------
     def retrieve(self, query: str, *, tenant: str | None = None) -> list[Hit]:
@@ -159,7 +174,7 @@ class MemoryGenerator:
         texts: list[str | None] = [None] * len(prompts)
         counts = [(0, "stop")] * len(prompts)  # (completion tokens, finish reason)
         chosen_by = ["model"] * len(prompts)
-        if self.gen_config.choose == "vote":
+        if self.votes(tenant):
             for i, cond in enumerate(conds):
                 if cond.experiences:
                     ids = enc["input_ids"][i:i + 1, enc["input_ids"].shape[1] - lengths[i]:]  # its padding off
@@ -190,6 +205,7 @@ class MemoryGenerator:
                 self.memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages,
                                        answer=reply.text, hits=cond.experiences, user=user, adapter=adapter,
                                        details={"timings": timings, "chosen_by": how,
+                                                "choose": self.gen_config.choose,
                                                 "prompt_tokens": n_tokens, "memory_tokens": cond.memory_tokens})
             replies.append(reply)
         return replies

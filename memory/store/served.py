@@ -118,6 +118,14 @@ class AnswerStore(StoreBase):
         with Session(self.engine) as s:
             return {k: int(n) for k, n in s.execute(stmt).all()}
 
+    def answer_counts(self, *, tenant: str) -> tuple[int, int]:
+        """(experiences, distinct answers among them) of the tenant: how much its answers repeat."""
+        stmt = select(func.count(), func.count(func.distinct(ExperienceRow.response))).where(
+            ExperienceRow.tenant == tenant)
+        with Session(self.engine) as s:
+            total, distinct = s.execute(stmt).one()
+        return int(total), int(distinct)
+
     def experience_page(self, *, tenant: str, sort: str, descending: bool, limit: int,
                         offset: int, contains: str | None = None) -> tuple[int, list[int]]:
         """(total, ids of one page) of the tenant's experiences ordered by `sort` (utility, uses, support, age, id);
