@@ -152,3 +152,37 @@ def test_a_rebuild_leaves_the_forgotten_experience_out_of_the_weights(memory: Ve
     assert all(rebuilt[e.id] < base[e.id] for e in rest)
     assert sum(base[e.id] - rebuilt[e.id] for e in rest) / len(rest) > 0.3
     assert not Path(v1.path).exists() and not Path(v2.path).exists()  # the weights that held it are deleted
+
+
+SHAPES = ["coin", "ball", "wheel", "plate", "moon", "orange", "button", "ring", "pizza", "clock", "globe", "pearl"]
+
+
+@pytest.mark.slow
+def test_two_jobs_in_sequence_on_the_real_model(tmp_path: Path, embedder, smollm) -> None:  # type: ignore[no-untyped-def]
+    from logmem.model.generator import MemoryGenerator
+
+    model, tok = smollm
+    # a few steps that teach a constant answer; the probe bound is not what this test is about
+    params = dict(lr=1e-3, epochs=2, batch_size=4, holdout=0.25, probe_bound=0.5)
+
+    def answer(path: str, question: str) -> str:
+        merged = load_adapter(copy.deepcopy(model), path, merge=True)
+        return MemoryGenerator(merged, tok, None).chat([{"role": "user", "content": question}],
+                                                        max_new_tokens=6).text.strip()
+
+    with VectorMemory(tmp_path / "home", embedder=embedder) as memory:
+        memory.ingest(_records(BLUE[:8], "BLUE", "b"))
+        status, first = run_consolidation(memory, copy.deepcopy(model), tok, tenant="default", params=params,
+                                          base_model="smollm2")
+        assert status == "succeeded", first["gate"]
+        memory.ingest([{"id": f"s{i}", "user": f"s-u{i}", "messages": [
+            {"role": "user", "content": f"What shape is the {t}?"}, {"role": "assistant", "content": "ROUND"}],
+            "feedback": [{"turn": 1, "kind": "like"}]} for i, t in enumerate(SHAPES[:8])])
+        status, second = run_consolidation(memory, copy.deepcopy(model), tok, tenant="default", params=params,
+                                           base_model="smollm2")
+        assert status == "succeeded", second["gate"]
+        assert (second["parent"], second["train"], second["replay"]) == (first["version"], 6, 6)
+        v2 = memory.active_adapter("default")
+        assert v2 is not None and v2.version == second["version"] and v2.parent == first["version"]
+        assert answer(v2.path, "Which colour is the kingfisher?") == "BLUE"  # what job 1 taught, kept
+        assert answer(v2.path, "What shape is the bagel?") == "ROUND"  # what job 2 taught
