@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deps import GenerationLimit
 from .metrics import Message, Metrics, Scope
-from .routes import chat, consolidation, health, inspector, inspector_api, interactions, memory
+from .routes import chat, consolidation, health, inspector, inspector_api, interactions, lora, memory
 from .runtime import Runtime
 from .settings import Settings
+from .upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
 # a domain error -> (status, OpenAI error type)
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             stop.set()
             if worker is not None:
                 worker.join(timeout=5)
+            if runtime.upstream is not None:
+                await runtime.upstream.aclose()
             runtime.close()
 
     app = FastAPI(title="logmem", version="0.1.0", lifespan=lifespan,
@@ -60,7 +63,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.metrics = metrics = Metrics(runtime)
     app.state.generation_limit = GenerationLimit(runtime.settings.max_concurrent)
     for router in (chat.router, interactions.router, memory.router, consolidation.jobs, consolidation.adapters,
-                   health.router, inspector_api.router, inspector.router):
+                   health.router, inspector_api.router, inspector.router, lora.router):
         app.include_router(router)
     _handle_errors(app)
     app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes)
@@ -89,6 +92,12 @@ def _handle_errors(app: FastAPI) -> None:
         param = "model" if code else field if exc.status_code == 422 and sep and " " not in field else None
         return error(exc.status_code, str(exc.detail), HTTP_TYPES.get(exc.status_code, "server_error"),
                      param=param, code=code, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(UpstreamError)
+    async def upstream(request: Request, exc: UpstreamError) -> JSONResponse:
+        logger.warning("upstream: %s", exc)
+        return error(exc.status, str(exc), exc.kind, code=exc.code,
+                     headers={"Retry-After": exc.retry_after} if exc.retry_after else None)
 
     @app.exception_handler(LogmemError)
     async def domain(request: Request, exc: LogmemError) -> JSONResponse:

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from logmem.memory import LogmemError, StoreError
+from logmem.memory.errors import ConfigError
 from logmem.memory.logs import FORMATS
 from logmem.memory.store import AdapterData, JobData, KeyData, Store
 from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI stays quick to start
 
 from .demo import DEMO_TENANT, one_line, run_demo
+from .push import Pushed, push
 from .runtime import SERVED_MODEL, Caller, Runtime
 from .settings import Settings
 
@@ -259,6 +261,11 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             data = {"adapters": [{**a.to_json(), "covered": len(a.covered)} for a in adapters]}
             _emit(args, data, lambda: _print_adapters(adapters))
             return EXIT_OK
+        if args.action == "push":
+            tenant = args.tenant or "default"
+            pushed = push(store, tenant, args.to, key=_key_from(args.key_env))
+            _emit(args, pushed.to_json(), lambda: _print_pushed(pushed, args.to))
+            return EXIT_OK
         if args.action == "activate":
             tenant = args.tenant or store.get_adapter(version=args.version).tenant
             before = store.active_adapter(tenant=tenant)
@@ -271,21 +278,47 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     what = f"{now} active" if now else "base model (no adapter active)"
     change = " (unchanged)" if was == now else f" (was {was})" if was else ""
     _emit(args, {"tenant": tenant, "active": now, "was": was}, lambda: print(f"{tenant}: {what}{change}"))
+    if getattr(args, "push_to", None):
+        with closing(_open_store(args)) as store:
+            pushed = push(store, tenant, args.push_to, key=_key_from(args.key_env))
+        _emit(args, pushed.to_json(), lambda: _print_pushed(pushed, args.push_to))
     return EXIT_OK
+
+
+def _key_from(variable: str | None) -> str | None:
+    """The value of the environment variable named `variable` (a key never goes on a command line)."""
+    if not variable:
+        return None
+    if not os.environ.get(variable):
+        raise ConfigError(f"the environment variable {variable} (named by a --...-key-env option) is not set")
+    return os.environ[variable]
+
+
+def _print_pushed(pushed: Pushed, url: str) -> None:
+    where = f"{pushed.name} ({'loaded' if pushed.loaded else 'already loaded'})" if pushed.name else "the base model"
+    print(f"{pushed.tenant}: {url} serves {where}")
+    for name in pushed.unloaded:
+        print(f"  unloaded {name}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The HTTP service (uvicorn). One process per worker; several need a database they can share."""
     import uvicorn
 
-    settings = _settings(args, worker=not args.no_worker)
+    upstream: dict[str, Any] = {}
+    if args.upstream:
+        upstream = {"upstream": args.upstream, "upstream_model": args.upstream_model,
+                    "upstream_key": _key_from(args.upstream_key_env)}
+    settings = _settings(args, worker=not args.no_worker, **{k: v for k, v in upstream.items() if v is not None})
     if args.workers > 1:
         if settings.db_url.startswith("sqlite"):
             print("logmem: several --workers need a shared database: pass --db postgresql+psycopg://...",
                   file=sys.stderr)
             return EXIT_USAGE
         for name, value in settings.model_dump(exclude_none=True).items():  # each worker builds its own from these
-            if name != "admin_key":
+            if name == "upstream_key":  # a secret: its value, not its mask (the admin key comes from there already)
+                os.environ["LOGMEM_UPSTREAM_KEY"] = settings.upstream_key.get_secret_value()  # type: ignore[union-attr]
+            elif name != "admin_key":
                 os.environ[f"LOGMEM_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
         uvicorn.run("logmem.api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                     log_level="info" if args.verbose else "warning")
@@ -479,6 +512,11 @@ def _service_parsers(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes (more than one needs --db PostgreSQL)")
     p.add_argument("--no-worker", action="store_true", help="do not run consolidation jobs here (`logmem worker`)")
+    p.add_argument("--upstream", default=None, metavar="URL",
+                   help="answer through this OpenAI-compatible server (base URL with /v1), not the local model")
+    p.add_argument("--upstream-key-env", default=None, metavar="VAR", help="the environment variable holding its key")
+    p.add_argument("--upstream-model", default=None, metavar="NAME",
+                   help="the model name it serves (default: the first its /v1/models lists)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run queued and periodic consolidation jobs")
@@ -506,7 +544,7 @@ def _adapters_parser(sub: Any) -> None:
     p = sub.add_parser("adapters", help="the tenants' LoRA adapters: list, activate VERSION, rollback")
     p.add_argument("--tenant", default=None, help="list: only this tenant; rollback: default 'default'")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_adapters, action=None, force=False)
+    p.set_defaults(func=cmd_adapters, action=None, force=False, key_env=None)
     actions = p.add_subparsers(dest="action")
     # SUPPRESS: an option left out after the action keeps the value given before it (`adapters --tenant T rollback`)
     q = actions.add_parser("activate", help="make VERSION its tenant's active adapter")
@@ -517,6 +555,14 @@ def _adapters_parser(sub: Any) -> None:
     q = actions.add_parser("rollback", help="re-activate the adapter active before (or the base model)")
     q.add_argument("--tenant", default=argparse.SUPPRESS)
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    q = actions.add_parser("push", help="load the tenant's active adapter into a vLLM server as <tenant>-<version>")
+    q.add_argument("--to", required=True, metavar="URL", help="the server's base URL with /v1")
+    q.add_argument("--tenant", default=argparse.SUPPRESS)
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    for q in (actions.choices["activate"], actions.choices["rollback"]):
+        q.add_argument("--push-to", default=None, metavar="URL", help="then push the active adapter to this server")
+    for q in actions.choices.values():
+        q.add_argument("--key-env", default=None, metavar="VAR", help="the environment variable holding its key")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,8 +31,19 @@ async def get_caller(request: Request, authorization: Annotated[str | None, Head
     return caller
 
 
+async def get_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> bool:
+    """An admin key (the settings' or one made with `keys create --admin`), for routes that act on no tenant's data
+    (the server's loaded LoRA adapters). Any other key is a 401 that says nothing more."""
+    scheme, _, key = (authorization or "").partition(" ")
+    runtime: Runtime = request.app.state.runtime
+    if not (scheme.lower() == "bearer" and key.strip() and runtime.is_admin(key.strip())):
+        raise HTTPException(status_code=401, detail="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return True
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[bool, Depends(get_admin)]
 
 
 class GenerationLimit:

@@ -8,6 +8,7 @@ import logging
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from logmem.memory import FeedbackResult, Hit, IngestReport, NotFoundError, Rejected, Stats, VectorMemory, parse_record
-from logmem.memory.errors import ConfigError, JobConflictError, JobStateError, LogFormatError
+from logmem.memory.errors import AdapterError, ConfigError, JobConflictError, JobStateError, LogFormatError
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData, KeyData, Store, inspection
 from logmem.model.config import GeneratorConfig
@@ -24,6 +25,7 @@ from logmem.model.loading import DEFAULT_GENERATOR
 
 from .jobs import JobRunner, consolidation_job
 from .settings import Settings
+from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,20 @@ class Answer:
     model: str  # the model name the caller asked for
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
+
+
+@dataclass
+class Conditioned:
+    """A request conditioned for an upstream: the caller's messages, the conversation with the memory's exchanges
+    and lessons note (what the upstream gets), and what the answer's log needs."""
+
+    interaction_id: str
+    messages: list[dict[str, str]]  # the caller's
+    conversation: list[dict[str, str]]  # with the memory, at the message level
+    hits: list[Hit]  # the experiences that conditioned it, in prompt order
+    memory_tokens: int
+    condition_ms: float  # all of it: the follow-up judgment, embedding, search, selection, templating
+    active: str | None  # the tenant's active adapter version (None: the base model, or not asked for)
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class Runtime:
         self._load_trainer = load_trainer
         self._model_lock = threading.Lock()
         self._loaded: tuple[Any, Any, Any, Any] | None = None  # (generator, bare generator, tokenizer, adapter pool)
+        self._conditioner: Any = None  # upstream mode: a MemoryGenerator without a model (conditioning only)
+        self._loras: dict[str, Path] = {}  # LoRA adapters loaded by name over HTTP (vLLM's runtime LoRA routes)
         self.base_model = Path(settings.model).stem if settings.model else DEFAULT_GENERATOR
 
     # --- assembly -----------------------------------------------------------------------------
@@ -87,6 +105,17 @@ class Runtime:
     @property
     def store(self) -> Store:
         return self.memory.store
+
+    @cached_property
+    def upstream(self) -> Upstream | None:
+        """The OpenAI-compatible server that generates (`settings.upstream`), or None: the local model does."""
+        s = self.settings
+        if not s.upstream:
+            return None
+        return Upstream(s.upstream, key=s.upstream_key.get_secret_value() if s.upstream_key else None,
+                        model=s.upstream_model, timeout=s.upstream_timeout, retries=s.upstream_retries,
+                        backoff=s.upstream_backoff, concurrency=s.upstream_concurrency,
+                        models_seconds=s.upstream_models_seconds)
 
     @cached_property
     def jobs(self) -> JobRunner:
@@ -111,6 +140,20 @@ class Runtime:
                 pool = AdapterPool(model, max_loaded=self.settings.max_loaded_adapters)
                 self._loaded = (generator, bare, tokenizer, pool)
             return self._loaded
+
+    def conditioner(self) -> Any:
+        """What conditions a request for an upstream: the generator's own retrieval, budgets and template, over the
+        settings' tokenizer alone (no weights are loaded to proxy)."""
+        with self._model_lock:
+            if self._conditioner is None:
+                from logmem.model.generator import MemoryGenerator
+                from logmem.model.loading import load_tokenizer
+
+                tokenizer = self._load_model()[1] if self._load_model else load_tokenizer(
+                    self.settings.model, home=Path(self.settings.home))
+                config = GeneratorConfig(k=self.settings.k, template=self.settings.template)
+                self._conditioner = MemoryGenerator(None, tokenizer, self.memory, config=config)
+            return self._conditioner
 
     def load_model_copy(self, dtype: str | None = None) -> tuple[Any, Any]:
         """A fresh (model, tokenizer) of the settings' model, apart from the one being served (evaluation
@@ -154,8 +197,8 @@ class Runtime:
 
     # --- answering ------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        """The model names a request may ask for."""
-        return [SERVED_MODEL, self.base_model]
+        """The model names a request may ask for (local mode): the served one, the base, the LoRAs loaded by name."""
+        return [SERVED_MODEL, self.base_model, *self._loras]
 
     def chat(self, caller: Caller, messages: Sequence[dict[str, str]], *, model: str = SERVED_MODEL,
              user: str | None = None, max_tokens: int = 128, temperature: float | None = None,
@@ -169,17 +212,88 @@ class Runtime:
         generator, bare, _, pool = self._model_parts()
         generator = generator if use_memory else bare
         active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
-        version = active.version if active else None
+        version, path = (active.version, active.path) if active else (None, None)
+        pooled = version
+        if model in self._loras:  # a LoRA loaded by name answers as itself
+            version, path, pooled = model, str(self._loras[model]), _lora_key(model)
         kwargs: dict[str, Any] = {}
         if temperature:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p if top_p is not None else 1.0)
         if streamer is not None:
             kwargs["streamer"] = streamer
-        with pool.using(version, active.path if active else None) as served:
+        with pool.using(pooled, path) as served:
             generator.model = served
             reply = generator.chat(list(messages), tenant=caller.tenant, user=user, max_new_tokens=max_tokens,
                                    adapter=version, stop=list(stop or []), interaction_id=interaction_id, **kwargs)
         return Answer(reply, version, model, reply.completion_tokens, reply.finish_reason)
+
+    def condition(self, caller: Caller, messages: Sequence[dict[str, str]], *, with_adapter: bool = True,
+                  interaction_id: str | None = None) -> Conditioned:
+        """Condition a request for the upstream as `chat` conditions it for the local model: the answer it
+        continues is judged first (`follow_up`), then the memory's exchanges and lessons note join the messages.
+        With `with_adapter`, also the tenant's active adapter version."""
+        messages = [dict(m) for m in messages]
+        t0 = time.perf_counter()
+        self.memory.follow_up(messages, tenant=caller.tenant)
+        cond, conversation = self.conditioner().messages_for(messages, tenant=caller.tenant)
+        active = self.memory.active_adapter(caller.tenant) if with_adapter else None
+        return Conditioned(interaction_id or uuid.uuid4().hex, messages, conversation, cond.experiences,
+                           cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active.version if active else None)
+
+    def log_upstream(self, caller: Caller, cond: Conditioned, text: str, *, model: str, adapter: str | None,
+                     user: str | None, prompt_tokens: int, completion_tokens: int, finish_reason: str,
+                     model_ms: float, upstream_model: str) -> Answer:
+        """Keep an upstream's answer in SQL exactly as `chat` keeps a local one (the same row, the experiences used
+        with their score parts, the adapter that answered), and return it as an `Answer`."""
+        from logmem.model.generator import Reply
+
+        timings = {"retrieval_ms": cond.condition_ms, "prompt_ms": 0.0, "model_ms": model_ms}
+        self.memory.log_answer(tenant=caller.tenant, interaction_id=cond.interaction_id, messages=cond.messages,
+                               answer=text, hits=cond.hits, user=user, adapter=adapter,
+                               details={"timings": timings, "chosen_by": "model", "prompt_tokens": prompt_tokens,
+                                        "memory_tokens": cond.memory_tokens, "upstream": upstream_model})
+        reply = Reply(text=text, interaction_id=cond.interaction_id, experiences=cond.hits,
+                      prompt=json.dumps(cond.conversation, ensure_ascii=False), prompt_tokens=prompt_tokens,
+                      memory_tokens=cond.memory_tokens, retrieval_ms=cond.condition_ms, prompt_ms=0.0,
+                      model_ms=model_ms, completion_tokens=completion_tokens, finish_reason=finish_reason)
+        return Answer(reply, adapter, model, completion_tokens, finish_reason)
+
+    # --- LoRA adapters loaded by name (vLLM's runtime LoRA routes, so that `adapters push` has a real target) ----
+    def loras(self) -> dict[str, Path]:
+        return dict(self._loras)
+
+    def load_lora(self, name: str, path: str) -> None:
+        """Load the PEFT folder `path` under `name`, which requests then name in `model`. A name is loaded once
+        (load another name for other weights); one that is a served model name is refused."""
+        folder = Path(path)
+        if name in self._loras or name in (SERVED_MODEL, self.base_model):
+            raise AdapterError(f"the LoRA adapter {name!r} has already been loaded (or names a model)")
+        if not (folder / "adapter_config.json").is_file():
+            raise NotFoundError(f"no PEFT adapter at {path!r} (adapter_config.json missing)")
+        _, _, _, pool = self._model_parts()
+        try:
+            with pool.using(_lora_key(name), folder):
+                pass
+        except Exception as exc:  # weights of another base model: peft refuses the shapes
+            pool.evict(_lora_key(name))
+            raise AdapterError(f"cannot load the LoRA adapter {name!r} from {path!r}: {exc}") from None
+        self._loras[name] = folder
+        logger.info("loaded LoRA adapter %s from %s", name, folder)
+
+    def unload_lora(self, name: str) -> None:
+        if name not in self._loras:
+            raise NotFoundError(f"no LoRA adapter named {name!r} is loaded")
+        del self._loras[name]
+        self._model_parts()[3].evict(_lora_key(name))
+        logger.info("unloaded LoRA adapter %s", name)
+
+    def is_admin(self, key: str) -> bool:
+        """Whether `key` is the settings' admin key or an admin key in SQL."""
+        admin = self.settings.admin_key
+        if admin is not None and secrets.compare_digest(key.encode(), admin.get_secret_value().encode()):
+            return True
+        found = self.store.key_for(key)
+        return bool(found is not None and found.admin)
 
     def feedback(self, caller: Caller, interaction_id: str, kind: str, *, value: float | None = None,
                  text: str | None = None, event_id: str | None = None) -> FeedbackResult:
@@ -373,6 +487,11 @@ class Runtime:
 
 
 DAY = 86_400.0
+
+
+def _lora_key(name: str) -> str:
+    """The adapter pool's key of a LoRA loaded by name, apart from the tenants' adapter versions."""
+    return f"lora:{name}"
 
 
 def _use(use: inspection.UseData, experience_id: int) -> dict[str, Any]:

@@ -106,6 +106,21 @@ class ConsolidationIn(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+class LoadLoraIn(BaseModel):
+    """POST /v1/load_lora_adapter, as vLLM takes it."""
+
+    model_config = ConfigDict(extra="ignore")
+    lora_name: str = Field(min_length=1, max_length=200)
+    lora_path: str = Field(min_length=1, max_length=4096, description="a PEFT folder this server can read")
+
+
+class UnloadLoraIn(BaseModel):
+    """POST /v1/unload_lora_adapter, as vLLM takes it."""
+
+    model_config = ConfigDict(extra="ignore")
+    lora_name: str = Field(min_length=1, max_length=200)
+
+
 # --- responses -----------------------------------------------------------------------------------
 class ErrorBody(BaseModel):
     message: str
@@ -170,6 +185,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    root: str | None = None  # the base model (a LoRA adapter's: the folder it was loaded from), as vLLM lists it
+    parent: str | None = None  # a LoRA adapter's base model; None for a base model
 
 
 class ModelList(BaseModel):

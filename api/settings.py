@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=1_000, ge=1)  # log records per POST /v1/interactions
     max_concurrent: int = Field(default=2, ge=1)  # generations in flight per key; past it, 429 with Retry-After
 
+    # An OpenAI-compatible upstream (vLLM, TGI, llama.cpp, a hosted API) that generates instead of the local model
+    upstream: str | None = None  # its base URL with /v1 (http://host:8000/v1); None: the local model answers
+    upstream_key: SecretStr | None = None  # its Bearer key (`logmem serve --upstream-key-env VAR` reads VAR)
+    upstream_model: str | None = None  # the model name it serves; default: the first base model its /v1/models lists
+    upstream_timeout: float = Field(default=60.0, gt=0)  # seconds to connect, and between two bytes of its answer
+    upstream_retries: int = Field(default=2, ge=0)  # tries again (with backoff) only before any byte reached the caller
+    upstream_backoff: float = Field(default=0.25, ge=0)  # seconds before the first retry, doubled for each next one
+    upstream_concurrency: int = Field(default=16, ge=1)  # requests in flight to it; more wait up to upstream_timeout
+    upstream_models_seconds: float = Field(default=5.0, ge=0)  # its model list (pushed adapters) is trusted this long
+
     # Jobs
     worker: bool = True  # the server also runs queued consolidation jobs (else: `logmem worker`)
     worker_poll_seconds: float = Field(default=2.0, gt=0)  # how often an idle worker looks for work

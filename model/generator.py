@@ -97,6 +97,13 @@ class MemoryGenerator:
         cond = self._condition(hits)
         return hits, cond, self._prompt(messages, cond)
 
+    def messages_for(self, messages: Messages, *, tenant: str | None = None) -> tuple[Conditioning, Messages]:
+        """What `chat` conditions `messages` with, at the message level (what an OpenAI-compatible server that
+        applies its own chat template receives): the conditioning that fits the budgets and the conversation with
+        the template's exchanges and lessons note. `chat` renders exactly this conversation with the tokenizer."""
+        cond = self._condition(self.retrieve(_last_user(messages), tenant=tenant or self.tenant))
+        return cond, render_messages(messages, cond, self.gen_config.template)
+
     # --- drop-in generate ---------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["CHATML_TEMPLATE", "DEFAULT_GENERATOR", "ModelNotFoundError", "bundled_gguf_path",
-           "convert_gguf", "gguf_cache_dir", "load_generator"]
+           "convert_gguf", "gguf_cache_dir", "load_generator", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +252,15 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
     logger.info("loaded generator from %s (%s, %s) in %.2f s", folder, dtype, device,
                 time.perf_counter() - started)
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path | None = None, *, home: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer `load_generator` would load with the model, alone (a proxy counts tokens with it and loads
+    no weights). Raises ModelNotFoundError as `load_generator` does."""
+    from transformers import AutoTokenizer
+
+    folder = _resolve_folder(name_or_path, Path(home))
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
 
 
 def load_adapter(model: PreTrainedModel, path: str | Path, *, merge: bool = False) -> Any:

@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..deps import CallerDep, RuntimeDep
-from ..runtime import Answer, Caller, Runtime
+from ..runtime import SERVED_MODEL, Answer, Caller, Conditioned, Runtime
 from ..schemas import ChatCompletion, ChatRequest, ErrorOut, ModelCard, ModelList
+from ..upstream import UpstreamError, UpstreamStream, lora_name
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 STARTED = int(time.time())
 
 
 @router.get("/models", response_model=ModelList)
-def list_models(runtime: RuntimeDep, caller: CallerDep) -> ModelList:
-    """`default` (the base model with the caller's active adapter) and the base model itself."""
-    return ModelList(data=[ModelCard(id=name, created=STARTED, owned_by="logmem") for name in runtime.models()])
+async def list_models(runtime: RuntimeDep, caller: CallerDep) -> ModelList:
+    """`default` (the base model with the caller's active adapter) and the base model itself (an upstream's, in
+    front of one); in local mode also the LoRA adapters loaded by name, each with the base as its `parent`."""
+    if runtime.upstream is not None:
+        base = await runtime.upstream.base_model()
+        return ModelList(data=[ModelCard(id=name, created=STARTED, owned_by="logmem", root=base)
+                               for name in (SERVED_MODEL, base)])
+    cards = [ModelCard(id=name, created=STARTED, owned_by="logmem", root=runtime.base_model)
+             for name in (SERVED_MODEL, runtime.base_model)]
+    cards += [ModelCard(id=name, created=STARTED, owned_by="logmem", root=str(path), parent=runtime.base_model)
+              for name, path in runtime.loras().items()]
+    return ModelList(data=cards)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
@@ -39,6 +53,8 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
     max_tokens = body.max_completion_tokens or body.max_tokens or min(128, settings.max_tokens)
     if max_tokens > settings.max_tokens:
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
+    if runtime.upstream is not None:
+        return await proxied(body, request, runtime, caller, max_tokens)
     if body.model not in runtime.models():
         raise HTTPException(404, f"the model {body.model!r} does not exist")
     limit, metrics = request.app.state.generation_limit, request.app.state.metrics
@@ -137,6 +153,124 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
         yield _sse({"id": stream_id, "object": "chat.completion.chunk", "created": created,
                     "model": kwargs["model"], "choices": [], "usage": _usage(result)})
     yield "data: [DONE]\n\n"
+
+
+async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller: Caller, max_tokens: int) -> Any:
+    """Answer through the upstream: condition the messages with the caller's memory, forward them with the
+    caller's parameters (naming the tenant's adapter where the upstream has it loaded), log the answer as a local
+    one. Streaming passes the upstream's chunks on as they come; an upstream failure is an OpenAI-shaped error
+    (before the first byte: the response's status), and a failed answer is never logged."""
+    upstream = runtime.upstream
+    assert upstream is not None
+    base = await upstream.base_model()
+    if body.model not in (SERVED_MODEL, base):
+        raise HTTPException(404, f"the model {body.model!r} does not exist")
+    limit, metrics = request.app.state.generation_limit, request.app.state.metrics
+    slot = limit.acquire(caller)
+    release = _once(lambda: limit.release(slot))
+    try:
+        messages = [m.plain() for m in body.messages]
+        cond = await run_in_threadpool(lambda: runtime.condition(caller, messages,
+                                                                 with_adapter=body.model == SERVED_MODEL))
+        target, adapter = base, None
+        if cond.active is not None and lora_name(caller.tenant, cond.active) in (await upstream.names()).loras:
+            target, adapter = lora_name(caller.tenant, cond.active), cond.active
+        payload: dict[str, Any] = {"model": target, "messages": cond.conversation, "max_tokens": max_tokens}
+        payload.update({k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
+                                          ("stop", body.stop), ("user", body.user)) if v is not None})
+        log = Logged(runtime, caller, cond, model=body.model, adapter=adapter, user=body.user, target=target)
+        started = time.perf_counter()
+        if not body.stream:
+            data = await upstream.complete(payload)
+            choice, usage = data["choices"][0], data.get("usage") or {}
+            answer = await run_in_threadpool(lambda: log.answer(
+                choice["message"]["content"], choice.get("finish_reason"), usage,
+                (time.perf_counter() - started) * 1e3))
+            release()
+            metrics.observe_answer(answer)
+            return completion(answer)
+        stream = await upstream.stream({**payload, "stream_options": {"include_usage": True}})
+    except BaseException:
+        release()
+        raise
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def closed() -> None:
+        await stream.aclose()
+        release()
+
+    return StreamingResponse(_relayed(stream, log, include_usage, started, metrics, closed),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(closed))
+
+
+class Logged:
+    """How an upstream's answer to one conditioned request is logged and reported."""
+
+    def __init__(self, runtime: Runtime, caller: Caller, cond: Conditioned, *, model: str, adapter: str | None,
+                 user: str | None, target: str) -> None:
+        self.runtime, self.caller, self.cond = runtime, caller, cond
+        self.model, self.adapter, self.user, self.target = model, adapter, user, target
+
+    def answer(self, text: str, finish_reason: str | None, usage: dict[str, Any], model_ms: float) -> Answer:
+        return self.runtime.log_upstream(
+            self.caller, self.cond, text, model=self.model, adapter=self.adapter, user=self.user,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens")
+                                                                                      or 0),
+            finish_reason="length" if finish_reason == "length" else "stop", model_ms=model_ms,
+            upstream_model=self.target)
+
+
+async def _relayed(stream: UpstreamStream, log: Logged, include_usage: bool, started: float, metrics: Any,
+                   closed: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
+    """The upstream's chunks as they come (under the interaction id and the caller's model name); its last chunk
+    (the finish reason) and usage are held until the stream has ended and the answer is logged, then sent with
+    the `logmem` object, as in local mode. A broken stream ends with an error event and logs nothing."""
+    iid, created = log.cond.interaction_id, int(time.time())
+    text, final, usage = "", None, None
+    try:
+        try:
+            async for chunk in stream:
+                choices = chunk.get("choices") or []
+                if not choices:  # the usage chunk
+                    usage = chunk.get("usage") or usage
+                    continue
+                text += (choices[0].get("delta") or {}).get("content") or ""
+                relayed = {**chunk, "id": iid, "model": log.model, "created": created}
+                if choices[0].get("finish_reason"):
+                    final = relayed
+                    continue
+                yield _sse(relayed)
+            answer = await run_in_threadpool(lambda: log.answer(
+                text, (final or {}).get("choices", [{}])[0].get("finish_reason"), usage or {},
+                (time.perf_counter() - started) * 1e3))
+        except UpstreamError as exc:
+            logger.warning("interaction %s not logged: %s", iid, exc)
+            yield _sse({"error": {"message": str(exc), "type": exc.kind, "param": None, "code": exc.code}})
+            yield "data: [DONE]\n\n"
+            return
+        metrics.observe_answer(answer)
+        last = _chunk(iid, created, log.model, {}, answer.finish_reason)
+        if final is not None:
+            last = {**final, "choices": [{**final["choices"][0], "finish_reason": answer.finish_reason}]}
+        yield _sse({**last, "logmem": _logmem(answer)})
+        if include_usage:
+            yield _sse({"id": iid, "object": "chat.completion.chunk", "created": created, "model": log.model,
+                        "choices": [], "usage": _usage(answer)})
+        yield "data: [DONE]\n\n"
+    finally:
+        await closed()
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+    return once
 
 
 async def _after(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
