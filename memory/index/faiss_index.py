@@ -76,8 +76,13 @@ class FlatIndex(_FaissIndex):
 class HNSWIndex(_FaissIndex):
     """Approximate search with faiss HNSW over inner product.
 
-    HNSW cannot delete nodes, so `remove` rebuilds the graph from the vectors that stay.
+    HNSW cannot delete nodes, so `remove` leaves tombstones: the removed ids leave every search at once (a
+    selector filters them out), their nodes stay in the graph until `compact` rebuilds it from the vectors
+    that stay: on `save`, when tombstones pass COMPACT_SHARE of the graph, or when a removed id comes back. A
+    follower applying another process's forget so pays no rebuild on its search path.
     """
+
+    COMPACT_SHARE = 0.1  # tombstones past this share of the graph make `remove` compact it
 
     kind = "hnsw"
 
@@ -90,6 +95,8 @@ class HNSWIndex(_FaissIndex):
         super().__init__(d, index, threads)
         self.m, self.ef_construction = m, ef_construction
         self.ef_search = ef_search
+        self._gone = np.empty(0, dtype=np.int64)  # removed ids whose nodes are still in the graph (sorted)
+        self._keep: Any = None  # the selector that filters them out of searches (with what it references)
 
     @property
     def ef_search(self) -> int:
@@ -99,18 +106,57 @@ class HNSWIndex(_FaissIndex):
     def ef_search(self, value: int) -> None:
         _hnsw(self._index).efSearch = int(value)
 
+    def add(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        if len(self._gone) and np.isin(np.asarray(ids, dtype=np.int64), self._gone).any():
+            self.compact()  # an id comes back (SQLite reuses the highest): its old node must leave the graph first
+        super().add(ids, xb)
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not len(self._gone):
+            return super().search(xq, k)
+        xq = check_vectors(xq, self.d, "xq")
+        if len(self) == 0 or k <= 0:
+            return empty_result(xq.shape[0], k)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch, params.sel = self.ef_search, self._keep[0]
+        with omp_threads(self.threads):
+            D, I = self._index.search(xq, k, params=params)
+        D[I < 0] = -np.inf
+        return D, I
+
     def remove(self, ids: np.ndarray) -> int:
-        gone = np.isin(self._all_ids(), np.asarray(ids, dtype=np.int64))
-        if not gone.any():
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        present = ids[np.isin(ids, self._all_ids()) & ~np.isin(ids, self._gone)]
+        if not len(present):
             return 0
-        keep_ids = self._all_ids()[~gone]
-        keep_xb = np.vstack([self._index.reconstruct(int(i)) for i in keep_ids]) if len(keep_ids) else None
+        self._gone = np.union1d(self._gone, present)
+        if len(self._gone) > self.COMPACT_SHARE * self._index.ntotal:
+            self.compact()
+        else:
+            batch = faiss.IDSelectorBatch(self._gone)
+            self._keep = (faiss.IDSelectorNot(batch), batch)  # the batch must outlive the selector that wraps it
+        return int(len(present))
+
+    def compact(self) -> None:
+        """Rebuild the graph from the vectors that stay (no tombstones left)."""
+        if not len(self._gone):
+            return
+        ids = self._all_ids()
+        stay = ~np.isin(ids, self._gone)
+        inner: Any = faiss.downcast_index(self._index.index)
+        xb = inner.reconstruct_n(0, inner.ntotal)[stay]
         fresh = HNSWIndex(self.d, m=self.m, ef_construction=self.ef_construction, ef_search=self.ef_search,
                           threads=self.threads)
-        if keep_xb is not None:
-            fresh.add(keep_ids, keep_xb)
-        self._index = fresh._index
-        return int(gone.sum())
+        if len(xb):
+            fresh.add(ids[stay], xb)
+        self._index, self._gone, self._keep = fresh._index, np.empty(0, dtype=np.int64), None
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self._gone)
+
+    def save(self, path: Path) -> None:
+        self.compact()  # the file holds no tombstone
+        super().save(path)
 
     def _all_ids(self) -> np.ndarray:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)

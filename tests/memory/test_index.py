@@ -298,3 +298,25 @@ def test_the_registry_takes_a_new_kind(tmp_path: Path) -> None:
         from logmem.memory import index as registry
 
         registry._BACKENDS.pop("exact-copy")
+
+
+def test_hnsw_removes_by_tombstones_and_compacts_on_save(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    xb = clustered(rng, 1_000, 16, n_clusters=10, spread=0.2)
+    ids = np.arange(1_000, dtype=np.int64)
+    index = filled("hnsw", ids, xb)
+    graph = index._index  # type: ignore[attr-defined]
+
+    assert index.remove(ids[:50]) == 50 and index.remove(ids[:60]) == 10  # 60 < 10%: no compaction yet
+
+    assert index._index is graph and graph.ntotal == 1_000 and len(index) == 940  # type: ignore[attr-defined]
+    _, I = index.search(xb[:100], 10)
+    assert not np.isin(I, ids[:60]).any() and (I[60:, 0] == ids[60:100]).all()
+    index.add(ids[:1], xb[500:501])  # an id comes back with another vector: the graph is compacted first
+    assert index._index is not graph and len(index) == 941  # type: ignore[attr-defined]
+    assert index.search(xb[500:501], 2)[1][0].tolist() in ([0, 500], [500, 0])
+    index.remove(ids[100:120])
+    index.save(tmp_path / "h")
+    loaded = load_index(tmp_path / "h", "hnsw")
+    assert len(loaded) == len(index) == 921 and loaded._index.ntotal == 921  # type: ignore[attr-defined]
+    assert index.remove(ids[200:400]) == 200 and index._index.ntotal == 721  # type: ignore[attr-defined]
