@@ -117,7 +117,7 @@ class HNSWIndex(_FaissIndex):
         xq = check_vectors(xq, self.d, "xq")
         if len(self) == 0 or k <= 0:
             return empty_result(xq.shape[0], k)
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         params.efSearch, params.sel = self.ef_search, self._keep[0]
         with omp_threads(self.threads):
             D, I = self._index.search(xq, k, params=params)
