@@ -42,8 +42,9 @@ def hash_key(key: str) -> str:
 class KeyStore(StoreBase):
     # A key found live is trusted for this long without asking SQL again: the lookup is most of what
     # authenticating costs a request. Revoking through this store drops the cache at once; a revocation made
-    # by another process takes effect here within this many seconds. 0 asks SQL on every call.
-    key_cache_seconds: float = 2.0
+    # by another process takes effect here within this many seconds. 0 (a store's default: exact) asks SQL on
+    # every call; the service sets its `key_cache_seconds` setting here (2 s by default).
+    key_cache_seconds: float = 0.0
     KEY_CACHE_SIZE = 4096  # live keys remembered at most (only live ones: a wrong key is never cached)
     _key_cache: dict[str, tuple[float, KeyData]] | None = None
 
