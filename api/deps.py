@@ -31,19 +31,19 @@ async def get_caller(request: Request, authorization: Annotated[str | None, Head
     return caller
 
 
-async def get_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> bool:
-    """An admin key (the settings' or one made with `keys create --admin`), for routes that act on no tenant's data
-    (the server's loaded LoRA adapters). Any other key is a 401 that says nothing more."""
-    scheme, _, key = (authorization or "").partition(" ")
-    runtime: Runtime = request.app.state.runtime
-    if not (scheme.lower() == "bearer" and key.strip() and runtime.is_admin(key.strip())):
-        raise HTTPException(status_code=401, detail="unauthorized", headers={"WWW-Authenticate": "Bearer"})
-    return True
-
-
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
-AdminDep = Annotated[bool, Depends(get_admin)]
+
+
+async def get_admin(caller: CallerDep) -> Caller:
+    """An admin key acting for a tenant it names (X-Logmem-Tenant), for what no tenant owns: the server's loaded
+    LoRA adapters (`adapters push` names the tenant it pushes for). Any other caller is a 401 that says no more."""
+    if not caller.admin:
+        raise HTTPException(status_code=401, detail="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]
 
 
 class GenerationLimit:

@@ -55,7 +55,8 @@ def push(store: Store, tenant: str, url: str, *, key: str | None = None, timeout
     """
     active = store.active_adapter(tenant=tenant)
     ours = {lora_name(tenant, a.version) for a in store.adapters(tenant=tenant)}
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    # the tenant header lets a logmem server's admin key act (vLLM ignores it)
+    headers = {"X-Logmem-Tenant": tenant, **({"Authorization": f"Bearer {key}"} if key else {})}
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
         names = _names(http)
         result = Pushed(tenant, active.version if active else None, None, False)

@@ -287,14 +287,6 @@ class Runtime:
         self._model_parts()[3].evict(_lora_key(name))
         logger.info("unloaded LoRA adapter %s", name)
 
-    def is_admin(self, key: str) -> bool:
-        """Whether `key` is the settings' admin key or an admin key in SQL."""
-        admin = self.settings.admin_key
-        if admin is not None and secrets.compare_digest(key.encode(), admin.get_secret_value().encode()):
-            return True
-        found = self.store.key_for(key)
-        return bool(found is not None and found.admin)
-
     def feedback(self, caller: Caller, interaction_id: str, kind: str, *, value: float | None = None,
                  text: str | None = None, event_id: str | None = None) -> FeedbackResult:
         return self.memory.feedback(interaction_id, kind, tenant=caller.tenant, value=value, text=text,

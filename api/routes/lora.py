@@ -4,6 +4,8 @@ real target for `logmem adapters push`, as a vLLM server started with runtime Lo
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from logmem.memory.errors import ConfigError
@@ -12,7 +14,7 @@ from ..deps import AdminDep, RuntimeDep
 from ..schemas import ErrorOut, LoadLoraIn, UnloadLoraIn
 
 router = APIRouter(prefix="/v1", tags=["lora"])
-ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
 
 @router.post("/load_lora_adapter", response_class=PlainTextResponse, responses=ERRORS)

@@ -1,0 +1,152 @@
+"""`logmem adapters push`: a tenant's active adapter is loaded into a real server with vLLM's runtime LoRA routes (a
+logmem server process in local mode) under `<tenant>-<version>`; the proxy in front of it then answers that tenant
+with the adapter (the text local mode gives with it), other tenants without; a new version is loaded beside and the
+old one unloaded, rollback pushes the previous one, and an adapter of another base model is refused before any load."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from conftest import UPSTREAM_ADMIN, make_runtime
+from logmem.api.app import create_app
+from logmem.api.cli import EXIT_ERROR, EXIT_OK, main
+from logmem.model.generator import MemoryGenerator
+from peft import LoraConfig, PeftModel, get_peft_model
+from servers import serving
+
+QUESTION = "Name the capital of France."
+
+
+def lora(base: Any, seed: int, folder: Path) -> Path:
+    """A random LoRA adapter over `base` (its B matrices not zero, so it changes the answers), saved as PEFT does."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                               init_lora_weights=False))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory, embedder: Any, wordy_lm: tuple[Any, Any], tiny_folder: Path,
+           upstream: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The proxy (on a real server) in front of the session's upstream, trusting its model list for no time; acme
+    has two promoted adapters on the tiny base, the first active."""
+    folder = tmp_path_factory.mktemp("push")
+    runtime = make_runtime(folder / "home", embedder, wordy_lm, model=str(tiny_folder), upstream=upstream["url"],
+                           upstream_key=upstream["key"], upstream_models_seconds=0)
+    base = wordy_lm[0]
+    versions, paths = [], []
+    for seed in (1, 2):
+        paths.append(lora(base, seed, folder / f"lora{seed}"))
+        versions.append(runtime.memory.register_adapter(tenant="acme", base_model=runtime.base_model, method="sft",
+                                                        seed=0, promoted=True, metrics={}, covered=[],
+                                                        path=str(paths[-1])))
+    runtime.memory.activate_adapter(versions[0], tenant="acme")
+    keys = {t: runtime.store.create_key(tenant=t)[0] for t in ("acme", "globex")}
+    with serving(create_app(runtime=runtime)) as url:
+        yield {"url": url, "runtime": runtime, "keys": keys, "home": folder / "home", "versions": versions,
+               "paths": paths}
+
+
+def ask(state: dict[str, Any], tenant: str) -> dict[str, Any]:
+    r = httpx.post(f"{state['url']}/v1/chat/completions", timeout=120,
+                   headers={"Authorization": f"Bearer {state['keys'][tenant]}"},
+                   json={"model": "default", "max_tokens": 8, "messages": [{"role": "user", "content": QUESTION}]})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def local(lm: tuple[Any, Any], path: Path | None) -> str:
+    """What local mode answers (empty memory) with the adapter at `path`, or the base model."""
+    base, tokenizer = lm
+    model = PeftModel.from_pretrained(copy.deepcopy(base), str(path)).eval() if path else base
+    return MemoryGenerator(model, tokenizer, None).chat([{"role": "user", "content": QUESTION}], max_new_tokens=8,
+                                                        log=False).text
+
+
+def served(upstream: dict[str, Any]) -> dict[str, str | None]:
+    """The upstream's model list: id -> parent."""
+    r = httpx.get(f"{upstream['url']}/models", headers={"Authorization": f"Bearer {upstream['key']}"})
+    return {m["id"]: m.get("parent") for m in r.json()["data"]}
+
+
+def push(state: dict[str, Any], upstream: dict[str, Any], *args: str) -> int:
+    return main(["--home", str(state["home"]), "adapters", "--tenant", "acme", *args, "--key-env", "UPSTREAM_ADMIN"])
+
+
+def test_a_pushed_adapter_answers_its_tenant_through_the_proxy(pushed: dict[str, Any], upstream: dict[str, Any],
+                                                               wordy_lm: tuple[Any, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM_ADMIN", UPSTREAM_ADMIN)
+    v1, v2 = pushed["versions"]
+    want = {"base": local(wordy_lm, None), v1: local(wordy_lm, pushed["paths"][0]),
+            v2: local(wordy_lm, pushed["paths"][1])}
+    assert len(set(want.values())) == 3, "the seeds must make the three models answer differently"
+
+    # active but not pushed yet: the upstream has no such model, so the base answers and the log says so
+    before = ask(pushed, "acme")
+    assert (before["choices"][0]["message"]["content"], before["logmem"]["adapter"]) == (want["base"], None)
+
+    assert push(pushed, upstream, "push", "--to", upstream["url"]) == EXIT_OK
+    assert served(upstream)[f"acme-{v1}"] == "tiny-llama"
+    got = ask(pushed, "acme")
+    assert (got["choices"][0]["message"]["content"], got["logmem"]["adapter"]) == (want[v1], v1)
+    assert pushed["runtime"].memory.answer(got["id"], tenant="acme").adapter == v1  # logged as local mode logs it
+    other = ask(pushed, "globex")
+    assert (other["choices"][0]["message"]["content"], other["logmem"]["adapter"]) == (want["base"], None)
+    assert push(pushed, upstream, "push", "--to", upstream["url"]) == EXIT_OK  # already there: nothing reloaded
+
+    # a new version is loaded under its own name and the old one unloaded; rollback pushes the old one again
+    assert push(pushed, upstream, "activate", v2, "--push-to", upstream["url"]) == EXIT_OK
+    names = served(upstream)
+    assert f"acme-{v2}" in names and f"acme-{v1}" not in names
+    assert ask(pushed, "acme")["choices"][0]["message"]["content"] == want[v2]
+    assert push(pushed, upstream, "rollback", "--push-to", upstream["url"]) == EXIT_OK
+    names = served(upstream)
+    assert f"acme-{v1}" in names and f"acme-{v2}" not in names
+    assert ask(pushed, "acme")["choices"][0]["message"]["content"] == want[v1]
+
+
+def test_an_adapter_of_another_base_model_is_refused_before_any_load(
+        pushed: dict[str, Any], upstream: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("UPSTREAM_ADMIN", UPSTREAM_ADMIN)
+    runtime = pushed["runtime"]
+    before = served(upstream)
+    active = runtime.memory.active_adapter("acme")
+    other = runtime.memory.register_adapter(tenant="acme", base_model="Llama-3.1-8B-Instruct", method="sft", seed=0,
+                                            promoted=True, metrics={}, covered=[], path=str(pushed["paths"][0]))
+    runtime.memory.activate_adapter(other, tenant="acme")
+    try:
+        assert push(pushed, upstream, "push", "--to", upstream["url"]) == EXIT_ERROR
+        assert "Llama-3.1-8B-Instruct" in capsys.readouterr().err
+        assert served(upstream) == before
+    finally:
+        if active is not None:
+            runtime.memory.activate_adapter(active.version, tenant="acme")
+
+
+def test_the_lora_routes_take_vllms_shapes_from_an_admin_only(upstream: dict[str, Any], tmp_path: Path,
+                                                              wordy_lm: tuple[Any, Any]) -> None:
+    path = lora(wordy_lm[0], 3, tmp_path / "lora")
+    admin = {"Authorization": f"Bearer {UPSTREAM_ADMIN}", "X-Logmem-Tenant": "ops"}
+    with httpx.Client(base_url=upstream["url"], timeout=120) as client:
+        body = {"lora_name": "probe", "lora_path": str(path)}
+        for refused in ({"Authorization": f"Bearer {upstream['key']}"},  # a tenant's key
+                        {"Authorization": f"Bearer {UPSTREAM_ADMIN}"}):  # an admin naming no tenant
+            assert client.post("/load_lora_adapter", json=body, headers=refused).status_code == 401
+        assert client.post("/load_lora_adapter", json=body, headers=admin).status_code == 200
+        again = client.post("/load_lora_adapter", json=body, headers=admin)
+        assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"  # never in place
+        missing = client.post("/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)},
+                              headers=admin)
+        assert missing.status_code == 404 and "adapter_config.json" in missing.json()["error"]["message"]
+        assert client.post("/unload_lora_adapter", json={"lora_name": "probe"}, headers=admin).status_code == 200
+        assert client.post("/unload_lora_adapter", json={"lora_name": "probe"}, headers=admin).status_code == 404
