@@ -38,7 +38,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from data import grow  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+from common import sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+from data import grow  # noqa: E402
 
 TENANT = "default"
 INSERT_BATCH = 20_000  # experiences per transaction while building
@@ -245,10 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, help=f"feedback calls per kind and size (default {FULL['n']})")
     p.add_argument("--writes", type=int, help=f"timed full index writes per size (default {FULL['writes']})")
     args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    return sized(args, FULL, QUICK)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from common import save_figure, sized  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("bench_learning")
@@ -199,11 +200,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         ax.annotate(f"job {j['job']}: {j['status']}", (j["after"], 0.02), rotation=90, fontsize=7, color="grey")
     ax.set(xlabel="interactions seen", ylabel="held-out accuracy", ylim=(0, 1), xlim=(0, max(xs or [1]) * 1.05),
            title="learning from users' ratings (dotted: consolidation jobs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, [ax], path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,10 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="a converted model folder (default: convert the bundled GGUF into --cache)")
     p.add_argument("--cache", default="benchmarks/results/cache", help="where the converted model is kept")
     args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    return sized(args, FULL, QUICK)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ os.environ.setdefault("MEM0_TELEMETRY", "False")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
 
 import numpy as np  # noqa: E402
+from common import save_figure, sized  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("bench_peers")
@@ -408,12 +409,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         if rows:
             b.plot([r["size"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=f"{system} p50")
     b.set(xscale="log", yscale="log", xlabel="memories", ylabel="ms per query", title="text -> hits")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, [a, b], path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -428,9 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nfcats-max", type=int, default=0, help="at most this many records of --logs (0: all)")
     p.add_argument("--skip", action="append", default=[], choices=list(SYSTEMS), help="leave a system out")
     args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    sized(args, FULL, QUICK)
     if args.quick and not args.nfcats_max:
         args.nfcats_max = 100
     return args

@@ -49,6 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from common import save_figure, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
 
 TENANT = "acme"
 K = 5  # experiences per search request
@@ -449,12 +450,7 @@ def plot(path: Path, phases: list[Phase], http: dict[str, list[float]], inproc: 
             lat = np.sort(data[call])
             b.plot(lat, np.arange(1, len(lat) + 1) / len(lat), style, label=f"{call}, {side}")
     b.set(xscale="log", xlabel="latency ms (log)", title="one client, sequential (CDF)")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, [a, b], path)
 
 
 def environment() -> dict[str, Any]:
@@ -519,10 +515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an environment variable for the server process only (e.g. OMP_NUM_THREADS=1); repeatable")
     args = p.parse_args(argv)
     args.server_env = dict(item.split("=", 1) for item in args.server_env)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    return sized(args, FULL, QUICK)
 
 
 def _kinds(text: str) -> dict[str, float]:
