@@ -5,6 +5,10 @@ the other logged requests that had it in their prompt and went well. The student
 model plus a LoRA adapter that sees the bare request; under `kd` the teacher is the same base model
 (adapter disabled) reading the request with its retrieved experiences, and the student learns the
 teacher's distribution over the response tokens (context distillation).
+
+A job accumulates (`model/lineage.py`): it trains on from the tenant's active adapter on the experiences no
+adapter of its lineage covers, plus a replay sample of those it does; the gate also checks the lineage's
+earlier held-out slices, so that a new adapter that forgets what the active one knew is not promoted.
 """
 
 from __future__ import annotations
