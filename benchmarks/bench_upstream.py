@@ -1,0 +1,337 @@
+"""What does logmem add, as a proxy in front of an OpenAI-compatible server, over calling that server directly?
+
+    python benchmarks/bench_upstream.py --logs ../shared/data/nfcats/logs.jsonl \\
+        --queries ../shared/data/nfcats/dev.eval.jsonl --out benchmarks/results [--quick]
+
+1. A memory of `--size` experiences for tenant `acme` in a fresh SQLite home: the logs ingested through the
+   runtime (real MiniLM vectors and texts), then filled up to `--size` through the store with numbered copies of
+   those experiences whose vectors are seeded random unit vectors (stated: far from every real request, they are
+   searched but rarely score; the real experiences condition the answers). Its index is built as a serving
+   process builds it (HNSW past `approx_threshold`) and written, so the proxy process loads it.
+2. The upstream: a real logmem server process in local mode (`--upstream-lm tiny`: a 2-layer random Llama over the
+   bundled tokenizer, which answers in a few ms, so that the upstream's own time stays small beside the proxy's;
+   `bundled`: SmolLM2-135M). The proxy: `logmem serve --upstream` as a real server process over the home of step 1.
+3. Per request (a distinct held-out question each, so no cache of the embedder helps): the same request through
+   the proxy and, in the same interleaved pair (alternating first), straight to the upstream with the conversation
+   the proxy would send (conditioned beforehand in this process on the same home), so that both cost the upstream
+   the same and the difference is the proxy's own. Streamed: time to the first chunk with content (the first
+   token) and to the end; not streamed: the whole request. Added time per pair: proxy minus direct.
+
+Everything shares this machine's cores (2 here): the client, the proxy and the upstream. Writes `upstream.json` and
+`upstream.md` to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from common import sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+
+TENANT = "acme"
+INSERT_BATCH = 5_000
+WARMUP = 5  # untimed pairs first
+FULL = {"size": 100_000, "pairs": 200, "max_tokens": 8, "records": 0}
+QUICK = {"size": 3_000, "pairs": 12, "max_tokens": 4, "records": 300}
+
+
+# --- the memory ----------------------------------------------------------------------------------
+def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int = 0) -> dict[str, float]:
+    """Ingest `logs` (its first `records` lines; 0: all) for TENANT, fill up to `size` experiences with random unit
+    vectors, build and write the index."""
+    from logmem.api.runtime import Runtime
+    from logmem.api.settings import Settings
+    from logmem.memory.distill import content_hash
+    from logmem.memory.store.schema import ExperienceRow, SourceRow
+    from sqlalchemy import insert
+
+    t0 = time.perf_counter()
+    runtime = Runtime(Settings(home=home, worker=False))
+    with logs.open() as fh:
+        lines = [json.loads(line) for i, line in enumerate(fh) if line.strip() and (not records or i < records)]
+    runtime.ingest(lines, tenant=TENANT)
+    memory, store = runtime.memory, runtime.store
+    real = memory.experiences(tenant=TENANT, limit=10_000)[1]
+    t1 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    d = len(real[0].vector)
+    for start in range(len(real), size, INSERT_BATCH):
+        stop = min(start + INSERT_BATCH, size)
+        xb = rng.standard_normal((stop - start, d)).astype(np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        rows = []
+        for i, x in zip(range(start, stop), xb):
+            src = real[i % len(real)]
+            trigger = f"{src.trigger} [{i}]"
+            rows.append({"tenant": TENANT, "user": src.user, "content_hash": content_hash(trigger, src.response),
+                         "instruction": src.instruction, "trigger": trigger, "response": src.response,
+                         "lesson": src.lesson, "rejected": src.rejected, "vector": x.tobytes(), "alpha": src.alpha,
+                         "beta": src.beta, "support": 1, "uses": 0, "created_at": src.created_at,
+                         "last_seen_at": src.created_at})
+        with store.transaction() as tx:
+            source = store.add_interaction(tx, record={"id": f"fill-{start}", "tenant": TENANT, "messages": [],
+                                                       "feedback": []}, status="experience")
+            ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
+                                  rows))
+            tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
+            store.bump_generation(tx, tenant=TENANT, added=ids)
+    t2 = time.perf_counter()
+    memory.indexes.get(TENANT)  # built from SQL, as the next process would
+    memory.save()
+    t3 = time.perf_counter()
+    total = memory.stats(TENANT).experiences
+    runtime.close()
+    return {"real_experiences": len(real), "experiences": total, "ingest_s": t1 - t0, "fill_s": t2 - t1,
+            "index_build_s": t3 - t2}
+
+
+def upstream_model(kind: str, cache: Path, folder: Path) -> Path:
+    """The model folder the upstream serves (and whose tokenizer the proxy counts with)."""
+    from logmem.model.loading import bundled_gguf_path, convert_gguf, load_tokenizer
+
+    bundled = convert_gguf(bundled_gguf_path(), home=cache)
+    if kind == "bundled":
+        return bundled
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_tokenizer(bundled, home=cache)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    # as the tests' "wordy" model: the random model repeats the prompt's last token (the newline after the assistant
+    # header), an answer of whitespace that streams no content; with that embedding zeroed it writes words
+    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[newline] = 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --- the servers ---------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(env: dict[str, str], log: Path, timeout: float = 600.0) -> Iterator[str]:
+    """A logmem server process (`uvicorn logmem.api.app:create_app --factory`) with `env`; yields its base URL."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOGMEM_")}, "LOGMEM_WORKER": "false",
+           "LOGMEM_DTYPE": "float32", "LOGMEM_DEVICE": "cpu", **env}
+    cmd = [sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory", "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def new_key(db: Path, tenant: str) -> str:
+    from logmem.memory.store import Store
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(f"sqlite:///{db}")
+    try:
+        return store.create_key(tenant=tenant)[0]
+    finally:
+        store.close()
+
+
+# --- timing --------------------------------------------------------------------------------------
+def streamed(client: httpx.Client, url: str, key: str, body: dict[str, Any]) -> tuple[float, float, dict[str, Any]]:
+    """(ms to the first chunk with content, ms to the end, the final chunk) of one streamed request."""
+    t0 = time.perf_counter()
+    first, final = float("nan"), {}
+    with client.stream("POST", url, headers={"Authorization": f"Bearer {key}"}, json={**body, "stream": True}) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {r.read()[:300]!r}")
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"{url}: {chunk['error']}")
+            choice = (chunk.get("choices") or [{}])[0]
+            if first != first and (choice.get("delta") or {}).get("content"):
+                first = (time.perf_counter() - t0) * 1e3
+            if choice.get("finish_reason"):
+                final = chunk
+    return first, (time.perf_counter() - t0) * 1e3, final
+
+
+def whole(client: httpx.Client, url: str, key: str, body: dict[str, Any]) -> float:
+    t0 = time.perf_counter()
+    r = client.post(url, headers={"Authorization": f"Bearer {key}"}, json=body)
+    if r.status_code != 200:
+        raise RuntimeError(f"{url}: {r.status_code} {r.text[:300]}")
+    return (time.perf_counter() - t0) * 1e3
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    a = np.array([v for v in values if v == v])
+    if not a.size:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "mean_ms": float("nan"), "n": 0}
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "mean_ms": float(a.mean()),
+            "n": int(a.size)}
+
+
+def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conversations: list[Any],
+            questions: list[str], max_tokens: int) -> dict[str, Any]:
+    """Interleaved pairs: each question through the proxy and straight to the upstream with its conditioning."""
+    rows: dict[str, list[float]] = {k: [] for k in ("proxy_ttft", "direct_ttft", "added_ttft", "proxy_stream",
+                                                    "direct_stream", "added_stream", "proxy_whole", "direct_whole",
+                                                    "added_whole", "condition")}
+    proxy_call = (f"{proxy}/v1/chat/completions", proxy_key)
+    direct_call = (f"{upstream}/v1/chat/completions", upstream_key)
+    with httpx.Client(timeout=120) as client:
+        for i, (question, conversation) in enumerate(zip(questions, conversations)):
+            mine = {"model": "default", "max_tokens": max_tokens, "messages": [{"role": "user", "content": question}]}
+            theirs = {"model": "default", "max_tokens": max_tokens, "messages": conversation}
+            first = ["proxy", "direct"] if i % 2 else ["direct", "proxy"]  # alternate who goes first
+            got = {name: streamed(client, *(proxy_call if name == "proxy" else direct_call), body)
+                   for name in first for body in [mine if name == "proxy" else theirs]}
+            # a trailing space: a new text for the embedder's cache of recent requests (the stream just embedded it)
+            again = {**mine, "messages": [{"role": "user", "content": question + " "}]}
+            took = {name: whole(client, *(proxy_call if name == "proxy" else direct_call), body)
+                    for name in first for body in [again if name == "proxy" else theirs]}
+            if i < WARMUP:
+                continue
+            (p_first, p_end, final), (d_first, d_end, _) = got["proxy"], got["direct"]
+            for name, value in (("proxy_ttft", p_first), ("direct_ttft", d_first), ("added_ttft", p_first - d_first),
+                                ("proxy_stream", p_end), ("direct_stream", d_end), ("added_stream", p_end - d_end),
+                                ("proxy_whole", took["proxy"]), ("direct_whole", took["direct"]),
+                                ("added_whole", took["proxy"] - took["direct"]),
+                                ("condition", final.get("logmem", {}).get("retrieval_ms", float("nan")))):
+                rows[name].append(value)
+    return {name: stats(values) for name, values in rows.items()}
+
+
+# --- the run -------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--logs", type=Path, default=Path("../shared/data/nfcats/logs.jsonl"))
+    parser.add_argument("--queries", type=Path, default=Path("../shared/data/nfcats/dev.eval.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--size", type=int, default=None, help="experiences in the memory")
+    parser.add_argument("--pairs", type=int, default=None, help="timed request pairs (after a warm-up)")
+    parser.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
+    parser.add_argument("--records", type=int, default=None, help="log records to ingest (0: all)")
+    parser.add_argument("--upstream-lm", default="tiny", choices=["tiny", "bundled"])
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("LOGMEM_MODEL_CACHE", "") or
+                                                           tempfile.gettempdir()) / "logmem-bench-models")
+    parser.add_argument("--quick", action="store_true", help="a small memory and a few pairs")
+    args = sized(parser.parse_args(argv), FULL, QUICK)
+    args.out.mkdir(parents=True, exist_ok=True)
+    questions = [json.loads(line)["messages"][-1]["content"] for line in args.queries.open()][:args.pairs + WARMUP]
+    if len(questions) < args.pairs + WARMUP:
+        raise SystemExit(f"{args.queries} has {len(questions)} questions; {args.pairs + WARMUP} needed")
+
+    with tempfile.TemporaryDirectory(prefix="bench-upstream-") as tmp:
+        work = Path(tmp)
+        model = upstream_model(args.upstream_lm, args.cache, work / "tiny-llama")
+        home = work / "proxy"
+        print(f"filling a memory of {args.size} experiences ...", flush=True)
+        fill = build_memory(home, args.logs, args.size, args.records)
+        print(f"  {fill}", flush=True)
+        proxy_key, upstream_key = new_key(home / "memory.db", TENANT), new_key(work / "up" / "memory.db", "proxy")
+
+        from logmem.api.runtime import Runtime
+        from logmem.api.settings import Settings
+
+        runtime = Runtime(Settings(home=home, model=str(model), worker=False))  # the proxy's conditioning, here
+        conversations = [runtime.conditioner().messages_for([{"role": "user", "content": q}], tenant=TENANT)[1]
+                         for q in questions]
+        used = [len(c) // 2 for c in conversations]  # exchanges per request (each is a user and an assistant turn)
+        runtime.close()
+
+        with server({"LOGMEM_HOME": str(work / "up"), "LOGMEM_MODEL": str(model), "LOGMEM_MAX_CONCURRENT": "4"},
+                    work / "upstream.log") as upstream, \
+                server({"LOGMEM_HOME": str(home), "LOGMEM_MODEL": str(model), "LOGMEM_UPSTREAM": f"{upstream}/v1",
+                        "LOGMEM_UPSTREAM_KEY": upstream_key, "LOGMEM_MAX_CONCURRENT": "4"},
+                       work / "proxy.log") as proxy:
+            print(f"measuring {args.pairs} pairs ...", flush=True)
+            figures = measure(proxy, proxy_key, upstream, upstream_key, conversations, questions, args.max_tokens)
+
+    result = {"question": "the proxy's added latency over calling the upstream directly",
+              "size": fill["experiences"], "real_experiences": fill["real_experiences"],
+              "fill": "random unit vectors (seeded) for the experiences past the real ones",
+              "pairs": args.pairs, "max_tokens": args.max_tokens, "upstream_lm": args.upstream_lm,
+              "exchanges_per_request": float(np.mean(used)), "build": fill, "figures": figures,
+              "target": {"added_ttft_p50_ms": 5.0, "met": figures["added_ttft"]["p50_ms"] <= 5.0},
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+    (args.out / "upstream.json").write_text(json.dumps(result, indent=2))
+    (args.out / "upstream.md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
+def table(result: dict[str, Any]) -> str:
+    f = result["figures"]
+    rows = [("time to first token", "ttft"), ("streamed, to the end", "stream"), ("not streamed", "whole")]
+    lines = [f"# Proxy overhead: logmem in front of an OpenAI-compatible server ({result['size']:,} experiences)", "",
+             f"{result['pairs']} interleaved pairs, max_tokens {result['max_tokens']}, upstream: a logmem server "
+             f"process ({result['upstream_lm']} model); the memory: {result['real_experiences']:,} real experiences, "
+             f"the rest {result['fill']}; {result['exchanges_per_request']:.1f} exchanges per request on average. "
+             f"Client, proxy and upstream share {result['machine']['cpus']} cores.", "",
+             "| measure | direct p50 | direct p95 | proxy p50 | proxy p95 | added p50 | added p95 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, key in rows:
+        d, p, a = f[f"direct_{key}"], f[f"proxy_{key}"], f[f"added_{key}"]
+        lines.append(f"| {name} | {d['p50_ms']:.1f} ms | {d['p95_ms']:.1f} ms | {p['p50_ms']:.1f} ms | "
+                     f"{p['p95_ms']:.1f} ms | **{a['p50_ms']:+.1f} ms** | {a['p95_ms']:+.1f} ms |")
+    c = f["condition"]
+    target = result["target"]
+    lines += ["", f"Of the added time, conditioning in the proxy (follow-up check, embedding, search, selection, "
+                  f"templating): {c['p50_ms']:.1f} ms p50, {c['p95_ms']:.1f} ms p95.",
+              f"Target: <= {target['added_ttft_p50_ms']:.0f} ms p50 added before the first token: "
+              f"{'met' if target['met'] else 'not met'}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
