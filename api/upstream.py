@@ -69,6 +69,7 @@ class Upstream:
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
         self._names: tuple[float, ModelNames] | None = None
+        self._unlisted_at: float | None = None  # when its model list last could not be read
 
     # --- the connection -----------------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
@@ -81,7 +82,7 @@ class Upstream:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-            self._client = None
+        self._client, self._slots = None, None  # both belong to the event loop that is ending
 
     async def _slot(self) -> None:
         self._http()
@@ -117,8 +118,20 @@ class Upstream:
         names = await self.names()
         return next((m for m in names.base if m in names.roots), names.base[0])
 
-    def forget_names(self) -> None:
-        self._names = None
+    async def loaded(self) -> dict[str, str]:
+        """The LoRA adapters loaded there (name -> its base). Empty, for `models_seconds`, when the upstream's model
+        list cannot be read (a hosted API without one): requests then go to the base model, never fail for it."""
+        now = time.monotonic()
+        if self._unlisted_at is not None and now - self._unlisted_at < self.models_seconds:
+            return {}
+        try:
+            names = await self.names()
+        except UpstreamError as exc:
+            self._unlisted_at = now
+            logger.warning("the upstream's model list is unreadable (%s): its adapters are taken as none", exc)
+            return {}
+        self._unlisted_at = None
+        return names.loras
 
     # --- answering ----------------------------------------------------------------------------
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:

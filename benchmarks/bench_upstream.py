@@ -123,8 +123,9 @@ def upstream_model(kind: str, cache: Path, folder: Path) -> Path:
     # as the tests' "wordy" model: the random model repeats the prompt's last token (the newline after the assistant
     # header), an answer of whitespace that streams no content; with that embedding zeroed it writes words
     (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    embeddings: Any = model.get_input_embeddings()
     with torch.no_grad():
-        model.get_input_embeddings().weight[newline] = 0
+        embeddings.weight[newline] = 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -173,7 +173,7 @@ async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller:
         cond = await run_in_threadpool(lambda: runtime.condition(caller, messages,
                                                                  with_adapter=body.model == SERVED_MODEL))
         target, adapter = base, None
-        if cond.active is not None and lora_name(caller.tenant, cond.active) in (await upstream.names()).loras:
+        if cond.active is not None and lora_name(caller.tenant, cond.active) in await upstream.loaded():
             target, adapter = lora_name(caller.tenant, cond.active), cond.active
         payload: dict[str, Any] = {"model": target, "messages": cond.conversation, "max_tokens": max_tokens}
         payload.update({k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
