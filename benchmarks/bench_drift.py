@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4, help="training pairs per step")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--replay", type=float, default=1.0, help="ConsolidationConfig.replay of the replay arms")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of the phase and test samples, and of the jobs")
+    p.add_argument("--job-seed", type=int, default=None, help="of the jobs only (default: --seed)")
+    p.add_argument("--name", default="drift", help="the results' file name")
     p.add_argument("--max-new-tokens", type=int, default=10, help="of an answer (the longest label is 7 tokens)")
     p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -78,7 +80,8 @@ def main() -> None:
     phases = split_logs(Path(args.logs), args.phase_size, args.seed)
     items = {n: sample_items(read_eval(args.eval), cats, args.eval_per_phase, args.seed)
              for n, cats in (("phase 1", PHASE_1), ("phase 2", PHASE_2))}
-    shared = {"method": "sft", "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+    seed = args.seed if args.job_seed is None else args.job_seed
+    shared = {"method": "sft", "epochs": args.epochs, "batch_size": args.batch_size, "seed": seed,
               "replay": args.replay}
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS) - {"single"}
@@ -94,17 +97,19 @@ def main() -> None:
                 "minutes": round((time.perf_counter() - started) / 60, 1)}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "drift.json").write_text(json.dumps(data, indent=2, default=str))
-        (out / "drift.md").write_text(markdown(data))
-        plot(rows, out / "drift.png")
+        (out / f"{args.name}.json").write_text(json.dumps(data, indent=2, default=str))
+        (out / f"{args.name}.md").write_text(markdown(data))
+        if any(r["arm"] == "job 1" for r in rows):
+            plot(rows, out / f"{args.name}.png")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         logs = {n: write_jsonl(work / f"{n}.jsonl", recs) for n, recs in phases.items()}
-        with opened(work / "after-job-1") as memory:
-            memory.ingest_file(logs["phase 1"])
-            rows.append(run_job(args, memory, "job 1 (phase 1)", shared, items))
-        save()
+        if set(arms) - {"single"}:  # the job-2 arms start from job 1's home
+            with opened(work / "after-job-1") as memory:
+                memory.ingest_file(logs["phase 1"])
+                rows.append(run_job(args, memory, "job 1 (phase 1)", shared, items))
+            save()
         for arm in arms:
             if arm == "single":
                 with opened(work / "single") as memory:
@@ -117,7 +122,7 @@ def main() -> None:
                     memory.ingest_file(logs["phase 2"])
                     rows.append(run_job(args, memory, f"job 2 ({arm})", {**shared, **ARMS[arm]}, items, arm=arm))
             save()
-    print((Path(args.out) / "drift.md").read_text())
+    print((Path(args.out) / f"{args.name}.md").read_text())
 
 
 def label_of(record: dict[str, Any]) -> str | None:
@@ -194,7 +199,10 @@ def score(args: argparse.Namespace, memory: VectorMemory, tokenizer: Any, adapte
 def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's two targets for each job-2 arm: phase 1 kept at >= 95% of job 1's, phase 2 within 3 points
     of the single job's."""
-    first = next(r for r in rows if r["arm"] == "job 1")["accuracy"]["phase 1"]
+    job_1 = next((r for r in rows if r["arm"] == "job 1"), None)
+    if job_1 is None:
+        return {}
+    first = job_1["accuracy"]["phase 1"]
     single = next((r for r in rows if r["arm"] == "single"), None)
     out = {}
     for r in rows:
