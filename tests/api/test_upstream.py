@@ -187,3 +187,25 @@ def _acme() -> Any:
     from logmem.api.runtime import Caller
 
     return Caller("acme", None, admin=True)
+
+
+@pytest.mark.slow
+def test_the_proxy_in_front_of_the_real_bundled_model_answers_as_local_mode(
+        tmp_path: Path, embedder: Any, smollm: tuple[Any, Any], smollm_folder: Path) -> None:
+    server, key = start_upstream(tmp_path / "up", smollm_folder, tmp_path / "up.log")
+    try:
+        runtime = proxy_runtime(tmp_path / "home", embedder, smollm, smollm_folder, f"{server.url}/v1", key)
+        runtime.ingest([LIKED], tenant="acme")
+        want = local_answer(runtime, smollm, "acme", QUESTION, 16)
+        assert want.experiences and want.text
+        acme = runtime.store.create_key(tenant="acme")[0]
+        with serving(create_app(runtime=runtime)) as url, \
+                openai.OpenAI(base_url=f"{url}/v1", api_key=acme, max_retries=0, timeout=120) as client:
+            answer = client.chat.completions.create(model="default", max_tokens=16,
+                                                    messages=[{"role": "user", "content": QUESTION}])
+            chunks = list(client.chat.completions.create(model="default", max_tokens=16, stream=True,
+                                                         messages=[{"role": "user", "content": QUESTION}]))
+        assert answer.choices[0].message.content == want.text
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
+    finally:
+        server.stop()
