@@ -32,7 +32,7 @@ from .distill import (
 )
 from .embedding import Embedder
 from .errors import DimensionMismatchError, LogFormatError, NotFoundError
-from .index.cache import Pending, TenantIndexes
+from .index.cache import Pending, TenantIndexes, is_empty
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .outcome import explicit_signal, judge
 from .stats import Stats, compute_stats
@@ -485,7 +485,7 @@ class VectorMemory:
     def search(self, text: str, k: int = 5, *, tenant: str = "default", now: float | None = None) -> list[Hit]:
         """The `k` best experiences for a request: faiss candidates, Numba scoring, MMR diversity."""
         with self._lock:
-            empty = len(self.indexes.get(tenant)) == 0
+            empty = is_empty(self.indexes.get(tenant))
         if empty or k <= 0:
             return []
         _, body = self._embed_text(tenant, text)
@@ -496,7 +496,7 @@ class VectorMemory:
                       now: float | None = None) -> list[Hit]:
         """`search` for an already embedded request `xq` (float32, (d,))."""
         index = self.indexes.get(tenant)
-        if len(index) == 0 or k <= 0:
+        if k <= 0 or is_empty(index):
             return []
         cfg = self.config
         D, I = index.search(np.asarray(xq, dtype=np.float32)[None, :], max(cfg.fetch_k, k))
@@ -520,7 +520,7 @@ class VectorMemory:
     def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
         """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""
         index = self.indexes.get(tenant)
-        if len(index) == 0 or k <= 0:
+        if k <= 0 or is_empty(index):
             return []
         _, body = self._embed_text(tenant, text)
         D, I = index.search(self.embedder.encode([body]), k)

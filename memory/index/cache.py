@@ -69,6 +69,12 @@ def file_key(tenant: str) -> str:
     return hashlib.sha256(tenant.encode()).hexdigest()[:16]
 
 
+def is_empty(index: Index) -> bool:
+    """Whether `index` holds no vector: its length, or for a durable index one row asked for, not all counted."""
+    probe = getattr(index, "empty", None)
+    return bool(probe()) if callable(probe) else len(index) == 0
+
+
 class Pending:
     """A tenant's index as one open transaction sees it: the committed index plus the vectors this
     transaction added. Searches merge both; the committed index is not changed until `TenantIndexes.committed`."""

@@ -121,6 +121,12 @@ class PgVectorIndex:
             return int(conn.execute(select(func.count()).select_from(self.table)
                                     .where(self.table.c.tenant == self.tenant)).scalar_one())
 
+    def empty(self) -> bool:
+        """Whether the tenant has no vector (one row looked for: cheaper than `len` on a large table)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(self.table.c.experience_id).where(self.table.c.tenant == self.tenant)
+                                .limit(1)).first() is None
+
     def nbytes(self) -> int:
         """The stored size of the tenant's vectors (the table's HNSW graph is shared by all tenants)."""
         with self.engine.connect() as conn:

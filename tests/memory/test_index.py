@@ -188,6 +188,17 @@ class TestContract:
             index.search(np.zeros((2, 2, 16), dtype=np.float32), 3)
         assert len(index) == len(ids)  # nothing half-added
 
+    def test_is_empty_says_what_len_says(self, kind: str, settings: dict, data: tuple) -> None:
+        from logmem.memory.index.cache import is_empty
+
+        ids, xb, _ = data
+        index = make_index(kind, D_WIDTH, **settings)
+        assert is_empty(index)
+        index.add(ids[:3], xb[:3])
+        assert not is_empty(index)
+        index.remove(ids[:3])
+        assert is_empty(index) and len(index) == 0
+
     def test_ids_must_match_the_vectors(self, kind: str, settings: dict, data: tuple) -> None:
         _, xb, _ = data
         index = make_index(kind, D_WIDTH, **settings)
