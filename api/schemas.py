@@ -180,6 +180,10 @@ class ChatCompletion(BaseModel):
     logmem: LogmemInfo
 
 
+class LoraOut(BaseModel):
+    message: str
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -1,4 +1,5 @@
-"""`/v1/load_lora_adapter` and `/v1/unload_lora_adapter` with vLLM's runtime LoRA request shapes (admin key): the
+"""`/v1/load_lora_adapter` and `/v1/unload_lora_adapter` with vLLM's runtime LoRA request shapes (admin key;
+the answer a JSON message where vLLM's is the same message as text, which no client parses): the
 local model serves a PEFT folder under a name that requests then give as `model`. This makes a logmem server a
 real target for `logmem adapters push`, as a vLLM server started with runtime LoRA updating is."""
 
@@ -7,30 +8,29 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
 from logmem.memory.errors import ConfigError
 
 from ..deps import AdminDep, RuntimeDep
-from ..schemas import ErrorOut, LoadLoraIn, UnloadLoraIn
+from ..schemas import ErrorOut, LoadLoraIn, LoraOut, UnloadLoraIn
 
 router = APIRouter(prefix="/v1", tags=["lora"])
 ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
 
-@router.post("/load_lora_adapter", response_class=PlainTextResponse, responses=ERRORS)
-def load_lora_adapter(body: LoadLoraIn, runtime: RuntimeDep, admin: AdminDep) -> str:
+@router.post("/load_lora_adapter", response_model=LoraOut, responses=ERRORS)
+def load_lora_adapter(body: LoadLoraIn, runtime: RuntimeDep, admin: AdminDep) -> LoraOut:
     """Load the PEFT folder `lora_path` (readable by this server) under `lora_name`; a name is loaded once."""
     _local(runtime)
     runtime.load_lora(body.lora_name, body.lora_path)
-    return f"Success: LoRA adapter {body.lora_name!r} loaded."
+    return LoraOut(message=f"Success: LoRA adapter {body.lora_name!r} loaded.")
 
 
-@router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses=ERRORS)
-def unload_lora_adapter(body: UnloadLoraIn, runtime: RuntimeDep, admin: AdminDep) -> str:
+@router.post("/unload_lora_adapter", response_model=LoraOut, responses=ERRORS)
+def unload_lora_adapter(body: UnloadLoraIn, runtime: RuntimeDep, admin: AdminDep) -> LoraOut:
     """Unload the LoRA adapter loaded as `lora_name` (404 when none is)."""
     _local(runtime)
     runtime.unload_lora(body.lora_name)
-    return f"Success: LoRA adapter {body.lora_name!r} unloaded."
+    return LoraOut(message=f"Success: LoRA adapter {body.lora_name!r} unloaded.")
 
 
 def _local(runtime: RuntimeDep) -> None:
