@@ -244,9 +244,12 @@ async def _relayed(stream: UpstreamStream, log: Logged, include_usage: bool, sta
             answer = await run_in_threadpool(lambda: log.answer(
                 text, (final or {}).get("choices", [{}])[0].get("finish_reason"), usage or {},
                 (time.perf_counter() - started) * 1e3))
-        except UpstreamError as exc:
-            logger.warning("interaction %s not logged: %s", iid, exc)
-            yield _sse({"error": {"message": str(exc), "type": exc.kind, "param": None, "code": exc.code}})
+        except Exception as exc:  # the upstream's failure, or the log's (one transaction): nothing is half-kept
+            upstream = isinstance(exc, UpstreamError)
+            logger.log(logging.WARNING if upstream else logging.ERROR, "interaction %s not logged: %s", iid, exc)
+            kind, code = (exc.kind, exc.code) if isinstance(exc, UpstreamError) else ("server_error", None)
+            yield _sse({"error": {"message": str(exc) if upstream else "internal error", "type": kind, "param": None,
+                                  "code": code}})
             yield "data: [DONE]\n\n"
             return
         metrics.observe_answer(answer)
