@@ -28,17 +28,13 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from common import save_figure, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+from common import logmem_server, save_figure, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
 
 TENANT = "acme"
 K = 5  # experiences per search request
@@ -153,45 +149,12 @@ def model_folder(args: argparse.Namespace) -> Path:
 
 
 # --- the server ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
 def server(home: Path, model: Path, clients: int, log: Path, extra_env: dict[str, str],
-           timeout: float = 120.0) -> Iterator[str]:
+           timeout: float = 120.0) -> Any:
     """The real service in its own process on a free loopback port; yields its base URL."""
-    port = free_port()
     env = {**os.environ, **extra_env, "LOGMEM_HOME": str(home), "LOGMEM_MODEL": str(model), "LOGMEM_WORKER": "false",
            "LOGMEM_DTYPE": "float32", "LOGMEM_MAX_CONCURRENT": str(max(clients, 2))}
-    cmd = [sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly: the lifespan closes the runtime
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return logmem_server(env, log, timeout)
 
 
 # --- load ----------------------------------------------------------------------------------------

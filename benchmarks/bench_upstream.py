@@ -27,14 +27,9 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from common import sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+from common import logmem_server, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
 
 TENANT = "acme"
 INSERT_BATCH = 5_000
@@ -132,44 +127,11 @@ def upstream_model(kind: str, cache: Path, folder: Path) -> Path:
 
 
 # --- the servers ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(env: dict[str, str], log: Path, timeout: float = 600.0) -> Iterator[str]:
-    """A logmem server process (`uvicorn logmem.api.app:create_app --factory`) with `env`; yields its base URL."""
-    port = free_port()
+def server(env: dict[str, str], log: Path, timeout: float = 600.0) -> Any:
+    """A logmem server process with `env` (and none of this process's LOGMEM_* settings); yields its base URL."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOGMEM_")}, "LOGMEM_WORKER": "false",
            "LOGMEM_DTYPE": "float32", "LOGMEM_DEVICE": "cpu", **env}
-    cmd = [sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return logmem_server(env, log, timeout)
 
 
 def new_key(db: Path, tenant: str) -> str:

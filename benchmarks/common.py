@@ -1,9 +1,15 @@
-"""What the benchmark scripts share: their --quick / full sizes, and how a figure is finished."""
+"""What the benchmark scripts share: their --quick / full sizes, how a figure is finished, a server process."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +32,45 @@ def save_figure(fig: Any, axes: Sequence[Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def logmem_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[str]:
+    """The real service (`uvicorn logmem.api.app:create_app --factory`) in its own process on a free loopback
+    port, with exactly `env`; yields its base URL once /healthz answers, and stops it cleanly (SIGINT: the
+    lifespan closes the runtime) after."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory", "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
