@@ -21,6 +21,8 @@ from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI s
 
 from .demo import DEMO_TENANT, one_line, run_demo
 from .push import Pushed, push
+from .push import activate as push_activate
+from .push import rollback as push_rollback
 from .runtime import SERVED_MODEL, Caller, Runtime
 from .settings import Settings
 
@@ -266,22 +268,28 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             pushed = push(store, tenant, args.to, key=_key_from(args.key_env))
             _emit(args, pushed.to_json(), lambda: _print_pushed(pushed, args.to))
             return EXIT_OK
+        to = getattr(args, "push_to", None)  # loaded there before it is active: a failed load changes nothing
+        done: Pushed | None = None
         if args.action == "activate":
             tenant = args.tenant or store.get_adapter(version=args.version).tenant
             before = store.active_adapter(tenant=tenant)
-            now: str | None = store.activate_adapter(tenant=tenant, version=args.version, force=args.force).version
+            if to:
+                active, done = push_activate(store, tenant, args.version, to, key=_key_from(args.key_env),
+                                               force=args.force)
+                now: str | None = active.version
+            else:
+                now = store.activate_adapter(tenant=tenant, version=args.version, force=args.force).version
         else:
             tenant = args.tenant or "default"
             before = store.active_adapter(tenant=tenant)
-            now = store.rollback_adapter(tenant=tenant)
+            now, done = push_rollback(store, tenant, to, key=_key_from(args.key_env)) if to else (
+                store.rollback_adapter(tenant=tenant), None)
     was = before.version if before is not None else None
     what = f"{now} active" if now else "base model (no adapter active)"
     change = " (unchanged)" if was == now else f" (was {was})" if was else ""
     _emit(args, {"tenant": tenant, "active": now, "was": was}, lambda: print(f"{tenant}: {what}{change}"))
-    if getattr(args, "push_to", None):
-        with closing(_open_store(args)) as store:
-            pushed = push(store, tenant, args.push_to, key=_key_from(args.key_env))
-        _emit(args, pushed.to_json(), lambda: _print_pushed(pushed, args.push_to))
+    if done is not None and to:
+        _emit(args, done.to_json(), lambda: _print_pushed(done, to))
     return EXIT_OK
 
 
@@ -309,6 +317,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.upstream:
         upstream = {"upstream": args.upstream, "upstream_model": args.upstream_model,
                     "upstream_key": _key_from(args.upstream_key_env)}
+    if args.push_to:
+        upstream.update(push_to=args.push_to, push_key=_key_from(args.push_key_env))
     settings = _settings(args, worker=not args.no_worker, **{k: v for k, v in upstream.items() if v is not None})
     if args.workers > 1:
         if settings.db_url.startswith("sqlite"):
@@ -316,8 +326,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         for name, value in settings.model_dump(exclude_none=True).items():  # each worker builds its own from these
-            if name == "upstream_key":  # a secret: its value, not its mask (the admin key comes from there already)
-                os.environ["LOGMEM_UPSTREAM_KEY"] = settings.upstream_key.get_secret_value()  # type: ignore[union-attr]
+            if name in ("upstream_key", "push_key"):  # secrets: their values, not masks (the admin key is from there)
+                os.environ[f"LOGMEM_{name.upper()}"] = getattr(settings, name).get_secret_value()
             elif name != "admin_key":
                 os.environ[f"LOGMEM_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
         uvicorn.run("logmem.api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
@@ -517,6 +527,10 @@ def _service_parsers(sub: Any) -> None:
     p.add_argument("--upstream-key-env", default=None, metavar="VAR", help="the environment variable holding its key")
     p.add_argument("--upstream-model", default=None, metavar="NAME",
                    help="the model name it serves (default: the first its /v1/models lists)")
+    p.add_argument("--push-to", default=None, metavar="URL",
+                   help="a vLLM server (base URL with /v1) that each activation, rollback and promoting job pushes "
+                        "the tenant's adapter to, as <tenant>-<version>")
+    p.add_argument("--push-key-env", default=None, metavar="VAR", help="the environment variable holding its key")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run queued and periodic consolidation jobs")

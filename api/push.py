@@ -1,7 +1,10 @@
 """`push`: load a tenant's active adapter into an OpenAI-compatible server with runtime LoRA updating (vLLM started
 with `--enable-lora` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or a logmem server), under the immutable name
 `<tenant>-<version>`, and unload the tenant's other versions there. A proxy in front of that server then names it
-in `model` for the tenant's requests. Rolling back and pushing again loads the previous version the same way."""
+in `model` for the tenant's requests. Rolling back and pushing again loads the previous version the same way.
+
+`activate` and `rollback` do both at once (a service with `push_to` set activates and rolls back this way): an
+adapter is loaded there before it becomes active, so a failed load leaves the tenant as it was."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from logmem.memory.errors import AdapterError
-from logmem.memory.store import Store
+from logmem.memory.errors import AdapterError, NotFoundError
+from logmem.memory.store import AdapterData, Store
 
 from .upstream import ModelNames, UpstreamError, lora_name, parse_models, refused
 
@@ -54,27 +57,97 @@ def push(store: Store, tenant: str, url: str, *, key: str | None = None, timeout
         UpstreamError: the server is unreachable or refused a load or unload.
     """
     active = store.active_adapter(tenant=tenant)
-    ours = {lora_name(tenant, a.version) for a in store.adapters(tenant=tenant)}
-    # the tenant header lets a logmem server's admin key act (vLLM ignores it)
-    headers = {"X-Logmem-Tenant": tenant, **({"Authorization": f"Bearer {key}"} if key else {})}
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
+    with _client(url, tenant, key, timeout) as http:
         names = _names(http)
         result = Pushed(tenant, active.version if active else None, None, False)
         if active is not None:
-            if not any(same_model(active.base_model, m) for m in [*names.base, *names.roots]):
-                raise AdapterError(f"adapter {active.version} of tenant {tenant!r} was trained on "
-                                   f"{active.base_model!r}; the server at {url} serves {', '.join(names.base)}")
-            result.name = lora_name(tenant, active.version)
-            if result.name not in names.loras:
-                _post(http, "/load_lora_adapter", {"lora_name": result.name,
-                                                   "lora_path": str(Path(active.path).resolve())})
-                result.loaded = True
-                logger.info("loaded %s into %s", result.name, url)
-        for name in sorted(ours & set(names.loras) - {result.name}):
-            _post(http, "/unload_lora_adapter", {"lora_name": name})
-            result.unloaded.append(name)
-            logger.info("unloaded %s from %s", name, url)
+            result.name, result.loaded = _load(http, names, tenant, active)
+        result.unloaded = _unload_others(http, names, store, tenant, keep=result.name)
     return result
+
+
+def activate(store: Store, tenant: str, version: str, url: str, *, key: str | None = None, force: bool = False,
+             timeout: float = 120.0) -> tuple[AdapterData, Pushed]:
+    """Activate `version` for `tenant` and make the server at `url` serve it: loaded there first (its base model
+    checked), then made active in the store, then the tenant's other versions unloaded there. An adapter the store
+    refuses to activate (rejected, stale) is unloaded again; a failed load leaves the active adapter as it was.
+
+    Raises:
+        NotFoundError: no such version in this tenant (nothing is asked of the server).
+        AdapterError: the store refuses it, or its base model is not the server's.
+        UpstreamError: the server is unreachable or refused the load.
+    """
+    adapter = store.get_adapter(version=version)
+    if adapter.tenant != tenant:
+        raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
+    with _client(url, tenant, key, timeout) as http:
+        names = _names(http)
+        name, loaded = _load(http, names, tenant, adapter)
+        try:
+            active = store.activate_adapter(tenant=tenant, version=version, force=force)
+        except BaseException:
+            if loaded:  # not served by anyone yet: taken out again
+                _post(http, "/unload_lora_adapter", {"lora_name": name})
+                logger.info("unloaded %s from %s: its activation failed", name, url)
+            raise
+        result = Pushed(tenant, version, name, loaded, _unload_others(http, names, store, tenant, keep=name))
+    return active, result
+
+
+def rollback(store: Store, tenant: str, url: str, *, key: str | None = None,
+             timeout: float = 120.0) -> tuple[str | None, Pushed]:
+    """Roll `tenant` back to its previous adapter (or the base model) and push that to the server at `url`.
+
+    Rollback goes first (it takes a bad adapter out of service whatever the server says): when the push fails
+    after it, the error says so, and the tenant's requests get the base model until a push succeeds (a proxy names
+    only the tenant's active version, and only once the server lists it).
+
+    Raises:
+        AdapterError, UpstreamError: the push failed (the rollback stands).
+    """
+    now = store.rollback_adapter(tenant=tenant)
+    try:
+        return now, push(store, tenant, url, key=key, timeout=timeout)
+    except UpstreamError as exc:
+        raise UpstreamError(f"{_rolled_back(tenant, now)}, but pushing it to {url} failed: {exc}", status=exc.status,
+                            kind=exc.kind, code=exc.code, retry_after=exc.retry_after) from None
+    except AdapterError as exc:
+        raise AdapterError(f"{_rolled_back(tenant, now)}, but it cannot be pushed to {url}: {exc}") from None
+
+
+def _rolled_back(tenant: str, now: str | None) -> str:
+    return f"tenant {tenant!r} was rolled back to {f'adapter {now}' if now else 'the base model'}"
+
+
+def _client(url: str, tenant: str, key: str | None, timeout: float) -> httpx.Client:
+    # the tenant header lets a logmem server's admin key act (vLLM ignores it)
+    headers = {"X-Logmem-Tenant": tenant, **({"Authorization": f"Bearer {key}"} if key else {})}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def _load(http: httpx.Client, names: ModelNames, tenant: str, adapter: AdapterData) -> tuple[str, bool]:
+    """Load `adapter` under `<tenant>-<version>` unless it is there already: (its name, whether it was loaded now).
+    One trained on a model the server does not serve is refused before anything is sent."""
+    if not any(same_model(adapter.base_model, m) for m in [*names.base, *names.roots]):
+        raise AdapterError(f"adapter {adapter.version} of tenant {tenant!r} was trained on {adapter.base_model!r}; "
+                           f"the server at {http.base_url} serves {', '.join(names.base)}")
+    name = lora_name(tenant, adapter.version)
+    if name in names.loras:
+        return name, False
+    _post(http, "/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(adapter.path).resolve())})
+    logger.info("loaded %s into %s", name, http.base_url)
+    return name, True
+
+
+def _unload_others(http: httpx.Client, names: ModelNames, store: Store, tenant: str, keep: str | None) -> list[str]:
+    """Unload the tenant's versions loaded there (by the model list read before), all but `keep`."""
+    ours = {lora_name(tenant, a.version) for a in store.adapters(tenant=tenant)}
+    unloaded = []
+    for name in sorted(ours & set(names.loras) - {keep}):
+        _post(http, "/unload_lora_adapter", {"lora_name": name})
+        unloaded.append(name)
+        logger.info("unloaded %s from %s", name, http.base_url)
+    return unloaded
 
 
 def _names(http: httpx.Client) -> ModelNames:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from logmem.memory import FeedbackResult, Hit, IngestReport, NotFoundError, Rejected, Stats, VectorMemory, parse_record
-from logmem.memory.errors import AdapterError, ConfigError, JobConflictError, JobStateError, LogFormatError
+from logmem.memory.errors import AdapterError, ConfigError, JobConflictError, JobStateError, LogFormatError, LogmemError
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData, KeyData, Store, inspection
 from logmem.model.config import GeneratorConfig
@@ -349,7 +349,17 @@ class Runtime:
         model, tokenizer = self._load_trainer() if self._load_trainer else self._load_settings_model("float32")
         work = consolidation_job(self.memory, model, tokenizer, tenant=job.tenant, params=params,
                                  base_model=self.base_model, progress=progress)
-        return self.jobs.run(job_id, work)
+        done = self.jobs.run(job_id, work)
+        if done.status == "succeeded" and self.settings.push_to:  # promoted: active now, pushed as an activation is
+            from . import push
+
+            try:
+                push.push(self.store, job.tenant, **self._push_target())
+            except LogmemError as exc:  # the tenant's requests get the base model until a push succeeds
+                logger.error("job %d: adapter of tenant %r not pushed to %s: %s", job_id, job.tenant,
+                             self.settings.push_to, exc)
+            self._pushed()
+        return done
 
     def run_next_job(self) -> JobData | None:
         """Claim and run the oldest queued job whose tenant has none running; None when there is none."""
@@ -404,10 +414,34 @@ class Runtime:
         return self.memory.adapters(caller.tenant)
 
     def activate(self, caller: Caller, version: str, *, force: bool = False) -> AdapterData:
-        return self.memory.activate_adapter(version, tenant=caller.tenant, force=force)
+        """Make `version` the caller's active adapter; with `push_to`, loaded into that server first."""
+        if not self.settings.push_to:
+            return self.memory.activate_adapter(version, tenant=caller.tenant, force=force)
+        from . import push
+
+        active, _ = push.activate(self.store, caller.tenant, version, **self._push_target(), force=force)
+        self._pushed()
+        return active
 
     def rollback(self, caller: Caller) -> str | None:
-        return self.memory.rollback_adapter(caller.tenant)
+        """Back to the caller's adapter active before; with `push_to`, that one is pushed to that server."""
+        if not self.settings.push_to:
+            return self.memory.rollback_adapter(caller.tenant)
+        from . import push
+
+        try:
+            return push.rollback(self.store, caller.tenant, **self._push_target())[0]
+        finally:
+            self._pushed()
+
+    def _push_target(self) -> dict[str, Any]:
+        s = self.settings
+        return {"url": s.push_to, "key": s.push_key.get_secret_value() if s.push_key else None}
+
+    def _pushed(self) -> None:
+        """The upstream's adapters changed: its model list is read again on the next request."""
+        if self.upstream is not None:
+            self.upstream.forget_names()
 
     # --- keys -----------------------------------------------------------------------------------
     def authenticate(self, key: str, *, tenant: str | None = None) -> Caller | None:

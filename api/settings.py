@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     upstream_backoff: float = Field(default=0.25, ge=0)  # seconds before the first retry, doubled for each next one
     upstream_concurrency: int = Field(default=16, ge=1)  # requests in flight to it; more wait up to upstream_timeout
     upstream_models_seconds: float = Field(default=5.0, ge=0)  # its model list (pushed adapters) is trusted this long
+    # a vLLM-style server (base URL with /v1, runtime LoRA updating) that each activation, rollback and promoting job
+    # pushes the tenant's active adapter to, as `<tenant>-<version>` (loaded there before it becomes active)
+    push_to: str | None = None
+    push_key: SecretStr | None = None  # its Bearer key (`logmem serve --push-key-env VAR` reads VAR)
 
     # Jobs
     worker: bool = True  # the server also runs queued consolidation jobs (else: `logmem worker`)

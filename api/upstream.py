@@ -109,6 +109,10 @@ class Upstream:
         self._names = (now, names)
         return names
 
+    def forget_names(self) -> None:
+        """Read the model list again on the next request (after a push changed the adapters loaded there)."""
+        self._names, self._unlisted_at = None, None
+
     async def base_model(self) -> str:
         """The model name requests without an adapter go to: `model`, else the first base model the upstream lists
         under the name it was loaded by (its `root`: a logmem upstream also lists `default`, its own memory's), else

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import torch
 from conftest import UPSTREAM_ADMIN, make_runtime
+from fastapi.testclient import TestClient
 from logmem.api.app import create_app
 from logmem.api.cli import EXIT_ERROR, EXIT_OK, main
 from logmem.model.generator import MemoryGenerator
@@ -150,3 +151,76 @@ def test_the_lora_routes_take_vllms_shapes_from_an_admin_only(upstream: dict[str
         assert missing.status_code == 404 and "adapter_config.json" in missing.json()["error"]["message"]
         assert client.post("/unload_lora_adapter", json={"lora_name": "probe"}, headers=admin).status_code == 200
         assert client.post("/unload_lora_adapter", json={"lora_name": "probe"}, headers=admin).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory: pytest.TempPathFactory, embedder: Any, wordy_lm: tuple[Any, Any], tiny_folder: Path,
+         upstream: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A proxy (on a real server) with `push_to` set to the session's upstream: tenant initech has two promoted
+    adapters on the tiny base (none active) and one trained on another base model."""
+    folder = tmp_path_factory.mktemp("auto")
+    runtime = make_runtime(folder / "home", embedder, wordy_lm, model=str(tiny_folder), upstream=upstream["url"],
+                           upstream_key=upstream["key"], push_to=upstream["url"], push_key=UPSTREAM_ADMIN)
+    versions, paths = [], []
+    for seed in (4, 5):
+        paths.append(lora(wordy_lm[0], seed, folder / f"lora{seed}"))
+        versions.append(runtime.memory.register_adapter(tenant="initech", base_model=runtime.base_model,
+                                                        method="sft", seed=0, promoted=True, metrics={}, covered=[],
+                                                        path=str(paths[-1])))
+    alien = runtime.memory.register_adapter(tenant="initech", base_model="Llama-3.1-8B-Instruct", method="sft", seed=0,
+                                            promoted=True, metrics={}, covered=[], path=str(paths[0]))
+    key = runtime.store.create_key(tenant="initech")[0]
+    with serving(create_app(runtime=runtime)) as url:
+        yield {"url": url, "runtime": runtime, "keys": {"initech": key}, "versions": versions, "paths": paths,
+               "alien": alien}
+
+
+def test_with_push_to_activation_and_rollback_push_the_adapter(auto: dict[str, Any], upstream: dict[str, Any],
+                                                               wordy_lm: tuple[Any, Any]) -> None:
+    v1, v2 = auto["versions"]
+    want = {v1: local(wordy_lm, auto["paths"][0]), v2: local(wordy_lm, auto["paths"][1])}
+    headers = {"Authorization": f"Bearer {auto['keys']['initech']}"}
+    with httpx.Client(base_url=f"{auto['url']}/v1", headers=headers, timeout=120) as client:
+        assert client.post(f"/adapters/{v1}/activate").status_code == 200
+        names = served(upstream)
+        assert names[f"initech-{v1}"] == "tiny-llama"  # loaded as the activation answered, no push command
+        got = ask(auto, "initech")  # this process reads the upstream's model list again after its own push
+        assert (got["choices"][0]["message"]["content"], got["logmem"]["adapter"]) == (want[v1], v1)
+
+        assert client.post(f"/adapters/{v2}/activate").status_code == 200
+        names = served(upstream)
+        assert f"initech-{v2}" in names and f"initech-{v1}" not in names  # beside, never in place; the old one out
+        assert ask(auto, "initech")["choices"][0]["message"]["content"] == want[v2]
+
+        back = client.post("/adapters/rollback")
+        assert back.status_code == 200 and back.json()["active"] == v1
+        names = served(upstream)
+        assert f"initech-{v1}" in names and f"initech-{v2}" not in names
+        assert ask(auto, "initech")["choices"][0]["message"]["content"] == want[v1]
+
+        # another base model: refused before any load, and the active adapter stays
+        refused = client.post(f"/adapters/{auto['alien']}/activate")
+        assert refused.status_code == 409 and "Llama-3.1-8B-Instruct" in refused.json()["error"]["message"]
+        assert served(upstream) == names
+        assert auto["runtime"].memory.active_adapter("initech").version == v1
+
+        back = client.post("/adapters/rollback")  # v1 was first: back to the base model, nothing of initech left
+        assert back.status_code == 200 and back.json()["active"] is None
+        assert not [n for n in served(upstream) if n.startswith("initech-")]
+        assert ask(auto, "initech")["logmem"]["adapter"] is None
+
+
+def test_with_push_to_an_unreachable_server_activates_nothing(tmp_path: Path, embedder: Any,
+                                                              wordy_lm: tuple[Any, Any], tiny_folder: Path) -> None:
+    from servers import free_port
+
+    runtime = make_runtime(tmp_path / "home", embedder, wordy_lm, model=str(tiny_folder),
+                           push_to=f"http://127.0.0.1:{free_port()}/v1")
+    version = runtime.memory.register_adapter(tenant="initech", base_model=runtime.base_model, method="sft", seed=0,
+                                              promoted=True, metrics={}, covered=[],
+                                              path=str(lora(wordy_lm[0], 6, tmp_path / "lora")))
+    key = runtime.store.create_key(tenant="initech")[0]
+    with TestClient(create_app(runtime=runtime)) as client:
+        r = client.post(f"/v1/adapters/{version}/activate", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    assert runtime.memory.active_adapter("initech") is None
