@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, StoreError
@@ -24,7 +24,7 @@ from .adapters import AdapterStore
 from .changes import ChangeLog
 from .jobs import JobStore
 from .keys import KeyStore
-from .records import ExperienceData, _created_locked, _data, _locked, _rowcount
+from .records import Candidate, ExperienceData, _created_locked, _data, _locked, _rowcount
 from .schema import (
     SCHEMA_VERSION,
     AdapterRow,
@@ -45,6 +45,13 @@ logger = logging.getLogger(__name__)
 Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
 Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
 VECTOR_TABLE = "experience_vectors"  # pgvector's table (`store.vectors`), where a memory of that kind made it
+
+# The statements a search runs, built once: building a select costs more than SQLite takes to answer it.
+_ROWS = select(ExperienceRow.__table__).where(ExperienceRow.tenant == bindparam("tenant"),
+                                              ExperienceRow.id.in_(bindparam("ids", expanding=True)))
+_CANDIDATES = select(ExperienceRow.id, ExperienceRow.alpha, ExperienceRow.beta, ExperienceRow.last_seen_at,
+                     ExperienceRow.consolidated_in.is_not(None), ExperienceRow.vector).where(
+    ExperienceRow.tenant == bindparam("tenant"), ExperienceRow.id.in_(bindparam("ids", expanding=True)))
 
 
 class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
@@ -201,10 +208,20 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
         ids = [int(i) for i in ids]
         if not ids:
             return {}
-        with self._reader(tx) as s:
-            rows = s.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant,
-                                                         ExperienceRow.id.in_(ids)))
-            return {r.id: _data(r) for r in rows}
+        if tx is None:  # plain rows, no ORM objects: a search reads its hits this way
+            with self.engine.connect() as c:
+                return {r.id: _data(r) for r in c.execute(_ROWS, {"tenant": tenant, "ids": ids})}
+        rows = tx.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids)))
+        return {r.id: _data(r) for r in rows}
+
+    def candidates(self, *, tenant: str, ids: Sequence[int]) -> dict[int, Candidate]:
+        """What scoring reads of search candidates, by id: utility, last seen, consolidated or not, and the
+        vector (for MMR); their texts stay in SQL until the few that are picked are loaded."""
+        if not ids:
+            return {}
+        with self.engine.connect() as c:
+            rows = c.execute(_CANDIDATES, {"tenant": tenant, "ids": [int(i) for i in ids]})
+            return {r[0]: Candidate(r[0], r[1] / (r[1] + r[2]), r[3], bool(r[4]), r[5]) for r in rows}
 
     def iter_experiences(self, *, tenant: str, batch: int = 10_000) -> Iterator[ExperienceData]:
         with Session(self.engine) as s:

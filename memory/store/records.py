@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 
-from .schema import AdapterRow, ExperienceRow, JobRow
+from .schema import AdapterRow, JobRow
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,17 @@ class ExperienceData:
         return self.alpha / (self.alpha + self.beta)
 
 
-def _data(row: ExperienceRow) -> ExperienceData:
+class Candidate(NamedTuple):
+    """A search candidate's scoring columns (`Store.candidates`)."""
+
+    id: int
+    utility: float
+    last_seen_at: float
+    consolidated: bool
+    vector: bytes  # float32, unit norm
+
+
+def _data(row: Any) -> ExperienceData:
     return ExperienceData(row.id, row.tenant, row.user, row.instruction, row.trigger, row.response, row.lesson,
                           row.rejected, np.frombuffer(row.vector, dtype=np.float32), row.alpha, row.beta,
                           row.support, row.uses, row.created_at, row.last_seen_at, row.consolidated_in)

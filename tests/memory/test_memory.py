@@ -73,6 +73,23 @@ def test_ingest_dicts_then_search(memory: VectorMemory) -> None:
     assert CANBERRA not in [h.response for h in hits]
 
 
+def test_search_scores_from_columns_that_match_the_rows(memory: VectorMemory, tmp_path: Path) -> None:
+    memory.ingest([rec("a", REVERSE, SLICE), rec("b", GIT, GIT_ANSWER), rec("c", CAPITAL, CANBERRA)])
+    (hit,) = memory.search(GIT, 1)
+    version = memory.store.add_adapter(tenant="default", base_model="m", method="sft", seed=0, status="promoted",
+                                       metrics={}, covered=[hit.id], path=str(tmp_path / "a"))
+    memory.store.mark_consolidated(tenant="default", experience_ids=[hit.id], version=version)
+    rows = {e.id: e for e in memory.iter_experiences()}
+
+    cols = memory.store.candidates(tenant="default", ids=[*rows, 10_000])  # an unknown id is left out
+    assert sorted(cols) == sorted(rows)
+    for i, c in cols.items():
+        assert c.utility == pytest.approx(rows[i].utility) and c.last_seen_at == rows[i].last_seen_at
+        assert c.consolidated == (rows[i].consolidated_in is not None)
+        assert np.array_equal(np.frombuffer(c.vector, dtype=np.float32), rows[i].vector)
+    assert memory.store.candidates(tenant="other", ids=list(rows)) == {}  # a tenant reads only its own
+
+
 def test_search_of_an_empty_memory_or_k_zero_is_empty(memory: VectorMemory) -> None:
     assert memory.search(REVERSE) == []
     memory.ingest([rec("a", REVERSE, SLICE)])
