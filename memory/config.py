@@ -40,11 +40,13 @@ class MemoryConfig:
     shared_min_count: int = 3  # a leading paragraph seen this often is a shared instruction
 
     # Index
-    # auto (flat, then hnsw past approx_threshold), exact, flat, hnsw, or pgvector (vectors in PostgreSQL itself,
-    # searched there with an HNSW index: shared by every process and host, nothing to follow)
+    # auto (flat, then hnsw past approx_threshold), exact, flat, hnsw, hnsw_sq8 (HNSW over 8-bit codes re-scored
+    # from the float vectors in its file: a 1M-vector tenant in ~0.5 GB of the process instead of ~1.8 GB), or
+    # pgvector (vectors in PostgreSQL itself, searched there with an HNSW index: shared by every process and host)
     index_kind: str = "auto"
     approx_threshold: int = 50_000  # a tenant past this many experiences gets the approximate (HNSW) index
     hnsw_m: int = 32  # HNSW graph degree
+    hnsw_sq8_m: int = 16  # graph degree of hnsw_sq8 (its links are ~a quarter of its memory at 16)
     hnsw_ef_construction: int = 64  # HNSW build beam
     hnsw_ef_search: int = 384  # HNSW search beam: recall@10 0.963 at 0.64 ms on 1M (benchmarks/results/retrieval.md)
     search_threads: int = 1  # faiss OpenMP threads for one query (more is slower on 2 cores)
@@ -76,6 +78,7 @@ class MemoryConfig:
             ("shared_min_count", self.shared_min_count >= 2, ">= 2"),
             ("approx_threshold", self.approx_threshold >= 1, ">= 1"),
             ("hnsw_m", self.hnsw_m >= 4, ">= 4"),
+            ("hnsw_sq8_m", self.hnsw_sq8_m >= 4, ">= 4"),
             ("hnsw_ef_construction", self.hnsw_ef_construction >= 1, ">= 1"),
             ("hnsw_ef_search", self.hnsw_ef_search >= 1, ">= 1"),
             ("search_threads", self.search_threads >= 1, ">= 1"),
@@ -84,7 +87,7 @@ class MemoryConfig:
             ("checkpoint_seconds", self.checkpoint_seconds >= 0, ">= 0"),
             ("change_log_generations", self.change_log_generations >= 1, ">= 1"),
         ]
-        if self.index_kind not in ("auto", "exact", "flat", "hnsw", "pgvector"):
-            raise ConfigError("MemoryConfig.index_kind must be auto, exact, flat, hnsw or pgvector, "
+        if self.index_kind not in ("auto", "exact", "flat", "hnsw", "hnsw_sq8", "pgvector"):
+            raise ConfigError("MemoryConfig.index_kind must be auto, exact, flat, hnsw, hnsw_sq8 or pgvector, "
                               f"got {self.index_kind!r}")
         check_fields(self, checks)

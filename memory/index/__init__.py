@@ -1,8 +1,10 @@
-"""Index backends behind one Protocol, by kind: `exact` (NumPy oracle), `flat` (faiss), `hnsw` (faiss, approximate).
+"""Index backends behind one Protocol, by kind: `exact` (NumPy oracle), `flat` (faiss), `hnsw` (faiss, approximate),
+`hnsw_sq8` (faiss HNSW over 8-bit codes, re-scored from float vectors kept in its file: ~a quarter of `hnsw`'s
+memory), and `pgvector` (PostgreSQL, registered on demand).
 
 The registry maps a kind to how to make an empty index and how to load a saved one. It knows nothing of
-`MemoryConfig`: a caller passes the settings a backend takes as keyword arguments (`m`, `ef_construction`,
-`ef_search`, `threads`), and a backend ignores those it has no use for.
+`MemoryConfig`: a caller passes the settings a backend takes as keyword arguments (`m`, `sq8_m`,
+`ef_construction`, `ef_search`, `threads`), and a backend ignores those it has no use for.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Index
+from .compact import HNSWSQ8Index
 from .exact import ExactIndex
 from .faiss_index import FlatIndex, HNSWIndex, load_faiss
 
@@ -79,7 +82,16 @@ register("hnsw", Backend(make=_make_hnsw,
                          load=lambda path, *, ef_search=128, threads=None, **_: load_faiss(
                              path, "hnsw", ef_search=ef_search, threads=threads)))
 
+def _make_hnsw_sq8(d: int, *, sq8_m: int = 16, ef_construction: int = 64, ef_search: int = 128,
+                   threads: int | None = None, **_: Any) -> Index:
+    return HNSWSQ8Index(d, m=sq8_m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
+
+
+register("hnsw_sq8", Backend(make=_make_hnsw_sq8,
+                             load=lambda path, *, ef_search=128, threads=None, **_: HNSWSQ8Index.load(
+                                 path, ef_search=ef_search, threads=threads)))
+
 KINDS = kinds()  # the built-in kinds
 
-__all__ = ["Backend", "Index", "ExactIndex", "FlatIndex", "HNSWIndex", "KINDS", "is_durable", "kinds", "load_index",
-           "make_index", "register"]
+__all__ = ["Backend", "Index", "ExactIndex", "FlatIndex", "HNSWIndex", "HNSWSQ8Index", "KINDS", "is_durable", "kinds",
+           "load_index", "make_index", "register"]

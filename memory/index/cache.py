@@ -60,8 +60,8 @@ def choose_kind(n: int, config: MemoryConfig) -> str:
 
 def index_settings(config: MemoryConfig) -> dict[str, Any]:
     """The registry's keyword settings from a config (each backend takes those it knows)."""
-    return {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search,
-            "threads": config.search_threads}
+    return {"m": config.hnsw_m, "sq8_m": config.hnsw_sq8_m, "ef_construction": config.hnsw_ef_construction,
+            "ef_search": config.hnsw_ef_search, "threads": config.search_threads}
 
 
 def file_key(tenant: str) -> str:

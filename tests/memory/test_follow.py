@@ -257,3 +257,20 @@ def test_a_rolled_back_write_logs_nothing(tmp_path: Path) -> None:
         assert store.generation(tenant="acme") == 0
     finally:
         store.close()
+
+
+def test_the_compact_kind_follows_saves_and_reopens_without_a_rebuild(tmp_path: Path, embedder: Embedder) -> None:
+    config = MemoryConfig(index_kind="hnsw_sq8")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with VectorMemory(tmp_path / "one", embedder=embedder, db_url=url, config=config) as one, \
+            VectorMemory(tmp_path / "two", embedder=embedder, db_url=url, config=config) as two:
+        one.ingest([rec(i) for i in range(4)])
+        assert answers(two, 2)[0] == QA[2][1]
+        two.ingest([rec(4), rec(5, user="bob")])
+        one.forget(user="bob")
+        assert answers(one, 4)[0] == QA[4][1] and QA[5][1] not in answers(two, 5)
+        assert two.indexes.get("acme").kind == "hnsw_sq8" and in_index(two, "acme") == in_sql(two, "acme")
+        before = answers(two, 0)
+    with VectorMemory(tmp_path / "two", embedder=embedder, db_url=url, config=config) as again:
+        assert answers(again, 0) == before and again.indexes.rebuilds == 0  # its file, brought forward by the log
+        assert in_index(again, "acme") == in_sql(again, "acme")

@@ -257,7 +257,8 @@ def test_unknown_kind_raises() -> None:
 
 @pytest.mark.parametrize(("kind", "error", "pattern"), [("exact", ValueError, "is not an exact index file"),
                                                        ("flat", RuntimeError, "read error"),
-                                                       ("hnsw", RuntimeError, "read error")])
+                                                       ("hnsw", RuntimeError, "read error"),
+                                                       ("hnsw_sq8", ValueError, "is cut short")])
 def test_loading_a_truncated_file_raises(kind: str, error: type, pattern: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     index = make_index(kind, 8)
@@ -331,3 +332,77 @@ def test_hnsw_removes_by_tombstones_and_compacts_on_save(tmp_path: Path) -> None
     loaded = load_index(tmp_path / "h", "hnsw")
     assert len(loaded) == len(index) == 921 and loaded._index.ntotal == 921  # type: ignore[attr-defined]
     assert index.remove(ids[200:400]) == 200 and index._index.ntotal == 721  # type: ignore[attr-defined]
+
+
+def test_an_unknown_index_kind_in_the_config_is_refused() -> None:
+    with pytest.raises(ConfigError, match="MemoryConfig.index_kind must be auto, exact, flat, hnsw, hnsw_sq8 or "
+                                          "pgvector, got 'ivf'"):
+        MemoryConfig(index_kind="ivf")
+    assert MemoryConfig(index_kind="hnsw_sq8").index_kind == "hnsw_sq8"
+
+
+def test_hnsw_sq8_learns_its_ranges_and_keeps_the_float_vectors_in_its_file(tmp_path: Path) -> None:
+    from logmem.memory.index import HNSWSQ8Index
+
+    rng = np.random.default_rng(0)
+    xb = clustered(rng, 3_000, 32, n_clusters=30, spread=0.2)
+    xq = clustered(rng, 100, 32, n_clusters=30, spread=0.2)
+    ids = np.arange(len(xb), dtype=np.int64) * 3 + 1
+    index = filled("hnsw_sq8", ids, xb, **index_settings(MemoryConfig(hnsw_sq8_m=12, hnsw_ef_search=100)))
+    assert isinstance(index, HNSWSQ8Index) and index.trained_on == 3_000 and index.m == 12
+    in_memory = index.memory_bytes()
+
+    index.save(tmp_path / "q")
+    loaded = load_index(tmp_path / "q", "hnsw_sq8", ef_search=100)
+
+    floats = 3_000 * 32 * 4
+    assert index.memory_bytes() <= in_memory - floats  # saved: the vectors are read from the file from now on
+    assert loaded.memory_bytes() == index.memory_bytes()  # type: ignore[attr-defined]
+    assert loaded.nbytes() >= floats + 3_000 * 32  # the file holds them, beside the 8-bit codes
+    D, I = loaded.search(xq, 10)
+    D0, I0 = oracle(ids, xb).search(xq, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I.tolist(), I0.tolist())])
+    assert recall >= 0.95
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    exact = np.array([[xq[q] @ xb[row_of[int(i)]] for i in I[q]] for q in range(len(xq))])
+    np.testing.assert_allclose(D, exact, atol=1e-5)  # re-scored from the float vectors, not the codes
+
+
+def test_hnsw_sq8_removes_by_tombstones_takes_back_an_id_and_compacts_on_save(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    xb = clustered(rng, 1_000, 16, n_clusters=10, spread=0.2)
+    ids = np.arange(1_000, dtype=np.int64)
+    index = filled("hnsw_sq8", ids, xb)
+    graph = index._graph  # type: ignore[attr-defined]
+
+    assert index.remove(ids[:50]) == 50 and index.remove(ids[:60]) == 10  # 60 < 10%: no compaction yet
+
+    assert index._graph is graph and graph.ntotal == 1_000 and len(index) == 940  # type: ignore[attr-defined]
+    _, I = index.search(xb[:100], 10)
+    assert not np.isin(I, ids[:60]).any() and (I[60:, 0] == ids[60:100]).all()
+    index.add(ids[:1], xb[500:501])  # an id comes back with another vector (SQLite reuses ids)
+    assert len(index) == 941
+    assert sorted(index.search(xb[500:501], 2)[1][0].tolist()) == [0, 500]
+    assert 0 not in index.search(xb[:1], 5)[1][0].tolist()  # its old vector stays gone
+    index.save(tmp_path / "q")
+    loaded = load_index(tmp_path / "q", "hnsw_sq8")
+    assert len(loaded) == 941 and loaded._graph.ntotal == 941  # type: ignore[attr-defined]
+    assert sorted(loaded.search(xb[500:501], 2)[1][0].tolist()) == [0, 500]
+    assert index.remove(ids[200:400]) == 200 and index._graph.ntotal == 741  # type: ignore[attr-defined]
+
+
+def test_hnsw_sq8_first_fed_a_few_relearns_its_ranges_once_it_has_enough(tmp_path: Path) -> None:
+    from logmem.memory.index.compact import TRAIN_MIN
+
+    rng = np.random.default_rng(0)
+    xb = clustered(rng, TRAIN_MIN + 200, 16, n_clusters=10, spread=0.2)
+    index = make_index("hnsw_sq8", 16)
+    index.add(np.arange(5), xb[:5])
+    assert index.trained_on == 5  # type: ignore[attr-defined]
+    index.add(np.arange(5, len(xb)), xb[5:])
+
+    index.save(tmp_path / "q")
+
+    assert index.trained_on == len(xb) and len(index) == len(xb)  # type: ignore[attr-defined]
+    _, I = load_index(tmp_path / "q", "hnsw_sq8").search(xb[:50], 1)
+    assert I[:, 0].tolist() == list(range(50))
