@@ -240,6 +240,11 @@ class Runtime:
         return Conditioned(interaction_id or uuid.uuid4().hex, messages, conversation, cond.experiences,
                            cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active.version if active else None)
 
+    def active_version(self, caller: Caller) -> str | None:
+        """The caller's active adapter version (None: the base model)."""
+        active = self.memory.active_adapter(caller.tenant)
+        return active.version if active else None
+
     def log_upstream(self, caller: Caller, cond: Conditioned, text: str, *, model: str, adapter: str | None,
                      user: str | None, prompt_tokens: int, completion_tokens: int, finish_reason: str,
                      model_ms: float, upstream_model: str) -> Answer:
@@ -503,9 +508,10 @@ class Runtime:
     def preview(self, caller: Caller, text: str) -> tuple[list[Hit], Any, str, int]:
         """What answering `text` (one user message) would put before the model, generating nothing: every hit
         retrieval found (in MMR order), the conditioning that fits the budgets, the exact prompt and its tokens."""
-        generator, _, tokenizer, _ = self._model_parts()
+        # in front of an upstream: the same conditioning over the tokenizer alone (no weights are loaded to proxy)
+        generator = self.conditioner() if self.upstream is not None else self._model_parts()[0]
         hits, cond, prompt = generator.prompt_for([{"role": "user", "content": text}], tenant=caller.tenant)
-        return hits, cond, prompt, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return hits, cond, prompt, len(generator.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def users(self, caller: Caller) -> list[inspection.UserData]:
         """The caller's users, most recently seen first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from ..deps import CallerDep, RuntimeDep
 from ..runtime import SERVED_MODEL, Answer, Caller, Conditioned, Runtime
 from ..schemas import ChatCompletion, ChatRequest, ErrorOut, ModelCard, ModelList
-from ..upstream import UpstreamError, UpstreamStream, lora_name
+from ..upstream import Upstream, UpstreamError, UpstreamStream, lora_name
 
 logger = logging.getLogger(__name__)
 
@@ -162,19 +163,22 @@ async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller:
     (before the first byte: the response's status), and a failed answer is never logged."""
     upstream = runtime.upstream
     assert upstream is not None
-    base = await upstream.base_model()
-    if body.model not in (SERVED_MODEL, base):
+    served = body.model == SERVED_MODEL
+    if not served and body.model != await upstream.base_model():
         raise HTTPException(404, f"the model {body.model!r} does not exist")
     limit, metrics = request.app.state.generation_limit, request.app.state.metrics
     slot = limit.acquire(caller)
     release = _once(lambda: limit.release(slot))
     try:
         messages = [m.plain() for m in body.messages]
-        cond = await run_in_threadpool(lambda: runtime.condition(caller, messages,
-                                                                 with_adapter=body.model == SERVED_MODEL))
-        target, adapter = base, None
-        if cond.active is not None and lora_name(caller.tenant, cond.active) in await upstream.loaded():
-            target, adapter = lora_name(caller.tenant, cond.active), cond.active
+        # at once: the conditioning (its embedding leaves the GIL), the tenant's active adapter (one SQL read) and the
+        # upstream's model names (cached; read again every upstream_models_seconds): none waits for another
+        cond, active, (base, loaded) = await asyncio.gather(
+            run_in_threadpool(runtime.condition, caller, messages, with_adapter=False),
+            run_in_threadpool(runtime.active_version, caller) if served else _nothing(),
+            upstream_names(upstream))
+        cond.active = active
+        target, adapter = routed(caller, active, base, loaded)
         payload: dict[str, Any] = {"model": target, "messages": cond.conversation, "max_tokens": max_tokens}
         payload.update({k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
                                           ("stop", body.stop), ("user", body.user)) if v is not None})
@@ -202,6 +206,23 @@ async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller:
     return StreamingResponse(_relayed(stream, log, include_usage, started, metrics, closed),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(closed))
+
+
+def routed(caller: Caller, active: str | None, base: str, loaded: dict[str, str]) -> tuple[str, str | None]:
+    """(the upstream model a request goes to, the adapter version that answers): the tenant's active adapter where
+    the upstream has it loaded (pushed as `<tenant>-<version>`), else the base model."""
+    if active is not None and lora_name(caller.tenant, active) in loaded:
+        return lora_name(caller.tenant, active), active
+    return base, None
+
+
+async def upstream_names(upstream: Upstream) -> tuple[str, dict[str, str]]:
+    """The upstream's base model name and its loaded adapters (one model list read, at most)."""
+    return await upstream.base_model(), await upstream.loaded()
+
+
+async def _nothing() -> None:
+    return None
 
 
 class Logged:

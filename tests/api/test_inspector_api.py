@@ -5,10 +5,16 @@ each scoped to its tenant like every /v1 route, and the page itself under a stri
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from conftest import make_runtime
+from logmem.api.app import create_app
 from logmem.api.routes.inspector import FILES
+from servers import serving
 from test_isolation import ANSWER, QUESTION, _acme_data
 
 Service = dict[str, Any]
@@ -196,3 +202,50 @@ def test_the_page_and_its_files_are_served_under_a_strict_policy(service: Servic
     for name in ("..%2Fapp.py", "nothing.js", "index.html", "app.py"):
         assert client.get(f"/inspector/{name}").status_code == 404, name
     assert "/" not in client.app.openapi()["paths"]
+
+
+# --- Ask in front of an upstream (`logmem serve --upstream`): the session's second, real logmem server ------------
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory, embedder: Any, wordy_lm: tuple[Any, Any], tiny_folder: Path,
+            upstream: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The service in front of the upstream on a real server; tenant acme remembers QUESTION -> ANSWER."""
+    runtime = make_runtime(tmp_path_factory.mktemp("proxied") / "home", embedder, wordy_lm, model=str(tiny_folder),
+                           upstream=upstream["url"], upstream_key=upstream["key"])
+    runtime.ingest([{"id": "r0", "user": "ann", "feedback": [{"turn": 1, "kind": "like"}],
+                     "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]}],
+                   tenant="acme")
+    key = runtime.store.create_key(tenant="acme")[0]
+    with serving(create_app(runtime=runtime)) as url, \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        yield {"client": client, "runtime": runtime}
+
+
+def test_ask_in_front_of_an_upstream_previews_and_answers_through_it(proxied: dict[str, Any],
+                                                                     upstream: dict[str, Any]) -> None:
+    """What the Ask view calls: the preview, the answer with memory and the baseline, each through the upstream,
+    with no model weights loaded in the proxy."""
+    client, runtime = proxied["client"], proxied["runtime"]
+    question = [{"role": "user", "content": QUESTION}]
+    got = client.get("/v1/memory/prompt", params={"q": QUESTION}).json()
+    assert got["hits"][0]["response"] == ANSWER and got["hits"][0]["in_prompt"]
+    tokenizer = runtime.conditioner().tokenizer
+    _, conversation = runtime.conditioner().messages_for(question, tenant="acme")
+    assert got["prompt"] == tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert ANSWER in got["prompt"] and got["prompt_tokens"] == len(tokenizer(got["prompt"], add_special_tokens=False)
+                                                                   ["input_ids"])
+
+    with_memory = client.post("/v1/chat/completions", json={"model": "default", "max_tokens": 6, "messages": question})
+    assert with_memory.status_code == 200 and with_memory.json()["logmem"]["experiences"]
+    before = client.get("/v1/memory/stats").json()["interactions"]
+    baseline = client.post("/v1/memory/baseline", json={"q": QUESTION, "max_tokens": 6})
+    assert baseline.status_code == 200, baseline.text
+    got = baseline.json()
+    # the upstream's own answer to the bare question (its base model, greedy), asked directly
+    direct = httpx.post(f"{upstream['url']}/chat/completions", headers={"Authorization": f"Bearer {upstream['key']}"},
+                        json={"model": "tiny-llama", "max_tokens": 6, "messages": question}, timeout=120).json()
+    assert got["text"] == direct["choices"][0]["message"]["content"] != with_memory.json()["choices"][0]["message"][
+        "content"]
+    assert (got["adapter"], got["completion_tokens"]) == (None, direct["usage"]["completion_tokens"])
+    assert ANSWER not in got["prompt"] and QUESTION in got["prompt"]
+    assert client.get("/v1/memory/stats").json()["interactions"] == before  # nothing logged
+    assert runtime._loaded is None  # the proxy never loaded the model's weights
