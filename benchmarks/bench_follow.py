@@ -14,7 +14,8 @@ generation and applies the logged changes (`TenantIndexes.get`). Timed: that fir
 apart from it the change-log read alone. Against it, what the same search cost before the change log:
 a rebuild of the tenant's index from every vector in SQL (timed once per database, as the next search
 of a follower whose index is dropped). faiss searches on 1 thread (`MemoryConfig.search_threads`).
-Writes `follow.json` and `follow.md` to `--out`.
+Writes `follow.json`, `follow.md` and `follow.png` to `--out`; `--plot-only` redraws the figure from an existing
+`follow.json` without measuring again.
 """
 
 from __future__ import annotations
@@ -147,6 +148,35 @@ def table(rows: list[dict[str, Any]], n_records: int) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Per database: the follower's next search by the change log (each round and p50) against a rebuild from SQL,
+    on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common import save_figure  # benchmarks/ is on sys.path when run as a script
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = np.arange(len(rows))
+    follow = [r["follow_p50_ms"] / 1e3 for r in rows]
+    rebuild = [r["rebuild_s"] for r in rows]
+    ax.bar(x - 0.2, follow, 0.4, label="follow the change log (p50 of rounds)")
+    ax.bar(x + 0.2, rebuild, 0.4, label="rebuild from SQL (before the log)")
+    for i, r in enumerate(rows):
+        ax.plot([i - 0.2] * len(r["rounds"]), [v["follow_search_ms"] / 1e3 for v in r["rounds"]], "k.",
+                label="each round" if i == 0 else None)
+        ax.annotate(f"{follow[i]:.2f} s", (i - 0.2, follow[i]), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{rebuild[i]:.0f} s ({r['speedup']:.0f}x)", (i + 0.2, rebuild[i]), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_xticks(x, [f"{r['db']}\n{r['size']:,} memories, {r['index']}" for r in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds until the follower's next search answers")
+    ax.set_title(f"A second process sees a {result['meta']['records']:,}-record ingest of the first")
+    save_figure(fig, [ax], path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -156,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="sqlite,postgres")
     p.add_argument("--pg-url", default=None, help="a PostgreSQL server to use (default: start pgserver)")
     p.add_argument("--quick", action="store_true", help="2,000 memories, 100 records, 2 rounds (a smoke test)")
+    p.add_argument("--plot-only", action="store_true", help="redraw follow.png from follow.json in --out")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((args.out / "follow.json").read_text()), args.out / "follow.png")
+        return 0
     if args.quick:
         args.size, args.records, args.rounds = 2_000, 100, 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -197,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{meta['load_avg_start'][0]:.1f} at start, {meta['load_avg_end'][0]:.1f} at end.", "",
           table(rows, args.records), ""]
     (args.out / f"{name}.md").write_text("\n".join(md))
+    plot({"meta": meta, "rows": rows}, args.out / f"{name}.png")
     logger.info("wrote %s", args.out / f"{name}.md")
     return 0
 

@@ -26,3 +26,4 @@ def test_bench_follow_quick(tmp_path: Path) -> None:
     assert row["rebuilds_while_following"] == 0 and row["index_matches_sql"]
     assert all(r["seen"] and r["delta_added"] == r["new_experiences"] > 0 for r in row["rounds"])
     assert (tmp_path / "follow_quick.md").read_text().count("| sqlite |") == 1
+    assert (tmp_path / "follow_quick.png").stat().st_size > 10_000
