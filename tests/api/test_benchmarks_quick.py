@@ -86,6 +86,8 @@ def test_bench_peers_quick(tmp_path: Path, small_logs: Path) -> None:
     assert logmem["stages_s"]["embed"] > 0 and set(logmem["stages_s"]) >= {"parse", "distil", "index"}
     assert {r["system"] for r in result["search"]} == systems
     assert all(r["queries"] == 20 and r["p50_ms"] > 0 for r in result["search"])
+    grown = [r for r in result["search"] if r["memory"] == "grown"]  # filled in bulk with the same vectors
+    assert {(r["system"], r["size"]) for r in grown} == {("logmem", 1000), ("chromadb", 1000)}
 
 
 def test_bench_learning_quick(tmp_path: Path, small_logs: Path, smollm_folder: Path) -> None:
