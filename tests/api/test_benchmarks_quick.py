@@ -104,3 +104,19 @@ def test_bench_learning_quick(tmp_path: Path, small_logs: Path, smollm_folder: P
     assert [p["interactions"] for p in result["points"]] == [8]
     assert {"base", "memory", "vote", "knn"} <= set(result["points"][0]["accuracy"])
     assert result["jobs"] and all(j["status"] in ("succeeded", "rejected") for j in result["jobs"])
+
+
+def test_bench_conditioning_quick(tmp_path: Path, small_logs: Path, smollm_folder: Path) -> None:
+    """The same requests answered with and without memory, the same number of tokens each."""
+    items = tmp_path / "eval.jsonl"
+    items.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"How do I back up {s}?"}],
+                                         "reference": [f"see the {s} manual"]}) + "\n" for s in SUBJECTS[:3]))
+    run("bench_conditioning.py", "--logs", str(small_logs), "--eval", str(items), "--out", str(tmp_path),
+        "--model", str(smollm_folder))
+    result = json.loads((tmp_path / "conditioning.json").read_text())
+    assert (tmp_path / "conditioning.md").is_file() and (tmp_path / "conditioning.png").is_file()
+    assert len(result["pairs"]) == 3
+    for pair in result["pairs"]:  # memory found the logged twin of each request and lengthened its prompt
+        assert pair["with"]["experiences"] >= 1 and pair["without"]["experiences"] == 0
+        assert pair["with"]["prompt_tokens"] > pair["without"]["prompt_tokens"]
+    assert {"overhead_ms", "overhead_share", "retrieval_ms", "prompt_ms", "prefill_ms"} <= set(result["summary"])
