@@ -87,6 +87,9 @@ class Upstream:
     async def _slot(self) -> None:
         self._http()
         assert self._slots is not None
+        if not self._slots.locked():  # a free slot: taken at once (wait_for would cost a task and a loop turn)
+            await self._slots.acquire()
+            return
         try:
             await asyncio.wait_for(self._slots.acquire(), self.timeout)
         except TimeoutError:

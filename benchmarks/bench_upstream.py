@@ -17,8 +17,9 @@
    the same and the difference is the proxy's own. Streamed: time to the first chunk with content (the first
    token) and to the end; not streamed: the whole request. Added time per pair: proxy minus direct.
 
-Everything shares this machine's cores (2 here): the client, the proxy and the upstream. Writes `upstream.json` and
-`upstream.md` to `--out`.
+Everything shares this machine's cores (2 here): the client, the proxy and the upstream. Writes `upstream.json`,
+`upstream.md` and `upstream.png` to `--out`. `--home DIR` keeps the memory of step 1 for the next run (building it at
+100k takes minutes).
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int 
     runtime.close()
     return {"real_experiences": len(real), "experiences": total, "ingest_s": t1 - t0, "fill_s": t2 - t1,
             "index_build_s": t3 - t2}
+
+
+def reused(home: Path, size: int) -> dict[str, float] | None:
+    """What building the memory in `home` reported, when a run built one of `size` experiences there (else None)."""
+    try:
+        fill = json.loads((home / "bench_upstream.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return dict(fill) if fill.get("experiences") == size else None
 
 
 def upstream_model(kind: str, cache: Path, folder: Path) -> Path:
@@ -224,7 +234,9 @@ def breakdown(runtime: Any, questions: list[str]) -> dict[str, dict[str, float]]
     for q in questions:
         messages = [{"role": "user", "content": q}]
         t0 = time.perf_counter()
-        memory.embedder.encode([q + " ?"])  # another new text, so that the search below embeds too
+        # what the search embeds (the request after its known instruction), as another new text: the search below
+        # embeds too
+        memory.embedder.encode([memory._embed_text(TENANT, q + " ?")[1]])
         t1 = time.perf_counter()
         hits = memory.search(q, conditioner.gen_config.k, tenant=TENANT)
         t2 = time.perf_counter()
@@ -263,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("LOGMEM_MODEL_CACHE", "") or
                                                            tempfile.gettempdir()) / "logmem-bench-models")
     parser.add_argument("--quick", action="store_true", help="a small memory and a few pairs")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="build the memory in this folder and keep it; a later run given the same folder (and "
+                             "--size) reuses it instead of building it again (default: a temporary one)")
     args = sized(parser.parse_args(argv), FULL, QUICK)
     args.out.mkdir(parents=True, exist_ok=True)
     questions = [json.loads(line)["messages"][-1]["content"] for line in args.queries.open()][:args.pairs + WARMUP]
@@ -272,10 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-upstream-") as tmp:
         work = Path(tmp)
         model = upstream_model(args.upstream_lm, args.cache, work / "tiny-llama")
-        home = work / "proxy"
+        home = args.home or work / "proxy"
         load_before = os.getloadavg()
-        print(f"filling a memory of {args.size} experiences ...", flush=True)
-        fill = build_memory(home, args.logs, args.size, args.records)
+        fill = reused(home, args.size)
+        if fill is None:
+            print(f"filling a memory of {args.size} experiences ...", flush=True)
+            fill = build_memory(home, args.logs, args.size, args.records)
+            (home / "bench_upstream.json").write_text(json.dumps(fill))
         print(f"  {fill}", flush=True)
         proxy_key, upstream_key = new_key(home / "memory.db", TENANT), new_key(work / "up" / "memory.db", "proxy")
 
@@ -308,8 +326,31 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
     (args.out / "upstream.json").write_text(json.dumps(result, indent=2))
     (args.out / "upstream.md").write_text(table(result))
+    plot(result, args.out / "upstream.png")
     print(table(result))
     return 0
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """p50 and p95 of each measure, straight to the upstream and through the proxy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common import save_figure
+
+    f = result["figures"]
+    names = [("first token", "ttft"), ("stream end", "stream"), ("not streamed", "whole")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, stat in zip(axes, ("p50_ms", "p95_ms")):
+        x = np.arange(len(names))
+        for offset, who in ((-0.2, "direct"), (0.2, "proxy")):
+            ax.bar(x + offset, [f[f"{who}_{key}"][stat] for _, key in names], 0.4,
+                   label="straight to the upstream" if who == "direct" else "through the proxy")
+        ax.set_xticks(x, [name for name, _ in names])
+        ax.set_ylabel(f"{stat[:3]} (ms)")
+        ax.set_title(f"{stat[:3]}, {result['size']:,} experiences")
+    save_figure(fig, axes, path)
 
 
 def table(result: dict[str, Any]) -> str:

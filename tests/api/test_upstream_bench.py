@@ -35,7 +35,7 @@ def test_bench_upstream_quick(tmp_path: Path, model_home: Path, smollm_folder: P
     assert done.returncode == 0, f"failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     result = json.loads((tmp_path / "out" / "upstream.json").read_text())
-    assert (tmp_path / "out" / "upstream.md").is_file()
+    assert (tmp_path / "out" / "upstream.md").is_file() and (tmp_path / "out" / "upstream.png").is_file()
     assert result["size"] == 500 and result["real_experiences"] == 50
     for name in ("ttft", "stream", "whole"):
         for side in ("direct", "proxy", "added"):
