@@ -44,6 +44,9 @@ class MemoryConfig:
     # from the float vectors in its file: a 1M-vector tenant in ~0.5 GB of the process instead of ~1.8 GB), or
     # pgvector (vectors in PostgreSQL itself, searched there with an HNSW index: shared by every process and host)
     index_kind: str = "auto"
+    # with auto: keep the vectors in PostgreSQL (pgvector) when the database is PostgreSQL and its server has pgvector
+    # >= 0.8, so every process and host shares one index; else (or False) each process follows SQL with faiss
+    shared_index: bool = False
     approx_threshold: int = 50_000  # a tenant past this many experiences gets the approximate (HNSW) index
     hnsw_m: int = 32  # HNSW graph degree
     hnsw_sq8_m: int = 16  # graph degree of hnsw_sq8 (its links are ~a quarter of its memory at 16)

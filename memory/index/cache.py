@@ -58,6 +58,38 @@ def choose_kind(n: int, config: MemoryConfig) -> str:
     return "hnsw" if n > config.approx_threshold else "flat"
 
 
+PGVECTOR_MIN = (0, 8)  # the iterative index scan, which a tenant filter needs to get its k rows
+
+
+def pgvector_version(engine: Any) -> tuple[int, ...] | None:
+    """The pgvector version the PostgreSQL server behind `engine` offers (installed or installable), or None."""
+    if engine.dialect.name != "postgresql":
+        return None
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT coalesce(installed_version, default_version) FROM pg_available_extensions "
+                                  "WHERE name = 'vector'")).scalar()
+    if not found:
+        return None
+    return tuple(int(p) for p in str(found).split(".") if p.isdigit())
+
+
+def resolve_kind(config: MemoryConfig, engine: Any) -> str:
+    """The kind a process uses: the configured one, except `auto` with `shared_index`, which is `pgvector` on a
+    PostgreSQL server offering pgvector >= 0.8 (and stays `auto`, with a warning, anywhere else)."""
+    if config.index_kind != "auto" or not config.shared_index:
+        return config.index_kind
+    version = pgvector_version(engine)
+    if version is not None and version >= PGVECTOR_MIN:
+        return "pgvector"
+    where = (f"the PostgreSQL server offers pgvector {'.'.join(map(str, version))}, not >= 0.8"
+             if version is not None else "the PostgreSQL server has no pgvector"
+             if engine.dialect.name == "postgresql" else f"the database is {engine.dialect.name}, not PostgreSQL")
+    logger.warning("shared_index: %s; each process keeps its own faiss index and follows SQL's change log", where)
+    return "auto"
+
+
 def index_settings(config: MemoryConfig) -> dict[str, Any]:
     """The registry's keyword settings from a config (each backend takes those it knows)."""
     return {"m": config.hnsw_m, "sq8_m": config.hnsw_sq8_m, "ef_construction": config.hnsw_ef_construction,
@@ -125,9 +157,10 @@ class TenantIndexes:
         self._saved: dict[str, tuple[int, float]] = {}  # tenant -> (generation, monotonic time) of its file
         self.rebuilds = 0  # indexes built from all of a tenant's vectors in SQL
         self.follows = 0  # deltas from the change log applied to an index
-        self.durable = config.index_kind != "auto" and is_durable(config.index_kind)
+        self.kind = resolve_kind(config, source.engine)  # the configured kind, or what `auto` chose for all tenants
+        self.durable = self.kind != "auto" and is_durable(self.kind)
         if self.durable and source.engine.dialect.name != "postgresql":
-            raise ConfigError(f"index kind {config.index_kind!r} needs a PostgreSQL database, "
+            raise ConfigError(f"index kind {self.kind!r} needs a PostgreSQL database, "
                               f"not {source.engine.dialect.name!r}")
 
     # --- reading --------------------------------------------------------------------------
@@ -139,7 +172,7 @@ class TenantIndexes:
 
     def _durable(self, tenant: str) -> Index:
         if tenant not in self._indexes:
-            index = make_index(self.config.index_kind, self.d, engine=self.source.engine, tenant=tenant,
+            index = make_index(self.kind, self.d, engine=self.source.engine, tenant=tenant,
                                **index_settings(self.config))
             self._indexes[tenant] = (index, -1)  # always current: it is the database
         return self._indexes[tenant][0]
