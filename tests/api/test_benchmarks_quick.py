@@ -120,3 +120,20 @@ def test_bench_conditioning_quick(tmp_path: Path, small_logs: Path, smollm_folde
         assert pair["with"]["experiences"] >= 1 and pair["without"]["experiences"] == 0
         assert pair["with"]["prompt_tokens"] > pair["without"]["prompt_tokens"]
     assert {"overhead_ms", "overhead_share", "retrieval_ms", "prompt_ms", "prefill_ms"} <= set(result["summary"])
+
+
+def test_bench_footprint_quick(tmp_path: Path) -> None:
+    """Bytes per experience and the RSS of a fresh searching process, for the default kind and hnsw_sq8."""
+    run("bench_footprint.py", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "footprint_quick.json").read_text())
+    assert (tmp_path / "footprint_quick.md").is_file() and (tmp_path / "footprint_quick.png").is_file()
+    assert [(r["kind"], r["resolved_kind"]) for r in result["rows"]] == [("auto", "flat"), ("hnsw_sq8", "hnsw_sq8")]
+    for row in result["rows"]:
+        searched = row["search"]
+        assert searched["rebuilds"] == 0 and searched["loaded_kind"] == row["resolved_kind"]  # loaded from its file
+        assert row["vectors"] == row["size"] == 5000 and row["sql_bytes_per_experience"] > 1536
+        assert all(p["recall"] >= 0.9 for p in searched["sweep"])
+        assert 0 < searched["rss_loaded"]["VmRSS"] <= searched["rss_text_searched"]["VmHWM"]
+        assert searched["search_vector"]["p50_ms"] > 0
+    sq8 = result["rows"][1]
+    assert sq8["index_file_bytes_per_vector"] > 1536  # the float vectors are in its file, beside the codes
