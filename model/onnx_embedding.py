@@ -23,7 +23,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from logmem.model.loading import _file_lock
 
 if TYPE_CHECKING:
     import onnxruntime
-    from tokenizers import Tokenizer
+    from tokenizers import Encoding, Tokenizer
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "FolderSpec", "OnnxEmbedder", "UnsupportedEmbedderError", "ensure_onnx",
            "export_onnx", "inspect_folder", "onnx_cache_key"]
@@ -223,7 +223,10 @@ class OnnxEmbedder:
         path: a local sentence-transformers folder; None means the bundled all-MiniLM-L6-v2.
         cache_dir: where the ONNX export is kept (`default_embedder` passes `<home>/embedders`).
         threads: onnxruntime intra-op threads (one query is fastest on 1-2; more only for big batches).
-        batch_size: texts per forward pass.
+        batch_size: at most this many texts per forward pass.
+        batch_tokens: at most this many tokens per forward pass, padding included: texts are sorted by their
+            token count, so a pass of long texts holds fewer of them (ShareGPT user turns: 1.23x the real
+            tokens padded, against 2.18x in passes of 64 sorted by characters).
         max_seq_length: longer texts are truncated to this many tokens.
         name: stable identifier stored with the memory; defaults to the one `SentenceTransformerEmbedder`
             gives the same folder.
@@ -234,15 +237,17 @@ class OnnxEmbedder:
     Raises:
         EmbedderNotFoundError: `path` does not exist or has no `modules.json`.
         UnsupportedEmbedderError: the folder is not a BERT-like transformer with mean pooling.
-        ConfigError: `threads`, `batch_size` or `max_seq_length` is not positive, or `query_cache` is negative.
+        ConfigError: `threads`, `batch_size`, `batch_tokens` or `max_seq_length` is not positive, or
+            `query_cache` is negative.
     """
 
     QUERY_CALL = 8  # calls with at most this many texts are requests: their vectors go to the query cache
 
     def __init__(self, path: str | Path | None = None, *, cache_dir: str | Path, threads: int = 1,
-                 batch_size: int = 64, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, name: str | None = None,
-                 show_progress: bool = False, query_cache: int = 1024) -> None:
+                 batch_size: int = 64, batch_tokens: int = 2048, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+                 name: str | None = None, show_progress: bool = False, query_cache: int = 1024) -> None:
         for option, value, least in (("threads", threads, 1), ("batch_size", batch_size, 1),
+                                     ("batch_tokens", batch_tokens, 1),
                                      ("max_seq_length", max_seq_length, 1), ("query_cache", query_cache, 0)):
             if value < least:
                 raise ConfigError(f"{option} must be >= {least}, got {value}")
@@ -252,10 +257,11 @@ class OnnxEmbedder:
         self.cache_dir = Path(cache_dir).expanduser()
         self.threads = threads
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.max_seq_length = max_seq_length
         self.show_progress = show_progress
         self.onnx_path: Path | None = None  # set on load
-        self._loaded: tuple[onnxruntime.InferenceSession, Tokenizer, list[str]] | None = None
+        self._loaded: tuple[onnxruntime.InferenceSession, Tokenizer, list[str], tuple[int, int]] | None = None
         self._lock = threading.Lock()
         self.query_cache = query_cache
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recent first
@@ -274,7 +280,7 @@ class OnnxEmbedder:
         """Width `d` of the vectors (the pooling width from the folder's config)."""
         return self.spec.dim
 
-    def _load(self) -> tuple[onnxruntime.InferenceSession, Tokenizer, list[str]]:
+    def _load(self) -> tuple[onnxruntime.InferenceSession, Tokenizer, list[str], tuple[int, int]]:
         with self._lock:
             if self._loaded is None:
                 import onnxruntime as ort
@@ -291,35 +297,59 @@ class OnnxEmbedder:
                 if not wrapper.is_fast:
                     raise UnsupportedEmbedderError(f"{self.path}: the ONNX runtime needs a fast tokenizer, "
                                                    f"found {type(wrapper).__name__}")
-                # A private copy of the Rust tokenizer with truncation and padding set once: calls then
-                # never mutate it, so concurrent encodes are safe, and it skips the Python wrapper.
+                # A private copy of the Rust tokenizer with truncation set once and no padding (a pass is
+                # padded here, to its longest): calls never mutate it, so concurrent encodes are safe.
                 tokenizer = type(wrapper.backend_tokenizer).from_str(wrapper.backend_tokenizer.to_str())
                 tokenizer.enable_truncation(max_length=self.max_seq_length)
-                tokenizer.enable_padding(pad_id=wrapper.pad_token_id, pad_token=wrapper.pad_token,
-                                         pad_type_id=wrapper.pad_token_type_id)
+                tokenizer.no_padding()
+                pad = (int(wrapper.pad_token_id), int(wrapper.pad_token_type_id))
                 logger.info("loaded ONNX embedder %s from %s (%d threads)", self._name, onnx_path, self.threads)
                 self.onnx_path = onnx_path
-                self._loaded = (session, tokenizer, [i.name for i in session.get_inputs()])
+                self._loaded = (session, tokenizer, [i.name for i in session.get_inputs()], pad)
             return self._loaded
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        """Mean-pooled, L2-normalised vectors of non-empty `texts`, padded to the longest: (n, dim) float32."""
-        session, tokenizer, inputs = self._load()
-        encodings = tokenizer.encode_batch([t.lower() for t in texts] if self.spec.lowercase else texts)
-        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-                   "token_type_ids": [e.type_ids for e in encodings]}
-        feed = {name: np.asarray(columns[name], dtype=np.int64) for name in inputs}
-        (hidden,) = session.run(["last_hidden_state"], feed)  # (n, seq, dim)
-        mask = np.asarray(columns["attention_mask"], dtype=np.float32)  # (n, seq)
+    def _tokenize(self, texts: list[str]) -> list[Encoding]:
+        tokenizer = self._load()[1]
+        return tokenizer.encode_batch([t.lower() for t in texts] if self.spec.lowercase else texts)
+
+    def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """Mean-pooled, L2-normalised vectors of tokenised non-empty texts, one pass padded to the longest."""
+        session, _, inputs, (pad_id, pad_type_id) = self._load()
+        width = max(len(e.ids) for e in encodings)
+        columns = {"input_ids": np.full((len(encodings), width), pad_id, dtype=np.int64),
+                   "attention_mask": np.zeros((len(encodings), width), dtype=np.int64),
+                   "token_type_ids": np.full((len(encodings), width), pad_type_id, dtype=np.int64)}
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            columns["input_ids"][row, :n] = e.ids
+            columns["attention_mask"][row, :n] = e.attention_mask
+            columns["token_type_ids"][row, :n] = e.type_ids
+        (hidden,) = session.run(["last_hidden_state"], {name: columns[name] for name in inputs})  # (n, seq, dim)
+        mask = columns["attention_mask"].astype(np.float32)  # (n, seq)
         summed = np.matmul(mask[:, None, :], hidden)[:, 0]  # (n, dim): sum of the real tokens' vectors
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32, copy=False)
 
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        """Vectors of non-empty `texts` in one pass: (n, dim) float32."""
+        return self._run(self._tokenize(texts))
+
+    def _passes(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of texts grouped into forward passes: longest first, each pass at most `batch_size` texts
+        and `batch_tokens` tokens padded to its first (longest) text."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        passes, start = [], 0
+        while start < len(order):
+            room = max(1, min(self.batch_size, self.batch_tokens // max(lengths[order[start]], 1)))
+            passes.append(order[start:start + room])
+            start += room
+        return passes
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed `texts`.
 
-        Exact duplicates are embedded once; texts run in batches of similar length, each padded only to
+        Exact duplicates are embedded once; texts run in passes of similar token counts, each padded only to
         its longest, and come back in the order given.
 
         Args:
@@ -337,16 +367,15 @@ class OnnxEmbedder:
             return out
         if self.query_cache and len(unique) <= self.QUERY_CALL:
             return self._encode_recent(texts, unique, out)
-        order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))  # longest first, as sentence-transformers
+        encodings = self._tokenize(unique)
         xb = np.empty((len(unique), self.dim), dtype=np.float32)
-        starts = range(0, len(order), self.batch_size)
+        passes: Iterable[list[int]] = self._passes([len(e.ids) for e in encodings])
         if self.show_progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="embedding", unit="batch")
-        for start in starts:
-            rows = order[start:start + self.batch_size]
-            xb[rows] = self._encode_batch([unique[i] for i in rows])
+            passes = tqdm(passes, desc="embedding", unit="batch")
+        for rows in passes:
+            xb[rows] = self._run([encodings[i] for i in rows])
         return _fill(out, texts, unique, xb)
 
     def _encode_recent(self, texts: list[str], unique: list[str], out: np.ndarray) -> np.ndarray:

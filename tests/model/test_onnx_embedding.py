@@ -115,7 +115,8 @@ def test_name_defaults_to_folder_basename_as_torch(tmp_path: Path) -> None:
     assert OnnxEmbedder(link, cache_dir=tmp_path, name="x").name == "x"
 
 
-@pytest.mark.parametrize("kw", [{"threads": 0}, {"batch_size": 0}, {"max_seq_length": 0}, {"query_cache": -1}])
+@pytest.mark.parametrize("kw", [{"threads": 0}, {"batch_size": 0}, {"batch_tokens": 0}, {"max_seq_length": 0},
+                                {"query_cache": -1}])
 def test_bad_options_raise(tmp_path: Path, kw: dict[str, int]) -> None:
     with pytest.raises(ConfigError, match=str(next(iter(kw)))):
         OnnxEmbedder(cache_dir=tmp_path, **kw)
@@ -326,6 +327,27 @@ def test_batches_do_not_change_vectors(tmp_path_factory: pytest.TempPathFactory,
     small = OnnxEmbedder(cache_dir=onnx.cache_dir, batch_size=3)
     texts = real_texts()[:20]
     np.testing.assert_allclose(small.encode(texts), onnx.encode(texts), atol=1e-5)
+
+
+def test_passes_are_longest_first_within_both_limits(tmp_path: Path) -> None:
+    embedder = OnnxEmbedder(cache_dir=tmp_path, batch_size=4, batch_tokens=100)
+    lengths = [10, 60, 5, 30, 30, 200, 12, 7, 9, 11, 8]
+    passes = embedder._passes(lengths)
+
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))  # every text once
+    assert [lengths[i] for p in passes for i in p] == sorted(lengths, reverse=True)
+    for p in passes:
+        assert len(p) <= 4 and (len(p) == 1 or len(p) * lengths[p[0]] <= 100), p  # padded to its first
+    assert [len(p) for p in passes] == [1, 1, 3, 4, 2]  # 200 alone (over the budget), 60 alone, 30s share
+
+
+@pytest.mark.slow
+def test_token_budget_does_not_change_vectors(runtimes: tuple[OnnxEmbedder, SentenceTransformerEmbedder]) -> None:
+    onnx, _ = runtimes
+    texts = [t * r for t, r in zip(real_texts()[:12], [1, 9, 2, 30, 1, 4, 1, 12, 3, 1, 6, 2])]  # 10 to 256 tokens
+    one_by_one = np.vstack([onnx.encode([t]) for t in texts])
+    tight = OnnxEmbedder(cache_dir=onnx.cache_dir, batch_tokens=300, query_cache=0)
+    np.testing.assert_allclose(tight.encode(texts), one_by_one, atol=1e-5)
 
 
 @pytest.mark.slow
