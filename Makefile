@@ -9,6 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test demo bench bench-quick bench-service clean
 LOGS ?= ../shared/data/nfcats/logs.jsonl
+EVAL ?= ../shared/data/nfcats/test.eval.jsonl
 
 setup: $(STAMP)
 
@@ -26,13 +27,21 @@ test: setup
 demo: setup
 	$(VENV)/bin/logmem --home .logmem/demo demo
 
-bench: setup  # every performance figure of the README, peers in the same runs (~40 min on 2 cores: run nothing else)
+bench: setup  # every performance figure of the README, peers in the same runs (~4 h on 2 cores: run nothing else)
 	$(PY) benchmarks/bench_peers.py --logs $(LOGS) --out benchmarks/results
 	$(PY) benchmarks/bench_retrieval.py --out benchmarks/results
+	$(PY) benchmarks/bench_retrieval.py --sizes 10000,100000 --pgvector-sizes 10000,100000 --stem retrieval_pgvector \
+		--out benchmarks/results
+	$(PY) benchmarks/bench_pgvector_tenants.py --out benchmarks/results
+	$(PY) benchmarks/bench_footprint.py --out benchmarks/results
+	$(PY) benchmarks/bench_follow.py --out benchmarks/results
+	$(PY) benchmarks/bench_conditioning.py --logs $(LOGS) --eval $(EVAL) --out benchmarks/results
+	$(PY) benchmarks/bench_learning.py --logs $(LOGS) --eval $(EVAL) --out benchmarks/results
+	$(PY) benchmarks/bench_upstream.py --logs $(LOGS) --out benchmarks/results
 	$(MAKE) bench-service
 
-bench-quick: setup  # the benchmark scripts at small sizes into temporary folders, as CI runs them (a few minutes)
-	$(PY) -m pytest -q -m slow tests/api/test_benchmarks_quick.py
+bench-quick: setup  # the benchmark scripts at small sizes into temporary folders, as CI runs them (~15 min)
+	$(PY) -m pytest -q -m slow tests/api/test_benchmarks_quick.py tests/api/test_upstream_bench.py tests/memory/test_bench_follow.py
 
 bench-service: setup  # the service under load and its overhead; the cost of one feedback at 1k and 100k memories
 	$(PY) benchmarks/bench_service.py --logs $(LOGS) --out benchmarks/results

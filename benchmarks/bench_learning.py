@@ -40,8 +40,8 @@ from common import save_figure, sized  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("bench_learning")
-FULL = {"requests": 600, "every": 100, "n_eval": 120, "consolidate_after": 200, "max_steps": 100,
-        "max_tokens": 8}
+# Sized to run in ~1 h on 2 cores (a request answered and rated ~5 s, a held-out answer ~1 s, a job ~3 min)
+FULL = {"requests": 240, "every": 60, "n_eval": 60, "consolidate_after": 80, "max_steps": 40, "max_tokens": 8}
 QUICK = {"requests": 8, "every": 8, "n_eval": 4, "consolidate_after": 2, "max_steps": 1, "max_tokens": 8}
 MEMORY_MODES = ("memory", "vote", "knn")
 ADAPTER_MODES = ("consolidated", "memory+adapter")
