@@ -398,3 +398,46 @@ def test_the_key_is_asked_once_per_session_and_sent_as_a_bearer_header(browser: 
     page.wait_for_selector("#key")
     assert page.evaluate("sessionStorage.getItem('logmem.inspector')") is None
     assert re.fullmatch(r"Sign in", page.text_content("form.login h1"))
+
+
+def test_ask_in_front_of_an_upstream_answers_through_it(browser: Any, tmp_path: Path, runtime_for: Any,
+                                                        tiny_folder: Path, upstream: dict[str, Any]) -> None:
+    """The Ask view of a service in front of an upstream (the session's second, real logmem server): the memory's
+    hits and the prompt, the answer with memory (logged) and without (nothing logged), no weights loaded here."""
+    import httpx
+
+    runtime = runtime_for(tmp_path / "home", model=str(tiny_folder), upstream=upstream["url"],
+                          upstream_key=upstream["key"])
+    records = [{"id": f"log{i}", "user": user, "messages": [{"role": "user", "content": q},
+                                                            {"role": "assistant", "content": a}],
+                "feedback": [{"turn": 1, **feedback}]} for i, (user, q, a, feedback) in enumerate(LOGS[:3])]
+    runtime.ingest(records, tenant="acme")
+    key, _ = runtime.store.create_key(tenant="acme")
+    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(60_000)  # two answers through a second server on a loaded machine
+    trouble: list[str] = []
+    page.on("pageerror", lambda e: trouble.append(f"script error: {e}"))
+    page.on("console", lambda m: trouble.append(f"console: {m.text}") if m.type == "error" else None)
+    try:
+        with serving(create_app(runtime=runtime)) as url:
+            sign_in(page, {"url": url, "key": key})
+            go(page, "#/ask", "ask")
+            page.fill("#ask-query", REDIS[0])
+            page.check("#ask-answer")
+            page.click("#view-ask button[type=submit]")
+            page.wait_for_selector("#answer-without")
+            assert rows(page, "#hits")[0][4] == REDIS[1] and REDIS[1] in page.text_content("#ask-prompt")
+            direct = httpx.post(f"{upstream['url']}/chat/completions", timeout=120,
+                                headers={"Authorization": f"Bearer {upstream['key']}"},
+                                json={"model": "tiny-llama", "max_tokens": 64,
+                                      "messages": [{"role": "user", "content": REDIS[0]}]}).json()
+            assert page.text_content("#answer-without") == direct["choices"][0]["message"]["content"]
+            assert page.text_content("#answer-with")
+            answers = runtime.answers_page(Caller("acme", None))[1]
+            assert [a.record["messages"][0]["content"] for a in answers] == [REDIS[0]]  # the one with memory
+            shot(page, "ask-upstream")
+    finally:
+        context.close()
+    assert trouble == [], trouble
+    assert runtime._loaded is None  # the proxy never loaded the model's weights
