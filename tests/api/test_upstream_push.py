@@ -6,6 +6,7 @@ old one unloaded, rollback pushes the previous one, and an adapter of another ba
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,28 @@ def test_with_push_to_an_unreachable_server_activates_nothing(tmp_path: Path, em
         r = client.post(f"/v1/adapters/{version}/activate", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
     assert runtime.memory.active_adapter("initech") is None
+
+
+def test_with_push_to_a_promoting_job_pushes_its_adapter(auto: dict[str, Any], upstream: dict[str, Any]) -> None:
+    from logmem.api.runtime import Caller
+    from logmem.model.consolidate import ConsolidationConfig
+
+    runtime = auto["runtime"]
+    records = [{"id": f"u{i}:{thing}", "user": f"u{i}", "feedback": [{"turn": 1, "kind": "like"}],
+                "messages": [{"role": "user", "content": f"Which colour is the {thing}?"},
+                             {"role": "assistant", "content": "BLUE"}]}
+               for i, thing in enumerate(["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris",
+                                          "cornflower", "lapis", "denim", "cobalt", "navy flag", "blue whale"])]
+    runtime.ingest(records, tenant="hooli")
+    # as the service's own promotion test: a one-answer memory, an adapter that learns it, gated against the bare base
+    params: dict[str, Any] = {"epochs": 3, "lr": 0.1}
+    if "gate_reference" in inspect.signature(ConsolidationConfig).parameters:  # a gate that knows serving modes
+        params["gate_reference"] = "base"
+    runtime.submit_consolidation(Caller("hooli", None), params)
+    job = runtime.run_next_job()
+    assert job is not None and job.status == "succeeded", job
+    version = job.metrics["version"]
+    assert served(upstream)[f"hooli-{version}"] == "tiny-llama"  # pushed when the job promoted it
+    key = runtime.store.create_key(tenant="hooli")[0]
+    got = ask({**auto, "keys": {"hooli": key}}, "hooli")
+    assert got["logmem"]["adapter"] == version
