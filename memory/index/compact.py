@@ -219,16 +219,23 @@ class HNSWSQ8Index:
     def __len__(self) -> int:
         return len(self._ids) - len(self._gone)
 
+    def _graph_bytes(self) -> int:
+        """The graph's codes and links, counted from their arrays (no copy of a large index made to measure it)."""
+        if self._graph is None:
+            return 0
+        storage: Any = faiss.downcast_index(self._graph.storage)
+        hnsw = self._graph.hnsw
+        return int(storage.codes.size() + 4 * hnsw.neighbors.size() + 4 * hnsw.levels.size()
+                   + 8 * hnsw.offsets.size())
+
     def nbytes(self) -> int:
         """Bytes of the index: the graph with its codes and the ids in memory, and the float vectors (in the
         file, or in memory until the next save)."""
-        graph = faiss.serialize_index(self._graph).nbytes if self._graph is not None else 0
-        return int(graph + self._ids.nbytes + len(self._rows) * self._rows.row_bytes)
+        return int(self._graph_bytes() + self._ids.nbytes + len(self._rows) * self._rows.row_bytes)
 
     def memory_bytes(self) -> int:
         """Bytes this index holds in the process (the float vectors in the file not counted)."""
-        graph = faiss.serialize_index(self._graph).nbytes if self._graph is not None else 0
-        return int(graph + self._ids.nbytes + self._rows._n_tail * self._rows.row_bytes)
+        return int(self._graph_bytes() + self._ids.nbytes + self._rows._n_tail * self._rows.row_bytes)
 
     # --- files ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
