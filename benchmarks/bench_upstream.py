@@ -156,13 +156,16 @@ def new_key(db: Path, tenant: str) -> str:
 
 
 # --- timing --------------------------------------------------------------------------------------
-def streamed(client: httpx.Client, url: str, key: str, body: dict[str, Any]) -> tuple[float, float, dict[str, Any]]:
-    """(ms to the first chunk with content, ms to the end, the final chunk) of one streamed request."""
+def streamed(client: httpx.Client, url: str, key: str,
+             body: dict[str, Any]) -> tuple[float, float, dict[str, Any], dict[str, float]]:
+    """(ms to the first chunk with content, ms to the end, the final chunk, the Server-Timing header's durations in
+    ms by name) of one streamed request."""
     t0 = time.perf_counter()
     first, final = float("nan"), {}
     with client.stream("POST", url, headers={"Authorization": f"Bearer {key}"}, json={**body, "stream": True}) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: {r.status_code} {r.read()[:300]!r}")
+        timing = server_timing(r.headers.get("server-timing", ""))
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -174,7 +177,17 @@ def streamed(client: httpx.Client, url: str, key: str, body: dict[str, Any]) -> 
                 first = (time.perf_counter() - t0) * 1e3
             if choice.get("finish_reason"):
                 final = chunk
-    return first, (time.perf_counter() - t0) * 1e3, final
+    return first, (time.perf_counter() - t0) * 1e3, final, timing
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """`name;dur=ms, ...` as {name: ms}."""
+    found = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        if rest.startswith("dur="):
+            found[name] = float(rest[4:])
+    return found
 
 
 def whole(client: httpx.Client, url: str, key: str, body: dict[str, Any]) -> float:
@@ -198,7 +211,7 @@ def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conver
     """Interleaved pairs: each question through the proxy and straight to the upstream with its conditioning."""
     rows: dict[str, list[float]] = {k: [] for k in ("proxy_ttft", "direct_ttft", "added_ttft", "proxy_stream",
                                                     "direct_stream", "added_stream", "proxy_whole", "direct_whole",
-                                                    "added_whole", "condition")}
+                                                    "added_whole", "condition", "forward")}
     proxy_call = (f"{proxy}/v1/chat/completions", proxy_key)
     direct_call = (f"{upstream}/v1/chat/completions", upstream_key)
     with httpx.Client(timeout=120) as client:
@@ -214,12 +227,13 @@ def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conver
                     for name in first for body in [again if name == "proxy" else theirs]}
             if i < WARMUP:
                 continue
-            (p_first, p_end, final), (d_first, d_end, _) = got["proxy"], got["direct"]
+            (p_first, p_end, final, timing), (d_first, d_end, _, _) = got["proxy"], got["direct"]
             for name, value in (("proxy_ttft", p_first), ("direct_ttft", d_first), ("added_ttft", p_first - d_first),
                                 ("proxy_stream", p_end), ("direct_stream", d_end), ("added_stream", p_end - d_end),
                                 ("proxy_whole", took["proxy"]), ("direct_whole", took["direct"]),
                                 ("added_whole", took["proxy"] - took["direct"]),
-                                ("condition", final.get("logmem", {}).get("retrieval_ms", float("nan")))):
+                                ("condition", final.get("logmem", {}).get("retrieval_ms", float("nan"))),
+                                ("forward", timing.get("forward", float("nan")))):
                 rows[name].append(value)
     return {name: stats(values) for name, values in rows.items()}
 
@@ -370,8 +384,13 @@ def table(result: dict[str, Any]) -> str:
     c = f["condition"]
     target = result["target"]
     load = result["load_average"]
+    w = f["forward"]
     lines += ["", f"Of the added time, conditioning in the proxy (follow-up check, embedding, search, selection, "
-                  f"templating): {c['p50_ms']:.1f} ms p50, {c['p95_ms']:.1f} ms p95.", "",
+                  f"templating): {c['p50_ms']:.1f} ms p50, {c['p95_ms']:.1f} ms p95; the proxy's own time from its "
+                  f"route's start to the request handed to the upstream (its Server-Timing `forward`: the "
+                  f"conditioning, the adapter lookup and model list beside it, the payload): {w['p50_ms']:.1f} ms "
+                  f"p50, {w['p95_ms']:.1f} ms p95. The rest is the extra HTTP hop (the client to the proxy, the "
+                  f"chunk relayed back) and the upstream's own time, which varies with the load.", "",
               "The same conditioning in one process on the same memory, stage by stage (no HTTP):", "",
               "| stage | p50 | p95 |", "|---|---|---|"]
     for name, figure in result["conditioning_in_process"].items():

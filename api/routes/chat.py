@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -46,7 +46,8 @@ async def list_models(runtime: RuntimeDep, caller: CallerDep) -> ModelList:
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "The completion; with `stream`, server-sent chat.completion.chunk events"},
                         404: {"model": ErrorOut}, 429: {"model": ErrorOut}})
-async def chat_completions(body: ChatRequest, request: Request, runtime: RuntimeDep, caller: CallerDep) -> Any:
+async def chat_completions(body: ChatRequest, request: Request, response: Response, runtime: RuntimeDep,
+                           caller: CallerDep) -> Any:
     """Answer with memory; the response `id` is the interaction id that feedback names later."""
     settings = runtime.settings
     if len(body.messages) > settings.max_messages:
@@ -55,7 +56,7 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
     if max_tokens > settings.max_tokens:
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
     if runtime.upstream is not None:
-        return await proxied(body, request, runtime, caller, max_tokens)
+        return await proxied(body, request, response, runtime, caller, max_tokens)
     if body.model not in runtime.models():
         raise HTTPException(404, f"the model {body.model!r} does not exist")
     limit, metrics = request.app.state.generation_limit, request.app.state.metrics
@@ -156,11 +157,13 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
     yield "data: [DONE]\n\n"
 
 
-async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller: Caller, max_tokens: int) -> Any:
+async def proxied(body: ChatRequest, request: Request, response: Response, runtime: Runtime, caller: Caller,
+                  max_tokens: int) -> Any:
     """Answer through the upstream: condition the messages with the caller's memory, forward them with the
     caller's parameters (naming the tenant's adapter where the upstream has it loaded), log the answer as a local
     one. Streaming passes the upstream's chunks on as they come; an upstream failure is an OpenAI-shaped error
     (before the first byte: the response's status), and a failed answer is never logged."""
+    arrived = time.perf_counter()
     upstream = runtime.upstream
     assert upstream is not None
     served = body.model == SERVED_MODEL
@@ -184,6 +187,9 @@ async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller:
                                           ("stop", body.stop), ("user", body.user)) if v is not None})
         log = Logged(runtime, caller, cond, model=body.model, adapter=adapter, user=body.user, target=target)
         started = time.perf_counter()
+        # the proxy's own time before the upstream has the request (a standard header: browsers and tools show it)
+        forward_ms = (started - arrived) * 1e3
+        timing = {"Server-Timing": f"condition;dur={cond.condition_ms:.2f}, forward;dur={forward_ms:.2f}"}
         if not body.stream:
             data = await upstream.complete(payload)
             choice, usage = data["choices"][0], data.get("usage") or {}
@@ -192,6 +198,7 @@ async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller:
                 (time.perf_counter() - started) * 1e3))
             release()
             metrics.observe_answer(answer)
+            response.headers.update(timing)
             return completion(answer)
         stream = await upstream.stream({**payload, "stream_options": {"include_usage": True}})
     except BaseException:
@@ -204,7 +211,7 @@ async def proxied(body: ChatRequest, request: Request, runtime: Runtime, caller:
         release()
 
     return StreamingResponse(_relayed(stream, log, include_usage, started, metrics, closed),
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache", **timing},
                              background=BackgroundTask(closed))
 
 

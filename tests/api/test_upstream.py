@@ -107,11 +107,13 @@ def test_the_proxy_answers_through_the_upstream_with_memory_as_local_mode_does(
 def test_a_stream_through_the_proxy_is_the_non_streamed_answer_and_is_logged(proxy: dict[str, Any]) -> None:
     body = {"model": "default", "max_tokens": 16, "messages": [{"role": "user", "content": SKY}]}
     with http(proxy, "globex") as client:
-        plain = client.post("/v1/chat/completions", json=body).json()
+        whole = client.post("/v1/chat/completions", json=body)
+        plain = whole.json()
         with client.stream("POST", "/v1/chat/completions",
                            json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             got = events(r)
+            timings = [timing(whole), timing(r)]
         assert got[-1] == "[DONE]"
         chunks = [e for e in got if isinstance(e, dict)]
         assert len({c["id"] for c in chunks}) == 1 and all(c["model"] == "default" for c in chunks)
@@ -123,6 +125,16 @@ def test_a_stream_through_the_proxy_is_the_non_streamed_answer_and_is_logged(pro
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
         stored = client.get(f"/v1/interactions/{chunks[0]['id']}").json()
         assert stored["messages"][-1] == {"role": "assistant", "content": content}
+    # the proxy's own time before the upstream had the request, and its conditioning within it (Server-Timing)
+    for found in timings:
+        assert set(found) == {"condition", "forward"} and 0 < found["condition"] <= found["forward"], found
+    assert timings[1]["condition"] == pytest.approx(finals[0]["logmem"]["retrieval_ms"], abs=0.01)
+
+
+def timing(response: httpx.Response) -> dict[str, float]:
+    """A response's Server-Timing header as {name: ms}."""
+    parts = (p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
+    return {name: float(ms) for name, ms in parts}
 
 
 def test_the_openai_client_works_against_the_proxy_streaming_included(proxy: dict[str, Any]) -> None:

@@ -41,5 +41,6 @@ def test_bench_upstream_quick(tmp_path: Path, model_home: Path, smollm_folder: P
         for side in ("direct", "proxy", "added"):
             figure = result["figures"][f"{side}_{name}"]
             assert figure["n"] == result["pairs"] and figure["p50_ms"] == figure["p50_ms"], (side, name)
-    assert result["figures"]["condition"]["n"] == result["pairs"]
+    assert result["figures"]["condition"]["n"] == result["figures"]["forward"]["n"] == result["pairs"]
+    assert result["figures"]["forward"]["p50_ms"] >= result["figures"]["condition"]["p50_ms"] > 0
     assert result["exchanges_per_request"] > 0  # the memory conditioned the requests
