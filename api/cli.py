@@ -116,12 +116,32 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     with closing(_runtime(args)) as runtime:
         stats = runtime.stats(_operator(args.tenant) if args.tenant else None).to_json()
+        if args.tenant:
+            stats["serving_mode"] = runtime.serving_mode(_operator(args.tenant)).to_json()
 
     def text() -> None:
         for key, value in stats.items():
             print(f"{key:>20}: {json.dumps(value) if isinstance(value, dict) else value}")
 
     _emit(args, stats, text)
+    return EXIT_OK
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    """Show the tenant's serving mode and why; pin one, or unpin."""
+    with closing(_runtime(args)) as runtime:
+        caller = _operator(args.tenant)
+        mode = runtime.pin_mode(caller, None if args.unpin else args.pin) if args.pin or args.unpin \
+            else runtime.serving_mode(caller)
+    data = mode.to_json()
+
+    def text() -> None:
+        print(f"{args.tenant}: {data['mode']}" + (f" with adapter {data['adapter']}" if data["adapter"] else "")
+              + f" ({data['source']}: {data['reason']})")
+        for name, figure in data["figures"].items():
+            print(f"  {name:>15}: {figure:.4f} held-out {data['metric']}")
+
+    _emit(args, data, text)
     return EXIT_OK
 
 
@@ -408,8 +428,9 @@ def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -
     p.add_argument("--tenant", default="default")
     p.add_argument("-k", type=int, default=8, help="experiences retrieved per request")
     p.add_argument("--template", default="exchanges", help="prompt template name or .jinja path")
-    p.add_argument("--choose", default="off", choices=["off", "vote", "auto"],
-                   help="vote: answer with a memory-supported answer (for tasks whose answers repeat); "
+    p.add_argument("--choose", default="default", choices=["default", "off", "vote", "auto"],
+                   help="default: the tenant's serving mode (`logmem mode`); off: free generation with memory; "
+                        "vote: answer with a memory-supported answer (for tasks whose answers repeat); "
                         "auto: vote where the tenant's answers repeat, generate freely where they do not")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--no-adapter", action="store_true", help="ignore the tenant's active adapter")
@@ -447,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
+    p = sub.add_parser("mode", help="the tenant's serving mode and why (measured by its consolidation jobs); "
+                                    "--pin MODE or --unpin")
+    p.add_argument("--tenant", default="default")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--pin", choices=["memory", "vote", "consolidated", "memory+adapter"],
+                       help="serve this mode whatever jobs measure")
+    group.add_argument("--unpin", action="store_true", help="serve the measured mode again")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_mode)
+
     p = sub.add_parser("forget", help="remove an experience, a user's data or a tenant")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--id", type=int)
@@ -470,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", required=True, help="training logs (ingested into this home first, idempotent)")
     p.add_argument("--eval", required=True, help='eval JSONL: {"id", "messages", "reference"}')
     p.add_argument("--modes", default="base,memory",
-                   help="comma list of base, memory, vote, knn, consolidated, memory+adapter")
+                   help="comma list of base, memory, vote, auto, knn, consolidated, memory+adapter, and default "
+                        "(what the tenant is served when a request names no mode: `logmem mode`)")
     p.add_argument("--predictions", default=None, help="write every prediction here (JSONL)")
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
     p.add_argument("--batch-size", type=int, default=1,

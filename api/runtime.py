@@ -212,6 +212,8 @@ class Runtime:
         generator, bare, _, pool = self._model_parts()
         generator = generator if use_memory else bare
         active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
+        if active is not None and self.settings.choose == "default" and self.serving_mode(caller).adapter is None:
+            active = None  # the tenant's serving mode answers without its adapter (logmem.model.modes)
         version, path = (active.version, active.path) if active else (None, None)
         pooled = version
         if model in self._loras:  # a LoRA loaded by name answers as itself
@@ -303,6 +305,17 @@ class Runtime:
 
     def stats(self, caller: Caller | None) -> Stats:
         return self.memory.stats(caller.tenant if caller else None)
+
+    def serving_mode(self, caller: Caller) -> Any:
+        """How the caller's tenant is answered when a request names no mode, and why (`logmem.model.modes`)."""
+        from logmem.model.modes import served_mode
+
+        return served_mode(self.memory, caller.tenant)
+
+    def pin_mode(self, caller: Caller, mode: str | None) -> Any:
+        """Pin the tenant's serving mode (None: unpin, the measured mode serves again); returns the mode now served."""
+        self.store.pin_serving_mode(tenant=caller.tenant, mode=mode)
+        return self.serving_mode(caller)
 
     def feedback_counts(self, caller: Caller) -> dict[str, int]:
         return self.store.feedback_counts(tenant=caller.tenant)

@@ -101,6 +101,8 @@ class ConsolidationIn(BaseModel):
     lr: float | None = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     rebuild: bool = False
+    # the gate's reference: "served" (default) what the tenant is served now; "base" the bare base model's NLL
+    gate_reference: Literal["served", "base"] | None = None
 
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

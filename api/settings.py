@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     k: int = Field(default=8, ge=0)  # experiences retrieved per request
     template: str = "exchanges"  # prompt template name or .jinja path
     # "vote": answer with a memory-supported answer where the memory agrees; "auto": vote for a tenant whose answers
-    # repeat (labels, routes, canned replies), free generation for the others
-    choose: Literal["off", "vote", "auto"] = "off"
+    # repeat (labels, routes, canned replies), free generation for the others; "default": each tenant's serving mode
+    # (what its consolidation jobs measured best, or an operator pinned; `auto` before any)
+    choose: Literal["default", "off", "vote", "auto"] = "default"
     max_loaded_adapters: int = Field(default=8, ge=1)  # tenants' adapters kept loaded beside the base model
 
     # The service: keys and limits

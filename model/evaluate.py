@@ -23,10 +23,13 @@ from tqdm import tqdm
 from .config import GeneratorConfig
 from .generator import MemoryGenerator
 from .loading import load_adapter
+from .modes import served_mode
 
 logger = logging.getLogger(__name__)
 ADAPTER_MODES = ("consolidated", "memory+adapter")  # the tenant's active adapter, without / with memory
-MODES = ("base", "memory", "vote", "knn", *ADAPTER_MODES)  # knn: the embedding-vote reference, no model
+# knn: the embedding-vote reference, no model; auto: the vote where answers repeat, else memory; default: what the
+# tenant is served when a request names no mode (model/modes.py)
+MODES = ("base", "memory", "vote", "auto", "knn", *ADAPTER_MODES, "default")
 _PUNCT = re.compile(r"[^\w\s-]", re.UNICODE)
 _PREFIX = re.compile(r"^\s*(label|answer)\s*:\s*", re.IGNORECASE)
 
@@ -124,17 +127,18 @@ def evaluate(model: Any, tokenizer: Any, memory: VectorMemory, items: Sequence[E
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    ordered = [m for m in modes if m not in ADAPTER_MODES] + [m for m in modes if m in ADAPTER_MODES]
-    if adapter is None and len(ordered) > len([m for m in modes if m not in ADAPTER_MODES]):
+    kinds = {m: served_mode(memory, tenant).mode if m == "default" else m for m in modes}  # default: the served one
+    ordered = [m for m in modes if kinds[m] not in ADAPTER_MODES] + [m for m in modes if kinds[m] in ADAPTER_MODES]
+    if adapter is None and any(kinds[m] in ADAPTER_MODES for m in modes):
         raise ConfigError("the modes consolidated and memory+adapter need an active adapter "
                           "(run `logmem consolidate` first)")
     results = []
     out = Path(predictions).open("w", encoding="utf-8") if predictions else None
     try:
         for mode in ordered:
-            if mode in ADAPTER_MODES and adapter is not None:
+            if kinds[mode] in ADAPTER_MODES and adapter is not None:
                 model, adapter = load_adapter(model, adapter, merge=True), None  # for the modes after
-            gen = _generator(mode, model, tokenizer, memory, config, tenant)
+            gen = _generator(kinds[mode], model, tokenizer, memory, config, tenant)
             res = ModeResult(mode)
             bar = tqdm(total=len(items), desc=f"eval {mode}", unit="q", disable=not progress)
             for i in range(0, len(items), batch_size):
@@ -166,7 +170,7 @@ def _generator(mode: str, model: Any, tokenizer: Any, memory: VectorMemory, conf
     if mode in ("base", "consolidated"):
         return MemoryGenerator(model, tokenizer, None, config=config, tenant=tenant)
     return MemoryGenerator(model, tokenizer, memory, tenant=tenant,
-                           config=replace(config, choose="vote" if mode == "vote" else "off"))
+                           config=replace(config, choose=mode if mode in ("vote", "auto") else "off"))
 
 
 def _answers(mode: str, gen: MemoryGenerator | None, memory: VectorMemory, items: Sequence[EvalItem], tenant: str,
@@ -207,6 +211,7 @@ def eval_report(model: Any, tokenizer: Any, memory: VectorMemory, logs: str | Pa
     """The whole harness: ingest `logs` (idempotent), answer `items` in each mode, time a 32-token answer."""
     report = memory.ingest_file(logs, progress=progress)
     active = memory.active_adapter(tenant)
+    served = served_mode(memory, tenant).to_json() if "default" in modes else None
     answer_ms = greedy_answer_ms(model, tokenizer) if any(m in ("memory", "vote") for m in modes) else None
     results = evaluate(model, tokenizer, memory, items, modes=modes, config=config, tenant=tenant,
                        max_new_tokens=max_new_tokens, predictions=predictions, progress=progress,
@@ -214,7 +219,7 @@ def eval_report(model: Any, tokenizer: Any, memory: VectorMemory, logs: str | Pa
     data = {"ingest": {k: v for k, v in report.to_json().items() if isinstance(v, int)},
             "results": [r.summary() for r in results], "greedy_32_tokens_ms": answer_ms,
             "config": vars(config or GeneratorConfig()), "adapter": active.version if active else None,
-            "batch_size": batch_size}
+            "batch_size": batch_size, **({"serving_mode": served} if served else {})}
     return results, data
 
 

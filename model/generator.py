@@ -14,6 +14,7 @@ import torch
 from logmem.memory import Hit, NotFoundError, VectorMemory
 
 from .config import GeneratorConfig
+from .modes import ADAPTER_MODES, AUTO, ServedMode, served_mode
 from .prompting import ChatMarkers, Conditioning, Messages, render_messages, render_plain, select
 from .voting import choose_answer
 
@@ -37,6 +38,7 @@ class Reply:
     chosen_by: str = "model"  # "model", or "vote" when a memory-supported answer was chosen
     completion_tokens: int = 0  # tokens the model generated (the chosen answer's, when the vote chose)
     finish_reason: str = "stop"  # "stop" (end of sequence, a stop string, a chosen answer) or "length"
+    mode: str = "memory"  # the mode it was answered in (model/modes.py): memory, vote, auto, consolidated, ...
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if k != "experiences"}
@@ -68,18 +70,63 @@ class MemoryGenerator:
             raise AttributeError(name)
         return getattr(self.model, name)
 
-    def votes(self, tenant: str | None = None) -> bool:
-        """Whether `tenant`'s answers are chosen by the memory's vote: always under choose="vote"; under "auto"
-        where its answers repeat (`VectorMemory.answer_repetition` >= `auto_repetition`, measured at most every
-        `AUTO_REFRESH_SECONDS`), so a label-like tenant gets the vote and a free-text one free generation."""
+    def mode(self, tenant: str | None = None, adapter: str | None = None) -> ServedMode:
+        """The mode this generator answers `tenant` in when it answers with `adapter` (the version its model carries;
+        None: the base model). Under choose="default" the tenant's serving mode (`model/modes.py`); an adapter mode
+        whose adapter the model does not carry answers as "auto". Any other `choose` is that memory mode."""
         choose = self.gen_config.choose
+        if choose != "default":
+            return ServedMode("memory" if choose == "off" else choose, adapter, "config", f"choose={choose!r}")
+        if self.memory is None:
+            return ServedMode("memory", adapter, "config", "no memory")
+        served = served_mode(self.memory, tenant or self.tenant)
+        if served.mode in ADAPTER_MODES and served.adapter != adapter:
+            return ServedMode(AUTO, adapter, "default", f"served {served.mode} with adapter {served.adapter}, "
+                                                        f"but answering with {adapter or 'the base model'}")
+        return served
+
+    def votes(self, tenant: str | None = None, mode: ServedMode | None = None) -> bool:
+        """Whether `tenant`'s answers are chosen by the memory's vote: always in the vote mode; under "auto" where
+        its answers repeat (`VectorMemory.answer_repetition` >= `auto_repetition`, measured at most every
+        `AUTO_REFRESH_SECONDS`), so a label-like tenant gets the vote and a free-text one free generation."""
+        choose = (mode or self.mode(tenant)).choose
         if choose != "auto" or self.memory is None:
             return choose == "vote"
+        return self._repeats(tenant)
+
+    def _repeats(self, tenant: str | None) -> bool:
+        """Whether the tenant's answers repeat (label-like), measured at most every `AUTO_REFRESH_SECONDS`."""
+        if self.memory is None:
+            return False
         tenant, now = tenant or self.tenant, time.monotonic()
         measured = self._repetition.get(tenant)
         if measured is None or now - measured[0] > AUTO_REFRESH_SECONDS:
             measured = self._repetition[tenant] = (now, self.memory.answer_repetition(tenant))
         return measured[1] >= self.gen_config.auto_repetition
+
+    def _constraint(self, conds: Sequence[Conditioning], width: int) -> Any:
+        """Under `constrain`, a `prefix_allowed_tokens_fn` that keeps each row's generation to the short answers its
+        experiences gave (end token included); a row without such answers is left free. None: nothing to keep."""
+        eos = self.tokenizer.eos_token_id
+        allowed: list[list[list[int]] | None] = []
+        for cond in conds:
+            answers = {h.response.strip() for h in cond.experiences}
+            seqs = [ids + [eos] for ids in (self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers)
+                    if 0 < len(ids) <= self.gen_config.vote_max_tokens]
+            allowed.append(seqs or None)
+        if not any(allowed):
+            return None
+        everything = list(range(len(self.tokenizer)))
+
+        def next_tokens(row: int, ids: torch.Tensor) -> list[int]:
+            seqs = allowed[row]
+            if seqs is None:
+                return everything
+            done = ids[width:].tolist()
+            nxt = {q[len(done)] for q in seqs if len(q) > len(done) and q[:len(done)] == done}
+            return sorted(nxt) or [eos]
+
+        return next_tokens
 
     # --- retrieval and conditioning -----------------------------------------------------------
     def retrieve(self, query: str, *, tenant: str | None = None) -> list[Hit]:
@@ -167,10 +214,11 @@ class MemoryGenerator:
         if log and self.memory is not None:
             for messages in conversations:
                 self.memory.follow_up(messages, tenant=tenant)
+        mode = self.mode(tenant, adapter)
         started, prompts, conds, retrieval_ms = time.perf_counter(), [], [], []
         for messages in conversations:
             t0 = time.perf_counter()
-            hits = self.retrieve(_last_user(messages), tenant=tenant)
+            hits = self.retrieve(_last_user(messages), tenant=tenant) if mode.uses_memory else []
             retrieval_ms.append((time.perf_counter() - t0) * 1e3)
             conds.append(self._condition(hits))
             prompts.append(self._prompt(messages, conds[-1]))
@@ -181,7 +229,7 @@ class MemoryGenerator:
         texts: list[str | None] = [None] * len(prompts)
         counts = [(0, "stop")] * len(prompts)  # (completion tokens, finish reason)
         chosen_by = ["model"] * len(prompts)
-        if self.votes(tenant):
+        if self.votes(tenant, mode):
             for i, cond in enumerate(conds):
                 if cond.experiences:
                     ids = enc["input_ids"][i:i + 1, enc["input_ids"].shape[1] - lengths[i]:]  # its padding off
@@ -195,6 +243,10 @@ class MemoryGenerator:
             rows = {key: value[todo, -width:] for key, value in enc.items()}
             if stop:
                 kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+            if self.gen_config.constrain and mode.uses_memory and mode.choose != "vote" and self._repeats(tenant):
+                fn = self._constraint([conds[i] for i in todo], width)
+                if fn is not None:
+                    kwargs["prefix_allowed_tokens_fn"] = fn
             for i, (text, n, ended) in zip(todo, self._generate_texts(rows, max_new_tokens, **kwargs)):
                 texts[i] = _cut(text, stop)
                 counts[i] = (n, "stop" if ended or texts[i] != text or n < max_new_tokens else "length")
@@ -206,12 +258,12 @@ class MemoryGenerator:
             reply = Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
                           prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens, retrieval_ms=r_ms,
                           prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how, completion_tokens=n_out,
-                          finish_reason=finish)
+                          finish_reason=finish, mode=mode.mode)
             if log and self.memory is not None:
                 timings = {"retrieval_ms": r_ms, "prompt_ms": prompt_ms, "model_ms": model_ms}
                 self.memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages,
                                        answer=reply.text, hits=cond.experiences, user=user, adapter=adapter,
-                                       details={"timings": timings, "chosen_by": how,
+                                       details={"timings": timings, "chosen_by": how, "mode": mode.mode,
                                                 "choose": self.gen_config.choose,
                                                 "prompt_tokens": n_tokens, "memory_tokens": cond.memory_tokens})
             replies.append(reply)

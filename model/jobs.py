@@ -27,8 +27,9 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
     """Consolidate the tenant's memory into a LoRA adapter with `ConsolidationConfig(**params)`.
 
     The adapter is registered with its lineage (the adapter it was trained on from, the experiences this job
-    taught, those its gate held out). Returns ("succeeded" | "rejected", metrics): the gate's figures (the
-    forgetting check's included), the adapter `version` and the held-out ids.
+    taught, those its gate held out). The serving mode the job measured best is recorded for the tenant
+    (`model/modes.py`). Returns ("succeeded" | "rejected", metrics): the gate's figures (the forgetting check's
+    and the modes' included), the adapter `version` and the held-out ids.
     """
     from .consolidate import ConsolidationConfig, consolidate
 
@@ -49,6 +50,13 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
                 if old.status == "stale" and Path(old.path).exists():
                     shutil.rmtree(old.path)
                     logger.info("deleted the weights of stale adapter %s (%s)", old.version, old.path)
+    serving = outcome.metrics.get("serving")
+    if serving:  # the mode measured best, with the adapter that is active now (this one when promoted)
+        active = memory.store.active_adapter(tenant=tenant)
+        memory.store.record_serving_mode(tenant=tenant, mode=serving["mode"], metric=serving["metric"],
+                                         adapter=active.version if active is not None else None,
+                                         figures=serving["figures"], reason=serving["reason"], job_version=version)
+        logger.info("tenant %r is served %s from now on (%s)", tenant, serving["mode"], serving["reason"])
     metrics = {**outcome.metrics, "version": version, "holdout_ids": outcome.holdout}
     return ("succeeded" if outcome.promoted else "rejected"), metrics
 

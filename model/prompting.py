@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,14 @@ class Conditioning:
     experiences: list[Hit]
     lessons: list[str]
     memory_tokens: int  # tokens spent on experiences and lessons (before chat formatting)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # where answers repeat (`answer_note`): each
+    # distinct answer of the experiences with its count, most given first (the template's note)
 
 
 def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig) -> Conditioning:
     """Keep the best-scored hits that fit `memory_token_budget`, then order them best last (nearest the
-    question); lessons fit `lesson_token_budget`."""
+    question), or under `order="answer"` grouped by answer, the best-supported answer's group last; lessons fit
+    `lesson_token_budget`. With `answer_note`, where answers repeat, each answer's count for the template."""
     chosen: list[Hit] = []
     used = 0
     for h in sorted(hits, key=lambda h: h.score, reverse=True):
@@ -64,13 +67,26 @@ def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig) -> Cond
             if spent + n <= config.lesson_token_budget:
                 lessons.append(h.lesson)
                 spent += n
-    return Conditioning(list(reversed(chosen)), lessons, used + spent)
+    ordered = list(reversed(chosen))
+    counts: dict[str, int] = {}
+    for h in ordered:
+        counts[h.response.strip()] = counts.get(h.response.strip(), 0) + 1
+    if config.order == "answer":  # the best-supported answer's exchanges nearest the question
+        support: dict[str, float] = {}
+        for h in ordered:
+            support[h.response.strip()] = support.get(h.response.strip(), 0.0) + max(h.score, 1e-6)
+        rank = {id(h): i for i, h in enumerate(ordered)}
+        ordered.sort(key=lambda h: (support[h.response.strip()], rank[id(h)]))
+    answers = []
+    if config.answer_note and len(counts) < len(ordered):  # some answer repeats: say how often each was given
+        answers = [{"answer": a, "count": n} for a, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return Conditioning(ordered, lessons, used + spent, answers)
 
 
 def render_messages(messages: Messages, conditioning: Conditioning, template: str) -> Messages:
     """The caller's conversation with the memory added by `template`."""
     out = load_template(template).render(messages=messages, experiences=_context(conditioning.experiences),
-                                         lessons=conditioning.lessons)
+                                         lessons=conditioning.lessons, answers=conditioning.answers)
     rendered = json.loads(out)
     if not isinstance(rendered, list):
         raise ConfigError(f"template {template!r} must render a JSON list of messages")

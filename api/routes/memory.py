@@ -17,8 +17,10 @@ ExperienceId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 @router.get("/stats")
 def stats(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
-    """What the caller's memory holds, and its feedback by kind."""
-    return {**runtime.stats(caller).to_json(), "feedback": runtime.feedback_counts(caller)}
+    """What the caller's memory holds, its feedback by kind, and its serving mode (what answers it when a request
+    names no mode, and why)."""
+    return {**runtime.stats(caller).to_json(), "feedback": runtime.feedback_counts(caller),
+            "serving_mode": runtime.serving_mode(caller).to_json()}
 
 
 @router.get("/search", response_model=SearchOut)

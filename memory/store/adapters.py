@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import inspect, select, update
@@ -16,9 +17,30 @@ from sqlalchemy.orm import Session
 from ..errors import AdapterError, NotFoundError
 from .base import StoreBase
 from .records import AdapterData, _adapter, _figures, _plain, _rowcount
-from .schema import ADAPTER_METHODS, AdapterRow, ExperienceRow
+from .schema import ADAPTER_METHODS, AdapterRow, ExperienceRow, ServingModeRow
 
 logger = logging.getLogger(__name__)
+
+
+SERVING_MODES = ("memory", "vote", "consolidated", "memory+adapter")  # what a tenant may be served (model/modes.py)
+
+
+@dataclass(frozen=True)
+class ServingModeData:
+    """A tenant's serving-mode row: what its latest job measured, and an operator's pin."""
+
+    tenant: str
+    mode: str | None  # the measured winner (None: no job has measured yet)
+    adapter: str | None  # the tenant's active adapter when it was measured
+    metric: str | None  # accuracy | nll
+    figures: dict[str, Any] = field(default_factory=dict)  # mode -> figure on the held-out slice
+    reason: str = ""
+    job_version: str | None = None  # the adapter the measuring job registered
+    decided_at: float | None = None
+    pinned: str | None = None  # an operator's mode (served whatever was measured)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
 
 
 # Columns added to the adapters table after its first release: a database made before gets them on open.
@@ -162,6 +184,39 @@ class AdapterStore(StoreBase):
                     ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids[i:i + 500]))
                     .values(consolidated_in=version).execution_options(synchronize_session=False)))
             return int(marked)
+
+    # --- serving modes ----------------------------------------------------------------------------
+    def serving_mode(self, *, tenant: str) -> ServingModeData | None:
+        """The tenant's serving-mode row, or None when no job measured and no operator pinned."""
+        with Session(self.engine) as s:
+            row = s.get(ServingModeRow, tenant)
+            if row is None:
+                return None
+            return ServingModeData(row.tenant, row.mode, row.adapter, row.metric, json.loads(row.figures or "{}"),
+                                   row.reason or "", row.job_version, row.decided_at, row.pinned)
+
+    def record_serving_mode(self, *, tenant: str, mode: str, adapter: str | None, metric: str,
+                            figures: dict[str, Any], reason: str, job_version: str | None = None) -> None:
+        """Keep what a job measured: the winning `mode`, with `adapter` the tenant's active adapter it was measured
+        with (an operator's pin stays)."""
+        if mode not in SERVING_MODES:
+            raise AdapterError(f"a serving mode is one of {', '.join(SERVING_MODES)}, got {mode!r}")
+        with self.transaction() as tx:
+            row = tx.get(ServingModeRow, tenant, with_for_update=True) or ServingModeRow(tenant=tenant)
+            row.mode, row.adapter, row.metric, row.reason = mode, adapter, metric, reason
+            row.figures, row.job_version = json.dumps(figures, default=_plain), job_version
+            row.decided_at = time.time()
+            tx.merge(row)
+
+    def pin_serving_mode(self, *, tenant: str, mode: str | None) -> None:
+        """Pin the tenant's served `mode` whatever jobs measure (None: unpin, the measured mode serves again)."""
+        if mode is not None and mode not in SERVING_MODES:
+            raise AdapterError(f"a serving mode is one of {', '.join(SERVING_MODES)}, got {mode!r}")
+        with self.transaction() as tx:
+            row = tx.get(ServingModeRow, tenant, with_for_update=True) or ServingModeRow(tenant=tenant, figures="{}",
+                                                                                          reason="")
+            row.pinned = mode
+            tx.merge(row)
 
     def _lock_adapters(self, tx: Session, *, tenant: str) -> None:
         """Serialize activations of one tenant. SQLite: a write as the transaction's first statement takes the

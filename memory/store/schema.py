@@ -147,6 +147,22 @@ class AdapterRow(Base):
     stale_at: Mapped[float | None] = mapped_column(Float)  # when an experience it covers was forgotten
 
 
+class ServingModeRow(Base):
+    """How a tenant is answered when a request names no mode: the mode its latest consolidation job measured best
+    on its held-out slice (with the figures that say why), and the mode an operator pinned, which wins."""
+
+    __tablename__ = "serving_modes"
+    tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
+    mode: Mapped[str | None] = mapped_column(String(20))  # measured: memory | vote | consolidated | memory+adapter
+    adapter: Mapped[str | None] = mapped_column(String(64))  # the tenant's active adapter when it was measured
+    metric: Mapped[str | None] = mapped_column(String(20))  # accuracy (label-like answers) | nll
+    figures: Mapped[str] = mapped_column(Text, default="{}")  # JSON: mode -> figure on the held-out slice
+    reason: Mapped[str] = mapped_column(Text, default="")
+    job_version: Mapped[str | None] = mapped_column(String(64))  # the adapter version the measuring job registered
+    decided_at: Mapped[float | None] = mapped_column(Float)
+    pinned: Mapped[str | None] = mapped_column(String(20))  # an operator's mode, served whatever was measured
+
+
 # At most one active adapter per tenant, held by the database itself (SQLite and PostgreSQL both).
 Index("one_active_adapter_per_tenant", AdapterRow.tenant, unique=True, sqlite_where=AdapterRow.active,
       postgresql_where=AdapterRow.active)

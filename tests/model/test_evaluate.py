@@ -55,7 +55,8 @@ def test_batched_eval_answers_as_one_at_a_time(tiny_lm, memory: VectorMemory, tm
 def test_adapter_modes_answer_as_the_unmerged_adapter(tiny_lm, memory: VectorMemory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
     outcome = consolidate(model, tok, memory, config=ConsolidationConfig(lr=1e-2, epochs=4, batch_size=2,
-                                                                          holdout=0.34, probe_bound=10.0))
+                                                                          holdout=0.34, probe_bound=10.0,
+                                                                          gate_reference="base"))
     outcome.adapter.save_pretrained(str(tmp_path / "adapter"))
     unmerged = load_adapter(copy.deepcopy(tiny_lm[0]), tmp_path / "adapter")
     want = [MemoryGenerator(unmerged, tok).chat(item.messages, max_new_tokens=4).text for item in ITEMS]

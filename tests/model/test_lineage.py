@@ -21,8 +21,9 @@ BLUE = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", 
         "denim", "cobalt"]
 RED = ["tomato", "ruby", "cherry", "strawberry", "poppy", "ladybird", "lobster", "brick", "cardinal", "rose",
        "raspberry", "chili"]
-# learns the tiny model's few answers in a few seconds; the probe is not what these tests are about
-FAST = dict(lr=3e-2, epochs=15, batch_size=4, holdout=0.25, probe_bound=10.0)
+# learns the tiny model's few answers in a few seconds; the probe is not what these tests are about, nor the
+# served mode (the vote answers these one-answer logs perfectly): the lineage is gated against the bare base
+FAST = dict(lr=3e-2, epochs=15, batch_size=4, holdout=0.25, probe_bound=10.0, gate_reference="base")
 
 
 def _records(things: list[str], answer: str, prefix: str) -> list[dict[str, Any]]:
@@ -163,7 +164,7 @@ def test_two_jobs_in_sequence_on_the_real_model(tmp_path: Path, embedder, smollm
 
     model, tok = smollm
     # a few steps that teach a constant answer; the probe bound is not what this test is about
-    params = dict(lr=1e-3, epochs=2, batch_size=4, holdout=0.25, probe_bound=0.5)
+    params = dict(lr=1e-3, epochs=2, batch_size=4, holdout=0.25, probe_bound=0.5, gate_reference="base")
 
     def answer(path: str, question: str) -> str:
         merged = load_adapter(copy.deepcopy(model), path, merge=True)

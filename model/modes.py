@@ -1,0 +1,211 @@
+"""The serving mode: how a tenant is answered when a request names no mode, chosen by measurement.
+
+Four modes answer from the same logs: `memory` (the base model reading the retrieved experiences, free
+generation), `vote` (the answer the memory supports that the model reading them scores best: `model/voting.py`),
+`consolidated` (the tenant's adapter, no memory in the prompt) and `memory+adapter` (both). Which is best
+depends on the tenant (a 135M model reading its neighbours trails their vote on label-like logs; an adapter can
+beat both, or forget what the logs' format asks), so a consolidation job measures them all on its held-out
+slice and records the winner (`memory.store.record_serving_mode`); an operator may pin one instead. Before any
+job measured, a tenant is served `auto`: the vote where its answers repeat, free generation where they do not.
+
+A figure is the accuracy of the answers on the held-out experiences where answers are label-like (they repeat:
+`VectorMemory.answer_repetition` >= `GeneratorConfig.auto_repetition`), else the response NLL per token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from logmem.memory import VectorMemory
+from logmem.memory.store import ExperienceData
+from logmem.memory.store.adapters import SERVING_MODES
+from tqdm import tqdm
+
+from .config import GeneratorConfig
+from .prompting import Conditioning, render_messages, select
+from .voting import choose_answer
+
+logger = logging.getLogger(__name__)
+AUTO = "auto"  # served before any job measured: the vote where answers repeat, free generation where they do not
+ADAPTER_MODES = ("consolidated", "memory+adapter")
+MEMORY_MODES = ("memory", "vote")
+PREFERENCE = ("vote", "memory", "consolidated", "memory+adapter")  # on equal figures, the cheaper mode wins
+__all__ = ["ADAPTER_MODES", "AUTO", "SERVING_MODES", "HeldOut", "ServedMode", "best_mode", "beats", "measure",
+           "prepare_held_out", "served_mode"]
+
+
+@dataclass(frozen=True)
+class ServedMode:
+    """What answers a tenant by default, and why."""
+
+    mode: str  # "auto" or one of SERVING_MODES
+    adapter: str | None  # the adapter version an adapter mode answers with (None: the base model)
+    source: str  # "pinned" (an operator), "measured" (a consolidation job) or "default" (nothing measured)
+    reason: str
+    metric: str | None = None  # what the figures are: "accuracy" or "nll" (None: nothing measured)
+    figures: dict[str, float] = field(default_factory=dict)  # mode -> held-out figure of the deciding job
+
+    @property
+    def uses_memory(self) -> bool:
+        return self.mode != "consolidated"
+
+    @property
+    def choose(self) -> str:
+        """The generator's `choose` for this mode's memory side."""
+        return {"vote": "vote", AUTO: "auto"}.get(self.mode, "off")
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def served_mode(memory: VectorMemory, tenant: str) -> ServedMode:
+    """The tenant's serving mode: an operator's pin; else what its latest job measured, while the adapter it was
+    measured with is still the active one; else `memory+adapter` with an active adapter no job measured (as
+    served before modes were measured), or `auto`."""
+    store = memory.store
+    row = store.serving_mode(tenant=tenant)
+    active = store.active_adapter(tenant=tenant)
+    version = active.version if active is not None else None
+    figures = dict(row.figures) if row is not None else {}
+    metric = row.metric if row is not None else None
+    if row is not None and row.pinned:
+        if row.pinned in ADAPTER_MODES and version is None:
+            return ServedMode(AUTO, None, "default", f"pinned to {row.pinned}, but tenant {tenant!r} has no active "
+                                                     "adapter: the vote where answers repeat, else free generation",
+                              metric, figures)
+        return ServedMode(row.pinned, version if row.pinned in ADAPTER_MODES else None, "pinned",
+                          f"pinned by an operator (measured best: {row.mode or 'nothing yet'})", metric, figures)
+    if row is not None and row.mode and row.adapter == version:
+        return ServedMode(row.mode, version if row.mode in ADAPTER_MODES else None, "measured", row.reason, metric,
+                          figures)
+    if version is not None:
+        return ServedMode("memory+adapter", version, "default",
+                          f"adapter {version} is active and no job has measured the modes with it", metric, figures)
+    return ServedMode(AUTO, None, "default", "no consolidation job has measured the modes yet: the vote where "
+                                            "answers repeat, free generation where they do not", metric, figures)
+
+
+def beats(candidate: float, reference: float, metric: str, margin: float) -> bool:
+    """Whether `candidate` is better than `reference` by more than `margin` (accuracy: points up; nll: the
+    fraction it drops by)."""
+    if metric == "accuracy":
+        return candidate > reference + margin
+    return candidate < reference * (1.0 - margin)
+
+
+def best_mode(figures: dict[str, float], metric: str) -> str:
+    """The mode with the best figure; on a tie the cheaper one (the vote, then memory, then the adapter modes)."""
+    if not figures:
+        raise ValueError("no figures to choose a mode from")
+    sign = 1.0 if metric == "accuracy" else -1.0
+    return max(figures, key=lambda m: (sign * figures[m], -PREFERENCE.index(m)))
+
+
+@dataclass
+class HeldOut:
+    """A job's held-out experiences as requests: each one's bare prompt, its prompt with the memory (its own
+    experience left out of the retrieval), and its expected answer."""
+
+    experiences: list[ExperienceData]
+    bare: list[list[int]]
+    with_memory: list[list[int]]
+    conditioning: list[Conditioning]
+    responses: list[list[int]]  # the accepted answer's tokens, end token included
+    metric: str  # "accuracy" (label-like answers) or "nll"
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prepare_held_out(held: Sequence[ExperienceData], tokenizer: Any, memory: VectorMemory, tenant: str,
+                     config: GeneratorConfig, *, max_length: int = 1024) -> HeldOut:
+    """The prompts of `held` in every mode, under the serving generator's retrieval and template (`config`)."""
+    label_like = memory.answer_repetition(tenant) >= config.auto_repetition
+    bare, with_memory, conds, responses = [], [], [], []
+    for e in held:
+        question = [{"role": "user", "content": e.trigger}]
+        hits = [h for h in memory.search(e.trigger, config.k + 1, tenant=tenant) if h.id != e.id][: config.k]
+        cond = select(hits, tokenizer, config)
+        bare.append(_chat_ids(tokenizer, question)[-max_length:])
+        with_memory.append(_chat_ids(tokenizer, render_messages(question, cond, config.template))[-max_length:])
+        conds.append(cond)
+        responses.append(list(tokenizer(e.response, add_special_tokens=False)["input_ids"])[: max_length - 1]
+                         + [tokenizer.eos_token_id])
+    return HeldOut(list(held), bare, with_memory, conds, responses, "accuracy" if label_like else "nll")
+
+
+@torch.no_grad()
+def measure(model: Any, tokenizer: Any, held: HeldOut, modes: Sequence[str], config: GeneratorConfig, *,
+            batch_size: int = 8, progress: bool = False) -> dict[str, float]:
+    """Each mode's figure on the held-out slice, answered by `model` (the base for memory and vote, the adapter
+    for the adapter modes: the caller passes the right one). Under "nll" the vote is not measured: on answers
+    that do not repeat, `auto` generates freely (the memory figure)."""
+    from .evaluate import normalize_answer
+
+    figures: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for mode in modes:
+            prompts = held.bare if mode == "consolidated" else held.with_memory
+            if held.metric == "nll":
+                if mode != "vote":
+                    figures[mode] = _response_nll(model, tokenizer, prompts, held.responses, batch_size)
+                continue
+            if mode == "vote":
+                outputs = [_vote(model, tokenizer, p, c, config) for p, c in zip(prompts, held.conditioning)]
+            else:
+                width = min(max(len(r) for r in held.responses) + 2, 64)
+                outputs = _greedy(model, tokenizer, prompts, width, batch_size, progress, mode)
+            right = sum(normalize_answer(o) == normalize_answer(e.response) and bool(normalize_answer(o))
+                        for o, e in zip(outputs, held.experiences))
+            figures[mode] = right / max(len(held.experiences), 1)
+    finally:
+        model.train(was_training)
+    logger.info("held-out figures (%s): %s", held.metric, {m: round(v, 4) for m, v in figures.items()})
+    return figures
+
+
+def _vote(model: Any, tokenizer: Any, prompt: list[int], cond: Conditioning, config: GeneratorConfig) -> str:
+    if not cond.experiences:
+        return ""
+    ids = torch.tensor([prompt], device=model.device)
+    return choose_answer(model, tokenizer, ids, cond.experiences, config) or ""
+
+
+def _greedy(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+            progress: bool, mode: str) -> list[str]:
+    """Greedy answers to token-id prompts, left-padded in batches."""
+    pad = tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of like length pad less
+    out: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=f"held-out {mode}", disable=not progress):
+        rows = [prompts[i] for i in order[start:start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad)
+        for i, row in zip(order[start:start + batch_size], gen):
+            out[i] = tokenizer.decode(row[width:], skip_special_tokens=True).strip()
+    return out
+
+
+def _response_nll(model: Any, tokenizer: Any, prompts: list[list[int]], responses: list[list[int]],
+                  batch_size: int) -> float:
+    """Mean negative log-likelihood per token of each response after its prompt."""
+    from .consolidate import response_logits
+
+    total, count = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        rows = list(zip(prompts[i:i + batch_size], responses[i:i + batch_size]))
+        logits, targets = response_logits(model, rows, tokenizer.pad_token_id)
+        total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+        count += int(targets.numel())
+    return total / max(count, 1)
