@@ -40,16 +40,18 @@ class MemoryConfig:
     shared_min_count: int = 3  # a leading paragraph seen this often is a shared instruction
 
     # Index
-    # auto (flat, then hnsw past approx_threshold), exact, flat, hnsw, hnsw_sq8 (HNSW over 8-bit codes re-scored
-    # from the float vectors in its file: a 1M-vector tenant in ~0.5 GB of the process instead of ~1.8 GB), or
+    # auto (flat, then hnsw past approx_threshold, then hnsw_sq8 past compact_threshold), exact, flat, hnsw, hnsw_sq8
+    # (HNSW over 8-bit codes re-scored from the float vectors in its file: a 1M-vector tenant in ~0.7 GB of the
+    # process instead of ~1.9 GB, same recall; benchmarks/results/footprint.md), or
     # pgvector (vectors in PostgreSQL itself, searched there with an HNSW index: shared by every process and host)
     index_kind: str = "auto"
     # with auto: keep the vectors in PostgreSQL (pgvector) when the database is PostgreSQL and its server has pgvector
     # >= 0.8, so every process and host shares one index; else (or False) each process follows SQL with faiss
     shared_index: bool = False
     approx_threshold: int = 50_000  # a tenant past this many experiences gets the approximate (HNSW) index
+    compact_threshold: int = 500_000  # ... and past this many, hnsw_sq8 (0: never by itself)
     hnsw_m: int = 32  # HNSW graph degree
-    hnsw_sq8_m: int = 16  # graph degree of hnsw_sq8 (its links are ~a quarter of its memory at 16)
+    hnsw_sq8_m: int = 32  # graph degree of hnsw_sq8 (at 1M, 16 saves 120 MiB but loses recall: 0.926 vs 0.963)
     hnsw_ef_construction: int = 64  # HNSW build beam
     hnsw_ef_search: int = 384  # HNSW search beam: recall@10 0.963 at 0.64 ms on 1M (benchmarks/results/retrieval.md)
     search_threads: int = 1  # faiss OpenMP threads for one query (more is slower on 2 cores)
@@ -80,6 +82,7 @@ class MemoryConfig:
             ("agree_threshold", 0.0 <= self.agree_threshold <= 1.0, "in [0, 1]"),
             ("shared_min_count", self.shared_min_count >= 2, ">= 2"),
             ("approx_threshold", self.approx_threshold >= 1, ">= 1"),
+            ("compact_threshold", self.compact_threshold >= 0, ">= 0"),
             ("hnsw_m", self.hnsw_m >= 4, ">= 4"),
             ("hnsw_sq8_m", self.hnsw_sq8_m >= 4, ">= 4"),
             ("hnsw_ef_construction", self.hnsw_ef_construction >= 1, ">= 1"),

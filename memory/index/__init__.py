@@ -82,7 +82,7 @@ register("hnsw", Backend(make=_make_hnsw,
                          load=lambda path, *, ef_search=128, threads=None, **_: load_faiss(
                              path, "hnsw", ef_search=ef_search, threads=threads)))
 
-def _make_hnsw_sq8(d: int, *, sq8_m: int = 16, ef_construction: int = 64, ef_search: int = 128,
+def _make_hnsw_sq8(d: int, *, sq8_m: int = 32, ef_construction: int = 64, ef_search: int = 128,
                    threads: int | None = None, **_: Any) -> Index:
     return HNSWSQ8Index(d, m=sq8_m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
 

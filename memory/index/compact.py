@@ -1,11 +1,11 @@
 """`hnsw_sq8`: HNSW over 8-bit scalar-quantized vectors, every answer re-scored exactly from the float vectors.
 
-The graph and its 8-bit codes stay in memory (d bytes + ~8 m bytes of links a vector, a quarter of float HNSW's
+The graph and its 8-bit codes stay in memory (d bytes + ~8 m bytes of links a vector, about a third of float HNSW's
 4 d + 8 m); the float vectors stay in the index file and are read with `os.pread` for the few candidates a
 search re-scores (2 k, at least REFINE), never mapped: a search leaves them in the page cache, where the
-kernel may drop them, not in the process. So a 1M-vector tenant of 384-d vectors takes ~0.5 GB of the
-process (the graph: 384 MB of codes, 128 MB of links at m=16), not ~1.8 GB; recall and latency are measured
-in `benchmarks/bench_footprint.py`.
+kernel may drop them, not in the process. So a 1M-vector tenant of 384-d vectors takes ~0.7 GB of the
+process (the graph: 384 MB of codes, ~260 MB of links at m=32), not ~1.9 GB, at the same recall@10 (0.963 at
+efSearch 384 on bench_retrieval's 1M real-vector set); `benchmarks/bench_footprint.py` measures it.
 
 The quantizer learns each dimension's range from the first vectors added (the rest are clipped to it; the
 exact re-scoring makes up for it); an index first fed fewer than TRAIN_MIN vectors learns a symmetric range
@@ -119,7 +119,7 @@ class HNSWSQ8Index:
     kind = "hnsw_sq8"
     COMPACT_SHARE = 0.1  # tombstones past this share of the graph make `remove` compact it
 
-    def __init__(self, d: int, *, m: int = 16, ef_construction: int = 64, ef_search: int = 128,
+    def __init__(self, d: int, *, m: int = 32, ef_construction: int = 64, ef_search: int = 128,
                  threads: int | None = None) -> None:
         self.d, self.m, self.ef_construction, self.ef_search, self.threads = d, m, ef_construction, ef_search, threads
         self._graph: Any = None  # faiss IndexHNSWSQ, made by the first add (its quantizer learns from it)

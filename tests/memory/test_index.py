@@ -246,6 +246,8 @@ def test_choose_kind() -> None:
     assert choose_kind(100, auto) == "flat"
     assert choose_kind(101, auto) == "hnsw"
     assert choose_kind(10**6, MemoryConfig(index_kind="exact")) == "exact"
+    assert choose_kind(500_000, MemoryConfig()) == "hnsw" and choose_kind(500_001, MemoryConfig()) == "hnsw_sq8"
+    assert choose_kind(10**7, MemoryConfig(compact_threshold=0)) == "hnsw"
 
 
 def test_unknown_kind_raises() -> None:
