@@ -32,7 +32,8 @@ def main() -> None:
     p.add_argument("--logs", required=True)
     p.add_argument("--eval", required=True)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--modes", default="knn,base,memory,vote")
+    p.add_argument("--modes", default="knn,base,memory,vote",
+                   help="comma list of base, memory, vote, auto, knn (and default: what the tenant is served)")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--home", default=None, help="memory home (default: a fresh temporary folder)")
     p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"),
@@ -42,25 +43,35 @@ def main() -> None:
     p.add_argument("--template", default=GeneratorConfig().template)
     p.add_argument("--vote-prior", type=float, default=GeneratorConfig().vote_prior)
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--order", default=GeneratorConfig().order, choices=["score", "answer"],
+                   help="exchanges best last (score) or grouped by answer, the best-supported answer last")
+    p.add_argument("--answer-note", action="store_true", help="tell the model how often each answer was given")
+    p.add_argument("--constrain", action="store_true",
+                   help="memory mode: keep free generation to the answers the retrieved experiences gave")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N items (with --limit: a slice)")
+    p.add_argument("--stem", default=None, help="result file stem (default quality_<eval name>)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.eval).name.split(".")[0]
-    items = read_eval(args.eval)[: args.limit or None]
+    items = read_eval(args.eval)[args.offset:][: args.limit or None]
     model, tokenizer = load_generator(home=Path(args.model_home), dtype=args.dtype)
-    config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
+    config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior, order=args.order,
+                             answer_note=args.answer_note, constrain=args.constrain)
+    stem = args.stem or f"quality_{name}"
     with tempfile.TemporaryDirectory() as tmp, \
             VectorMemory(args.home or tmp, embedder=default_embedder()) as memory:
         results, data = eval_report(model, tokenizer, memory, args.logs, items, modes=args.modes.split(","),
                                     config=config, max_new_tokens=args.max_new_tokens,
-                                    predictions=out / f"quality_{name}.predictions.jsonl", progress=True)
-    data.update({"eval": args.eval, "logs": args.logs, "n": len(items), "dtype": args.dtype,
-                 "machine": f"{platform.machine()}, {os.cpu_count()} cpu"})
-    (out / f"quality_{name}.json").write_text(json.dumps(data, indent=2))
+                                    predictions=out / f"{stem}.predictions.jsonl", progress=True)
+    data.update({"eval": args.eval, "logs": args.logs, "n": len(items), "offset": args.offset, "dtype": args.dtype,
+                 "machine": f"{platform.machine()}, {os.cpu_count()} cpu", "load_average": os.getloadavg()})
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=2))
     table = markdown_table(results, data["greedy_32_tokens_ms"])
-    (out / f"quality_{name}.md").write_text(f"# Quality on {args.eval} ({len(items)} items)\n\n{table}\n")
+    (out / f"{stem}.md").write_text(f"# Quality on {args.eval} ({len(items)} items from {args.offset})\n\n"
+                                    f"{table}\n\nLoad average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.\n")
     print(table)
 
 
