@@ -14,7 +14,7 @@ the candidates, scoring, MMR), then a few text searches (the ONNX embedder loade
 /proc/self/status (VmRSS, RssAnon, RssFile, VmHWM) after each stage, never estimated. Writes footprint.json,
 .md and .png to --out (footprint_quick.* under --quick: 5,000 seeded clustered vectors, no cache needed).
 
-    python benchmarks/bench_footprint.py --out benchmarks/results [--sizes 100000,1000000] [--kinds auto,hnsw_sq8]
+    python benchmarks/bench_footprint.py --out benchmarks/results [--sizes 100000,1000000] [--kinds hnsw,hnsw_sq8]
     python benchmarks/bench_footprint.py --quick --out /tmp/fp
 """
 
@@ -122,13 +122,13 @@ def fill(db_url: str, home: Path, xb: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array(all_ids, dtype=np.int64), time.perf_counter() - t0
 
 
-def build(db_url: str, home: Path, kind: str, ef: int) -> dict[str, Any]:
+def build(db_url: str, home: Path, kind: str, ef: int, sq8_m: int) -> dict[str, Any]:
     """The tenant's index of `kind` built from SQL and saved under `home`: times and sizes."""
     from logmem.memory import MemoryConfig, VectorMemory
     from logmem.model.embedding import default_embedder
 
     with VectorMemory(home, embedder=default_embedder(), db_url=db_url,
-                      config=MemoryConfig(index_kind=kind, hnsw_ef_search=ef)) as vm:
+                      config=MemoryConfig(index_kind=kind, hnsw_ef_search=ef, hnsw_sq8_m=sq8_m)) as vm:
         t0 = time.perf_counter()
         index = vm.indexes.get(TENANT)
         build_s = time.perf_counter() - t0
@@ -151,7 +151,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     xq = np.load(spec["queries"])
     gt = np.load(spec["truth"])
     home = Path(spec["home"])
-    config = MemoryConfig(index_kind=spec["kind"], hnsw_ef_search=spec["ef"])
+    config = MemoryConfig(index_kind=spec["kind"], hnsw_ef_search=spec["ef"],
+                          hnsw_sq8_m=spec.get("sq8_m", MemoryConfig().hnsw_sq8_m))
     t0 = time.perf_counter()
     vm = VectorMemory(home, embedder=default_embedder(), db_url=spec["db_url"], config=config)
     index = vm.indexes.get(TENANT)
@@ -192,6 +193,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     for text in TEXT_QUERIES * 4:
         vm.search(text, 5, tenant=TENANT)
     out["rss_text_searched"] = rss()
+    out["load_avg"] = os.getloadavg()
     vm.store.close()
     return out
 
@@ -209,31 +211,75 @@ def run_child(spec: dict[str, Any], work: Path) -> dict[str, Any]:
 
 # --- the run --------------------------------------------------------------------------------
 def measure_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    xb, xq, data = vectors(size, args.quick, args.cache, args.queries)
-    gt = ground_truth(xb, xq)
-    db_path = work / f"memory-{size}.db"
+    reuse = args.reuse
+    if reuse is None:
+        xb, xq, data = vectors(size, args.quick, args.cache, args.queries)
+        gt = ground_truth(xb, xq)
+        db_path = work / f"memory-{size}.db"
+        ids, fill_s = fill(f"sqlite:///{db_path}", work / "fill", xb)
+        np.save(work / "queries.npy", xq)
+        np.save(work / "truth.npy", ids[gt])  # exact top-K as experience ids
+        del xb
+        data_dir: Path = work
+    else:  # a database a previous run left (with its queries and their exact answers): build and search again
+        data_dir, db_path = reuse, reuse / f"memory-{size}.db"
+        previous = json.loads((reuse / "data.json").read_text())
+        data, fill_s = previous["data"], previous["fill_s"]
+    (data_dir / "data.json").write_text(json.dumps({"data": data, "fill_s": fill_s}))
     db_url = f"sqlite:///{db_path}"
-    ids, fill_s = fill(db_url, work / "fill", xb)
-    np.save(work / "queries.npy", xq)
-    np.save(work / "truth.npy", ids[gt])  # exact top-K as experience ids
-    del xb
     sql_bytes = db_path.stat().st_size
     rows = []
     for kind in args.kinds.split(","):
         home = work / f"home-{size}-{kind}"
-        built = build(db_url, home, kind, args.ef)
+        built = build(db_url, home, kind, args.ef, args.sq8_m)
         logger.info("built %s at %d: %s", kind, size, built)
-        searched = run_child({"home": str(home), "db_url": db_url, "kind": kind, "ef": args.ef,
-                              "ef_sweep": args.ef_sweep, "queries": str(work / "queries.npy"),
-                              "truth": str(work / "truth.npy")}, work)
+        searched = run_child({"home": str(home), "db_url": db_url, "kind": kind, "ef": args.ef, "sq8_m": args.sq8_m,
+                              "ef_sweep": args.ef_sweep, "queries": str(data_dir / "queries.npy"),
+                              "truth": str(data_dir / "truth.npy")}, work)
         logger.info("searched %s at %d: %s", kind, size, searched)
         rows.append({"size": size, "data": data, "fill_s": fill_s, "sql_file_bytes": sql_bytes,
                      "sql_bytes_per_experience": sql_bytes / size, **built,
+                     "sq8_m": args.sq8_m if built["resolved_kind"] == "hnsw_sq8" else None,
                      "index_file_bytes_per_vector": built["index_file_bytes"] / size, "search": searched})
-        for p in home.glob("index/*"):
-            p.unlink()
-    db_path.unlink()
+        if args.keep is not None:  # the memory as built, for --remeasure
+            keep = args.keep / kind
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in (db_path.name, "queries.npy", "truth.npy", "data.json"):
+                if not (keep / name).exists():
+                    os.link(data_dir / name, keep / name)
+            os.rename(home, keep / home.name)
+        else:
+            for p in home.glob("index/*"):
+                p.unlink()
+    if reuse is None:
+        db_path.unlink()
     return rows
+
+
+def remeasure(result: dict[str, Any], keep: Path, args: argparse.Namespace) -> None:
+    """Run the searching process again on memories a run left in `keep` (`<keep>/<kind>/` holding the database,
+    the home and the queries of that kind's row), replacing the measurements of the rows of --kinds (hnsw_sq8's
+    of degree --sq8-m); the build is not redone."""
+    for row in result["rows"]:
+        if row["kind"] not in args.kinds.split(",") or (row["resolved_kind"] == "hnsw_sq8"
+                                                         and (row.get("sq8_m") or 16) != args.sq8_m):
+            continue
+        work = keep / row["kind"]
+        home, db = work / f"home-{row['size']}-{row['kind']}", work / f"memory-{row['size']}.db"
+        if not (home.is_dir() and db.is_file()):
+            continue
+        logger.info("measuring %s at %d again", row["kind"], row["size"])
+        row["search"] = run_child({"home": str(home), "db_url": f"sqlite:///{db}", "kind": row["kind"],
+                                   "ef": args.ef, "ef_sweep": args.ef_sweep, "sq8_m": args.sq8_m,
+                                   "queries": str(work / "queries.npy"),
+                                   "truth": str(work / "truth.npy")}, work)
+        row["remeasured"] = True
+
+
+def label(row: dict[str, Any]) -> str:
+    """The index kind of a row, with hnsw_sq8's graph degree (rows before it was recorded used 16)."""
+    kind = row["resolved_kind"]
+    return f"{kind} m={row.get('sq8_m') or 16}" if kind == "hnsw_sq8" else kind
 
 
 def mib(n: float) -> str:
@@ -247,7 +293,7 @@ def best(row: dict[str, Any], target: float) -> dict[str, Any] | None:
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
-    meta, rows = result["meta"], result["rows"]
+    meta, rows = result["meta"], sorted(result["rows"], key=lambda r: r["size"])
     lines = ["# Footprint: bytes per experience, and the RSS of a process searching the memory", "",
              f"`{command}` on {meta['cpus']} cores ({meta['machine']}), faiss {meta['faiss']}; load average "
              f"{meta['load_avg_start'][0]:.1f} at start, {meta['load_avg_end'][0]:.1f} at end (other sessions' jobs "
@@ -264,7 +310,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["search"]
-        kind = r["kind"] if r["kind"] == r["resolved_kind"] else f"{r['kind']} ({r['resolved_kind']})"
+        kind = label(r) if r["kind"] == r["resolved_kind"] else f"{r['kind']} ({label(r)})"
         a = s["rss_index_searched"]
         lines.append(f"| {r['size']:,} | {r['data']} | {kind} | {r['sql_bytes_per_experience']:,.0f} | "
                      f"{r['index_file_bytes_per_vector']:,.0f} | {r['build_s']:.1f} | "
@@ -272,19 +318,27 @@ def markdown(result: dict[str, Any], command: str) -> str:
                      f"{mib(a['VmRSS'])} ({mib(a['RssAnon'])} / {mib(a['RssFile'])}) | "
                      f"{mib(s['rss_memory_searched']['VmRSS'])} | {mib(s['rss_text_searched']['VmRSS'])} | "
                      f"{mib(s['rss_text_searched']['VmHWM'])} |")
+    for extra in meta.get("appended", []):
+        lines += ["", f"Rows added by `{extra['command']}` (load average {extra['load_avg_start'][0]:.1f} at start, "
+                  f"{extra['load_avg_end'][0]:.1f} at end)."]
+    if "remeasured" in meta:
+        lines += ["", f"Rows marked * were searched again on the same memories (`{meta['remeasured']['command']}`, "
+                  "the build not redone)."]
     lines += ["", "## Search in the same processes", "",
-              "| memories | index kind | efSearch | index p50 / p95 ms | index CPU p50 ms | recall@10 |",
-              "|---|---|---|---|---|---|"]
+              "| memories | index kind | efSearch | index p50 / p95 ms | index CPU p50 ms | recall@10 | load average "
+              "(1 min) after |", "|---|---|---|---|---|---|---|"]
     for r in rows:
+        load = r["search"].get("load_avg")
         for p in r["search"]["sweep"]:
-            lines.append(f"| {r['size']:,} | {r['resolved_kind']} | {p['ef_search']} | {p['p50_ms']:.3f} / "
-                         f"{p['p95_ms']:.3f} | {p['cpu_p50_ms']:.3f} | {p['recall']:.3f} |")
+            lines.append(f"| {r['size']:,} | {label(r)}{'*' if r.get('remeasured') else ''} | "
+                         f"{p['ef_search']} | {p['p50_ms']:.3f} / {p['p95_ms']:.3f} | {p['cpu_p50_ms']:.3f} | "
+                         f"{p['recall']:.3f} | {f'{load[0]:.1f}' if load else '-'} |")
     lines += ["", "| memories | index kind | `VectorMemory.search_vector` (k=5, fetch_k=32, efSearch) p50 / p95 ms | "
               "fastest efSearch with recall@10 >= 0.95: p50 ms, recall |", "|---|---|---|---|"]
     for r in rows:
         sv, b = r["search"]["search_vector"], best(r, 0.95)
         pick = f"{b['ef_search']}: {b['p50_ms']:.3f}, {b['recall']:.3f}" if b else "none"
-        lines.append(f"| {r['size']:,} | {r['resolved_kind']} | {sv['p50_ms']:.2f} / {sv['p95_ms']:.2f} "
+        lines.append(f"| {r['size']:,} | {label(r)} | {sv['p50_ms']:.2f} / {sv['p95_ms']:.2f} "
                      f"(ef {sv['ef_search']}) | {pick} |")
     return "\n".join(lines) + "\n"
 
@@ -296,25 +350,32 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from common import save_figure
 
-    rows = result["rows"]
+    rows = sorted(result["rows"], key=lambda r: r["size"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    labels = [f"{r['size']:,}\n{r['resolved_kind']}" for r in rows]
+    labels = [f"{r['size']:,}\n{label(r)}".replace(" m=", "\nm=") for r in rows]
     x = np.arange(len(rows))
     anon = [r["search"]["rss_memory_searched"]["RssAnon"] / 2**20 for r in rows]
     file = [r["search"]["rss_memory_searched"]["RssFile"] / 2**20 for r in rows]
     ax1.bar(x, anon, label="RSS anon (after search_vector)")
     ax1.bar(x, file, bottom=anon, label="RSS file-backed")
+    ax1.plot(x, [r["search"]["rss_text_searched"]["VmRSS"] / 2**20 for r in rows], "k_", markersize=22, mew=2,
+             label="RSS once the ONNX embedder is loaded")
     ax1.axhline(1024, color="red", ls="--", lw=1, label="1 GiB")
+    ax1.set_ylim(0, 1.5 * max(r["search"]["rss_text_searched"]["VmRSS"] / 2**20 for r in rows))  # room for the legend
     ax1.set_xticks(x, labels, fontsize=8)
     ax1.set_ylabel("MiB")
     ax1.set_title("RSS of the searching process")
     for r in rows:
         pts = r["search"]["sweep"]
         ax2.plot([p["p50_ms"] for p in pts], [p["recall"] for p in pts], "o-",
-                 label=f"{r['resolved_kind']} {r['size']:,}")
+                 label=f"{label(r)} {r['size']:,}")
     ax2.axhline(0.95, color="grey", ls=":", lw=1, label="recall 0.95")
     ax2.axvline(1.0, color="grey", ls="--", lw=1, label="1 ms")
     ax2.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax2.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax2.xaxis.set_minor_formatter(NullFormatter())
     ax2.set_xlabel("index search p50, ms (one query per call; efSearch sweep)")
     ax2.set_ylabel("recall@10 vs exact")
     ax2.set_title("Recall and latency in the same process")
@@ -330,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--sizes", default=None, help="comma-separated memory sizes (default 100000,1000000)")
-    p.add_argument("--kinds", default="auto,hnsw_sq8", help="index kinds (auto: what a default memory uses)")
+    p.add_argument("--kinds", default="hnsw,hnsw_sq8",
+                   help="index kinds (auto: what a default memory uses: flat, hnsw past 50k, hnsw_sq8 past 500k)")
     p.add_argument("--ef", type=int, default=None, help="MemoryConfig.hnsw_ef_search for the memory searches")
     p.add_argument("--ef-sweep", default="64,128,256,384", help="efSearch values for the index searches")
     p.add_argument("--queries", type=int, default=None, help="held-out real turns used as queries")
@@ -338,36 +400,59 @@ def main(argv: list[str] | None = None) -> int:
                    help="where bench_retrieval's embedded turns are cached (git-ignored)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--quick", action="store_true", help="5,000 seeded clustered vectors, 100 queries")
+    p.add_argument("--sq8-m", type=int, default=None, help="MemoryConfig.hnsw_sq8_m (graph degree of hnsw_sq8)")
+    p.add_argument("--keep", type=Path, default=None, help="keep each kind's memory here (<kind>/) for --remeasure")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="build and search the database a --keep run left there (one size) instead of filling one")
+    p.add_argument("--append", action="store_true", help="add the rows to --out's results instead of replacing them")
+    p.add_argument("--remeasure", type=Path, default=None,
+                   help="a folder of memories a run left (<kind>/ each): search them again, update --out's results")
     args = p.parse_args(argv)
     from logmem.memory import MemoryConfig
 
     args.sizes = args.sizes or ("5000" if args.quick else "100000,1000000")
     args.queries = args.queries or (100 if args.quick else 500)
     args.ef = args.ef or MemoryConfig().hnsw_ef_search
+    args.sq8_m = args.sq8_m or MemoryConfig().hnsw_sq8_m
     args.ef_sweep = [int(e) for e in args.ef_sweep.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import faiss
     from logmem.model.embedding import default_embedder
 
     default_embedder().encode(["warm up"])  # the ONNX export cached before any searching process needs it
+    stem = "footprint_quick" if args.quick else "footprint"
+    command = "python benchmarks/bench_footprint.py " + " ".join(argv)
+    if args.remeasure is not None:
+        result = json.loads((args.out / f"{stem}.json").read_text())
+        remeasure(result, args.remeasure, args)
+        result["meta"]["remeasured"] = {"command": command, "load_avg": os.getloadavg()}
+        write(result, args.out, stem, result["meta"].get("command", command))
+        return 0
     load_start, t0 = os.getloadavg(), time.perf_counter()
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="bench-footprint-", dir=args.work) as tmp:
             rows += measure_size(size, args, Path(tmp))
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    meta = {"command": command, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "faiss": faiss.__version__, "queries": args.queries, "k": K,
             "ef_search": args.ef, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
             "seconds": time.perf_counter() - t0, "trigger_chars": TRIGGER_CHARS, "response_chars": RESPONSE_CHARS}
     result = {"meta": meta, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "footprint_quick" if args.quick else "footprint"
-    command = "python benchmarks/bench_footprint.py " + " ".join(argv)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(result, command))
-    plot(result, args.out / f"{stem}.png")
-    logger.info("wrote %s", args.out / f"{stem}.md")
+    if args.append:
+        result = json.loads((args.out / f"{stem}.json").read_text())
+        result["rows"] += rows
+        result["meta"].setdefault("appended", []).append(meta | {"command": command})
+        command = result["meta"].get("command", command)
+    write(result, args.out, stem, command)
     return 0
+
+
+def write(result: dict[str, Any], out: Path, stem: str, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result, command))
+    plot(result, out / f"{stem}.png")
+    logger.info("wrote %s", out / f"{stem}.md")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def test_bench_footprint_quick(tmp_path: Path) -> None:
     run("bench_footprint.py", "--out", str(tmp_path))
     result = json.loads((tmp_path / "footprint_quick.json").read_text())
     assert (tmp_path / "footprint_quick.md").is_file() and (tmp_path / "footprint_quick.png").is_file()
-    assert [(r["kind"], r["resolved_kind"]) for r in result["rows"]] == [("auto", "flat"), ("hnsw_sq8", "hnsw_sq8")]
+    assert [(r["kind"], r["resolved_kind"]) for r in result["rows"]] == [("hnsw", "hnsw"), ("hnsw_sq8", "hnsw_sq8")]
     for row in result["rows"]:
         searched = row["search"]
         assert searched["rebuilds"] == 0 and searched["loaded_kind"] == row["resolved_kind"]  # loaded from its file
