@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from logmem.memory import FeedbackResult, Hit, IngestReport, NotFoundError, Rejected, Stats, VectorMemory, parse_record
+from logmem.memory.config import MemoryConfig
 from logmem.memory.errors import AdapterError, ConfigError, JobConflictError, JobStateError, LogFormatError, LogmemError
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData, KeyData, Store, inspection
@@ -98,7 +99,8 @@ class Runtime:
 
         s = self.settings
         embedder = self._embedder or default_embedder(path=s.embedder, home=s.home, runtime=s.embedder_runtime)
-        memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url)
+        memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url,
+                              config=MemoryConfig(index_kind=s.index_kind, shared_index=s.shared_index))
         memory.store.key_cache_seconds = s.key_cache_seconds
         return memory
 

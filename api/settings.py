@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     # Where things live
     home: Path = Path(".logmem")  # the SQLite file (unless `db`), index files, adapters, the converted model
     db: str | None = None  # any SQLAlchemy URL (postgresql+psycopg://... for several workers); default SQLite in home
+    # the vector index: auto (flat, then hnsw past 50k, hnsw_sq8 past 500k experiences a tenant), or one kind for all;
+    # shared_index with auto keeps the vectors in PostgreSQL (pgvector >= 0.8) when `db` is such a server
+    index_kind: Literal["auto", "exact", "flat", "hnsw", "hnsw_sq8", "pgvector"] = "auto"
+    shared_index: bool = False
     embedder: str | None = None  # a local sentence-transformers folder; default the bundled MiniLM
     embedder_runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: onnxruntime (same vectors, faster) if installed
     model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
