@@ -6,6 +6,9 @@ search re-scores (2 k, at least REFINE), never mapped: a search leaves them in t
 kernel may drop them, not in the process. So a 1M-vector tenant of 384-d vectors takes ~0.7 GB of the
 process (the graph: 384 MB of codes, ~260 MB of links at m=32), not ~1.9 GB, at the same recall@10 (0.963 at
 efSearch 384 on bench_retrieval's 1M real-vector set); `benchmarks/bench_footprint.py` measures it.
+The re-scoring is fast while the file's pages are in the kernel's page cache (RAM outside the process: 1.5 GB
+of floats at 1M x 384): 32 reads took ~0.2 ms there, but ~11 ms when they had been evicted (random reads from
+disk, measured on this machine's disk); a machine that cannot keep the file cached pays that on cold rows.
 
 The quantizer learns each dimension's range from the first vectors added (the rest are clipped to it; the
 exact re-scoring makes up for it); an index first fed fewer than TRAIN_MIN vectors learns a symmetric range
