@@ -245,7 +245,10 @@ class Runtime:
                            cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active.version if active else None)
 
     def active_version(self, caller: Caller) -> str | None:
-        """The caller's active adapter version (None: the base model)."""
+        """The adapter version that answers the caller (None: the base model): its active one, and under the default
+        `choose` only where the tenant's serving mode uses it (as `chat` decides in local mode)."""
+        if self.settings.choose == "default":
+            return self.serving_mode(caller).adapter
         active = self.memory.active_adapter(caller.tenant)
         return active.version if active else None
 
