@@ -379,7 +379,8 @@ def gate(reference: float, student: float, base_ppl: float, student_ppl: float, 
         return False, (f"probe perplexity {student_ppl:.2f} is over base {base_ppl:.2f} "
                        f"by more than {config.probe_bound:.0%}")
     what = "accuracy" if metric == "accuracy" else "NLL"
-    return True, (f"held-out {what} {against} {reference:.4f} -> {student:.4f}; "
+    versus = "" if against == "base" else f" against {against}"
+    return True, (f"held-out {what} {reference:.4f} -> {student:.4f}{versus}; "
                   f"probe perplexity {base_ppl:.2f} -> {student_ppl:.2f}")
 
 
@@ -493,7 +494,7 @@ class _Modes:
         against = f"the served mode {mode}" + (f" ({self.active_version})" if mode in ADAPTER_MODES else "")
         promoted, reason = gate(figure, self.student[best], base_ppl, student_ppl, self.config, metric=self.metric,
                                 against=against)
-        return promoted, f"{best}: {reason}"
+        return promoted, f"{reason} (the student's best mode: {best})"
 
     def winner(self, promoted: bool) -> dict[str, Any]:
         """The mode to serve from now on: the best of memory, the vote and the adapter modes of the adapter that
