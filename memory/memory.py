@@ -32,6 +32,7 @@ from .distill import (
 )
 from .embedding import Embedder
 from .errors import DimensionMismatchError, LogFormatError, NotFoundError
+from .index import Index
 from .index.cache import Pending, TenantIndexes, is_empty
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .outcome import explicit_signal, judge
@@ -484,12 +485,18 @@ class VectorMemory:
     # --- search -----------------------------------------------------------------------------
     def search(self, text: str, k: int = 5, *, tenant: str = "default", now: float | None = None) -> list[Hit]:
         """The `k` best experiences for a request: faiss candidates, Numba scoring, MMR diversity."""
-        with self._lock:
-            empty = is_empty(self.indexes.get(tenant))
-        if empty or k <= 0:
+        if k <= 0:
             return []
+        with self._lock:  # brought up to SQL's generation once (one read), before embedding: none if empty
+            index = self.indexes.get(tenant)
+            if is_empty(index):
+                return []
         _, body = self._embed_text(tenant, text)
-        return self.search_vector(self.embedder.encode([body])[0], k, tenant=tenant, now=now)
+        xq = self.embedder.encode([body])[0]
+        with self._lock:  # the index of a few ms ago, unless this process has replaced it meanwhile
+            if self.indexes.held(tenant) is not index:
+                index = self.indexes.get(tenant)
+            return self._search_in(index, xq, k, tenant, now)
 
     @_serialized
     def search_vector(self, xq: np.ndarray, k: int = 5, *, tenant: str = "default",
@@ -498,6 +505,9 @@ class VectorMemory:
         index = self.indexes.get(tenant)
         if k <= 0 or is_empty(index):
             return []
+        return self._search_in(index, xq, k, tenant, now)
+
+    def _search_in(self, index: Index, xq: np.ndarray, k: int, tenant: str, now: float | None) -> list[Hit]:
         cfg = self.config
         D, I = index.search(np.asarray(xq, dtype=np.float32)[None, :], max(cfg.fetch_k, k))
         # Score from the candidates' columns; load whole rows (the texts) only for the k picked.

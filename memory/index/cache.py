@@ -173,6 +173,11 @@ class TenantIndexes:
             return self._durable(tenant)
         return self.current(tenant)[0]
 
+    def held(self, tenant: str) -> Index | None:
+        """The tenant's index as this process holds it, without asking SQL whether it is current."""
+        cached = self._indexes.get(tenant)
+        return cached[0] if cached is not None else None
+
     def _durable(self, tenant: str) -> Index:
         if tenant not in self._indexes:
             index = make_index(self.kind, self.d, engine=self.source.engine, tenant=tenant,
