@@ -34,7 +34,7 @@ from common import save_figure, sized  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("bench_conditioning")
-FULL = {"n": 60, "tokens": 32, "logs_max": 0}
+FULL = {"n": 24, "tokens": 32, "logs_max": 0}
 QUICK = {"n": 3, "tokens": 8, "logs_max": 60}
 
 
