@@ -260,14 +260,16 @@ class Runtime:
         from logmem.model.generator import Reply
 
         timings = {"retrieval_ms": cond.condition_ms, "prompt_ms": 0.0, "model_ms": model_ms}
+        mode = "memory+adapter" if adapter else "memory"  # the upstream generates freely, the memory in its prompt
         self.memory.log_answer(tenant=caller.tenant, interaction_id=cond.interaction_id, messages=cond.messages,
                                answer=text, hits=cond.hits, user=user, adapter=adapter,
-                               details={"timings": timings, "chosen_by": "model", "prompt_tokens": prompt_tokens,
+                               details={"timings": timings, "chosen_by": "model", "mode": mode,
+                                        "prompt_tokens": prompt_tokens,
                                         "memory_tokens": cond.memory_tokens, "upstream": upstream_model})
         reply = Reply(text=text, interaction_id=cond.interaction_id, experiences=cond.hits,
                       prompt=json.dumps(cond.conversation, ensure_ascii=False), prompt_tokens=prompt_tokens,
                       memory_tokens=cond.memory_tokens, retrieval_ms=cond.condition_ms, prompt_ms=0.0,
-                      model_ms=model_ms, completion_tokens=completion_tokens, finish_reason=finish_reason)
+                      model_ms=model_ms, completion_tokens=completion_tokens, finish_reason=finish_reason, mode=mode)
         return Answer(reply, adapter, model, completion_tokens, finish_reason)
 
     # --- LoRA adapters loaded by name (vLLM's runtime LoRA routes, so that `adapters push` has a real target) ----

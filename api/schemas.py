@@ -150,6 +150,7 @@ class LogmemInfo(BaseModel):
     adapter: str | None
     experiences: list[UsedExperience]
     chosen_by: str
+    mode: str  # the mode it was answered in (logmem.model.modes): memory, vote, auto, consolidated, memory+adapter
     retrieval_ms: float
     model_ms: float
 

@@ -103,7 +103,7 @@ def _logmem(answer: Answer) -> dict[str, Any]:
     reply = answer.reply
     return {"interaction_id": reply.interaction_id, "adapter": answer.adapter,
             "experiences": [h.parts() for h in reply.experiences], "chosen_by": reply.chosen_by,
-            "retrieval_ms": reply.retrieval_ms, "model_ms": reply.model_ms}
+            "mode": reply.mode, "retrieval_ms": reply.retrieval_ms, "model_ms": reply.model_ms}
 
 
 async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str]], kwargs: dict[str, Any],

@@ -116,6 +116,8 @@ def test_an_answer_is_logged_under_its_response_id_before_any_feedback(service: 
     out = ask(client, acme, {"role": "system", "content": "Be brief."}, SKY, user="ann")
     assert out["object"] == "chat.completion" and out["model"] == "default"
     assert out["id"] == out["logmem"]["interaction_id"]
+    # a tenant nothing measured is served auto (the vote where answers repeat): the reply says so
+    assert (out["logmem"]["mode"], out["logmem"]["chosen_by"]) == ("auto", "model")
     usage = out["usage"]
     assert usage["prompt_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -190,7 +192,7 @@ def test_a_correction_overturns_the_experience_behind_the_answer_only_at_equal_s
 
     out = ask(client, acme, PORT)
     assert used_ids(out) == [remembered["id"]]
-    assert (text_of(out), out["logmem"]["chosen_by"]) == ("6379", "vote")
+    assert (text_of(out), out["logmem"]["chosen_by"], out["logmem"]["mode"]) == ("6379", "vote", "vote")
     corrected = "On this cluster Redis listens on 6380."
     assert feedback(client, acme, out["id"], {"kind": "correction", "text": corrected})["conflicts"] == 1
 

@@ -85,6 +85,7 @@ def test_the_proxy_answers_through_the_upstream_with_memory_as_local_mode_does(
         assert answer["usage"]["prompt_tokens"] == want.prompt_tokens  # the upstream saw the local prompt
         assert answer["usage"]["completion_tokens"] == want.completion_tokens
         assert answer["logmem"]["adapter"] is None and answer["model"] == "default"
+        assert answer["logmem"]["mode"] == "memory"  # the upstream generates freely, the memory in its prompt
 
         # logged as local mode logs it: the caller's messages and the answer, the experiences used
         stored = client.get(f"/v1/interactions/{answer['id']}")

@@ -101,6 +101,7 @@ def test_a_pushed_adapter_answers_its_tenant_through_the_proxy(pushed: dict[str,
     assert served(upstream)[f"acme-{v1}"] == "tiny-llama"
     got = ask(pushed, "acme")
     assert (got["choices"][0]["message"]["content"], got["logmem"]["adapter"]) == (want[v1], v1)
+    assert (before["logmem"]["mode"], got["logmem"]["mode"]) == ("memory", "memory+adapter")
     assert pushed["runtime"].memory.answer(got["id"], tenant="acme").adapter == v1  # logged as local mode logs it
     other = ask(pushed, "globex")
     assert (other["choices"][0]["message"]["content"], other["logmem"]["adapter"]) == (want["base"], None)
