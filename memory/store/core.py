@@ -37,6 +37,7 @@ from .schema import (
     InteractionRow,
     MetaRow,
     RetrievalRow,
+    ServingModeRow,
     SourceRow,
 )
 from .served import AnswerStore
@@ -339,6 +340,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
                                       .returning(ExperienceRow.id)))
                 n_int = _rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
                 tx.execute(delete(InstructionRow).where(InstructionRow.tenant == tenant))
+                tx.execute(delete(ServingModeRow).where(ServingModeRow.tenant == tenant))  # its figures, its pin
                 counts, by_tenant = {"experiences": len(gone), "interactions": int(n_int)}, {tenant: gone}
             else:
                 raise ValueError("forget needs an experience id, a user or a tenant")

@@ -272,9 +272,14 @@ def test_tenants_are_isolated(memory: VectorMemory) -> None:
     assert memory.record_outcome([acme[0].id], 0.0, tenant="globex") == 0  # ids do not cross tenants
     assert memory.stats("acme").experiences == memory.stats("globex").experiences == 1
 
+    for tenant in ("acme", "globex"):  # what a consolidation job measured (figures computed from its data)
+        memory.store.record_serving_mode(tenant=tenant, mode="vote", adapter=None, metric="accuracy",
+                                         figures={"vote": 1.0}, reason="measured")
     counts = memory.forget(tenant="acme")
 
     assert counts == {"experiences": 1, "interactions": 1}
+    assert memory.store.serving_mode(tenant="acme") is None  # its serving mode's row goes with it
+    assert memory.store.serving_mode(tenant="globex") is not None
     assert memory.search(REVERSE, 5, tenant="acme") == []
     assert [h.response for h in memory.search(REVERSE, 5, tenant="globex")] == [IN_PLACE]
     assert memory.stats().interactions == 1

@@ -163,11 +163,16 @@ def test_forget_user_in_one_tenant_keeps_the_other(loaded: VectorMemory, sql: En
 
 
 def test_forget_tenant_removes_all_its_rows(loaded: VectorMemory, sql: Engine) -> None:
+    for tenant in ("acme", "globex"):  # what a consolidation job measured (figures computed from its data)
+        loaded.store.record_serving_mode(tenant=tenant, mode="vote", adapter=None, metric="accuracy",
+                                         figures={"vote": 0.9, "memory": 0.7}, reason="measured")
+    loaded.store.pin_serving_mode(tenant="globex", mode="memory")
     counts = loaded.forget(tenant="globex")
 
     assert counts == {"experiences": 2, "interactions": 2}
-    for table in ("interactions", "experiences", "instructions"):
+    for table in ("interactions", "experiences", "instructions", "serving_modes"):
         assert rows(sql, table, "globex") == 0
+    assert rows(sql, "serving_modes", "acme") == 1
     assert rows(sql, "feedback") == 5
     assert loaded.search("capital of France", tenant="globex") == []
     assert loaded.stats("globex").index["globex"]["size"] == 0
