@@ -524,11 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the objective (default: ConsolidationConfig's, sft: lowest held-out NLL on NFCats)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no cap)")
-    p.add_argument("--with-memory", action="store_true",
-                   help="train the memory+adapter student (experiences stay in its prompt)")
+    p.add_argument("--with-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the memory+adapter student (experiences stay in its prompt), or with "
+                        "--no-with-memory the bare one (default: the job chooses by the held-out NLL)")
     p.add_argument("--lr", type=float, default=0.0,
-                   help="AdamW learning rate (default 0: ConsolidationConfig's, 5e-4; the memory+adapter "
-                        "student was measured at 2.5e-4)")
+                   help="AdamW learning rate (default 0: ConsolidationConfig's, 5e-4 for a bare student, "
+                        "2.5e-4 for a memory+adapter one)")
     p.add_argument("--dpo-weight", type=float, default=0.0,
                    help="add a DPO term on corrected answers (accepted over rejected) with this weight (0: off)")
     p.add_argument("--seed", type=int, default=0)

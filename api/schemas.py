@@ -97,7 +97,7 @@ class ConsolidationIn(BaseModel):
     method: Literal["sft", "kd", "sft+kd"] | None = None
     epochs: int = Field(1, ge=1, le=100)
     max_steps: int = Field(0, ge=0)
-    with_memory: bool = False
+    with_memory: bool | None = None  # None: the job chooses (ConsolidationConfig.with_memory)
     lr: float | None = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     rebuild: bool = False

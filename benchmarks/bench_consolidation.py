@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--method", default="sft", choices=["sft", "kd", "sft+kd"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--with-memory", action="store_true", help="train the memory+adapter student")
+    p.add_argument("--with-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the memory+adapter student (--no-with-memory: the bare one; default: the job chooses)")
     p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0: ConsolidationConfig's)")
     p.add_argument("--dpo-weight", type=float, default=0.0,
                    help="weight of a DPO term on corrected answers (0: off)")
@@ -86,7 +87,8 @@ def main() -> None:
             table = _evaluate(args, memory, tokenizer, name, out, data)
         else:
             table = f"job {job.status}: {(job.metrics or {}).get('gate') or job.error}"
-    suffix = (f"{args.method.replace('+', '_')}{'_with_memory' if args.with_memory else ''}"
+    student = {True: "_with_memory", False: "", None: "_chosen"}[args.with_memory]
+    suffix = (f"{args.method.replace('+', '_')}{student}"
               f"{f'_lr{args.lr:g}' if args.lr else ''}{f'_dpo{args.dpo_weight:g}' if args.dpo_weight else ''}"
               f"{f'_cap{args.max_length}' if args.max_length else ''}"
               f"{'_drop' if args.drop_consolidated else ''}_{name}")

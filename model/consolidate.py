@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,18 @@ from .config import GeneratorConfig
 from .jobs import Report
 from .lineage import Plan, forgetting_check, plan_job, replay_sample, slice_sample
 from .loading import load_adapter
-from .modes import ADAPTER_MODES, AUTO, MEMORY_MODES, beats, best_mode, measure, prepare_held_out, served_mode
+from .modes import (
+    ADAPTER_MODES,
+    AUTO,
+    MEMORY_MODES,
+    HeldOut,
+    beats,
+    best_mode,
+    measure,
+    memory_nll,
+    prepare_held_out,
+    served_mode,
+)
 from .objectives import METHODS, consolidation_loss, dpo_loss, sequence_logprobs
 from .prompting import render_messages, select
 
@@ -45,7 +56,9 @@ class ConsolidationConfig:
     """What to consolidate and how; checked at construction."""
 
     method: str = "sft"  # sft | kd | sft+kd (objectives.py); sft has the lowest held-out NLL on NFCats (README)
-    with_memory: bool = False  # True trains the memory+adapter student (experiences stay in its prompt)
+    with_memory: bool | None = None  # True trains the memory+adapter student (experiences stay in its prompt),
+    # False the bare one; None: the job chooses (`choose_student`): the active adapter's kind, or with memory where
+    # the retrieved experiences lower the base model's held-out response NLL by more than gate_margin
     min_utility: float = 0.6  # experiences under this utility are not taught
     min_support: int = 1  # ... nor those supported by fewer interactions
     holdout: float = 0.1  # share of the selected experiences kept out of training, for the gate
@@ -53,7 +66,9 @@ class ConsolidationConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float = 5e-4  # AdamW learning rate
+    lr: float | None = None  # AdamW learning rate; None: 5e-4 for a bare student, 2.5e-4 for a memory+adapter one
+    # (its prompts are ~4x longer; on NFCats at 5e-4 its probe perplexity rose 6.3%, at 2.5e-4 0.8%, and it
+    # answered 0.896 of the test split: README, benchmarks/results/consolidation_summary.md)
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
     batch_size: int = 16  # pairs per step, batched by length
@@ -91,7 +106,7 @@ class ConsolidationConfig:
             ("min_utility", 0.0 <= self.min_utility <= 1.0, "in [0, 1]"),
             ("holdout", 0.0 < self.holdout < 1.0, "in (0, 1)"),
             ("lora_r", self.lora_r >= 1, ">= 1"),
-            ("lr", self.lr >= 0.0, ">= 0"),
+            ("lr", self.lr is None or self.lr >= 0.0, ">= 0 (or None)"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -168,7 +183,7 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
     each request in `extra[experience id]` (other requests that used it and went well). With a DPO term,
     the trigger's pair also carries the answer its correction rejected."""
     gen_config = GeneratorConfig(k=config.teacher_k)
-    need_teacher = config.method != "sft" or config.with_memory
+    need_teacher = config.method != "sft" or bool(config.with_memory)
     extra = extra or {}
     pairs, cut = [], 0
 
@@ -318,7 +333,7 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
 
     peft_model = model if isinstance(model, PeftModel) else attach_adapter(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate(config), weight_decay=0.0)
     rng = random.Random(config.seed)
     plan = [b for _ in range(config.epochs) for b in _batches(pairs, config.batch_size, rng)]
     if config.max_steps:
@@ -392,13 +407,20 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
 
     `experiences` replaces the plan's new experiences (the lineage still gives the parent and the replay).
     """
-    config = config or ConsolidationConfig()
+    config = _lineage_kind(memory, tenant, config or ConsolidationConfig())
     started = time.perf_counter()
     plan = plan_job(memory, tenant, config)
     chosen = list(experiences) if experiences is not None else plan.new
     if len(chosen) < 2:
         raise ConfigError(f"tenant {tenant!r} has {len(chosen)} experience(s) to consolidate; at least 2 are needed")
     train, held = split_holdout(chosen, config)
+    held_out = None
+    if config.with_memory is None or config.gate_reference == "served":
+        held_out = prepare_held_out(held, tokenizer, memory, tenant, GeneratorConfig(k=config.teacher_k),
+                                    max_length=config.max_length)
+    choice: dict[str, Any] = {}
+    if held_out is not None and config.with_memory is None:
+        config, choice = choose_student(model, tokenizer, held_out, config)
     replay = replay_sample(plan.replay_pool, len(train), config)
     pad = tokenizer.pad_token_id
     taught = sorted(train + replay, key=lambda e: e.id)
@@ -408,8 +430,8 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
     slices = {v: build_pairs(s, tokenizer, memory, tenant, config)
               for v, s in slice_sample(plan.slices, config).items()}
     base_nll, base_ppl = response_nll(model, held_pairs, pad), probe_perplexity(model, tokenizer)
-    modes = _Modes(model, tokenizer, memory, tenant, held, config, progress) if config.gate_reference == "served" \
-        else None
+    modes = _Modes(model, tokenizer, memory, tenant, held_out, config, progress) if held_out is not None \
+        and config.gate_reference == "served" else None
     model, reference = _reference(model, plan, slices, config, pad, modes)
     adapter = train_adapter(model, tokenizer, train_pairs, config, report, progress)
     student_nll, student_ppl = response_nll(adapter, held_pairs, pad), probe_perplexity(adapter, tokenizer)
@@ -428,11 +450,43 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
                "parent": parent, "start": config.start, "restart": plan.restart,
                "train": len(train), "replay": len(replay), "train_pairs": len(train_pairs),
                "holdout": len(held_pairs), "base_nll": base_nll, "student_nll": student_nll,
+               "lr": learning_rate(config), **({"student_choice": choice} if choice else {}),
                "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "forgetting": forgetting,
                "gate": reason, "seconds": round(time.perf_counter() - started, 1), "seed": config.seed,
                **({"serving": serving} if serving else {})}
     logger.info("consolidation %s: %s", "promoted" if promoted else "rejected", reason)
     return Outcome(promoted, metrics, [e.id for e in taught], [e.id for e in held], adapter, parent, plan.erase)
+
+
+def learning_rate(config: ConsolidationConfig) -> float:
+    """`config.lr`, or by default 5e-4 for a bare student and 2.5e-4 for a memory+adapter one."""
+    if config.lr is not None:
+        return config.lr
+    return 2.5e-4 if config.with_memory else 5e-4
+
+
+def _lineage_kind(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> ConsolidationConfig:
+    """With the student left to the job, a job that trains on from the active adapter trains its kind (a change
+    of kind would retrain from the base over every experience)."""
+    active = memory.active_adapter(tenant)
+    if config.with_memory is not None or config.rebuild or active is None or active.status == "stale":
+        return config
+    return replace(config, with_memory=bool(active.metrics.get("with_memory", False)))
+
+
+def choose_student(model: Any, tokenizer: Any, held: HeldOut, config: ConsolidationConfig
+                   ) -> tuple[ConsolidationConfig, dict[str, Any]]:
+    """The student a job trains when nobody said: the memory+adapter student where the retrieved experiences
+    lower the base model's response NLL on the held-out slice by more than `gate_margin` (the memory carries
+    what the answers need, so a student that keeps reading it learns to use it: on NFCats it answered 0.927 of
+    dev against the bare student's 0.869), the bare student otherwise (one prompt's worth of tokens per example,
+    ~4x cheaper to train and to serve)."""
+    figures = memory_nll(model, tokenizer, held)
+    with_memory = figures["with_memory"] < figures["bare"] * (1.0 - config.gate_margin)
+    reason = (f"held-out response NLL of the base model {figures['bare']:.4f} bare, {figures['with_memory']:.4f} "
+              f"with the memory: {'a memory+adapter' if with_memory else 'a bare'} student")
+    logger.info("consolidation of %d held-out experiences: %s", len(held.experiences), reason)
+    return replace(config, with_memory=with_memory), {**figures, "with_memory_student": with_memory, "reason": reason}
 
 
 def _reference(model: Any, plan: Plan, slices: dict[str, list[Pair]], config: ConsolidationConfig,
@@ -457,11 +511,11 @@ class _Modes:
     """A job's measurement of the serving modes on its held-out slice (model/modes.py): the base model's memory
     and vote, the active adapter's modes, the student's; the gate against the served one; the winner."""
 
-    def __init__(self, model: Any, tokenizer: Any, memory: VectorMemory, tenant: str,
-                 held: Sequence[ExperienceData], config: ConsolidationConfig, progress: bool) -> None:
+    def __init__(self, model: Any, tokenizer: Any, memory: VectorMemory, tenant: str, held: HeldOut,
+                 config: ConsolidationConfig, progress: bool) -> None:
         self.tokenizer, self.config, self.progress = tokenizer, config, progress
         self.gen_config = GeneratorConfig(k=config.teacher_k)
-        self.held = prepare_held_out(held, tokenizer, memory, tenant, self.gen_config, max_length=config.max_length)
+        self.held = held
         self.metric = self.held.metric
         self.served = served_mode(memory, tenant)
         self.base = self._measure(model, MEMORY_MODES)

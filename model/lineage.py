@@ -72,7 +72,8 @@ def plan_job(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> 
         restart, erase = "rebuild asked for", True
     elif active is not None and active.status == "stale":
         restart, erase = f"the active adapter {active.version} is stale (it holds forgotten experiences)", True
-    elif active is not None and bool(active.metrics.get("with_memory", False)) != config.with_memory:
+    elif active is not None and config.with_memory is not None \
+            and bool(active.metrics.get("with_memory", False)) != config.with_memory:
         restart = (f"the active adapter {active.version} is a {_kind(not config.with_memory)} student, "
                    f"this job trains a {_kind(config.with_memory)} one")
     if restart is not None or active is None:

@@ -197,6 +197,18 @@ def _greedy(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens
     return out
 
 
+@torch.no_grad()
+def memory_nll(model: Any, tokenizer: Any, held: HeldOut, batch_size: int = 8) -> dict[str, float]:
+    """`model`'s response NLL per token on the held-out slice with bare prompts and with the memory's."""
+    was_training = model.training
+    model.eval()
+    try:
+        return {"bare": _response_nll(model, tokenizer, held.bare, held.responses, batch_size),
+                "with_memory": _response_nll(model, tokenizer, held.with_memory, held.responses, batch_size)}
+    finally:
+        model.train(was_training)
+
+
 def _response_nll(model: Any, tokenizer: Any, prompts: list[list[int]], responses: list[list[int]],
                   batch_size: int) -> float:
     """Mean negative log-likelihood per token of each response after its prompt."""
