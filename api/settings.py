@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     index_kind: Literal["auto", "exact", "flat", "hnsw", "hnsw_sq8", "pgvector"] = "auto"
     shared_index: bool = False
     embedder: str | None = None  # a local sentence-transformers folder; default the bundled MiniLM
-    embedder_runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: onnxruntime (same vectors, faster) if installed
+    embedder_runtime: Literal["auto", "onnx", "torch", "static"] = "auto"  # auto: onnxruntime (same vectors, faster)
+    # if installed; static: per-token vectors distilled from the same folder (other vectors, ~0.2 ms a request)
     model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
     device: str = "auto"  # torch device of the model (auto: the first GPU when there is one)
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: half the memory, ~2x slower without AVX-512 BF16

@@ -31,8 +31,8 @@ __all__ = ["DEFAULT_EMBEDDER_NAME", "DEFAULT_MAX_SEQ_LENGTH", "DEFAULT_RUNTIME",
 logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
-EmbeddingRuntime = Literal["auto", "onnx", "torch"]
-RUNTIMES: tuple[EmbeddingRuntime, ...] = ("auto", "onnx", "torch")
+EmbeddingRuntime = Literal["auto", "onnx", "torch", "static"]
+RUNTIMES: tuple[EmbeddingRuntime, ...] = ("auto", "onnx", "torch", "static")
 # What `default_embedder()` runs on when not told: ONNX whenever onnxruntime imports (the same vectors as torch,
 # cosine >= 0.9999998 and the same top-10 neighbours on real texts; 2.5x faster for one text:
 # benchmarks/results/embedding.md), else the torch reference
@@ -214,16 +214,18 @@ def default_embedder(*, home: str | Path | None = None, runtime: EmbeddingRuntim
 
     Args:
         home: logmem home; the ONNX export is cached in `<home>/embedders` (see `embedder_cache_dir`).
-        runtime: "onnx" (`OnnxEmbedder`), "torch" (`SentenceTransformerEmbedder`, the reference), or
-            "auto": ONNX when `onnxruntime` imports and no torch-only option (`device`) is asked for.
+        runtime: "onnx" (`OnnxEmbedder`), "torch" (`SentenceTransformerEmbedder`, the reference),
+            "auto": ONNX when `onnxruntime` imports and no torch-only option (`device`) is asked for, or
+            "static" (`StaticEmbedder`: per-token vectors distilled from the same folder, other vectors, a
+            table lookup instead of a forward pass; for proxies where every millisecond counts).
         **kw: keyword arguments of the chosen class (`path`, `name`, `batch_size`, `max_seq_length`, ...;
             `threads` and `cache_dir` for ONNX, `device` for torch).
 
-    Both runtimes give the same `name` and `dim` for the same folder, so a memory built with one opens
-    with the other.
+    The onnx and torch runtimes give the same `name` and `dim` for the same folder, so a memory built with
+    one opens with the other; "static" has its own name.
 
     Raises:
-        ConfigError: `runtime` is not one of "auto", "onnx", "torch".
+        ConfigError: `runtime` is not one of "auto", "onnx", "torch", "static".
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -232,7 +234,11 @@ def default_embedder(*, home: str | Path | None = None, runtime: EmbeddingRuntim
         runtime = "onnx" if not torch_only and _onnxruntime_imports() else "torch"
     if runtime == "torch":
         return SentenceTransformerEmbedder(**kw)
+    kw.setdefault("cache_dir", embedder_cache_dir(home))
+    if runtime == "static":
+        from logmem.model.static_embedding import StaticEmbedder
+
+        return StaticEmbedder(**kw)
     from logmem.model.onnx_embedding import OnnxEmbedder
 
-    kw.setdefault("cache_dir", embedder_cache_dir(home))
     return OnnxEmbedder(**kw)
