@@ -48,6 +48,10 @@ def main() -> None:
     p.add_argument("--answer-note", action="store_true", help="tell the model how often each answer was given")
     p.add_argument("--constrain", action="store_true",
                    help="memory mode: keep free generation to the answers the retrieved experiences gave")
+    p.add_argument("--lesson-token-budget", type=int, default=GeneratorConfig().lesson_token_budget,
+                   help="prompt tokens for lessons from corrections (0: no lessons note)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --constrain: the model's own running preference per answer taken off its scores")
     p.add_argument("--offset", type=int, default=0, help="skip the first N items (with --limit: a slice)")
     p.add_argument("--stem", default=None, help="result file stem (default quality_<eval name>)")
     args = p.parse_args()
@@ -59,7 +63,8 @@ def main() -> None:
     items = read_eval(args.eval)[args.offset:][: args.limit or None]
     model, tokenizer = load_generator(home=Path(args.model_home), dtype=args.dtype)
     config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior, order=args.order,
-                             answer_note=args.answer_note, constrain=args.constrain)
+                             answer_note=args.answer_note, constrain=args.constrain,
+                             lesson_token_budget=args.lesson_token_budget, calibrate=args.calibrate)
     stem = args.stem or f"quality_{name}"
     with tempfile.TemporaryDirectory() as tmp, \
             VectorMemory(args.home or tmp, embedder=default_embedder()) as memory:

@@ -31,6 +31,10 @@ class GeneratorConfig:
     answer_note: bool = False  # where the experiences' answers repeat, a note says how often each was given
     constrain: bool = False  # free generation, where the tenant's answers repeat, kept to the (short) answers the
     # retrieved experiences gave: the model picks among them token by token, with no vote prior
+    calibrate: bool = False  # under `constrain`, the model scores each of those answers whole (log p(answer, end)
+    # reading the prompt) less its own running mean preference for that answer over the tenant's earlier requests
+    # (a 135M model favours a few labels whatever it reads: its label bias, measured from its own scores, no
+    # references, no vote prior), and the best-scored answer is given
 
     def __post_init__(self) -> None:
         checks = [
@@ -42,5 +46,6 @@ class GeneratorConfig:
             ("vote_prior", self.vote_prior >= 0, ">= 0"),
             ("vote_max_tokens", self.vote_max_tokens >= 1, ">= 1"),
             ("order", self.order in ("score", "answer"), "'score' or 'answer'"),
+            ("calibrate", self.constrain or not self.calibrate, "False unless constrain=True (it scores those answers)"),
         ]
         check_fields(self, checks)

@@ -16,7 +16,7 @@ from logmem.memory import Hit, NotFoundError, VectorMemory
 from .config import GeneratorConfig
 from .modes import ADAPTER_MODES, AUTO, ServedMode, served_mode
 from .prompting import ChatMarkers, Conditioning, Messages, render_messages, render_plain, select
-from .voting import choose_answer
+from .voting import AnswerBias, calibrated_answer, choose_answer
 
 logger = logging.getLogger(__name__)
 AUTO_REFRESH_SECONDS = 60.0  # choose="auto" measures a tenant's answer repetition at most this often
@@ -63,6 +63,7 @@ class MemoryGenerator:
         self.tenant = tenant
         self._markers = ChatMarkers.probe(tokenizer)
         self._repetition: dict[str, tuple[float, float]] = {}  # tenant -> (when measured, answer repetition)
+        self._bias: dict[str, AnswerBias] = {}  # tenant -> the model's own preference per answer (`calibrate`)
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes not found normally: defer to the wrapped model
@@ -237,13 +238,24 @@ class MemoryGenerator:
                     chosen_by[i] = "vote" if texts[i] is not None else "model"
                     if texts[i] is not None:
                         counts[i] = (len(self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]), "stop")
+        constrained = (self.gen_config.constrain and mode.uses_memory and mode.choose != "vote"
+                       and self._repeats(tenant))
+        if constrained and self.gen_config.calibrate:  # the model picks among the memory's answers, its bias off
+            bias = self._bias.setdefault(tenant, AnswerBias())
+            for i, cond in enumerate(conds):
+                if cond.experiences and texts[i] is None:
+                    ids = enc["input_ids"][i:i + 1, enc["input_ids"].shape[1] - lengths[i]:]
+                    texts[i] = calibrated_answer(self.model, self.tokenizer, ids, cond.experiences, self.gen_config,
+                                                 bias)
+                    if texts[i] is not None:
+                        counts[i] = (len(self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]), "stop")
         todo = [i for i, t in enumerate(texts) if t is None]
         if todo:
             width = max(lengths[i] for i in todo)  # the rows left may need less padding than the whole batch
             rows = {key: value[todo, -width:] for key, value in enc.items()}
             if stop:
                 kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-            if self.gen_config.constrain and mode.uses_memory and mode.choose != "vote" and self._repeats(tenant):
+            if constrained:
                 fn = self._constraint([conds[i] for i in todo], width)
                 if fn is not None:
                     kwargs["prefix_allowed_tokens_fn"] = fn

@@ -4,11 +4,15 @@ For tasks whose answers repeat (labels, routes, canned replies), the model reads
 scores each distinct short answer of the retrieved experiences:
 `score(a) = log p_model(a, eos | prompt) + vote_prior * log(share(a))`, where `share(a)` is a's part of the
 retrieval scores. The vote keeps answers to what the memory supports; the model breaks its ties.
+
+Memory mode's `calibrate` chooses among the same answers with no vote prior: the model's score less its own
+running preference for each answer (`AnswerBias`), which a small model shows whatever it reads.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,4 +74,47 @@ def choose_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experien
     logp = answer_logprobs(model, prompt_ids, tokens)
     best = max(range(len(candidates)),
                key=lambda i: float(logp[i]) + config.vote_prior * math.log(shares[candidates[i]]))
+    return candidates[best]
+
+
+class AnswerBias:
+    """The model's own preference for each answer, whatever it reads: the running mean, over the requests it has
+    scored, of an answer's log-probability less the mean over the answers scored with it (batch calibration, from
+    the model's scores alone: no references). Thread-safe; one per tenant."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, float] = {}
+        self._n: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def of(self, answer: str) -> float:
+        with self._lock:
+            n = self._n.get(answer, 0)
+            return self._sum[answer] / n if n else 0.0
+
+    def update(self, answers: Sequence[str], logp: Sequence[float]) -> None:
+        mean = sum(logp) / len(logp)
+        with self._lock:
+            for a, lp in zip(answers, logp):
+                self._sum[a] = self._sum.get(a, 0.0) + lp - mean
+                self._n[a] = self._n.get(a, 0) + 1
+
+
+def calibrated_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
+                      config: GeneratorConfig, bias: AnswerBias) -> str | None:
+    """The memory's answer the model reading the prompt scores best, its own label bias taken off:
+    `log p(a, eos | prompt) - bias(a)` (then `bias` learns this request's scores). None when no retrieved answer
+    is short enough to choose among."""
+    eos = tokenizer.eos_token_id
+    candidates, tokens = [], []
+    for answer in dict.fromkeys(h.response.strip() for h in experiences):
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if 0 < len(ids) <= config.vote_max_tokens:
+            candidates.append(answer)
+            tokens.append(ids + ([eos] if eos is not None else []))
+    if not candidates:
+        return None
+    logp = [float(x) for x in answer_logprobs(model, prompt_ids, tokens)]
+    best = max(range(len(candidates)), key=lambda i: logp[i] - bias.of(candidates[i]))
+    bias.update(candidates, logp)
     return candidates[best]
