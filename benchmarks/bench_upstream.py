@@ -47,12 +47,17 @@ INSERT_BATCH = 5_000
 WARMUP = 5  # untimed pairs first
 FULL = {"size": 100_000, "pairs": 200, "max_tokens": 8, "records": 0}
 QUICK = {"size": 3_000, "pairs": 12, "max_tokens": 4, "records": 300}
+FILLS = {"random": "random unit vectors (seeded) for the experiences past the real ones",
+         "mixed": "requests mixed from two real ones' words (first half of one, second half of another), embedded"}
 
 
 # --- the memory ----------------------------------------------------------------------------------
-def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int = 0) -> dict[str, float]:
-    """Ingest `logs` (its first `records` lines; 0: all) for TENANT, fill up to `size` experiences with random unit
-    vectors, build and write the index."""
+def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int = 0, fill: str = "random",
+                 runtime_kind: str = "auto") -> dict[str, float]:
+    """Ingest `logs` (its first `records` lines; 0: all) for TENANT, fill up to `size` experiences, build and write
+    the index. `fill`: "random", numbered copies of the real experiences with seeded random unit vectors; "mixed",
+    requests made of two real requests' words (the first half of one, the second half of another, seeded),
+    embedded by the memory's embedder, so that the filler lies where real requests do."""
     from logmem.api.runtime import Runtime
     from logmem.api.settings import Settings
     from logmem.memory.distill import content_hash
@@ -60,7 +65,7 @@ def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int 
     from sqlalchemy import insert
 
     t0 = time.perf_counter()
-    runtime = Runtime(Settings(home=home, worker=False))
+    runtime = Runtime(Settings(home=home, worker=False, embedder_runtime=runtime_kind))
     with logs.open() as fh:
         lines = [json.loads(line) for i, line in enumerate(fh) if line.strip() and (not records or i < records)]
     runtime.ingest(lines, tenant=TENANT)
@@ -71,12 +76,18 @@ def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int 
     d = len(real[0].vector)
     for start in range(len(real), size, INSERT_BATCH):
         stop = min(start + INSERT_BATCH, size)
-        xb = rng.standard_normal((stop - start, d)).astype(np.float32)
-        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        sources = [real[i % len(real)] for i in range(start, stop)]
+        if fill == "mixed":
+            others = [real[j].trigger.split() for j in rng.integers(0, len(real), stop - start)]
+            triggers = [" ".join(src.trigger.split()[: len(src.trigger.split()) // 2] + o[len(o) // 2:])
+                        + f" [{i}]" for i, src, o in zip(range(start, stop), sources, others)]
+            xb = memory.embedder.encode(triggers)
+        else:
+            triggers = [f"{src.trigger} [{i}]" for i, src in zip(range(start, stop), sources)]
+            xb = rng.standard_normal((stop - start, d)).astype(np.float32)
+            xb /= np.linalg.norm(xb, axis=1, keepdims=True)
         rows = []
-        for i, x in zip(range(start, stop), xb):
-            src = real[i % len(real)]
-            trigger = f"{src.trigger} [{i}]"
+        for src, trigger, x in zip(sources, triggers, xb):
             rows.append({"tenant": TENANT, "user": src.user, "content_hash": content_hash(trigger, src.response),
                          "instruction": src.instruction, "trigger": trigger, "response": src.response,
                          "lesson": src.lesson, "rejected": src.rejected, "vector": x.tobytes(), "alpha": src.alpha,
@@ -99,13 +110,13 @@ def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int 
             "index_build_s": t3 - t2}
 
 
-def reused(home: Path, size: int) -> dict[str, float] | None:
+def reused(home: Path, size: int, kind: str) -> dict[str, Any] | None:
     """What building the memory in `home` reported, when a run built one of `size` experiences there (else None)."""
     try:
         fill = json.loads((home / "bench_upstream.json").read_text())
     except (OSError, ValueError):
         return None
-    return dict(fill) if fill.get("experiences") == size else None
+    return dict(fill) if fill.get("experiences") == size and fill.get("fill", "random") == kind else None
 
 
 def upstream_model(kind: str, cache: Path, folder: Path) -> Path:
@@ -288,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream-lm", default="tiny", choices=["tiny", "bundled"])
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("LOGMEM_MODEL_CACHE", "") or
                                                            tempfile.gettempdir()) / "logmem-bench-models")
+    parser.add_argument("--embedder-runtime", default="auto", choices=["auto", "static"],
+                        help="the memory's embedder (LOGMEM_EMBEDDER_RUNTIME): MiniLM, or the static one")
+    parser.add_argument("--fill", default="random", choices=["random", "mixed"],
+                        help="filler past the real experiences: random unit vectors, or requests mixed from two "
+                             "real ones' words and embedded (slow with MiniLM at 100k)")
+    parser.add_argument("--stem", default="upstream", help="result file stem")
     parser.add_argument("--quick", action="store_true", help="a small memory and a few pairs")
     parser.add_argument("--home", type=Path, default=None,
                         help="build the memory in this folder and keep it; a later run given the same folder (and "
@@ -303,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         model = upstream_model(args.upstream_lm, args.cache, work / "tiny-llama")
         home = args.home or work / "proxy"
         load_before = os.getloadavg()
-        fill = reused(home, args.size)
+        fill = reused(home, args.size, args.fill)
         if fill is None:
             print(f"filling a memory of {args.size} experiences ...", flush=True)
-            fill = build_memory(home, args.logs, args.size, args.records)
+            fill = build_memory(home, args.logs, args.size, args.records, fill=args.fill,
+                                runtime_kind=args.embedder_runtime)
+            fill = {**fill, "fill": args.fill}
             (home / "bench_upstream.json").write_text(json.dumps(fill))
         print(f"  {fill}", flush=True)
         proxy_key, upstream_key = new_key(home / "memory.db", TENANT), new_key(work / "up" / "memory.db", "proxy")
@@ -314,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         from logmem.api.runtime import Runtime
         from logmem.api.settings import Settings
 
-        runtime = Runtime(Settings(home=home, model=str(model), worker=False))  # the proxy's conditioning, here
+        runtime = Runtime(Settings(home=home, model=str(model), worker=False,  # the proxy's conditioning, here
+                                   embedder_runtime=args.embedder_runtime))
+        embedder = runtime.memory.embedder.name
         conversations = [runtime.conditioner().messages_for([{"role": "user", "content": q}], tenant=TENANT)[1]
                          for q in questions]
         used = [len(c) // 2 for c in conversations]  # exchanges per request (each is a user and an assistant turn)
@@ -324,23 +345,24 @@ def main(argv: list[str] | None = None) -> int:
         with server({"LOGMEM_HOME": str(work / "up"), "LOGMEM_MODEL": str(model), "LOGMEM_MAX_CONCURRENT": "4"},
                     work / "upstream.log") as upstream, \
                 server({"LOGMEM_HOME": str(home), "LOGMEM_MODEL": str(model), "LOGMEM_UPSTREAM": f"{upstream}/v1",
-                        "LOGMEM_UPSTREAM_KEY": upstream_key, "LOGMEM_MAX_CONCURRENT": "4"},
+                        "LOGMEM_UPSTREAM_KEY": upstream_key, "LOGMEM_MAX_CONCURRENT": "4",
+                        "LOGMEM_EMBEDDER_RUNTIME": args.embedder_runtime},
                        work / "proxy.log") as proxy:
             print(f"measuring {args.pairs} pairs ...", flush=True)
             figures = measure(proxy, proxy_key, upstream, upstream_key, conversations, questions, args.max_tokens)
 
     result = {"question": "the proxy's added latency over calling the upstream directly",
               "size": fill["experiences"], "real_experiences": fill["real_experiences"],
-              "fill": "random unit vectors (seeded) for the experiences past the real ones",
+              "fill": FILLS[fill.get("fill", "random")], "embedder": embedder,
               "pairs": args.pairs, "max_tokens": args.max_tokens, "upstream_lm": args.upstream_lm,
               "exchanges_per_request": float(np.mean(used)), "build": fill, "figures": figures,
               "conditioning_in_process": parts,
               "load_average": {"before": load_before, "after": os.getloadavg()},
               "target": {"added_ttft_p50_ms": 5.0, "met": figures["added_ttft"]["p50_ms"] <= 5.0},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
-    (args.out / "upstream.json").write_text(json.dumps(result, indent=2))
-    (args.out / "upstream.md").write_text(table(result))
-    plot(result, args.out / "upstream.png")
+    (args.out / f"{args.stem}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{args.stem}.md").write_text(table(result))
+    plot(result, args.out / f"{args.stem}.png")
     print(table(result))
     return 0
 
@@ -372,7 +394,8 @@ def table(result: dict[str, Any]) -> str:
     rows = [("time to first token", "ttft"), ("streamed, to the end", "stream"), ("not streamed", "whole")]
     lines = [f"# Proxy overhead: logmem in front of an OpenAI-compatible server ({result['size']:,} experiences)", "",
              f"{result['pairs']} interleaved pairs, max_tokens {result['max_tokens']}, upstream: a logmem server "
-             f"process ({result['upstream_lm']} model); the memory: {result['real_experiences']:,} real experiences, "
+             f"process ({result['upstream_lm']} model); the memory ({result.get('embedder', 'all-MiniLM-L6-v2')} "
+             f"vectors): {result['real_experiences']:,} real experiences, "
              f"the rest {result['fill']}; {result['exchanges_per_request']:.1f} exchanges per request on average. "
              f"Client, proxy and upstream share {result['machine']['cpus']} cores.", "",
              "| measure | direct p50 | direct p95 | proxy p50 | proxy p95 | added p50 | added p95 |",

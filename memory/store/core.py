@@ -53,6 +53,7 @@ _ROWS = select(ExperienceRow.__table__).where(ExperienceRow.tenant == bindparam(
 _CANDIDATES = select(ExperienceRow.id, ExperienceRow.alpha, ExperienceRow.beta, ExperienceRow.last_seen_at,
                      ExperienceRow.consolidated_in.is_not(None), ExperienceRow.vector).where(
     ExperienceRow.tenant == bindparam("tenant"), ExperienceRow.id.in_(bindparam("ids", expanding=True)))
+_GENERATION = select(IndexStateRow.generation).where(IndexStateRow.tenant == bindparam("tenant"))
 
 
 class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
@@ -299,8 +300,8 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
         return row.generation
 
     def generation(self, *, tenant: str) -> int:
-        with Session(self.engine) as s:
-            return s.scalar(select(IndexStateRow.generation).where(IndexStateRow.tenant == tenant)) or 0
+        with self.engine.connect() as c:  # every search asks: one prepared Core select, no ORM session
+            return c.execute(_GENERATION, {"tenant": tenant}).scalar() or 0
 
     def tenants(self) -> list[str]:
         with Session(self.engine) as s:
