@@ -45,12 +45,13 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--order", default=GeneratorConfig().order, choices=["score", "answer"],
                    help="exchanges best last (score) or grouped by answer, the best-supported answer last")
-    p.add_argument("--answer-note", action="store_true", help="tell the model how often each answer was given")
-    p.add_argument("--constrain", action="store_true",
+    p.add_argument("--answer-note", action=argparse.BooleanOptionalAction, default=GeneratorConfig().answer_note,
+                   help="tell the model how often each answer was given")
+    p.add_argument("--constrain", action=argparse.BooleanOptionalAction, default=GeneratorConfig().constrain,
                    help="memory mode: keep free generation to the answers the retrieved experiences gave")
     p.add_argument("--lesson-token-budget", type=int, default=GeneratorConfig().lesson_token_budget,
                    help="prompt tokens for lessons from corrections (0: no lessons note)")
-    p.add_argument("--calibrate", action="store_true",
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=GeneratorConfig().calibrate,
                    help="with --constrain: the model's own running preference per answer taken off its scores")
     p.add_argument("--offset", type=int, default=0, help="skip the first N items (with --limit: a slice)")
     p.add_argument("--stem", default=None, help="result file stem (default quality_<eval name>)")
@@ -76,7 +77,11 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(data, indent=2))
     table = markdown_table(results, data["greedy_32_tokens_ms"])
     (out / f"{stem}.md").write_text(f"# Quality on {args.eval} ({len(items)} items from {args.offset})\n\n"
-                                    f"{table}\n\nLoad average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.\n")
+                                    f"{table}\n\nGenerator: k={config.k}, order={config.order}, "
+                                    f"answer_note={config.answer_note}, constrain={config.constrain}, "
+                                    f"calibrate={config.calibrate}, lesson_token_budget={config.lesson_token_budget}, "
+                                    f"dtype {args.dtype}. Load average {os.getloadavg()[0]:.1f} on "
+                                    f"{os.cpu_count()} cores.\n")
     print(table)
 
 
