@@ -3,12 +3,14 @@
 Each token's vector is what the folder's own transformer (its ONNX export, `onnx_embedding.py`) gives that
 token alone between the tokenizer's special tokens, mean-pooled; a text's vector is the mean of its tokens'
 vectors, L2-normalised. This is the idea of Model2Vec (Tulkens and van Dongen, 2024, "static embeddings
-distilled from a sentence transformer"), without its PCA and frequency weighting, which did not help on
-NFCats (kNN accuracy of the memory's neighbours, README).
+distilled from a sentence transformer"), without its PCA and frequency weighting (neither helped in a probe
+on NFCats).
 
-Encoding is a table lookup and a mean: ~0.2 ms for a request's text against ~5-20 ms for MiniLM's forward
-pass on one CPU core, which is what a proxy in front of a fast server adds before the first token. The
-vectors are not MiniLM's: a memory built with one cannot be searched with the other (the name differs).
+Encoding is a table lookup and a mean: ~0.3 ms for a request's text against ~5-20 ms for MiniLM's forward
+pass on one CPU core, which is what a proxy in front of a fast server adds before the first token. It pays for
+that in neighbours: the kNN vote on NFCats test falls from 0.694 to 0.579
+(`benchmarks/results/quality_static/knn_test.md`), so it is opt-in, for latency first. The vectors are not
+MiniLM's: a memory built with one cannot be searched with the other (the name differs).
 The table (vocabulary x dim float32, 47 MB for MiniLM) is computed once per folder and cached beside the
 ONNX export, under a file lock, written whole or not at all.
 """
