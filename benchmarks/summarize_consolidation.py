@@ -48,7 +48,9 @@ def runs(folder: Path) -> list[dict[str, Any]]:
         if dropped.is_file():
             results = results + json.loads(dropped.read_text()).get("results", [])
         params, metrics = data["params"], data["job"].get("metrics") or {}
-        student = "with memory" if params.get("with_memory") else "bare"
+        chosen = params.get("with_memory") is None and "with_memory" in metrics  # the job chose its student
+        student = "with memory" if metrics.get("with_memory", params.get("with_memory")) else "bare"
+        student += " (chosen by the job)" if chosen else ""
         if params.get("lr"):
             student += f", lr {params['lr']:g}"
         rows.append({
