@@ -8,7 +8,9 @@ from importlib import resources
 from .runtime import Caller, Runtime
 
 DEMO_TENANT = "acme"
-DEMO_CONSOLIDATION = {"epochs": 6}  # ~13 experiences: a few steps of 16 pairs, under a minute here
+# ~13 experiences: a few steps of 16 pairs, under a minute here; a bare student, since step 7 asks the adapter with no
+# memory in the prompt (left to itself, a job trains a memory+adapter student where the memory lowers its NLL)
+DEMO_CONSOLIDATION = {"epochs": 6, "with_memory": False}
 DEMO_QUESTIONS = [
     ("acme", "how can I reverse a python list?"),
     ("acme", "How do I remove a branch from the remote in git?"),
