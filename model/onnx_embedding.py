@@ -23,7 +23,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "FolderSpec", "OnnxEmbedder", "UnsupportedEmbedderError", "ensure_onnx",
-           "export_onnx", "inspect_folder", "onnx_cache_key"]
+           "export_onnx", "inspect_folder", "onnx_cache_key", "write_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,27 +190,37 @@ def ensure_onnx(transformer: Path, cache_dir: Path, *, label: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "embedder"
     entry = cache_dir / f"{safe}-{onnx_cache_key(transformer)}"
     onnx_path = entry / "model.onnx"
-    if onnx_path.is_file():
-        return onnx_path
-    with _file_lock(cache_dir / f".{entry.name}.lock"):
-        if onnx_path.is_file():  # another process exported while we waited
-            return onnx_path
-        entry.mkdir(parents=True, exist_ok=True)
-        # Holding the lock, any temporary file is a crashed export's leftover.
-        for stale in entry.glob(".model.onnx.tmp-*"):
+
+    def export(tmp: Path) -> None:
+        logger.info("exporting %s to ONNX at %s (once)", transformer, onnx_path)
+        export_onnx(transformer, tmp)
+
+    write_once(onnx_path, cache_dir / f".{entry.name}.lock", export)
+    return onnx_path
+
+
+def write_once(path: Path, lock: Path, write: Callable[[Path], None]) -> None:
+    """Make `path` with `write(temporary path)` unless it exists; safe across processes: under the file `lock`,
+    written beside it and renamed into place, so readers never see half a file and a crash leaves none."""
+    if path.is_file():
+        return
+    with _file_lock(lock):
+        if path.is_file():  # another process wrote it while we waited
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Holding the lock, any temporary file is a crashed writer's leftover.
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
             stale.unlink(missing_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".model.onnx.tmp-", dir=entry)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
         try:
-            logger.info("exporting %s to ONNX at %s (once)", transformer, onnx_path)
-            export_onnx(transformer, tmp)
+            write(tmp)
             tmp.chmod(0o644)  # mkstemp makes it private; the cache is as readable as its folder
-            os.replace(tmp, onnx_path)
+            os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    return onnx_path
 
 
 class OnnxEmbedder:

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from logmem.model.loading import _file_lock
-from logmem.model.onnx_embedding import OnnxEmbedder
+from logmem.model.onnx_embedding import OnnxEmbedder, write_once
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -102,21 +100,12 @@ class StaticEmbedder:
             return self._loaded
 
     def _cached_table(self, path: Path) -> np.ndarray:
-        if not path.is_file():
-            with _file_lock(path.parent / f".{path.name}.lock"):
-                if not path.is_file():  # nobody computed it while we waited
-                    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-                        stale.unlink(missing_ok=True)
-                    logger.info("computing the static token table of %s at %s (once)", self._onnx.name, path)
-                    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-                    try:
-                        with os.fdopen(fd, "wb") as fh:
-                            np.save(fh, token_table(self._onnx, progress=self.show_progress))
-                        Path(name).chmod(0o644)
-                        os.replace(name, path)
-                    except BaseException:
-                        Path(name).unlink(missing_ok=True)
-                        raise
+        def compute(tmp: Path) -> None:
+            logger.info("computing the static token table of %s at %s (once)", self._onnx.name, path)
+            with tmp.open("wb") as fh:  # a file object: np.save would add ".npy" to a path
+                np.save(fh, token_table(self._onnx, progress=self.show_progress))
+
+        write_once(path, path.parent / f".{path.name}.lock", compute)
         table = np.load(path)
         if table.ndim != 2 or table.shape[1] != self.dim:
             raise ValueError(f"{path}: expected a (vocabulary, {self.dim}) table, found shape {table.shape}")
