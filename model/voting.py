@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -58,17 +58,23 @@ def answer_logprobs(model: Any, prompt_ids: torch.Tensor, answers: list[list[int
     return scores + (logp * real[:, 1:]).sum(dim=1).cpu()
 
 
-def choose_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
-                  config: GeneratorConfig) -> str | None:
-    """The best memory-supported answer, or None when no retrieved answer is short enough to choose."""
-    shares = vote_shares(experiences)
+def _choosable(tokenizer: Any, answers: Iterable[str], config: GeneratorConfig) -> tuple[list[str], list[list[int]]]:
+    """The answers short enough to choose among (at most `vote_max_tokens`), with their tokens and the end token."""
     eos = tokenizer.eos_token_id
     candidates, tokens = [], []
-    for answer in shares:
+    for answer in answers:
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         if 0 < len(ids) <= config.vote_max_tokens:
             candidates.append(answer)
             tokens.append(ids + ([eos] if eos is not None else []))
+    return candidates, tokens
+
+
+def choose_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
+                  config: GeneratorConfig) -> str | None:
+    """The best memory-supported answer, or None when no retrieved answer is short enough to choose."""
+    shares = vote_shares(experiences)
+    candidates, tokens = _choosable(tokenizer, shares, config)
     if not candidates:
         return None
     logp = answer_logprobs(model, prompt_ids, tokens)
@@ -105,13 +111,7 @@ def calibrated_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, expe
     """The memory's answer the model reading the prompt scores best, its own label bias taken off:
     `log p(a, eos | prompt) - bias(a)` (then `bias` learns this request's scores). None when no retrieved answer
     is short enough to choose among."""
-    eos = tokenizer.eos_token_id
-    candidates, tokens = [], []
-    for answer in dict.fromkeys(h.response.strip() for h in experiences):
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if 0 < len(ids) <= config.vote_max_tokens:
-            candidates.append(answer)
-            tokens.append(ids + ([eos] if eos is not None else []))
+    candidates, tokens = _choosable(tokenizer, dict.fromkeys(h.response.strip() for h in experiences), config)
     if not candidates:
         return None
     logp = [float(x) for x in answer_logprobs(model, prompt_ids, tokens)]
