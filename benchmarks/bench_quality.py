@@ -53,6 +53,8 @@ def main() -> None:
                    help="prompt tokens for lessons from corrections (0: no lessons note)")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=GeneratorConfig().calibrate,
                    help="with --constrain: the model's own running preference per answer taken off its scores")
+    p.add_argument("--calibrate-warmup", type=int, default=GeneratorConfig().calibrate_warmup,
+                   help="with --calibrate: stored experiences the preference is measured on before the first answer")
     p.add_argument("--offset", type=int, default=0, help="skip the first N items (with --limit: a slice)")
     p.add_argument("--stem", default=None, help="result file stem (default quality_<eval name>)")
     args = p.parse_args()
@@ -65,7 +67,8 @@ def main() -> None:
     model, tokenizer = load_generator(home=Path(args.model_home), dtype=args.dtype)
     config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior, order=args.order,
                              answer_note=args.answer_note, constrain=args.constrain,
-                             lesson_token_budget=args.lesson_token_budget, calibrate=args.calibrate)
+                             lesson_token_budget=args.lesson_token_budget, calibrate=args.calibrate,
+                             calibrate_warmup=args.calibrate_warmup)
     stem = args.stem or f"quality_{name}"
     with tempfile.TemporaryDirectory() as tmp, \
             VectorMemory(args.home or tmp, embedder=default_embedder()) as memory:
@@ -79,7 +82,8 @@ def main() -> None:
     (out / f"{stem}.md").write_text(f"# Quality on {args.eval} ({len(items)} items from {args.offset})\n\n"
                                     f"{table}\n\nGenerator: k={config.k}, order={config.order}, "
                                     f"answer_note={config.answer_note}, constrain={config.constrain}, "
-                                    f"calibrate={config.calibrate}, lesson_token_budget={config.lesson_token_budget}, "
+                                    f"calibrate={config.calibrate} (warm-up {config.calibrate_warmup}), "
+                                    f"lesson_token_budget={config.lesson_token_budget}, "
                                     f"dtype {args.dtype}. Load average {os.getloadavg()[0]:.1f} on "
                                     f"{os.cpu_count()} cores.\n")
     print(table)

@@ -35,6 +35,9 @@ class GeneratorConfig:
     # reading the prompt) less its own running mean preference for that answer over the tenant's earlier requests
     # (a 135M model favours a few labels whatever it reads: its label bias, measured from its own scores, no
     # references, no vote prior), and the best-scored answer is given
+    calibrate_warmup: int = 64  # under `calibrate`, before a tenant's first calibrated answer, its preference is
+    # measured on this many of its stored experiences (each asked with its neighbours, itself left out), so the
+    # first requests are not answered with no estimate (0: learn it from requests only)
 
     def __post_init__(self) -> None:
         checks = [
@@ -46,6 +49,8 @@ class GeneratorConfig:
             ("vote_prior", self.vote_prior >= 0, ">= 0"),
             ("vote_max_tokens", self.vote_max_tokens >= 1, ">= 1"),
             ("order", self.order in ("score", "answer"), "'score' or 'answer'"),
-            ("calibrate", self.constrain or not self.calibrate, "False unless constrain=True (it scores those answers)"),
+            ("calibrate", self.constrain or not self.calibrate,
+             "False unless constrain=True (it scores those answers)"),
+            ("calibrate_warmup", self.calibrate_warmup >= 0, ">= 0"),
         ]
         check_fields(self, checks)

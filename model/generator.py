@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 from logmem.memory import Hit, NotFoundError, VectorMemory
+from tqdm import tqdm
 
 from .config import GeneratorConfig
 from .modes import ADAPTER_MODES, AUTO, ServedMode, served_mode
 from .prompting import ChatMarkers, Conditioning, Messages, render_messages, render_plain, select
-from .voting import AnswerBias, calibrated_answer, choose_answer
+from .voting import AnswerBias, calibrated_answer, choose_answer, memory_answer_scores
 
 logger = logging.getLogger(__name__)
 AUTO_REFRESH_SECONDS = 60.0  # choose="auto" measures a tenant's answer repetition at most this often
@@ -128,6 +129,35 @@ class MemoryGenerator:
             return sorted(nxt) or [eos]
 
         return next_tokens
+
+    def _answer_bias(self, tenant: str) -> AnswerBias:
+        """The tenant's `AnswerBias`. On first use it is measured on `calibrate_warmup` of the tenant's stored
+        experiences, spread over them by id: each one's request asked with its neighbours (itself left out), as a
+        request would be, and the model's scores of the retrieved answers taken in (no answer is looked at)."""
+        bias = self._bias.get(tenant)
+        if bias is not None:
+            return bias
+        bias, n = AnswerBias(), self.gen_config.calibrate_warmup
+        if n and self.memory is not None:
+            total, _ = self.memory.experiences(tenant=tenant, sort="id", limit=1)
+            count, started = min(n, total), time.perf_counter()
+            for j in tqdm(range(count), desc=f"calibrating {tenant}", disable=None):
+                _, page = self.memory.experiences(tenant=tenant, sort="id", descending=False, limit=1,
+                                                  offset=j * total // count)
+                for e in page:
+                    hits = self.memory.search(e.trigger, self.gen_config.k + 1, tenant=tenant)
+                    cond = self._condition([h for h in hits if h.id != e.id][: self.gen_config.k])
+                    if not cond.experiences:
+                        continue
+                    prompt = self._prompt([{"role": "user", "content": e.trigger}], cond)
+                    ids = self._left_padded([prompt])["input_ids"].to(self.model.device)
+                    candidates, logp = memory_answer_scores(self.model, self.tokenizer, ids, cond.experiences,
+                                                            self.gen_config)
+                    if candidates:
+                        bias.update(candidates, logp)
+            logger.info("tenant %r: the model's preference per answer measured on %d of its %d experiences in %.1f s",
+                        tenant, count, total, time.perf_counter() - started)
+        return self._bias.setdefault(tenant, bias)
 
     # --- retrieval and conditioning -----------------------------------------------------------
     def retrieve(self, query: str, *, tenant: str | None = None) -> list[Hit]:
@@ -241,7 +271,7 @@ class MemoryGenerator:
         constrained = (self.gen_config.constrain and mode.uses_memory and mode.choose != "vote"
                        and self._repeats(tenant))
         if constrained and self.gen_config.calibrate:  # the model picks among the memory's answers, its bias off
-            bias = self._bias.setdefault(tenant, AnswerBias())
+            bias = self._answer_bias(tenant)
             for i, cond in enumerate(conds):
                 if cond.experiences and texts[i] is None:
                     ids = enc["input_ids"][i:i + 1, enc["input_ids"].shape[1] - lengths[i]:]

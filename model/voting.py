@@ -106,15 +106,23 @@ class AnswerBias:
                 self._n[a] = self._n.get(a, 0) + 1
 
 
+def memory_answer_scores(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
+                         config: GeneratorConfig) -> tuple[list[str], list[float]]:
+    """The distinct short answers of `experiences` (in retrieval order) and `log p(a, eos | prompt)` of each."""
+    candidates, tokens = _choosable(tokenizer, dict.fromkeys(h.response.strip() for h in experiences), config)
+    if not candidates:
+        return [], []
+    return candidates, [float(x) for x in answer_logprobs(model, prompt_ids, tokens)]
+
+
 def calibrated_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
                       config: GeneratorConfig, bias: AnswerBias) -> str | None:
     """The memory's answer the model reading the prompt scores best, its own label bias taken off:
     `log p(a, eos | prompt) - bias(a)` (then `bias` learns this request's scores). None when no retrieved answer
     is short enough to choose among."""
-    candidates, tokens = _choosable(tokenizer, dict.fromkeys(h.response.strip() for h in experiences), config)
+    candidates, logp = memory_answer_scores(model, tokenizer, prompt_ids, experiences, config)
     if not candidates:
         return None
-    logp = [float(x) for x in answer_logprobs(model, prompt_ids, tokens)]
     best = max(range(len(candidates)), key=lambda i: logp[i] - bias.of(candidates[i]))
     bias.update(candidates, logp)
     return candidates[best]

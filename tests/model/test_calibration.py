@@ -9,7 +9,7 @@ import pytest
 from logmem.memory import ConfigError, VectorMemory
 from logmem.model.config import GeneratorConfig
 from logmem.model.generator import MemoryGenerator
-from logmem.model.voting import AnswerBias, answer_logprobs, calibrated_answer
+from logmem.model.voting import AnswerBias, answer_logprobs, calibrated_answer, memory_answer_scores
 
 LABELS = ["BILLING", "SHIPPING", "RETURNS"]
 TOPICS = ["my invoice shows a double charge", "where is my parcel", "how do I send the shoes back",
@@ -70,6 +70,32 @@ def test_memory_mode_with_calibrate_answers_with_the_memorys_answers_only_where_
     plain = MemoryGenerator(model, tok, memory, config=GeneratorConfig(choose="off")).chat(
         free, tenant="free", max_new_tokens=8, log=False)
     assert gen.chat(free, tenant="free", max_new_tokens=8, log=False).text == plain.text  # free text: generated
+
+
+def test_a_tenants_preference_is_measured_on_its_stored_experiences_before_its_first_answer(
+        tiny_lm: Any, memory: VectorMemory) -> None:
+    model, tok = tiny_lm
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(choose="off", constrain=True, calibrate=True))
+    expected = AnswerBias()  # each stored request asked with its neighbours, itself left out
+    for e in memory.iter_experiences("labels"):
+        hits = [h for h in memory.search(e.trigger, gen.gen_config.k + 1, tenant="labels") if h.id != e.id]
+        assert all(h.id != e.id for h in hits[: gen.gen_config.k])
+        cond = gen._condition(hits[: gen.gen_config.k])
+        ids = tok(gen._prompt([{"role": "user", "content": e.trigger}], cond), return_tensors="pt",
+                  add_special_tokens=False)["input_ids"]
+        expected.update(*memory_answer_scores(model, tok, ids, cond.experiences, gen.gen_config))
+    bias = gen._answer_bias("labels")
+    assert [bias.of(a) for a in LABELS] == pytest.approx([expected.of(a) for a in LABELS], abs=1e-4)
+    assert any(abs(bias.of(a)) > 1e-3 for a in LABELS)  # measured, not the zero of an empty estimate
+    assert all(bias.of(a) == 0.0 for _, a in FREE)  # another tenant's answers are not in it
+    assert gen._answer_bias("labels") is bias  # measured once per tenant
+
+    cold = MemoryGenerator(model, tok, memory, config=GeneratorConfig(choose="off", constrain=True, calibrate=True,
+                                                                      calibrate_warmup=0))
+    assert all(cold._answer_bias("labels").of(a) == 0.0 for a in LABELS)
+    only = MemoryGenerator(model, tok, memory, config=GeneratorConfig(choose="off", constrain=True, calibrate=True,
+                                                                      calibrate_warmup=2))
+    assert sum(only._answer_bias("labels")._n.values()) < sum(bias._n.values())  # two of the nine requests
 
 
 def test_calibrate_needs_constrain() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from logmem.memory import ConfigError, NotFoundError, VectorMemory
+from logmem.model import prompting
 from logmem.model.config import GeneratorConfig
 from logmem.model.generator import MemoryGenerator
 from logmem.model.prompting import ChatMarkers, load_template
@@ -135,6 +136,16 @@ def test_chat_prompt_orders_best_experience_last_and_respects_budget(tiny_lm, me
     assert reply.memory_tokens <= one
     none = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=3, memory_token_budget=0))
     assert none.chat([{"role": "user", "content": "launch code?"}], max_new_tokens=2).experiences == []
+
+
+def test_token_counts_are_the_tokenizers_whether_cached_or_not(tiny_lm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    monkeypatch.setattr(prompting, "COUNTED_TEXTS", 4)
+    texts = [q for q, _ in FACTS] + [a for _, a in FACTS] + [FACTS[0][0], ""]
+    expected = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert prompting._counts(tok, texts[:2]) == expected[:2]
+    assert prompting._counts(tok, texts) == expected  # some cached, some new, repeats, past the cache's size
+    assert prompting._counts(tok, texts[::-1]) == expected[::-1]
 
 
 def test_lessons_become_a_system_note(tiny_lm, tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
