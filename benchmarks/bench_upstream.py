@@ -218,13 +218,17 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conversations: list[Any],
-            questions: list[str], max_tokens: int) -> dict[str, Any]:
-    """Interleaved pairs: each question through the proxy and straight to the upstream with its conditioning."""
+            questions: list[str], max_tokens: int, empty_key: str) -> dict[str, Any]:
+    """Interleaved pairs: each question through the proxy and straight to the upstream with its conditioning. Then
+    the hop alone: the bare question through the proxy for a tenant with no memory (`empty_key`; nothing to
+    condition with) and straight to the upstream, streamed, in a second interleaved pair."""
     rows: dict[str, list[float]] = {k: [] for k in ("proxy_ttft", "direct_ttft", "added_ttft", "proxy_stream",
                                                     "direct_stream", "added_stream", "proxy_whole", "direct_whole",
-                                                    "added_whole", "condition", "forward")}
+                                                    "added_whole", "condition", "forward", "hop_ttft",
+                                                    "hop_forward")}
     proxy_call = (f"{proxy}/v1/chat/completions", proxy_key)
     direct_call = (f"{upstream}/v1/chat/completions", upstream_key)
+    empty_call = (f"{proxy}/v1/chat/completions", empty_key)
     with httpx.Client(timeout=120) as client:
         for i, (question, conversation) in enumerate(zip(questions, conversations)):
             mine = {"model": "default", "max_tokens": max_tokens, "messages": [{"role": "user", "content": question}]}
@@ -236,8 +240,12 @@ def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conver
             again = {**mine, "messages": [{"role": "user", "content": question + " "}]}
             took = {name: whole(client, *(proxy_call if name == "proxy" else direct_call), body)
                     for name in first for body in [again if name == "proxy" else theirs]}
+            bare = {**mine, "messages": [{"role": "user", "content": question + "  "}]}
+            hop = {name: streamed(client, *(empty_call if name == "proxy" else direct_call), bare) for name in first}
             if i < WARMUP:
                 continue
+            rows["hop_ttft"].append(hop["proxy"][0] - hop["direct"][0])
+            rows["hop_forward"].append(hop["proxy"][3].get("forward", float("nan")))
             (p_first, p_end, final, timing), (d_first, d_end, _, _) = got["proxy"], got["direct"]
             for name, value in (("proxy_ttft", p_first), ("direct_ttft", d_first), ("added_ttft", p_first - d_first),
                                 ("proxy_stream", p_end), ("direct_stream", d_end), ("added_stream", p_end - d_end),
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             (home / "bench_upstream.json").write_text(json.dumps(fill))
         print(f"  {fill}", flush=True)
         proxy_key, upstream_key = new_key(home / "memory.db", TENANT), new_key(work / "up" / "memory.db", "proxy")
+        empty_key = new_key(home / "memory.db", "empty")  # a tenant with no memory: the proxy's hop alone
 
         from logmem.api.runtime import Runtime
         from logmem.api.settings import Settings
@@ -349,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         "LOGMEM_EMBEDDER_RUNTIME": args.embedder_runtime},
                        work / "proxy.log") as proxy:
             print(f"measuring {args.pairs} pairs ...", flush=True)
-            figures = measure(proxy, proxy_key, upstream, upstream_key, conversations, questions, args.max_tokens)
+            figures = measure(proxy, proxy_key, upstream, upstream_key, conversations, questions, args.max_tokens,
+                              empty_key)
 
     result = {"question": "the proxy's added latency over calling the upstream directly",
               "size": fill["experiences"], "real_experiences": fill["real_experiences"],
@@ -414,6 +424,11 @@ def table(result: dict[str, Any]) -> str:
                   f"conditioning, the adapter lookup and model list beside it, the payload): {w['p50_ms']:.1f} ms "
                   f"p50, {w['p95_ms']:.1f} ms p95. The rest is the extra HTTP hop (the client to the proxy, the "
                   f"chunk relayed back) and the upstream's own time, which varies with the load.", "",
+              f"The hop alone (the bare question through the proxy for a tenant with no memory, against the same "
+              f"question straight to the upstream, streamed): {f['hop_ttft']['p50_ms']:+.1f} ms p50, "
+              f"{f['hop_ttft']['p95_ms']:+.1f} ms p95 before the first token (its `forward`: "
+              f"{f['hop_forward']['p50_ms']:.1f} ms p50): what the proxy's HTTP hop, route and logging cost with "
+              f"nothing to retrieve.", "",
               "The same conditioning in one process on the same memory, stage by stage (no HTTP):", "",
               "| stage | p50 | p95 |", "|---|---|---|"]
     for name, figure in result["conditioning_in_process"].items():

@@ -43,4 +43,7 @@ def test_bench_upstream_quick(tmp_path: Path, model_home: Path, smollm_folder: P
             assert figure["n"] == result["pairs"] and figure["p50_ms"] == figure["p50_ms"], (side, name)
     assert result["figures"]["condition"]["n"] == result["figures"]["forward"]["n"] == result["pairs"]
     assert result["figures"]["forward"]["p50_ms"] >= result["figures"]["condition"]["p50_ms"] > 0
+    hop = result["figures"]["hop_ttft"]  # the proxy with nothing to retrieve, against the upstream
+    assert hop["n"] == result["pairs"] and hop["p50_ms"] == hop["p50_ms"]
+    assert result["figures"]["hop_forward"]["p50_ms"] < result["figures"]["forward"]["p50_ms"]  # no conditioning
     assert result["exchanges_per_request"] > 0  # the memory conditioned the requests
