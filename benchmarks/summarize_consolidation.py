@@ -47,6 +47,8 @@ def runs(folder: Path) -> list[dict[str, Any]]:
         dropped = path.with_name(path.stem.removesuffix("_test") + "_drop_test.json")
         if dropped.is_file():
             results = results + json.loads(dropped.read_text()).get("results", [])
+        served = (data.get("serving_mode") or {}).get("mode")  # `--modes default`: the mode the job chose to serve
+        results = [{**r, "mode": served} if r.get("mode") == "default" and served else r for r in results]
         params, metrics = data["params"], data["job"].get("metrics") or {}
         chosen = params.get("with_memory") is None and "with_memory" in metrics  # the job chose its student
         student = "with memory" if metrics.get("with_memory", params.get("with_memory")) else "bare"
