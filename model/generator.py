@@ -15,7 +15,7 @@ from logmem.memory import Hit, NotFoundError, VectorMemory
 from tqdm import tqdm
 
 from .config import GeneratorConfig
-from .modes import ADAPTER_MODES, AUTO, ServedMode, served_mode
+from .modes import ADAPTER_MODES, AUTO, ServedMode, left_out_search, served_mode
 from .prompting import ChatMarkers, Conditioning, Messages, render_messages, render_plain, select
 from .voting import AnswerBias, calibrated_answer, choose_answer, memory_answer_scores
 
@@ -141,20 +141,18 @@ class MemoryGenerator:
         if n and self.memory is not None:
             total, _ = self.memory.experiences(tenant=tenant, sort="id", limit=1)
             count, started = min(n, total), time.perf_counter()
-            for j in tqdm(range(count), desc=f"calibrating {tenant}", disable=None):
-                _, page = self.memory.experiences(tenant=tenant, sort="id", descending=False, limit=1,
-                                                  offset=j * total // count)
-                for e in page:
-                    hits = self.memory.search(e.trigger, self.gen_config.k + 1, tenant=tenant)
-                    cond = self._condition([h for h in hits if h.id != e.id][: self.gen_config.k])
-                    if not cond.experiences:
-                        continue
-                    prompt = self._prompt([{"role": "user", "content": e.trigger}], cond)
-                    ids = self._left_padded([prompt])["input_ids"].to(self.model.device)
-                    candidates, logp = memory_answer_scores(self.model, self.tokenizer, ids, cond.experiences,
-                                                            self.gen_config)
-                    if candidates:
-                        bias.update(candidates, logp)
+            spread = [e for j in range(count) for e in self.memory.experiences(
+                tenant=tenant, sort="id", descending=False, limit=1, offset=j * total // count)[1]]
+            for e in tqdm(spread, desc=f"calibrating {tenant}", disable=None):
+                cond = self._condition(left_out_search(self.memory, e, self.gen_config.k, tenant))
+                if not cond.experiences:
+                    continue
+                prompt = self._prompt([{"role": "user", "content": e.trigger}], cond)
+                ids = self._left_padded([prompt])["input_ids"].to(self.model.device)
+                candidates, logp = memory_answer_scores(self.model, self.tokenizer, ids, cond.experiences,
+                                                        self.gen_config)
+                if candidates:
+                    bias.update(candidates, logp)
             logger.info("tenant %r: the model's preference per answer measured on %d of its %d experiences in %.1f s",
                         tenant, count, total, time.perf_counter() - started)
         return self._bias.setdefault(tenant, bias)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from logmem.memory import VectorMemory
+from logmem.memory import Hit, VectorMemory
 from logmem.memory.store import ExperienceData
 from logmem.memory.store.adapters import SERVING_MODES
 from tqdm import tqdm
@@ -123,6 +123,11 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def left_out_search(memory: VectorMemory, experience: ExperienceData, k: int, tenant: str) -> list[Hit]:
+    """What a request with `experience`'s trigger retrieves (`k` hits), the experience itself left out."""
+    return [h for h in memory.search(experience.trigger, k + 1, tenant=tenant) if h.id != experience.id][:k]
+
+
 def prepare_held_out(held: Sequence[ExperienceData], tokenizer: Any, memory: VectorMemory, tenant: str,
                      config: GeneratorConfig, *, max_length: int = 1024) -> HeldOut:
     """The prompts of `held` in every mode, under the serving generator's retrieval and template (`config`)."""
@@ -130,7 +135,7 @@ def prepare_held_out(held: Sequence[ExperienceData], tokenizer: Any, memory: Vec
     bare, with_memory, conds, responses = [], [], [], []
     for e in held:
         question = [{"role": "user", "content": e.trigger}]
-        hits = [h for h in memory.search(e.trigger, config.k + 1, tenant=tenant) if h.id != e.id][: config.k]
+        hits = left_out_search(memory, e, config.k, tenant)
         cond = select(hits, tokenizer, config)
         bare.append(_chat_ids(tokenizer, question)[-max_length:])
         with_memory.append(_chat_ids(tokenizer, render_messages(question, cond, config.template))[-max_length:])
