@@ -8,8 +8,8 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test demo bench bench-quick bench-service clean
-LOGS ?= ../shared/data/nfcats/logs.jsonl
-EVAL ?= ../shared/data/nfcats/test.eval.jsonl
+LOGS ?= data/nfcats/logs.jsonl
+EVAL ?= data/nfcats/test.eval.jsonl
 
 setup: $(STAMP)
 
@@ -46,7 +46,7 @@ bench-quick: setup  # the benchmark scripts at small sizes into temporary folder
 bench-service: setup  # the service under load and its overhead; the cost of one feedback at 1k and 100k memories
 	$(PY) benchmarks/bench_service.py --logs $(LOGS) --out benchmarks/results
 	$(PY) benchmarks/bench_feedback.py --logs $(LOGS) --out benchmarks/results
-	$(PY) benchmarks/bench_embedding.py ../shared/data/nfcats/test.eval.jsonl ../shared/data/nfcats/dev.eval.jsonl
+	$(PY) benchmarks/bench_embedding.py data/nfcats/test.eval.jsonl data/nfcats/dev.eval.jsonl
 
 clean:
 	rm -rf .logmem

@@ -1,7 +1,7 @@
 """What memory costs an answer: the same request answered with and without memory, 32 tokens each.
 
-    python benchmarks/bench_conditioning.py --logs ../shared/data/nfcats/logs.jsonl \\
-        --eval ../shared/data/nfcats/test.eval.jsonl --out benchmarks/results
+    python benchmarks/bench_conditioning.py --logs data/nfcats/logs.jsonl \\
+        --eval data/nfcats/test.eval.jsonl --out benchmarks/results
     python benchmarks/bench_conditioning.py ... --quick   # CI sizes: a few requests, fewer tokens
 
 A memory is made from `--logs`; each of the first `--n` requests of `--eval` is answered by the bundled model
@@ -136,8 +136,10 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True, help="native-schema JSONL the memory is made from")
-    p.add_argument("--eval", required=True, help="eval JSONL ({messages, reference}): the requests")
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl",
+                   help="native-schema JSONL the memory is made from (default: %(default)s)")
+    p.add_argument("--eval", default="data/nfcats/test.eval.jsonl",
+                   help="eval JSONL ({messages, reference}): the requests (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
     p.add_argument("--n", type=int, help=f"requests, default {FULL['n']}")

@@ -1,7 +1,7 @@
 """Does consolidation carry what the memory taught into the weights? Train, gate, then evaluate.
 
-    python benchmarks/bench_consolidation.py --logs ../shared/data/nfcats/logs.jsonl \
-        --eval ../shared/data/nfcats/test.eval.jsonl --method sft --epochs 1 --out benchmarks/results
+    python benchmarks/bench_consolidation.py --logs data/nfcats/logs.jsonl \
+        --eval data/nfcats/test.eval.jsonl --method sft --epochs 1 --out benchmarks/results
 
 Ingests the logs into a fresh home, runs one consolidation job (the same code as `logmem consolidate`),
 and evaluates the modes `consolidated` (the adapter, no memory in the prompt) and `memory+adapter`.
@@ -38,8 +38,8 @@ from logmem.model.loading import load_generator  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True)
-    p.add_argument("--eval", required=True)
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl", help="native-schema JSONL (default: %(default)s)")
+    p.add_argument("--eval", default="data/nfcats/test.eval.jsonl", help="eval JSONL (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--method", default="sft", choices=["sft", "kd", "sft+kd"])
     p.add_argument("--epochs", type=int, default=1)

@@ -1,7 +1,7 @@
 """Does consolidation accumulate when the logs drift? Two jobs on NFCats split by category, one strategy per arm.
 
-    python benchmarks/bench_drift.py --logs ../shared/data/nfcats/logs.jsonl \
-        --eval ../shared/data/nfcats/test.eval.jsonl --out benchmarks/results
+    python benchmarks/bench_drift.py --logs data/nfcats/logs.jsonl \
+        --eval data/nfcats/test.eval.jsonl --out benchmarks/results
 
 Phase 1 is the logs of 4 question categories, phase 2 those of the other 4 (`PHASE_1`), `--phase-size`
 interactions each (seeded). Job 1 consolidates phase 1; then phase 2 is ingested and job 2 runs once per arm,
@@ -57,8 +57,9 @@ ARMS: dict[str, dict[str, Any]] = {  # job 2's parameters, over the shared job p
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True)
-    p.add_argument("--eval", required=True, help="the test split (questions with their reference category)")
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl", help="native-schema JSONL (default: %(default)s)")
+    p.add_argument("--eval", default="data/nfcats/test.eval.jsonl",
+                   help="the test split (questions with their reference category) (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--phase-size", type=int, default=250, help="interactions per phase (seeded sample)")
     p.add_argument("--eval-per-phase", type=int, default=100, help="test questions per phase (seeded sample)")

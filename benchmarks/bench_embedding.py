@@ -1,6 +1,6 @@
 """How fast is the embedder where users feel it? MiniLM under torch vs the same weights under onnxruntime.
 
-    python benchmarks/bench_embedding.py ../shared/data/nfcats/test.eval.jsonl ../shared/data/nfcats/dev.eval.jsonl \
+    python benchmarks/bench_embedding.py data/nfcats/test.eval.jsonl data/nfcats/dev.eval.jsonl \
         --out benchmarks/results
 
 Texts: the last user message of each eval item, without the instruction paragraph every item shares (what
@@ -157,7 +157,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("eval", nargs="+", help="eval JSONL files (logmem.model.evaluate.read_eval format)")
+    p.add_argument("eval", nargs="*", default=["data/nfcats/test.eval.jsonl", "data/nfcats/dev.eval.jsonl"],
+                   help="eval JSONL files (logmem.model.evaluate.read_eval format; default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--n", type=int, default=200, help="texts for the one-text-per-call latency")
     p.add_argument("--batch", type=int, default=512, help="texts in the throughput call")

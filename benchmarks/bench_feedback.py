@@ -1,6 +1,6 @@
 """What does persisting one feedback cost, at 1k and at 100k memories, now that index files are checkpointed?
 
-    python benchmarks/bench_feedback.py --logs ../shared/data/nfcats/logs.jsonl --out benchmarks/results [--quick]
+    python benchmarks/bench_feedback.py --logs data/nfcats/logs.jsonl --out benchmarks/results [--quick]
 
 For each size a fresh SQLite home gets N experiences through the store (large transactions): the real
 experiences of the logs (ingested once, all but the held-out records: real MiniLM vectors, texts and shared
@@ -239,7 +239,8 @@ def build_table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True, help="native-schema JSONL: the real texts and vectors")
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl",
+                   help="native-schema JSONL: the real texts and vectors (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
     p.add_argument("--sizes", help=f"comma-separated memory sizes (default {FULL['sizes']})")

@@ -1,6 +1,6 @@
 """How fast do logs become memory? Ingest throughput with the real embedder, SQLite and faiss.
 
-    python benchmarks/bench_ingest.py --logs ../shared/data/nfcats/logs.jsonl --out benchmarks/results
+    python benchmarks/bench_ingest.py --logs data/nfcats/logs.jsonl --out benchmarks/results
 
 Each repeat ingests the file into a fresh home (parse, judge, distil, embed, dedup, SQL, index) and
 then once more into the same home (the idempotent re-ingest, which skips every record). Writes
@@ -27,7 +27,7 @@ from logmem.model.embedding import default_embedder  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True)
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl", help="native-schema JSONL (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()

@@ -1,7 +1,7 @@
 """The learning curve: a model that answers a stream of requests, is rated by its users, and gets better.
 
-    python benchmarks/bench_learning.py --logs ../shared/data/nfcats/logs.jsonl \\
-        --eval ../shared/data/nfcats/test.eval.jsonl --out benchmarks/results
+    python benchmarks/bench_learning.py --logs data/nfcats/logs.jsonl \\
+        --eval data/nfcats/test.eval.jsonl --out benchmarks/results
     python benchmarks/bench_learning.py ... --quick   # CI sizes: a handful of requests, one tiny job
 
 The tenant starts empty. Each request of the stream (the user turns of `--logs`, in a seeded order) is answered
@@ -205,8 +205,10 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True, help="native-schema JSONL: the stream's requests and right answers")
-    p.add_argument("--eval", required=True, help="eval JSONL ({messages, reference}): the fixed held-out set")
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl",
+                   help="native-schema JSONL: the stream's requests and right answers (default: %(default)s)")
+    p.add_argument("--eval", default="data/nfcats/test.eval.jsonl",
+                   help="eval JSONL ({messages, reference}): the fixed held-out set (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
     for name, value in FULL.items():

@@ -1,7 +1,7 @@
 """logmem against the memories its users would pick instead, in one run: ingest, and text -> hits.
 
-    python benchmarks/bench_peers.py --logs ../shared/data/nfcats/logs.jsonl --out benchmarks/results
-    python benchmarks/bench_peers.py --logs ../shared/data/nfcats/logs.jsonl --out /tmp/peers --quick  # CI sizes
+    python benchmarks/bench_peers.py --logs data/nfcats/logs.jsonl --out benchmarks/results
+    python benchmarks/bench_peers.py --logs data/nfcats/logs.jsonl --out /tmp/peers --quick  # CI sizes
 
 Every system gets the same embedder (logmem's ONNX all-MiniLM-L6-v2 on one thread, the vectors of its `encode`),
 so what differs is the memory around it:
@@ -482,7 +482,8 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True, help="native-schema JSONL (the NFCats logs); named by its folder")
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl",
+                   help="native-schema JSONL (the NFCats logs); named by its folder (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help=f"default {FULL['sizes']}")

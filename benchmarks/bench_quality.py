@@ -1,7 +1,7 @@
 """Does memory make the model answer better? Accuracy of base / memory / vote modes and the kNN reference.
 
-    python benchmarks/bench_quality.py --logs ../shared/data/nfcats/logs.jsonl \
-        --eval ../shared/data/nfcats/test.eval.jsonl --out benchmarks/results
+    python benchmarks/bench_quality.py --logs data/nfcats/logs.jsonl \
+        --eval data/nfcats/test.eval.jsonl --out benchmarks/results
 
 Writes `quality_<eval name>.json` and `.md`: accuracy per mode, per-query time in retrieval, prompt
 assembly and the model, and retrieval + prompt time as a share of a 32-token greedy answer.
@@ -29,8 +29,8 @@ from logmem.model.loading import load_generator  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True)
-    p.add_argument("--eval", required=True)
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl", help="native-schema JSONL (default: %(default)s)")
+    p.add_argument("--eval", default="data/nfcats/test.eval.jsonl", help="eval JSONL (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--modes", default="knn,base,memory,vote",
                    help="comma list of base, memory, vote, auto, knn (and default: what the tenant is served)")

@@ -1,6 +1,6 @@
 """How does the HTTP service hold up under concurrent clients, and what does HTTP cost over the runtime itself?
 
-    python benchmarks/bench_service.py --logs ../shared/data/nfcats/logs.jsonl --out benchmarks/results [--quick]
+    python benchmarks/bench_service.py --logs data/nfcats/logs.jsonl --out benchmarks/results [--quick]
 
 1. Prepares a SQLite home in this process: ingests the logs under tenant `acme` (all but `--answers` held-out
    records), creates an API key, and logs one served answer per held-out record exactly as a chat does
@@ -464,7 +464,8 @@ def write_markdown(out: Path, result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", required=True, help="native-schema JSONL to ingest (any size >= 10 records)")
+    p.add_argument("--logs", default="data/nfcats/logs.jsonl",
+                   help="native-schema JSONL to ingest (any size >= 10 records) (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
     for name, value in FULL.items():

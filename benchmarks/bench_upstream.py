@@ -1,7 +1,7 @@
 """What does logmem add, as a proxy in front of an OpenAI-compatible server, over calling that server directly?
 
-    python benchmarks/bench_upstream.py --logs ../shared/data/nfcats/logs.jsonl \\
-        --queries ../shared/data/nfcats/dev.eval.jsonl --out benchmarks/results [--quick]
+    python benchmarks/bench_upstream.py --logs data/nfcats/logs.jsonl \\
+        --queries data/nfcats/dev.eval.jsonl --out benchmarks/results [--quick]
 
 1. A memory of `--size` experiences for tenant `acme` in a fresh SQLite home: the logs ingested through the
    runtime (real MiniLM vectors and texts), then filled up to `--size` through the store with numbered copies of
@@ -297,8 +297,8 @@ def _operator() -> Any:
 # --- the run -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--logs", type=Path, default=Path("../shared/data/nfcats/logs.jsonl"))
-    parser.add_argument("--queries", type=Path, default=Path("../shared/data/nfcats/dev.eval.jsonl"))
+    parser.add_argument("--logs", type=Path, default=Path("data/nfcats/logs.jsonl"))
+    parser.add_argument("--queries", type=Path, default=Path("data/nfcats/dev.eval.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--size", type=int, default=None, help="experiences in the memory")
     parser.add_argument("--pairs", type=int, default=None, help="timed request pairs (after a warm-up)")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# logistic regression on the frozen MiniLM embeddings, NFCats test split (../shared/data/README.md)
+# logistic regression on the frozen MiniLM embeddings, NFCats test split (data/README.md)
 PARAMETRIC_REFERENCE = 0.84
 
 
