@@ -9,14 +9,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import LogFormatError
+from .text import check_identifier, clean_json, clean_text
 
 Format = Literal["auto", "native", "openai", "memorybench"]
 FORMATS: tuple[str, ...] = ("auto", "native", "openai", "memorybench")
 ROLES = ("system", "user", "assistant")
-FEEDBACK_KINDS = ("like", "dislike", "copy", "regenerate", "rating", "correction")
+FeedbackKind = Literal["like", "dislike", "copy", "regenerate", "rating", "correction"]
+FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
+RATING_MIN, RATING_MAX = 1.0, 5.0  # the scale of a feedback value (a rating's stars)
+MAX_FEEDBACK_TEXT = 20_000  # characters of a feedback's text (a correction's right answer)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class Interaction:
 
 def content_id(obj: dict[str, Any]) -> str:
     """A stable id made from a hash of the record's content (used when a record has no `id`)."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    # surrogatepass: a lone surrogate (refused or cleaned later) must not fail the hash; other text hashes as UTF-8
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
@@ -98,10 +103,10 @@ def _parse_messages(raw: Any, key: str) -> tuple[Message, ...]:
         if role not in ROLES:
             raise LogFormatError(f"role must be one of {', '.join(ROLES)}, got {role!r}", field=f"{where}.role")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
         if not isinstance(content, str):
             raise LogFormatError(f"expected text, got {type(content).__name__}", field=f"{where}.content")
-        out.append(Message(role, content))
+        out.append(Message(role, clean_text(content)))
     if not any(m.role == "assistant" for m in out):
         raise LogFormatError("no assistant message: nothing to learn from", field=key)
     return tuple(out)
@@ -117,23 +122,66 @@ def _parse_feedback(raw: Any, messages: tuple[Message, ...]) -> tuple[Feedback, 
         where = f"feedback[{i}]"
         if not isinstance(f, dict):
             raise LogFormatError(f"expected an object, got {type(f).__name__}", field=where)
-        kind, turn, value = f.get("kind"), f.get("turn"), f.get("value")
-        if kind not in FEEDBACK_KINDS:
-            raise LogFormatError(f"kind must be one of {', '.join(FEEDBACK_KINDS)}, got {kind!r}",
-                                 field=f"{where}.kind")
-        if isinstance(turn, bool) or not isinstance(turn, int):
-            raise LogFormatError(f"expected an integer message index, got {turn!r}", field=f"{where}.turn")
-        if not 0 <= turn < len(messages) or messages[turn].role != "assistant":
-            raise LogFormatError(f"turn {turn} is not the index of an assistant message", field=f"{where}.turn")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise LogFormatError(f"expected a number, got {value!r}", field=f"{where}.value")
-        if kind == "rating" and value is None:
-            raise LogFormatError("a rating needs a numeric value", field=f"{where}.value")
-        text = f.get("text")
-        if text is not None and not isinstance(text, str):
-            raise LogFormatError(f"expected text, got {type(text).__name__}", field=f"{where}.text")
-        out.append(Feedback(turn, kind, None if value is None else float(value), text))
+        try:
+            kind = check_feedback_kind(f.get("kind"))
+            turn = _parse_turn(f.get("turn"), messages)
+            value = check_feedback_value(f.get("value"))
+            check_feedback_needs(kind, value)
+            text = check_feedback_text(f.get("text"))
+        except LogFormatError as exc:
+            raise LogFormatError(exc.reason, field=f"{where}.{exc.field}") from None
+        out.append(Feedback(turn, kind, value, text))
     return tuple(out)
+
+
+def _parse_turn(turn: Any, messages: tuple[Message, ...]) -> int:
+    if isinstance(turn, bool) or not isinstance(turn, int):
+        raise LogFormatError(f"expected an integer message index, got {turn!r}", field="turn")
+    if not 0 <= turn < len(messages) or messages[turn].role != "assistant":
+        raise LogFormatError(f"turn {turn} is not the index of an assistant message", field="turn")
+    return turn
+
+
+# One feedback event's fields, checked by these for every way in: the log parser and the feedback route's schema.
+def check_feedback_kind(kind: Any) -> str:
+    """`kind` when it is one of `FEEDBACK_KINDS`. Raises LogFormatError (field 'kind')."""
+    if kind not in FEEDBACK_KINDS:
+        raise LogFormatError(f"kind must be one of {', '.join(FEEDBACK_KINDS)}, got {kind!r}", field="kind")
+    return str(kind)
+
+
+def check_feedback_value(value: Any) -> float | None:
+    """None, or `value` as a float when it is a finite number from `RATING_MIN` to `RATING_MAX` (a rating's scale,
+    whatever the kind). Raises LogFormatError (field 'value')."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LogFormatError(f"expected a number, got {value!r}", field="value")
+    if not RATING_MIN <= value <= RATING_MAX:  # NaN fails this too
+        raise LogFormatError(f"expected a finite number from {RATING_MIN:g} to {RATING_MAX:g}, got {value!r}",
+                             field="value")
+    return float(value)
+
+
+def check_feedback_needs(kind: str, value: float | None) -> None:
+    """A rating needs its value. Raises LogFormatError (field 'value').
+
+    A correction's text is not required here: a logged correction may be told by the next user turn; a
+    correction of a served answer has no next turn, so `VectorMemory.feedback` requires its text."""
+    if kind == "rating" and value is None:
+        raise LogFormatError(f"a rating needs a numeric value ({RATING_MIN:g}-{RATING_MAX:g})", field="value")
+
+
+def check_feedback_text(text: Any) -> str | None:
+    """None, or `text` cleaned as free text (`clean_text`), at most `MAX_FEEDBACK_TEXT` characters.
+    Raises LogFormatError (field 'text')."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise LogFormatError(f"expected text, got {type(text).__name__}", field="text")
+    if len(text) > MAX_FEEDBACK_TEXT:
+        raise LogFormatError(f"longer than {MAX_FEEDBACK_TEXT} characters ({len(text)})", field="text")
+    return clean_text(text)
 
 
 MAX_KEY_LENGTH = 200  # ids, tenants, users and sessions are indexed keys in SQL
@@ -145,9 +193,14 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(v, (str, int)) or isinstance(v, bool):
         raise LogFormatError(f"expected text, got {type(v).__name__}", field=key)
-    if len(str(v)) > MAX_KEY_LENGTH:
-        raise LogFormatError(f"longer than {MAX_KEY_LENGTH} characters ({len(str(v))})", field=key)
-    return str(v)
+    return _key(str(v), key)
+
+
+def _key(value: str, field: str) -> str:
+    """An identifier (id, tenant, user, session): `check_identifier`, and short enough to index."""
+    if len(value) > MAX_KEY_LENGTH:
+        raise LogFormatError(f"longer than {MAX_KEY_LENGTH} characters ({len(value)})", field=field)
+    return check_identifier(value, field=field)
 
 
 def _native(obj: dict[str, Any], tenant: str | None) -> Interaction:
@@ -157,8 +210,9 @@ def _native(obj: dict[str, Any], tenant: str | None) -> Interaction:
         raise LogFormatError(f"expected an object, got {type(metadata).__name__}", field="metadata")
     retrieved = metadata.get("retrieved")
     if retrieved is not None and (not isinstance(retrieved, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in retrieved)):
+            isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in retrieved)):
         raise LogFormatError("expected a list of experience ids (integers)", field="metadata.retrieved")
+    metadata = clean_json(metadata, field="metadata")
     return Interaction(
         id=_opt_str(obj, "id") or content_id(obj),
         messages=messages,
@@ -181,7 +235,8 @@ def _openai(obj: dict[str, Any], tenant: str | None) -> Interaction:
     ts = obj.get("created", obj.get("timestamp"))
     return Interaction(id=_opt_str(obj, "id") or content_id(obj), messages=messages,
                        tenant=tenant or _opt_str(obj, "tenant") or "default", user=_opt_str(obj, "user"),
-                       timestamp=_parse_timestamp(ts), metadata={"model": obj.get("model")} if "model" in obj else {})
+                       timestamp=_parse_timestamp(ts),
+                       metadata=clean_json({"model": obj["model"]}, field="model") if "model" in obj else {})
 
 
 _MB_ACTIONS = {"like": "like", "dislike": "dislike", "copy": "copy", "regenerate": "regenerate"}
@@ -203,19 +258,28 @@ def _memorybench(obj: dict[str, Any], tenant: str | None) -> Interaction:
         if isinstance(rnd, bool) or not isinstance(rnd, int) or not 1 <= rnd <= len(assistant_turns):
             raise LogFormatError(f"round {rnd!r} names no assistant message", field=f"{where}.round")
         turn = assistant_turns[rnd - 1]
-        for action in f.get("implicit_actions") or []:
-            if action in _MB_ACTIONS:
+        actions = f.get("implicit_actions") or []
+        if not isinstance(actions, list):
+            raise LogFormatError(f"expected a list, got {type(actions).__name__}", field=f"{where}.implicit_actions")
+        for action in actions:
+            if isinstance(action, str) and action in _MB_ACTIONS:
                 feedback.append(Feedback(turn, _MB_ACTIONS[action]))
         score = f.get("satisfaction_score")
         if isinstance(score, (int, float)) and not isinstance(score, bool):
-            # MemoryBench scores satisfaction 0-10; the native rating scale is 1-5
-            feedback.append(Feedback(turn, "rating", 1.0 + 4.0 * min(max(float(score), 0.0), 10.0) / 10.0))
+            if not 0.0 <= score <= 10.0:  # NaN fails this too
+                raise LogFormatError(f"expected a finite number from 0 to 10, got {score!r}",
+                                     field=f"{where}.satisfaction_score")
+            # MemoryBench scores satisfaction 0-10; the native rating scale is RATING_MIN-RATING_MAX
+            rating = RATING_MIN + (RATING_MAX - RATING_MIN) * float(score) / 10.0
+            feedback.append(Feedback(turn, "rating", rating))
     item_id = obj.get("test_idx", obj.get("id"))
     return Interaction(
-        id=f"{obj.get('dataset_name', 'memorybench')}-{item_id}" if item_id is not None else content_id(obj),
+        id=_key(f"{obj.get('dataset_name', 'memorybench')}-{item_id}", "id") if item_id is not None
+        else content_id(obj),
         messages=messages, feedback=tuple(feedback),
         tenant=tenant or _opt_str(obj, "tenant") or "default", user=_opt_str(obj, "user"),
-        metadata={"dataset_name": obj.get("dataset_name")} if "dataset_name" in obj else {},
+        metadata=clean_json({"dataset_name": obj["dataset_name"]}, field="dataset_name")
+        if "dataset_name" in obj else {},
     )
 
 
@@ -243,6 +307,8 @@ def parse_record(obj: Any, *, format: str = "auto", tenant: str | None = None) -
         raise LogFormatError(f"expected a JSON object, got {type(obj).__name__}")
     if format not in FORMATS:
         raise LogFormatError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if tenant is not None:
+        _key(tenant, "tenant")
     return _READERS[detect_format(obj) if format == "auto" else format](obj, tenant)
 
 
