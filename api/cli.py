@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import datetime
@@ -68,11 +69,12 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], Non
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     total: dict[str, Any] = {}
+    missing = [path for path in args.files if not Path(path).is_file()]
+    if missing:  # before any is read: a mistyped name does not leave the others half ingested
+        print(f"logmem: {missing[0]}: no such file", file=sys.stderr)
+        return EXIT_ERROR
     with closing(_runtime(args)) as runtime:
         for path in args.files:
-            if not Path(path).is_file():
-                print(f"logmem: {path}: no such file", file=sys.stderr)
-                return EXIT_ERROR
             report = runtime.ingest_file(path, format=args.format, tenant=args.tenant, progress=not args.json)
             for key, value in report.to_json().items():
                 if isinstance(value, int):
@@ -285,7 +287,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.action == "push":
             tenant = args.tenant or "default"
-            pushed = push(store, tenant, args.to, key=_key_from(args.key_env))
+            pushed = push(store, tenant, args.to, key=_key_from(args.key_env), as_tenant=args.as_tenant)
             _emit(args, pushed.to_json(), lambda: _print_pushed(pushed, args.to))
             return EXIT_OK
         to = getattr(args, "push_to", None)  # loaded there before it is active: a failed load changes nothing
@@ -295,15 +297,15 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             before = store.active_adapter(tenant=tenant)
             if to:
                 active, done = push_activate(store, tenant, args.version, to, key=_key_from(args.key_env),
-                                               force=args.force)
+                                               force=args.force, as_tenant=args.as_tenant)
                 now: str | None = active.version
             else:
                 now = store.activate_adapter(tenant=tenant, version=args.version, force=args.force).version
         else:
             tenant = args.tenant or "default"
             before = store.active_adapter(tenant=tenant)
-            now, done = push_rollback(store, tenant, to, key=_key_from(args.key_env)) if to else (
-                store.rollback_adapter(tenant=tenant), None)
+            now, done = push_rollback(store, tenant, to, key=_key_from(args.key_env),
+                                      as_tenant=args.as_tenant) if to else (store.rollback_adapter(tenant=tenant), None)
     was = before.version if before is not None else None
     what = f"{now} active" if now else "base model (no adapter active)"
     change = " (unchanged)" if was == now else f" (was {was})" if was else ""
@@ -338,7 +340,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upstream = {"upstream": args.upstream, "upstream_model": args.upstream_model,
                     "upstream_key": _key_from(args.upstream_key_env)}
     if args.push_to:
-        upstream.update(push_to=args.push_to, push_key=_key_from(args.push_key_env))
+        upstream.update(push_to=args.push_to, push_key=_key_from(args.push_key_env),
+                        push_as_tenant=args.push_as_tenant)
     settings = _settings(args, worker=not args.no_worker, **{k: v for k, v in upstream.items() if v is not None})
     if args.workers > 1:
         if settings.db_url.startswith("sqlite"):
@@ -549,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+AS_TENANT = ("a logmem server: the tenant it knows the proxy as, which owns what is loaded there (default: the "
+             "pushed tenant's name; vLLM ignores it)")
+
+
 def _service_parsers(sub: Any) -> None:
     p = sub.add_parser("serve", help="the HTTP service: OpenAI-compatible chat, feedback, memory, consolidation")
     p.add_argument("--host", default="127.0.0.1")
@@ -564,6 +571,7 @@ def _service_parsers(sub: Any) -> None:
                    help="a vLLM server (base URL with /v1) that each activation, rollback and promoting job pushes "
                         "the tenant's adapter to, as <tenant>-<version>")
     p.add_argument("--push-key-env", default=None, metavar="VAR", help="the environment variable holding its key")
+    p.add_argument("--push-as-tenant", default=None, metavar="T", help=AS_TENANT)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run queued and periodic consolidation jobs")
@@ -591,7 +599,7 @@ def _adapters_parser(sub: Any) -> None:
     p = sub.add_parser("adapters", help="the tenants' LoRA adapters: list, activate VERSION, rollback")
     p.add_argument("--tenant", default=None, help="list: only this tenant; rollback: default 'default'")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_adapters, action=None, force=False, key_env=None)
+    p.set_defaults(func=cmd_adapters, action=None, force=False, key_env=None, as_tenant=None)
     actions = p.add_subparsers(dest="action")
     # SUPPRESS: an option left out after the action keeps the value given before it (`adapters --tenant T rollback`)
     q = actions.add_parser("activate", help="make VERSION its tenant's active adapter")
@@ -610,6 +618,7 @@ def _adapters_parser(sub: Any) -> None:
         q.add_argument("--push-to", default=None, metavar="URL", help="then push the active adapter to this server")
     for q in actions.choices.values():
         q.add_argument("--key-env", default=None, metavar="VAR", help="the environment variable holding its key")
+        q.add_argument("--as-tenant", default=None, metavar="T", help=AS_TENANT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -619,9 +628,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except LogmemError as exc:
-        print(f"logmem: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    except LogmemError as exc:  # expected (no memory, a database out of reach, nothing to consolidate)
+        return _failed(args, str(exc))
+    except FileNotFoundError as exc:  # a file named on the command line (an eval set, logs) is not there
+        return _failed(args, f"{exc.filename}: no such file")
+
+
+def _failed(args: argparse.Namespace, message: str) -> int:
+    """An expected failure: one line on stderr saying what and where; the traceback too with -v."""
+    if args.verbose:
+        traceback.print_exc()
+    print(f"logmem: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

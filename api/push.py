@@ -45,19 +45,22 @@ def same_model(a: str, b: str) -> bool:
     return plain(a) == plain(b)
 
 
-def push(store: Store, tenant: str, url: str, *, key: str | None = None, timeout: float = 120.0) -> Pushed:
+def push(store: Store, tenant: str, url: str, *, key: str | None = None, as_tenant: str | None = None,
+         timeout: float = 120.0) -> Pushed:
     """Make the server at `url` (its base URL with /v1) serve `tenant`'s active adapter as `<tenant>-<version>`.
 
     The adapter must have been trained on the model the server serves: one trained on another base is refused
     before anything is loaded. A name already loaded there is never loaded again (a version's weights never
     change). The tenant's other versions loaded there are unloaded afterwards (none, to roll back to the base).
+    `as_tenant` is the tenant the server knows the proxy as (a logmem server keeps each adapter to the tenant an admin
+    key loaded it for, and answers no other tenant with it; vLLM has no tenants): by default `tenant`.
 
     Raises:
         AdapterError: the adapter's base model is not the server's.
         UpstreamError: the server is unreachable or refused a load or unload.
     """
     active = store.active_adapter(tenant=tenant)
-    with _client(url, tenant, key, timeout) as http:
+    with _client(url, as_tenant or tenant, key, timeout) as http:
         names = _names(http)
         result = Pushed(tenant, active.version if active else None, None, False)
         if active is not None:
@@ -67,10 +70,11 @@ def push(store: Store, tenant: str, url: str, *, key: str | None = None, timeout
 
 
 def activate(store: Store, tenant: str, version: str, url: str, *, key: str | None = None, force: bool = False,
-             timeout: float = 120.0) -> tuple[AdapterData, Pushed]:
+             as_tenant: str | None = None, timeout: float = 120.0) -> tuple[AdapterData, Pushed]:
     """Activate `version` for `tenant` and make the server at `url` serve it: loaded there first (its base model
     checked), then made active in the store, then the tenant's other versions unloaded there. An adapter the store
     refuses to activate (rejected, stale) is unloaded again; a failed load leaves the active adapter as it was.
+    `as_tenant` as for `push`.
 
     Raises:
         NotFoundError: no such version in this tenant (nothing is asked of the server).
@@ -80,7 +84,7 @@ def activate(store: Store, tenant: str, version: str, url: str, *, key: str | No
     adapter = store.get_adapter(version=version)
     if adapter.tenant != tenant:
         raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
-    with _client(url, tenant, key, timeout) as http:
+    with _client(url, as_tenant or tenant, key, timeout) as http:
         names = _names(http)
         name, loaded = _load(http, names, tenant, adapter)
         try:
@@ -94,7 +98,7 @@ def activate(store: Store, tenant: str, version: str, url: str, *, key: str | No
     return active, result
 
 
-def rollback(store: Store, tenant: str, url: str, *, key: str | None = None,
+def rollback(store: Store, tenant: str, url: str, *, key: str | None = None, as_tenant: str | None = None,
              timeout: float = 120.0) -> tuple[str | None, Pushed]:
     """Roll `tenant` back to its previous adapter (or the base model) and push that to the server at `url`.
 
@@ -107,7 +111,7 @@ def rollback(store: Store, tenant: str, url: str, *, key: str | None = None,
     """
     now = store.rollback_adapter(tenant=tenant)
     try:
-        return now, push(store, tenant, url, key=key, timeout=timeout)
+        return now, push(store, tenant, url, key=key, as_tenant=as_tenant, timeout=timeout)
     except UpstreamError as exc:
         raise UpstreamError(f"{_rolled_back(tenant, now)}, but pushing it to {url} failed: {exc}", status=exc.status,
                             kind=exc.kind, code=exc.code, retry_after=exc.retry_after) from None
@@ -120,7 +124,8 @@ def _rolled_back(tenant: str, now: str | None) -> str:
 
 
 def _client(url: str, tenant: str, key: str | None, timeout: float) -> httpx.Client:
-    # the tenant header lets a logmem server's admin key act (vLLM ignores it)
+    # the tenant header names the tenant a logmem server's admin key acts for, and so owns what it loads (vLLM
+    # ignores it)
     headers = {"X-Logmem-Tenant": tenant, **({"Authorization": f"Bearer {key}"} if key else {})}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 

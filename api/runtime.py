@@ -24,7 +24,7 @@ from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData
 from logmem.model.config import GeneratorConfig
 from logmem.model.loading import DEFAULT_GENERATOR
 
-from .jobs import JobRunner, consolidation_job
+from .jobs import JobRunner, check_consolidation, consolidation_job
 from .settings import Settings
 from .upstream import Upstream
 
@@ -89,7 +89,9 @@ class Runtime:
         self._model_lock = threading.Lock()
         self._loaded: tuple[Any, Any, Any, Any] | None = None  # (generator, bare generator, tokenizer, adapter pool)
         self._conditioner: Any = None  # upstream mode: a MemoryGenerator without a model (conditioning only)
-        self._loras: dict[str, Path] = {}  # LoRA adapters loaded by name over HTTP (vLLM's runtime LoRA routes)
+        # LoRA adapters loaded by name over HTTP (vLLM's runtime LoRA routes), each the data of the tenant an admin key
+        # loaded it for: (tenant, name) -> folder. Only that tenant lists it or is answered by it.
+        self._loras: dict[tuple[str, str], Path] = {}
         self.base_model = Path(settings.model).stem if settings.model else DEFAULT_GENERATOR
 
     # --- assembly -----------------------------------------------------------------------------
@@ -198,9 +200,10 @@ class Runtime:
         return self.memory.ingest(items), rejected
 
     # --- answering ------------------------------------------------------------------------------
-    def models(self) -> list[str]:
-        """The model names a request may ask for (local mode): the served one, the base, the LoRAs loaded by name."""
-        return [SERVED_MODEL, self.base_model, *self._loras]
+    def models(self, caller: Caller) -> list[str]:
+        """The model names the caller may ask for (local mode): the served one, the base, and the LoRAs loaded by name
+        for the caller's tenant (never another tenant's: an adapter is its tenant's data)."""
+        return [SERVED_MODEL, self.base_model, *self.loras(caller)]
 
     def chat(self, caller: Caller, messages: Sequence[dict[str, str]], *, model: str = SERVED_MODEL,
              user: str | None = None, max_tokens: int = 128, temperature: float | None = None,
@@ -209,8 +212,9 @@ class Runtime:
         """Answer `messages` with the caller's memory (and its active adapter when `model` is the served one);
         the answer is logged for feedback. `temperature` None or 0 answers greedily. Without `use_memory` the
         model answers alone and nothing is logged (a comparison, not a served answer)."""
-        if model not in self.models():
-            raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(self.models())}")
+        models = self.models(caller)
+        if model not in models:
+            raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(models)}")
         generator, bare, _, pool = self._model_parts()
         generator = generator if use_memory else bare
         active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
@@ -218,8 +222,8 @@ class Runtime:
             active = None  # the tenant's serving mode answers without its adapter (logmem.model.modes)
         version, path = (active.version, active.path) if active else (None, None)
         pooled = version
-        if model in self._loras:  # a LoRA loaded by name answers as itself
-            version, path, pooled = model, str(self._loras[model]), _lora_key(model)
+        if (caller.tenant, model) in self._loras:  # a LoRA loaded by name for the caller's tenant answers as itself
+            version, path, pooled = model, str(self._loras[caller.tenant, model]), _lora_key(caller.tenant, model)
         kwargs: dict[str, Any] = {}
         if temperature:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p if top_p is not None else 1.0)
@@ -273,33 +277,46 @@ class Runtime:
         return Answer(reply, adapter, model, completion_tokens, finish_reason)
 
     # --- LoRA adapters loaded by name (vLLM's runtime LoRA routes, so that `adapters push` has a real target) ----
-    def loras(self) -> dict[str, Path]:
-        return dict(self._loras)
+    def loras(self, caller: Caller) -> dict[str, Path]:
+        """The LoRA adapters loaded by name for the caller's tenant: name -> folder (the folder stays server-side)."""
+        return {name: path for (tenant, name), path in self._loras.items() if tenant == caller.tenant}
 
-    def load_lora(self, name: str, path: str) -> None:
-        """Load the PEFT folder `path` under `name`, which requests then name in `model`. A name is loaded once
-        (load another name for other weights); one that is a served model name is refused."""
+    def load_lora(self, caller: Caller, name: str, path: str) -> None:
+        """Load the PEFT folder `path` under `name` for the caller's tenant (an admin key names it), whose requests
+        then name it in `model`; no other tenant lists it or is answered by it. A name is loaded once per tenant (load
+        another name for other weights); one that is a served model name is refused, and so is the folder of an
+        adapter another tenant trained."""
         folder = Path(path)
-        if name in self._loras or name in (SERVED_MODEL, self.base_model):
+        if (caller.tenant, name) in self._loras or name in (SERVED_MODEL, self.base_model):
             raise AdapterError(f"the LoRA adapter {name!r} has already been loaded (or names a model)")
         if not (folder / "adapter_config.json").is_file():
             raise NotFoundError(f"no PEFT adapter at {path!r} (adapter_config.json missing)")
+        self._check_owner(caller, folder)
         _, _, _, pool = self._model_parts()
+        key = _lora_key(caller.tenant, name)
         try:
-            with pool.using(_lora_key(name), folder):
+            with pool.using(key, folder):
                 pass
         except Exception as exc:  # weights of another base model: peft refuses the shapes
-            pool.evict(_lora_key(name))
-            raise AdapterError(f"cannot load the LoRA adapter {name!r} from {path!r}: {exc}") from None
-        self._loras[name] = folder
-        logger.info("loaded LoRA adapter %s from %s", name, folder)
+            pool.evict(key)
+            raise AdapterError(f"cannot load the LoRA adapter {name!r}: {type(exc).__name__}") from None
+        self._loras[caller.tenant, name] = folder
+        logger.info("loaded LoRA adapter %s of tenant %r from %s", name, caller.tenant, folder)
 
-    def unload_lora(self, name: str) -> None:
-        if name not in self._loras:
+    def _check_owner(self, caller: Caller, folder: Path) -> None:
+        """Refuse the folder of an adapter registered to another tenant (as if it were not there: NotFoundError)."""
+        where = folder.resolve()
+        for adapter in self.store.adapters(tenant=None):
+            if adapter.tenant != caller.tenant and Path(adapter.path).resolve() == where:
+                raise NotFoundError(f"no PEFT adapter of tenant {caller.tenant!r} at that path")
+
+    def unload_lora(self, caller: Caller, name: str) -> None:
+        """Unload the caller's tenant's LoRA `name` (another tenant's is as absent as one never loaded)."""
+        if (caller.tenant, name) not in self._loras:
             raise NotFoundError(f"no LoRA adapter named {name!r} is loaded")
-        del self._loras[name]
-        self._model_parts()[3].evict(_lora_key(name))
-        logger.info("unloaded LoRA adapter %s", name)
+        del self._loras[caller.tenant, name]
+        self._model_parts()[3].evict(_lora_key(caller.tenant, name))
+        logger.info("unloaded LoRA adapter %s of tenant %r", name, caller.tenant)
 
     def feedback(self, caller: Caller, interaction_id: str, kind: str, *, value: float | None = None,
                  text: str | None = None, event_id: str | None = None) -> FeedbackResult:
@@ -349,13 +366,15 @@ class Runtime:
 
     # --- consolidation: jobs and adapters -------------------------------------------------------
     def submit_consolidation(self, caller: Caller, params: dict[str, Any]) -> JobData:
-        """Queue a consolidation job (checked first: bad params fail here, not in the worker)."""
+        """Queue a consolidation job (checked first: bad params, or too few experiences to learn from, fail here
+        and leave no job row, rather than fail in the worker)."""
         from logmem.model.consolidate import ConsolidationConfig
 
         try:
-            ConsolidationConfig(**params)
+            config = ConsolidationConfig(**params)
         except TypeError as exc:
             raise ConfigError(f"consolidation params: {exc}") from None
+        check_consolidation(self.memory, tenant=caller.tenant, config=config)
         return self.jobs.get(self.jobs.submit("consolidate", caller.tenant, params))
 
     def job(self, caller: Caller, job_id: int) -> JobData:
@@ -461,7 +480,8 @@ class Runtime:
 
     def _push_target(self) -> dict[str, Any]:
         s = self.settings
-        return {"url": s.push_to, "key": s.push_key.get_secret_value() if s.push_key else None}
+        return {"url": s.push_to, "key": s.push_key.get_secret_value() if s.push_key else None,
+                "as_tenant": s.push_as_tenant}
 
     def _pushed(self) -> None:
         """The upstream's adapters changed: its model list is read again on the next request."""
@@ -541,9 +561,10 @@ class Runtime:
 DAY = 86_400.0
 
 
-def _lora_key(name: str) -> str:
-    """The adapter pool's key of a LoRA loaded by name, apart from the tenants' adapter versions."""
-    return f"lora:{name}"
+def _lora_key(tenant: str, name: str) -> str:
+    """The adapter pool's key of a LoRA loaded by name for `tenant`, apart from the tenants' adapter versions ("v<n>")
+    and from another tenant's LoRA of the same name (JSON keeps any tenant and name apart)."""
+    return "lora:" + json.dumps([tenant, name])
 
 
 def _use(use: inspection.UseData, experience_id: int) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=512, ge=1)  # new tokens per answer
     max_batch: int = Field(default=1_000, ge=1)  # log records per POST /v1/interactions
     max_concurrent: int = Field(default=2, ge=1)  # generations in flight per key; past it, 429 with Retry-After
+    # /metrics gives per-tenant series (each tenant's name and memory size) to anyone, not only to an admin key:
+    # for a scraper on a private network that holds no key; the aggregate series are open either way
+    metrics_per_tenant: bool = False
 
     # An OpenAI-compatible upstream (vLLM, TGI, llama.cpp, a hosted API) that generates instead of the local model
     upstream: str | None = None  # its base URL with /v1 (http://host:8000/v1); None: the local model answers
@@ -63,6 +66,9 @@ class Settings(BaseSettings):
     # pushes the tenant's active adapter to, as `<tenant>-<version>` (loaded there before it becomes active)
     push_to: str | None = None
     push_key: SecretStr | None = None  # its Bearer key (`logmem serve --push-key-env VAR` reads VAR)
+    # the tenant that server knows this proxy as, when it is a logmem server (it keeps each adapter to the tenant it
+    # was loaded for and answers no other tenant with it; vLLM has no tenants): by default each pushed tenant's name
+    push_as_tenant: str | None = None
 
     # Jobs
     worker: bool = True  # the server also runs queued consolidation jobs (else: `logmem worker`)

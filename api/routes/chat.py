@@ -30,15 +30,16 @@ STARTED = int(time.time())
 @router.get("/models", response_model=ModelList)
 async def list_models(runtime: RuntimeDep, caller: CallerDep) -> ModelList:
     """`default` (the base model with the caller's active adapter) and the base model itself (an upstream's, in
-    front of one); in local mode also the LoRA adapters loaded by name, each with the base as its `parent`."""
+    front of one); in local mode also the LoRA adapters loaded by name for the caller's tenant, each with the base as
+    its `root` and `parent` (never the folder it was read from: no response carries a server-side path)."""
     if runtime.upstream is not None:
         base = await runtime.upstream.base_model()
         return ModelList(data=[ModelCard(id=name, created=STARTED, owned_by="logmem", root=base)
                                for name in (SERVED_MODEL, base)])
     cards = [ModelCard(id=name, created=STARTED, owned_by="logmem", root=runtime.base_model)
              for name in (SERVED_MODEL, runtime.base_model)]
-    cards += [ModelCard(id=name, created=STARTED, owned_by="logmem", root=str(path), parent=runtime.base_model)
-              for name, path in runtime.loras().items()]
+    cards += [ModelCard(id=name, created=STARTED, owned_by="logmem", root=runtime.base_model, parent=runtime.base_model)
+              for name in runtime.loras(caller)]
     return ModelList(data=cards)
 
 
@@ -57,7 +58,7 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
     if runtime.upstream is not None:
         return await proxied(body, request, response, runtime, caller, max_tokens)
-    if body.model not in runtime.models():
+    if body.model not in runtime.models(caller):
         raise HTTPException(404, f"the model {body.model!r} does not exist")
     limit, metrics = request.app.state.generation_limit, request.app.state.metrics
     slot = limit.acquire(caller)

@@ -84,3 +84,16 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> Ite
         yield {"server": server, "url": f"{server.url}/v1", "key": key}
     finally:
         server.stop()
+
+
+def lora(base: Any, seed: int, folder: Path) -> Path:
+    """A random LoRA adapter over `base` (its B matrices not zero, so it changes the answers), saved as PEFT does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                               init_lora_weights=False))
+    model.save_pretrained(folder)
+    return folder

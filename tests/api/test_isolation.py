@@ -3,9 +3,12 @@ and no tenant reads, judges, erases or activates another's data; an admin key ac
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from conftest import lora
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -194,3 +197,56 @@ def test_a_tenant_key_cannot_name_another_tenant_but_an_admin_key_acts_for_the_o
     assert (stats["interactions"], stats["experiences"]) == (5, 4)
     hits = client.get("/v1/memory/search", headers=as_acme, params={"q": QUESTION}).json()["hits"]
     assert hits[0]["response"] == ANSWER
+
+
+# --- adapters are tenant data --------------------------------------------------------------------------------
+def test_a_lora_loaded_for_one_tenant_is_listed_to_and_answers_that_tenant_alone(
+        service: Service, tmp_path: Path, wordy_lm: tuple[Any, Any]) -> None:
+    client, runtime, acme, globex = service["client"], service["runtime"], service["acme"], service["globex"]
+    seen: list[httpx.Response] = []  # every response, to look for a server-side path in any of them
+
+    def admin(tenant: str) -> dict[str, str]:
+        return {**service["admin"], "X-Logmem-Tenant": tenant}
+
+    def send(method: str, path: str, headers: dict[str, str], body: Any = None) -> httpx.Response:
+        seen.append(client.request(method, path, headers=headers, json=body))
+        return seen[-1]
+
+    def models(headers: dict[str, str]) -> dict[str, Any]:
+        return {m["id"]: m for m in send("GET", "/v1/models", headers).json()["data"]}
+
+    def ask(headers: dict[str, str], model: str) -> httpx.Response:
+        return send("POST", "/v1/chat/completions", headers,
+                    {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": QUESTION}]})
+
+    theirs, ours = lora(wordy_lm[0], 1, tmp_path / "acme-lora"), lora(wordy_lm[0], 2, tmp_path / "globex-lora")
+    load = {"lora_name": "acme-v1", "lora_path": str(theirs)}
+    assert send("POST", "/v1/load_lora_adapter", admin("acme"), load).status_code == 200
+
+    listed = models(acme)["acme-v1"]
+    assert (listed["root"], listed["parent"]) == (runtime.base_model, runtime.base_model)  # not its folder
+    assert "acme-v1" not in models(globex)
+    refused = ask(globex, "acme-v1")
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    answered = ask(acme, "acme-v1")
+    assert answered.status_code == 200 and answered.json()["logmem"]["adapter"] == "acme-v1"
+    # an admin acting for globex neither unloads acme's adapter nor loads acme's registered folder for globex
+    assert send("POST", "/v1/unload_lora_adapter", admin("globex"), {"lora_name": "acme-v1"}).status_code == 404
+    registered = runtime.memory.register_adapter(tenant="acme", base_model=runtime.base_model, method="sft", seed=0,
+                                                 promoted=True, metrics={}, covered=[], path=str(theirs))
+    stolen = send("POST", "/v1/load_lora_adapter", admin("globex"), {"lora_name": "mine", "lora_path": str(theirs)})
+    assert stolen.status_code == 404 and registered
+    assert ask(acme, "acme-v1").json()["choices"] == answered.json()["choices"]  # acme still served by it
+
+    # one name in two tenants: each is answered by the weights loaded for it
+    for tenant, folder in (("globex", ours), ("acme", theirs)):
+        body = {"lora_name": "shared", "lora_path": str(folder)}
+        assert send("POST", "/v1/load_lora_adapter", admin(tenant), body).status_code == 200
+    text = {t: ask(h, "shared").json()["choices"][0]["message"]["content"] for t, h in (("acme", acme),
+                                                                                         ("globex", globex))}
+    assert text["acme"] == answered.json()["choices"][0]["message"]["content"]
+    assert text["globex"] != text["acme"], "the seeds must make the two adapters answer differently"
+    assert send("POST", "/v1/unload_lora_adapter", admin("globex"), {"lora_name": "shared"}).status_code == 200
+    assert "shared" in models(acme) and "shared" not in models(globex)
+
+    assert seen and not [r.text for r in seen if str(tmp_path) in r.text], "a response carried a server-side path"

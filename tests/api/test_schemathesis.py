@@ -53,7 +53,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, embedder: Any, tiny_lm: tuple[
     answers = [runtime.chat(caller, [{"role": "user", "content": q}], max_tokens=4).reply.interaction_id
                for q in (SKY, PORT)]
     yield {"app": create_app(runtime=runtime), "headers": {"Authorization": f"Bearer {key}"},
-           "models": runtime.models(), "answers": answers}
+           "models": runtime.models(caller), "answers": answers}
     runtime.close()
 
 

@@ -13,27 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
-from conftest import UPSTREAM_ADMIN, make_runtime
+from conftest import UPSTREAM_ADMIN, lora, make_runtime
 from fastapi.testclient import TestClient
 from logmem.api.app import create_app
 from logmem.api.cli import EXIT_ERROR, EXIT_OK, main
 from logmem.api.runtime import Caller
 from logmem.model.generator import MemoryGenerator
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from servers import serving
 
 QUESTION = "Name the capital of France."
-
-
-def lora(base: Any, seed: int, folder: Path) -> Path:
-    """A random LoRA adapter over `base` (its B matrices not zero, so it changes the answers), saved as PEFT does."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                               init_lora_weights=False))
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +70,8 @@ def served(upstream: dict[str, Any]) -> dict[str, str | None]:
 
 
 def push(state: dict[str, Any], upstream: dict[str, Any], *args: str) -> int:
-    return main(["--home", str(state["home"]), "adapters", "--tenant", "acme", *args, "--key-env", "UPSTREAM_ADMIN"])
+    return main(["--home", str(state["home"]), "adapters", "--tenant", "acme", *args, "--key-env", "UPSTREAM_ADMIN",
+                 "--as-tenant", "proxy"])  # the upstream knows the proxy as tenant proxy (its key's)
 
 
 def test_a_pushed_adapter_answers_its_tenant_through_the_proxy(pushed: dict[str, Any], upstream: dict[str, Any],
@@ -105,6 +95,13 @@ def test_a_pushed_adapter_answers_its_tenant_through_the_proxy(pushed: dict[str,
     assert pushed["runtime"].memory.answer(got["id"], tenant="acme").adapter == v1  # logged as local mode logs it
     other = ask(pushed, "globex")
     assert (other["choices"][0]["message"]["content"], other["logmem"]["adapter"]) == (want["base"], None)
+    # the upstream has acme's adapter loaded, but the proxy neither lists it to globex nor answers globex with it
+    globex = {"Authorization": f"Bearer {pushed['keys']['globex']}"}
+    listed = httpx.get(f"{pushed['url']}/v1/models", headers=globex, timeout=120).json()["data"]
+    assert not [m for m in listed if m["id"] == f"acme-{v1}" or "/" in str(m.get("root"))], listed
+    stolen = httpx.post(f"{pushed['url']}/v1/chat/completions", headers=globex, timeout=120, json={
+        "model": f"acme-{v1}", "max_tokens": 8, "messages": [{"role": "user", "content": QUESTION}]})
+    assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "model_not_found"
     assert push(pushed, upstream, "push", "--to", upstream["url"]) == EXIT_OK  # already there: nothing reloaded
 
     # a new version is loaded under its own name and the old one unloaded; rollback pushes the old one again
@@ -163,7 +160,8 @@ def auto(tmp_path_factory: pytest.TempPathFactory, embedder: Any, wordy_lm: tupl
     adapters on the tiny base (none active) and one trained on another base model."""
     folder = tmp_path_factory.mktemp("auto")
     runtime = make_runtime(folder / "home", embedder, wordy_lm, model=str(tiny_folder), upstream=upstream["url"],
-                           upstream_key=upstream["key"], push_to=upstream["url"], push_key=UPSTREAM_ADMIN)
+                           upstream_key=upstream["key"], push_to=upstream["url"], push_key=UPSTREAM_ADMIN,
+                           push_as_tenant="proxy")
     versions, paths = [], []
     for seed in (4, 5):
         paths.append(lora(wordy_lm[0], seed, folder / f"lora{seed}"))
