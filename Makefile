@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo bench bench-quick bench-service clean
+.PHONY: setup test demo docs wheel-smoke bench bench-quick bench-service clean
 LOGS ?= data/nfcats/logs.jsonl
 EVAL ?= data/nfcats/test.eval.jsonl
 
@@ -26,6 +26,10 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/logmem --home .logmem/demo demo
+
+docs: setup  # the documentation site into site/: the CLI, HTTP and benchmark pages generated from the code first
+	$(PY) docs/gen_reference.py
+	$(PY) -m mkdocs build --strict --quiet
 
 bench: setup  # every performance figure of the README, peers in the same runs (~4 h on 2 cores: run nothing else)
 	$(PY) benchmarks/bench_peers.py --logs $(LOGS) --out benchmarks/results
