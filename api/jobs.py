@@ -19,16 +19,20 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from logmem.memory import VectorMemory
+from logmem.memory import LogmemError, VectorMemory
 from logmem.memory.errors import ConfigError, JobConflictError, JobStateError
 from logmem.memory.store import JobData, Store
 from logmem.model.jobs import Report
 
+if TYPE_CHECKING:
+    from logmem.model.consolidate import ConsolidationConfig
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("consolidate",)
+MIN_NEW_EXPERIENCES = 2  # the fewest a consolidation trains and holds out from (`model.consolidate.consolidate`)
 
 JobFn = Callable[[Report], tuple[str, dict[str, Any]]]
 """The work: gets `report`, returns ("succeeded" | "rejected", metrics)."""
@@ -84,8 +88,8 @@ class JobRunner:
         """Run a queued job in this process and return it finished.
 
         The work's exception does not propagate: the job ends `failed` with the exception's last traceback line
-        as its error (the whole traceback goes to the log). KeyboardInterrupt and SystemExit also mark it failed,
-        then propagate.
+        as its error (the log gets the whole traceback, or one line for a `LogmemError`: a refusal, not a bug).
+        KeyboardInterrupt and SystemExit also mark it failed, then propagate.
 
         Raises:
             JobConflictError: another job of the tenant is running (checked after `recover`).
@@ -105,6 +109,9 @@ class JobRunner:
         status, metrics, error = "failed", None, None
         try:
             status, metrics = _outcome(fn(report))
+        except LogmemError as exc:  # refused on purpose (too few experiences, a bad adapter): its message says why
+            error = _last_line(exc)
+            logger.warning("job %d failed: %s", job_id, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
         except Exception as exc:
             logger.exception("job %d failed", job_id)
             error = _last_line(exc)
@@ -217,3 +224,20 @@ def consolidation_job(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
                                  report=report, progress=progress)
 
     return work
+
+
+def check_consolidation(memory: VectorMemory, *, tenant: str, config: ConsolidationConfig) -> None:
+    """Refuse, before a job row exists, a consolidation that would fail at once: the tenant has fewer than
+    `MIN_NEW_EXPERIENCES` experiences its next adapter would learn from (eligible by `config`'s thresholds and
+    not yet covered or held out by the active adapter's lineage, as the job plans them).
+
+    Raises:
+        ConfigError: naming the tenant, how many it has and what to do.
+    """
+    from logmem.model.lineage import plan_job
+
+    new = len(plan_job(memory, tenant, config).new)
+    if new < MIN_NEW_EXPERIENCES:
+        raise ConfigError(f"tenant {tenant!r} has {new} experience(s) to consolidate (new since its active adapter, "
+                          f"utility >= {config.min_utility} and support >= {config.min_support}); at least "
+                          f"{MIN_NEW_EXPERIENCES} are needed: ingest more logs with feedback first")

@@ -1,5 +1,6 @@
 """Prometheus metrics of the service (`GET /metrics`): requests and latency by route, retrieval and generation
-latency, tokens, feedback by kind, jobs by state, and memory size per tenant while tenants are few."""
+latency, tokens, feedback by kind, jobs by state, experiences in memory; and, for an admin (tenant names are
+not everyone's to read), memory size per tenant while tenants are few."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class Metrics:
                               registry=r)
         self.feedback = Counter("logmem_feedback", "feedback events taken, by kind", ["kind"], registry=r)
         r.register(_StoreCollector(runtime))
+        self.tenants = CollectorRegistry()  # the series that name tenants, rendered only when `per_tenant`
+        self.tenants.register(_TenantCollector(runtime))
 
     def observe_answer(self, answer: Any) -> None:
         reply = answer.reply
@@ -51,8 +54,9 @@ class Metrics:
         self.tokens.labels("memory").inc(reply.memory_tokens)
         self.tokens.labels("completion").inc(answer.completion_tokens)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, *, per_tenant: bool = False) -> bytes:
+        """The Prometheus text: the aggregate series, and with `per_tenant` those labelled by tenant."""
+        return generate_latest(self.registry) + (generate_latest(self.tenants) if per_tenant else b"")
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Pure ASGI middleware: counts and times every HTTP request under its route's path template."""
@@ -80,7 +84,7 @@ class Metrics:
 
 
 class _StoreCollector(Collector):
-    """Read at scrape time from SQL: jobs by state, experiences per tenant (while tenants are few)."""
+    """Read at scrape time from SQL: jobs by state, experiences in memory (all tenants together)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -93,6 +97,17 @@ class _StoreCollector(Collector):
         for state, n in counts.items():
             jobs.add_metric([state], n)
         yield jobs
+        yield GaugeMetricFamily("logmem_experiences", "experiences in memory, all tenants",
+                                value=sum(self.runtime.store.experience_counts().values()))
+
+
+class _TenantCollector(Collector):
+    """Read at scrape time from SQL: experiences per tenant, while tenants are few (label cardinality)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Any:
         sizes = self.runtime.store.experience_counts()
         if len(sizes) <= MAX_TENANT_LABELS:
             size = GaugeMetricFamily("logmem_memory_experiences", "experiences in memory per tenant", labels=["tenant"])

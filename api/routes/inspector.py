@@ -5,6 +5,7 @@ with the key its user types, as any client does."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -31,8 +32,14 @@ def page() -> FileResponse:
 
 @router.get("/inspector/{name}")
 def asset(name: str) -> FileResponse:
-    """One of the page's scripts, style sheets or its icon (by plain name only: no path reaches outside the folder)."""
-    path = FILES / name
-    if not ASSET.fullmatch(name) or not path.is_file():
-        raise HTTPException(404, f"no inspector file {name!r}")
-    return FileResponse(path, media_type=MEDIA[path.suffix], headers=HEADERS)
+    """One of the page's scripts, style sheets or its icon, by the plain name of a file the package ships: any other
+    name (a path, a NUL, one too long for the file system) is a 404 before the file system is asked."""
+    if name not in shipped():
+        raise HTTPException(404, "no such inspector file")  # the name is not echoed: it may be anything
+    return FileResponse(FILES / name, media_type=MEDIA[Path(name).suffix], headers=HEADERS)
+
+
+@cache
+def shipped() -> frozenset[str]:
+    """The names of the assets in the package's inspector folder (read once: the package does not change)."""
+    return frozenset(p.name for p in FILES.iterdir() if ASSET.fullmatch(p.name) and p.is_file())

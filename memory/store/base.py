@@ -7,10 +7,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from ..errors import StoreError
 from .schema import Base
 
 T = TypeVar("T")
@@ -27,15 +28,37 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _unreachable(url: URL, exc: OperationalError) -> str:
+    """One line for a database that cannot be opened: where (host:port or file, never the password), why (the
+    driver's first line), what to check."""
+    why = (str(exc.orig).strip().splitlines() or ["no reason given"])[0]
+    if url.get_backend_name() == "sqlite":
+        return f"cannot open the SQLite database {url.database}: {why}; does its folder exist, may this user write it?"
+    where = f"{url.host}:{url.port}" if url.port else f"{url.host} (the driver's default port)"
+    return f"cannot reach the {url.get_backend_name()} database at {where}: {why}; is the server running there?"
+
+
 class StoreBase:
     """The database: engine, schema, transactions."""
 
     def __init__(self, url: str) -> None:
+        """Raises StoreError, naming where and never the password, for a URL that is not one, a driver that is
+        not installed, or a database that cannot be reached or opened."""
         self.url = url
-        self.engine: Engine = create_engine(url)
+        try:
+            self.engine: Engine = create_engine(url)
+        except ArgumentError as exc:  # its message never repeats the URL (nor a password in it)
+            raise StoreError(f"not a database URL: {exc}; expected dialect+driver://..., such as "
+                             "sqlite:///path/memory.db or postgresql+psycopg://user:password@host:5432/name") from exc
+        except ImportError as exc:
+            raise StoreError(f"the database URL's driver is not installed: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            self.engine.dispose()
+            raise StoreError(_unreachable(self.engine.url, exc)) from exc
 
     def ping(self) -> None:
         """Raise unless the database answers."""

@@ -4,6 +4,7 @@ one running job per tenant; and the `jobs` and `adapters` commands."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from logmem.api import cli
 from logmem.api.cli import EXIT_ERROR, EXIT_OK, main
 from logmem.api.jobs import JobRunner, Report
 from logmem.memory import JobConflictError, JobStateError
+from logmem.memory.errors import ConfigError
 from logmem.memory.store import Store
 
 WAIT = 30.0  # seconds a test waits for a thread or child before it fails
@@ -132,6 +134,24 @@ def test_an_exception_marks_the_job_failed_and_is_not_raised(store: Store) -> No
 
     assert (job.status, job.error, job.progress) == ("failed", "ValueError: the base model is missing", 0.25)
     assert job.finished_at is not None and job.metrics is None
+
+
+@pytest.mark.parametrize(("error", "traceback"), [(ConfigError("tenant 'acme' has 1 experience(s)"), False),
+                                                  (ZeroDivisionError("a bug"), True)])
+def test_a_refusal_is_logged_in_one_line_a_bug_with_its_traceback(store: Store, caplog: pytest.LogCaptureFixture,
+                                                                   error: Exception, traceback: bool) -> None:
+    runner = JobRunner(store)
+
+    def work(report: Report) -> tuple[str, dict[str, Any]]:
+        raise error
+
+    with caplog.at_level(logging.INFO, logger="logmem.api.jobs"):
+        job = runner.run(runner.submit("consolidate", "acme"), work)
+
+    assert job.status == "failed" and str(error) in (job.error or "")  # the row says why, either way
+    (record,) = [r for r in caplog.records if r.name == "logmem.api.jobs"]
+    assert (record.levelno, bool(record.exc_info)) == ((logging.ERROR, True) if traceback else
+                                                            (logging.WARNING, False))
 
 
 def test_an_interrupt_marks_the_job_failed_and_propagates(store: Store) -> None:
