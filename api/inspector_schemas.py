@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .schemas import AdapterOut, ExperienceOut
+from .schemas import AdapterOut, ExperienceOut, RequiredText
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -14,7 +14,7 @@ class BaselineIn(BaseModel):
     """POST /v1/memory/baseline: one user message, answered by the served model with no memory in its prompt."""
 
     model_config = ConfigDict(extra="forbid")
-    q: str = Field(min_length=1, max_length=20_000)
+    q: RequiredText = Field(min_length=1, max_length=20_000)
     max_tokens: int = Field(64, ge=1)
 
 

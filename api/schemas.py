@@ -3,17 +3,55 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from logmem.memory.errors import LogFormatError
+from logmem.memory.logs import (
+    MAX_FEEDBACK_TEXT,
+    RATING_MAX,
+    RATING_MIN,
+    FeedbackKind,
+    check_feedback_needs,
+    check_feedback_text,
+    check_feedback_value,
+)
+from logmem.memory.text import check_identifier, clean_text, require_text
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-FeedbackKind = Literal["like", "dislike", "copy", "regenerate", "rating", "correction"]
+T = TypeVar("T")
+
+
+def boundary(check: Callable[[Any], T]) -> Callable[[Any], T]:
+    """A check of the text boundary (memory/text.py, memory/logs.py) as a pydantic validator: its reason becomes
+    the message (pydantic names the field, the app's 422 handler gives it as `param`)."""
+    def validate(value: Any) -> T:
+        try:
+            return check(value)
+        except LogFormatError as exc:
+            raise ValueError(exc.reason) from None
+    return validate
+
+
+# The kinds of text field (memory/text.py says why): a request's strings are each one of these.
+Identifier = Annotated[str, AfterValidator(boundary(check_identifier))]  # ids, users, event ids: refused if unstorable
+FreeText = Annotated[str, AfterValidator(clean_text)]  # what a person wrote: cleaned
+RequiredText = Annotated[str, AfterValidator(boundary(require_text))]  # cleaned, and not empty once cleaned
 
 
 # --- requests ------------------------------------------------------------------------------------
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: FreeText
 
 
 class ChatMessage(BaseModel):
@@ -21,7 +59,7 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: FreeText | list[TextPart]
     name: str | None = None
 
     def plain(self) -> dict[str, str]:
@@ -47,12 +85,12 @@ class ChatRequest(BaseModel):
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=200)
+    user: Identifier | None = Field(None, max_length=200)
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, value: str | list[str] | None) -> list[str] | None:
-        stops = [value] if isinstance(value, str) else value
+        stops = None if value is None else [clean_text(s) for s in ([value] if isinstance(value, str) else value)]
         if stops is not None and (len(stops) > 4 or not all(stops)):
             raise ValueError("stop takes at most 4 non-empty strings")
         return stops
@@ -70,14 +108,27 @@ class FeedbackIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: FeedbackKind
-    value: float | None = Field(None, ge=1, le=5, description="a rating's 1-5")
-    text: str | None = Field(None, max_length=20_000, description="a correction's right answer")
-    event_id: str | None = Field(None, min_length=1, max_length=200)
+    # checked as the log parser checks a logged feedback's (memory/logs.py); the bounds here document them
+    value: Annotated[float | None, BeforeValidator(boundary(check_feedback_value))] = Field(
+        None, ge=RATING_MIN, le=RATING_MAX, validate_default=True,
+        description=f"a rating's {RATING_MIN:g}-{RATING_MAX:g}")
+    text: Annotated[str | None, BeforeValidator(boundary(check_feedback_text))] = Field(
+        None, max_length=MAX_FEEDBACK_TEXT, description="a correction's right answer")
+    event_id: Identifier | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("value")
+    @classmethod
+    def _rating_needs_value(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if "kind" not in info.data:  # the kind was refused already
+            return value
+        try:
+            check_feedback_needs(info.data["kind"], value)
+        except LogFormatError as exc:
+            raise ValueError(exc.reason) from None
+        return value
 
     @model_validator(mode="after")
     def _needs(self) -> FeedbackIn:
-        if self.kind == "rating" and self.value is None:
-            raise ValueError("a rating needs value (1-5)")
         if self.kind == "correction" and not (self.text or "").strip():
             raise ValueError("a correction needs text: the right answer")
         return self
@@ -112,7 +163,7 @@ class LoadLoraIn(BaseModel):
     """POST /v1/load_lora_adapter, as vLLM takes it."""
 
     model_config = ConfigDict(extra="ignore")
-    lora_name: str = Field(min_length=1, max_length=200)
+    lora_name: Identifier = Field(min_length=1, max_length=200)
     lora_path: str = Field(min_length=1, max_length=4096, description="a PEFT folder this server can read")
 
 
@@ -120,7 +171,7 @@ class UnloadLoraIn(BaseModel):
     """POST /v1/unload_lora_adapter, as vLLM takes it."""
 
     model_config = ConfigDict(extra="ignore")
-    lora_name: str = Field(min_length=1, max_length=200)
+    lora_name: Identifier = Field(min_length=1, max_length=200)
 
 
 # --- responses -----------------------------------------------------------------------------------

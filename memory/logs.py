@@ -227,7 +227,10 @@ def _native(obj: dict[str, Any], tenant: str | None) -> Interaction:
 
 def _openai(obj: dict[str, Any], tenant: str | None) -> Interaction:
     """A chat-completions request (`messages`), optionally with its response (`choices`)."""
-    raw = list(obj.get("messages") or [])
+    raw = obj.get("messages") or []
+    if not isinstance(raw, list):
+        raise LogFormatError(f"expected a list of messages, got {type(raw).__name__}", field="messages")
+    raw = list(raw)
     choices = obj.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         raw.append(choices[0].get("message"))

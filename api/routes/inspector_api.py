@@ -23,7 +23,7 @@ from ..inspector_schemas import (
     UserOut,
 )
 from ..runtime import Caller, Runtime, turn_view
-from ..schemas import ErrorOut, ExperiencePage
+from ..schemas import ErrorOut, ExperiencePage, RequiredText
 from .chat import routed, upstream_names
 from .consolidation import _adapter
 from .memory import _experience
@@ -48,7 +48,7 @@ def activity(runtime: RuntimeDep, caller: CallerDep, days: Annotated[int, Query(
 
 
 @router.get("/memory/find", response_model=ExperiencePage)
-def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[str, Query(min_length=1, max_length=1_000)],
+def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[RequiredText, Query(min_length=1, max_length=1_000)],
          sort: Sort = "utility", order: Literal["desc", "asc"] = "desc",
          limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
     """One page of the caller's experiences whose trigger, response, lesson or rejected answer holds `text`."""
@@ -67,7 +67,7 @@ def history(experience_id: Annotated[int, Path(ge=1, le=2**63 - 1)], runtime: Ru
 
 @router.get("/memory/prompt", response_model=PromptOut)
 async def prompt(runtime: RuntimeDep, caller: CallerDep,
-                 q: Annotated[str, Query(min_length=1, max_length=20_000)]) -> Any:
+                 q: Annotated[RequiredText, Query(min_length=1, max_length=20_000)]) -> Any:
     """What answering `q` would put before the model, generating nothing: the hits retrieval found with their
     score parts and MMR rank (and which fit the prompt), and the exact prompt."""
     hits, cond, text, tokens = await run_in_threadpool(runtime.preview, caller, q)

@@ -9,7 +9,7 @@ from logmem.memory.store import ExperienceData
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import CallerDep, RuntimeDep
-from ..schemas import ErrorOut, ExperienceOut, ExperiencePage, ForgetOut, SearchOut
+from ..schemas import ErrorOut, ExperienceOut, ExperiencePage, ForgetOut, Identifier, RequiredText, SearchOut
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 ExperienceId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -24,7 +24,8 @@ def stats(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 
 
 @router.get("/search", response_model=SearchOut)
-async def search(runtime: RuntimeDep, caller: CallerDep, q: Annotated[str, Query(min_length=1, max_length=20_000)],
+async def search(runtime: RuntimeDep, caller: CallerDep,
+                 q: Annotated[RequiredText, Query(min_length=1, max_length=20_000)],
                  k: Annotated[int, Query(ge=1)] = 5, explain: bool = False) -> Any:
     """The best experiences for `q`; with `explain`, each hit's score parts (sim + util + rec, and the cosine)."""
     if k > runtime.settings.max_k:
@@ -58,7 +59,7 @@ async def forget_experience(experience_id: ExperienceId, runtime: RuntimeDep, ca
 
 
 @router.delete("/users/{user}", response_model=ForgetOut)
-async def forget_user(user: Annotated[str, Path(min_length=1, max_length=200)], runtime: RuntimeDep,
+async def forget_user(user: Annotated[Identifier, Path(min_length=1, max_length=200)], runtime: RuntimeDep,
                       caller: CallerDep) -> Any:
     """Erase a user of the caller's tenant: their interactions, the experiences their words made, their support."""
     return {"removed": await run_in_threadpool(lambda: runtime.forget(caller, user=user))}
