@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,7 +13,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from logmem.memory.errors import AdapterError, ConfigError, JobStateError, LogmemError, NotFoundError
+from logmem.memory.errors import (
+    AdapterError,
+    ConfigError,
+    GenerationCancelled,
+    JobStateError,
+    LogmemError,
+    NotFoundError,
+    PromptTooLongError,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deps import GenerationLimit
@@ -27,6 +37,8 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFoundError, 404, "not_found_error"),
     (AdapterError, 409, "conflict_error"),
     (JobStateError, 409, "conflict_error"),
+    (PromptTooLongError, 400, "invalid_request_error"),
+    (GenerationCancelled, 503, "server_error"),
     (ConfigError, 422, "invalid_request_error"),
     (ValueError, 422, "invalid_request_error"),
 ]
@@ -47,12 +59,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if runtime.settings.worker:
             worker = threading.Thread(target=runtime.work, args=(stop,), name="logmem-worker", daemon=True)
             worker.start()
+        deadline, restore = _bounded_exit(runtime)
         try:
             yield
         finally:
+            restore()
+            runtime.stopping.set()
             stop.set()
-            if worker is not None:
-                worker.join(timeout=5)
+            if worker is not None:  # a job in training is left to the next worker's recovery after the bound
+                worker.join(timeout=max(0.1, (deadline[0] or time.monotonic() + 5) - time.monotonic()))
             if runtime.upstream is not None:
                 await runtime.upstream.aclose()
             runtime.close()
@@ -69,6 +84,40 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes)
     app.add_middleware(_Measured, metrics=metrics)
     return app
+
+
+GRACE = 1.0  # seconds between cancelling the generations in flight and the shutdown bound
+
+
+def _bounded_exit(runtime: Runtime) -> tuple[list[float | None], Callable[[], None]]:
+    """Bound the shutdown on SIGTERM or SIGINT: uvicorn's own handler still runs (it stops taking requests and waits
+    for those in flight); generations still running `shutdown_seconds` - GRACE after the signal are cancelled, so that
+    the wait ends within `shutdown_seconds`. Returns ([the deadline, once signalled], what restores the handlers).
+    Outside the main thread (a server in a test's thread) signals are not ours to take: nothing is installed."""
+    deadline: list[float | None] = [None]
+    if threading.current_thread() is not threading.main_thread():
+        return deadline, lambda: None
+    bound = runtime.settings.shutdown_seconds
+    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(sig: int, frame: Any) -> None:
+        if deadline[0] is None:
+            deadline[0] = time.monotonic() + bound
+            timer = threading.Timer(max(bound - GRACE, 0.0), runtime.stopping.set)
+            timer.daemon = True
+            timer.start()
+            logger.info("stopping: generations in flight have %.1f s", max(bound - GRACE, 0.0))
+        handler = previous[sig]
+        if callable(handler):
+            handler(sig, frame)
+
+    for sig in previous:
+        signal.signal(sig, handle)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return deadline, restore
 
 
 def error(status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None,
@@ -111,7 +160,7 @@ def _handle_errors(app: FastAPI) -> None:
 def _domain(exc: Exception) -> JSONResponse:
     for kind, status, name in STATUS:
         if isinstance(exc, kind):
-            return error(status, str(exc), name)
+            return error(status, str(exc), name, param=getattr(exc, "param", None), code=getattr(exc, "code", None))
     logger.error("unexpected %s: %s", type(exc).__name__, exc)
     return error(500, "internal error", "server_error")
 

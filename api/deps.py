@@ -65,6 +65,12 @@ class GenerationLimit:
             self._in_flight[who] = self._in_flight.get(who, 0) + 1
         return who
 
+    @property
+    def busy(self) -> int:
+        """Generations in flight, all keys together."""
+        with self._lock:
+            return sum(self._in_flight.values())
+
     def release(self, who: object) -> None:
         with self._lock:
             self._in_flight[who] -= 1

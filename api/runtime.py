@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 from logmem.memory import FeedbackResult, Hit, IngestReport, NotFoundError, Rejected, Stats, VectorMemory, parse_record
 from logmem.memory.config import MemoryConfig
-from logmem.memory.errors import AdapterError, ConfigError, JobConflictError, JobStateError, LogFormatError, LogmemError
+from logmem.memory.errors import (
+    AdapterError,
+    ConfigError,
+    GenerationCancelled,
+    JobConflictError,
+    JobStateError,
+    LogFormatError,
+    LogmemError,
+    PromptTooLongError,
+)
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData, KeyData, Store, inspection
 from logmem.model.config import GeneratorConfig
@@ -30,6 +39,7 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
+FALLBACK_CONTEXT = 8192  # the prompt-token limit where neither the settings nor the model say one
 SERVED_MODEL = "default"  # the model name that means: the base model with the tenant's active adapter
 POLICY_MARK = "_policy_last_id"  # in a policy job's params: the newest experience id when it was queued
 LoadModel = Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer)
@@ -93,6 +103,8 @@ class Runtime:
         # loaded it for: (tenant, name) -> folder. Only that tenant lists it or is answered by it.
         self._loras: dict[tuple[str, str], Path] = {}
         self.base_model = Path(settings.model).stem if settings.model else DEFAULT_GENERATOR
+        self.stopping = threading.Event()  # set when the server shuts down: every generation in flight is cancelled
+        self._prompt_limits: tuple[int, int, Any] | None = None  # (token limit, longest token's length, tokenizer)
 
     # --- assembly -----------------------------------------------------------------------------
     @cached_property
@@ -208,10 +220,15 @@ class Runtime:
     def chat(self, caller: Caller, messages: Sequence[dict[str, str]], *, model: str = SERVED_MODEL,
              user: str | None = None, max_tokens: int = 128, temperature: float | None = None,
              top_p: float | None = None, stop: Sequence[str] | None = None, streamer: Any = None,
-             interaction_id: str | None = None, use_memory: bool = True) -> Answer:
+             interaction_id: str | None = None, use_memory: bool = True,
+             cancel: threading.Event | None = None) -> Answer:
         """Answer `messages` with the caller's memory (and its active adapter when `model` is the served one);
         the answer is logged for feedback. `temperature` None or 0 answers greedily. Without `use_memory` the
-        model answers alone and nothing is logged (a comparison, not a served answer)."""
+        model answers alone and nothing is logged (a comparison, not a served answer). Setting `cancel` (or the
+        server stopping) ends the generation at its next token with `GenerationCancelled`, and nothing is logged."""
+        from logmem.model.cancel import Cancel
+        from transformers import StoppingCriteriaList
+
         models = self.models(caller)
         if model not in models:
             raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(models)}")
@@ -224,16 +241,55 @@ class Runtime:
         pooled = version
         if (caller.tenant, model) in self._loras:  # a LoRA loaded by name for the caller's tenant answers as itself
             version, path, pooled = model, str(self._loras[caller.tenant, model]), _lora_key(caller.tenant, model)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([Cancel([self.stopping, cancel])])}
         if temperature:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p if top_p is not None else 1.0)
         if streamer is not None:
             kwargs["streamer"] = streamer
         with pool.using(pooled, path) as served:
             generator.model = served
-            reply = generator.chat(list(messages), tenant=caller.tenant, user=user, max_new_tokens=max_tokens,
-                                   adapter=version, stop=list(stop or []), interaction_id=interaction_id, **kwargs)
+            try:
+                reply = generator.chat(list(messages), tenant=caller.tenant, user=user, max_new_tokens=max_tokens,
+                                       adapter=version, stop=list(stop or []), interaction_id=interaction_id, **kwargs)
+            except GenerationCancelled:
+                logger.info("a generation for tenant %r was cancelled (%s); nothing logged", caller.tenant,
+                            "the server is stopping" if self.stopping.is_set() else "its client went away")
+                raise
         return Answer(reply, version, model, reply.completion_tokens, reply.finish_reason)
+
+    def check_prompt(self, messages: Sequence[dict[str, str]]) -> None:
+        """Refuse `messages` whose text is longer than the prompt-token limit (`max_prompt_tokens`, default the model's
+        context), before any model work: a text over `limit` x the longest token's length is refused by its length
+        alone, one under `limit` / 4 characters passes as it is, and only those between are tokenized (one call).
+
+        Raises:
+            PromptTooLongError: the messages have more tokens than the limit.
+        """
+        limit, longest, tokenizer = self._prompt_limit()
+        texts = [m["content"] for m in messages]
+        chars = sum(len(t) for t in texts)
+        if 4 * chars + len(texts) <= limit:  # a token is at least one byte, a character at most four
+            return
+        if chars > limit * longest:
+            raise PromptTooLongError(f"messages: at most {limit} tokens per request; these have at least "
+                                     f"{-(-chars // longest)}")
+        n = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        if n > limit:
+            raise PromptTooLongError(f"messages: at most {limit} tokens per request; these have {n}")
+
+    def _prompt_limit(self) -> tuple[int, int, Any]:
+        """(the prompt-token limit, the longest token's length in characters, the tokenizer that counts)."""
+        if self._prompt_limits is None:
+            if self.upstream is not None:
+                tokenizer, config = self.conditioner().tokenizer, None
+            else:
+                generator, _, tokenizer, _ = self._model_parts()
+                config = getattr(generator.model, "config", None)
+            context = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+            limit = self.settings.max_prompt_tokens or (int(context) if context < 10**7 else FALLBACK_CONTEXT)
+            longest = max(len(token) for token in tokenizer.get_vocab())  # a token's text is no longer than its name
+            self._prompt_limits = (limit, longest, tokenizer)
+        return self._prompt_limits
 
     def condition(self, caller: Caller, messages: Sequence[dict[str, str]], *, with_adapter: bool = True,
                   interaction_id: str | None = None) -> Conditioned:

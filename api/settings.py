@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_messages: int = Field(default=64, ge=1)  # messages per chat request
     max_k: int = Field(default=50, ge=1)  # experiences per search
     max_tokens: int = Field(default=512, ge=1)  # new tokens per answer
+    # tokens of a request's messages (their text, before the memory joins them); longer requests are refused before
+    # any model work (400, context_length_exceeded). None: the model's context length (its tokenizer's)
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    # SIGTERM: generations in flight get this long to end, then are cancelled, and the process exits
+    shutdown_seconds: float = Field(default=10.0, gt=0)
     max_batch: int = Field(default=1_000, ge=1)  # log records per POST /v1/interactions
     max_concurrent: int = Field(default=2, ge=1)  # generations in flight per key; past it, 429 with Retry-After
     # /metrics gives per-tenant series (each tenant's name and memory size) to anyone, not only to an admin key:

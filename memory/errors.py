@@ -63,3 +63,14 @@ class JobStateError(LogmemError, RuntimeError):
 
 class JobConflictError(JobStateError):
     """Another job of the same tenant is running: two jobs never train one tenant at once."""
+
+
+class PromptTooLongError(LogmemError, ValueError):
+    """A request's messages are longer than the model's prompt-token limit (refused before any model work)."""
+
+    param = "messages"
+    code = "context_length_exceeded"
+
+
+class GenerationCancelled(LogmemError, RuntimeError):
+    """A generation was stopped before its end: its client went away, or the server is shutting down."""

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
+from logmem.memory.errors import GenerationCancelled
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 STARTED = int(time.time())
+T = TypeVar("T")
 
 
 @router.get("/models", response_model=ModelList)
@@ -56,15 +59,17 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
     max_tokens = body.max_completion_tokens or body.max_tokens or min(128, settings.max_tokens)
     if max_tokens > settings.max_tokens:
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
+    messages = [m.plain() for m in body.messages]
+    await run_in_threadpool(runtime.check_prompt, messages)  # before any model work (the first loads the tokenizer)
     if runtime.upstream is not None:
         return await proxied(body, request, response, runtime, caller, max_tokens)
     if body.model not in runtime.models(caller):
         raise HTTPException(404, f"the model {body.model!r} does not exist")
     limit, metrics = request.app.state.generation_limit, request.app.state.metrics
     slot = limit.acquire(caller)
+    cancel = threading.Event()  # set when the client goes away: the generation stops at its next token
     kwargs: dict[str, Any] = dict(model=body.model, user=body.user, max_tokens=max_tokens, temperature=body.temperature,
-                  top_p=body.top_p, stop=body.stop)
-    messages = [m.plain() for m in body.messages]
+                                  top_p=body.top_p, stop=body.stop, cancel=cancel)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream(runtime, caller, messages, kwargs, include_usage, limit, slot, metrics)
@@ -78,7 +83,7 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
         return StreamingResponse(_after(first, events), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     try:
-        answer = await run_in_threadpool(lambda: runtime.chat(caller, messages, **kwargs))
+        answer = await until_gone(request, run_in_threadpool(lambda: runtime.chat(caller, messages, **kwargs)), cancel)
     finally:
         limit.release(slot)
     metrics.observe_answer(answer)
@@ -130,6 +135,15 @@ async def _stream(runtime: Runtime, caller: Caller, messages: list[dict[str, str
 
     worker = threading.Thread(target=answer, name="logmem-stream", daemon=True)
     worker.start()
+    try:
+        async for event in _streamed(stream_id, streamer, worker, done, kwargs, include_usage, metrics):
+            yield event
+    finally:  # the client went away (the response is cancelled) or the stream ended: a generation left stops
+        kwargs["cancel"].set()
+
+
+async def _streamed(stream_id: str, streamer: Any, worker: threading.Thread, done: dict[str, Any],
+                    kwargs: dict[str, Any], include_usage: bool, metrics: Any) -> AsyncIterator[str]:
     created, raw, sent = int(time.time()), "", ""
     yield _sse({"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": kwargs["model"],
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
@@ -192,7 +206,7 @@ async def proxied(body: ChatRequest, request: Request, response: Response, runti
         forward_ms = (started - arrived) * 1e3
         timing = {"Server-Timing": f"condition;dur={cond.condition_ms:.2f}, forward;dur={forward_ms:.2f}"}
         if not body.stream:
-            data = await upstream.complete(payload)
+            data = await until_gone(request, upstream.complete(payload), threading.Event())
             choice, usage = data["choices"][0], data.get("usage") or {}
             answer = await run_in_threadpool(lambda: log.answer(
                 choice["message"]["content"], choice.get("finish_reason"), usage,
@@ -214,6 +228,31 @@ async def proxied(body: ChatRequest, request: Request, response: Response, runti
     return StreamingResponse(_relayed(stream, log, include_usage, started, metrics, closed),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache", **timing},
                              background=BackgroundTask(closed))
+
+
+async def until_gone(request: Request, work: Awaitable[T], cancel: threading.Event) -> T:
+    """`work`'s result, unless the client disconnects first: then `cancel` is set (a local generation stops at its
+    next token and its thread ends, which `work` waits for) and `work` is cancelled (an upstream request is dropped,
+    which the upstream sees as its own client going away). Raises `GenerationCancelled` then."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            cancel.set()
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise GenerationCancelled("the client went away")
+        return task.result()
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the request's body was read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def routed(caller: Caller, active: str | None, base: str, loaded: dict[str, str]) -> tuple[str, str | None]:

@@ -519,15 +519,12 @@ def test_a_stream_whose_client_leaves_before_the_first_chunk_gives_its_slot_back
     left = runtime.settings.max_concurrent  # had they kept their slots, the key could answer no more
     for _ in range(left):
         anyio.run(leave_at_once)
-    deadline = time.monotonic() + 30  # the answers go on without their clients; each gives its slot back at its end
+    deadline = time.monotonic() + 30  # each abandoned answer gives its slot back at its end
     while (r := client.post("/v1/chat/completions", headers=acme, json={
             "model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": SKY}]})).status_code == 429:
         assert time.monotonic() < deadline, "the slots of the abandoned streams were never given back"
         time.sleep(0.1)
-    assert r.status_code == 200
-    while runtime.memory.stats("acme").interactions < left + 1:  # the abandoned answers are logged all the same
-        assert time.monotonic() < deadline, "an abandoned stream's answer was never logged"
-        time.sleep(0.1)
+    assert r.status_code == 200  # (an abandoned answer is cancelled, or logged when it ended first: test_limits.py)
 
 
 # --- health and metrics ------------------------------------------------------------------------------
