@@ -29,7 +29,10 @@ demo: setup
 
 docs: setup  # the documentation site into site/: the CLI, HTTP and benchmark pages generated from the code first
 	$(PY) docs/gen_reference.py
-	$(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+wheel-smoke: setup  # the built wheel in a fresh venv outside the checkout: logmem demo, worker, serve (a few minutes)
+	.ci/wheel-smoke $(abspath $(PY))
 
 bench: setup  # every performance figure of the README, peers in the same runs (~4 h on 2 cores: run nothing else)
 	$(PY) benchmarks/bench_peers.py --logs $(LOGS) --out benchmarks/results
