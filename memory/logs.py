@@ -337,6 +337,10 @@ def read_jsonl(path: str | Path, *, format: str = "auto",
                 yield Rejected(LogFormatError(f"invalid JSON: {exc.msg} at column {exc.colno}",
                                               source=str(path), line=lineno), line)
                 continue
+            except (ValueError, RecursionError) as exc:  # an integer over Python's digit limit; nested too deep
+                reason = "nested too deep to read" if isinstance(exc, RecursionError) else str(exc)
+                yield Rejected(LogFormatError(f"invalid JSON: {reason}", source=str(path), line=lineno), line)
+                continue
             try:
                 yield parse_record(obj, format=format, tenant=tenant)
             except LogFormatError as exc:

@@ -101,14 +101,19 @@ def test_a_batch_of_only_bad_records_is_a_report_not_a_failure(client: TestClien
     assert (r.json()["stored"], r.json()["rejected"]) == (0, 2)
 
 
-def test_a_record_too_odd_to_echo_is_still_reported(client: TestClient) -> None:
-    deep = liked("deep", "x", metadata=nested(900))  # near what Python's JSON reader takes in
-    r = post(client, "/v1/interactions", {"records": [deep, liked(SKY, "Butterscotch")]})
+def test_records_too_deep_to_echo_are_still_reported_and_the_good_ones_stored(client: TestClient) -> None:
+    deep_object: Any = 1
+    for _ in range(500):
+        deep_object = {"a": deep_object}
+    records = [nested(500), deep_object, liked("deep", "x", metadata={"x": nested(900)}), liked(SKY, "Butterscotch")]
+    r = post(client, "/v1/interactions", {"records": records})
 
-    assert r.status_code == 200, r.text
-    (bad,) = r.json()["rejected_records"]
-    assert bad["index"] == 0 and "field 'metadata'" in bad["error"]
-    assert r.json()["stored"] == 1
+    assert r.status_code == 200, r.text  # was a 422 (the echo of a deep record failed) with the good one stored
+    report = r.json()
+    assert (report["stored"], report["rejected"]) == (1, 3)
+    assert [(e["index"], e["record"]) for e in report["rejected_records"]] == [(0, None), (1, None), (2, None)]
+    assert "field 'metadata': nested deeper" in report["rejected_records"][2]["error"]
+    assert answers(client, "Butterscotch") == ["Butterscotch"]
 
 
 # --- chat: messages cleaned, the user refused --------------------------------------------------------------

@@ -176,22 +176,24 @@ def test_file_ingest_refuses_bad_lines_and_stores_the_good_ones(tmp_path: Path, 
         (record(id="r99", feedback=[{"turn": 1, "kind": "rating", "value": 99}]), "feedback[0].value"),
         (record(id="inf", feedback=[{"turn": 1, "kind": "rating", "value": math.inf}]), "feedback[0].value"),
     ]
-    lines = [good[0], *(r for r, _ in bad[:2]), good[1], *(r for r, _ in bad[2:]), good[2]]
+    lines = [json.dumps(r) for r in [good[0], *(r for r, _ in bad[:2]), good[1], *(r for r, _ in bad[2:])]]
+    lines += ["[" * 100_000 + "]" * 100_000, '{"id": ' + "9" * 5000 + "}", json.dumps(good[2])]
     path = tmp_path / "logs.jsonl"
     # json.dumps writes the infinite rating as `Infinity`, which Python's JSON reader (and so the parser) takes in
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     assert "Infinity" in path.read_text()
 
     read = list(read_jsonl(path))
     refused = [(r.error.line, r.error.field) for r in read if isinstance(r, Rejected)]
     assert refused == [(2, "id"), (3, "id"), (5, "user"), (6, "metadata"), (7, "feedback[0].value"),
-                       (8, "feedback[0].value")]
+                       (8, "feedback[0].value"), (9, None), (10, None)]
+    assert [r.error.reason for r in read if isinstance(r, Rejected)][-2] == "invalid JSON: nested too deep to read"
     assert all(str(path) in r.error.describe() for r in read if isinstance(r, Rejected))
 
     memory = VectorMemory(tmp_path / "home", embedder=embedder)
     try:
         report = memory.ingest_file(path)
-        assert (report.read, report.stored, report.rejected) == (9, 3, 6)
+        assert (report.read, report.stored, report.rejected) == (11, 3, 8)
         assert memory.stats().interactions == 3
         assert memory.search("question 1", k=1)[0].response == "answer 1 \ufffd"
     finally:
