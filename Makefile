@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo docs wheel-smoke bench bench-quick bench-service clean
+.PHONY: setup test fuzz demo docs wheel-smoke bench bench-quick bench-service clean
 LOGS ?= data/nfcats/logs.jsonl
 EVAL ?= data/nfcats/test.eval.jsonl
 
@@ -26,6 +26,9 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/logmem --home .logmem/demo demo
+
+fuzz: setup  # the hostile fuzz suite with many cases per operation, on SQLite and a real PostgreSQL (CI runs 6)
+	LOGMEM_FUZZ_EXAMPLES=$${LOGMEM_FUZZ_EXAMPLES:-200} $(PY) -m pytest -q tests/api/test_fuzz.py
 
 docs: setup  # the documentation site into site/: the CLI, HTTP and benchmark pages generated from the code first
 	$(PY) docs/gen_reference.py

@@ -19,6 +19,7 @@ from logmem.memory.errors import (
     GenerationCancelled,
     JobStateError,
     LogmemError,
+    NotEnoughDataError,
     NotFoundError,
     PromptTooLongError,
 )
@@ -37,6 +38,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFoundError, 404, "not_found_error"),
     (AdapterError, 409, "conflict_error"),
     (JobStateError, 409, "conflict_error"),
+    (NotEnoughDataError, 409, "conflict_error"),
     (PromptTooLongError, 400, "invalid_request_error"),
     (GenerationCancelled, 503, "server_error"),
     (ConfigError, 422, "invalid_request_error"),
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if runtime.settings.worker:
             worker = threading.Thread(target=runtime.work, args=(stop,), name="logmem-worker", daemon=True)
             worker.start()
+        runtime.stopping.clear()  # an app can be started again over the same runtime (tests, embedding)
         deadline, restore = _bounded_exit(runtime)
         try:
             yield

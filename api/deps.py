@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Path, Request
 
 from .runtime import Caller, Runtime
+from .schemas import Identifier
 
 
 async def get_runtime(request: Request) -> Runtime:  # async: a plain def would cost a threadpool hop
@@ -18,7 +19,7 @@ async def get_runtime(request: Request) -> Runtime:  # async: a plain def would 
 
 
 async def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None,
-                     x_logmem_tenant: Annotated[str | None, Header(max_length=200)] = None) -> Caller:
+                     x_logmem_tenant: Annotated[Identifier | None, Header(max_length=200)] = None) -> Caller:
     """The caller of a request: its Bearer key's tenant (an admin key: the tenant X-Logmem-Tenant names).
     A missing, wrong or revoked key is a 401 that says nothing more. Async on purpose: the lookup is one
     indexed read (~0.1 ms), cheaper than the threadpool hop a plain def would cost every request."""
@@ -32,6 +33,9 @@ async def get_caller(request: Request, authorization: Annotated[str | None, Head
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+# a row id in a path (experience, job): the store's keys are SQL INTEGERs, 32 bits on PostgreSQL, so a larger id is a
+# 422 naming the parameter here rather than an overflow in the database
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 

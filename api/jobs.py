@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logmem.memory import LogmemError, VectorMemory
-from logmem.memory.errors import ConfigError, JobConflictError, JobStateError
+from logmem.memory.errors import ConfigError, JobConflictError, JobStateError, NotEnoughDataError
 from logmem.memory.store import JobData, Store
 from logmem.model.jobs import Report
 
@@ -232,12 +232,12 @@ def check_consolidation(memory: VectorMemory, *, tenant: str, config: Consolidat
     not yet covered or held out by the active adapter's lineage, as the job plans them).
 
     Raises:
-        ConfigError: naming the tenant, how many it has and what to do.
+        NotEnoughDataError: naming the tenant, how many it has and what to do.
     """
     from logmem.model.lineage import plan_job
 
     new = len(plan_job(memory, tenant, config).new)
     if new < MIN_NEW_EXPERIENCES:
-        raise ConfigError(f"tenant {tenant!r} has {new} experience(s) to consolidate (new since its active adapter, "
-                          f"utility >= {config.min_utility} and support >= {config.min_support}); at least "
-                          f"{MIN_NEW_EXPERIENCES} are needed: ingest more logs with feedback first")
+        raise NotEnoughDataError(f"tenant {tenant!r} has {new} experience(s) to consolidate (new since its active "
+                                 f"adapter, utility >= {config.min_utility} and support >= {config.min_support}); "
+                                 f"at least {MIN_NEW_EXPERIENCES} are needed: ingest more logs with feedback first")

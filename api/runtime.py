@@ -39,6 +39,7 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
+PREFIX_CHARS_PER_TOKEN = 6  # a prompt's first 6 x limit characters hold over `limit` tokens in most text (~4 a token)
 FALLBACK_CONTEXT = 8192  # the prompt-token limit where neither the settings nor the model say one
 SERVED_MODEL = "default"  # the model name that means: the base model with the tenant's active adapter
 POLICY_MARK = "_policy_last_id"  # in a policy job's params: the newest experience id when it was queued
@@ -260,7 +261,9 @@ class Runtime:
     def check_prompt(self, messages: Sequence[dict[str, str]]) -> None:
         """Refuse `messages` whose text is longer than the prompt-token limit (`max_prompt_tokens`, default the model's
         context), before any model work: a text over `limit` x the longest token's length is refused by its length
-        alone, one under `limit` / 4 characters passes as it is, and only those between are tokenized (one call).
+        alone, one under `limit` / 4 characters passes as it is; of those between, the first PREFIX_CHARS_PER_TOKEN x
+        `limit` characters are counted first (enough to refuse most), and only what they do not decide is counted
+        whole.
 
         Raises:
             PromptTooLongError: the messages have more tokens than the limit.
@@ -273,6 +276,11 @@ class Runtime:
         if chars > limit * longest:
             raise PromptTooLongError(f"messages: at most {limit} tokens per request; these have at least "
                                      f"{-(-chars // longest)}")
+        if chars > PREFIX_CHARS_PER_TOKEN * limit:  # most texts are over the limit within their first part already
+            head = "\n".join(texts)[:PREFIX_CHARS_PER_TOKEN * limit]
+            n = len(tokenizer(head, add_special_tokens=False)["input_ids"]) - 1  # the cut may split one token
+            if n > limit:
+                raise PromptTooLongError(f"messages: at most {limit} tokens per request; these have at least {n}")
         n = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
         if n > limit:
             raise PromptTooLongError(f"messages: at most {limit} tokens per request; these have {n}")

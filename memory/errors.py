@@ -65,6 +65,11 @@ class JobConflictError(JobStateError):
     """Another job of the same tenant is running: two jobs never train one tenant at once."""
 
 
+class NotEnoughDataError(LogmemError, ValueError):
+    """The tenant's memory holds too little for the step asked (a consolidation with fewer new experiences than it
+    needs): a state to change first, not a bad argument."""
+
+
 class PromptTooLongError(LogmemError, ValueError):
     """A request's messages are longer than the model's prompt-token limit (refused before any model work)."""
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from logmem.memory.store import AdapterData, JobData
 
-from ..deps import CallerDep, RuntimeDep
-from ..schemas import ActiveOut, AdapterOut, ConsolidationIn, ErrorOut, JobOut
+from ..deps import CallerDep, RowId, RuntimeDep
+from ..schemas import ActiveOut, AdapterOut, ConsolidationIn, ErrorOut, Identifier, JobOut
 
 jobs = APIRouter(prefix="/v1/consolidations", tags=["consolidation"])
 adapters = APIRouter(prefix="/v1/adapters", tags=["consolidation"])
-Version = Annotated[str, Path(min_length=1, max_length=64)]
+Version = Annotated[Identifier, Path(min_length=1, max_length=64)]
 
 
 @jobs.post("", status_code=202, response_model=JobOut)
@@ -29,7 +29,7 @@ def list_jobs(runtime: RuntimeDep, caller: CallerDep) -> Any:
 
 
 @jobs.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
-def get_job(job_id: Annotated[int, Path(ge=1, le=2**63 - 1)], runtime: RuntimeDep, caller: CallerDep) -> Any:
+def get_job(job_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """A job's state, progress and (when finished) the gate's figures."""
     return _job(runtime.job(caller, job_id))
 

@@ -8,11 +8,11 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from logmem.memory.store import AnswerData
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import CallerDep, RuntimeDep
+from ..deps import CallerDep, RowId, RuntimeDep
 from ..inspector_schemas import (
     ActivityOut,
     AnswerPage,
@@ -59,7 +59,7 @@ def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[RequiredText, Q
 
 @router.get("/memory/experiences/{experience_id}/history", response_model=ExperienceHistory,
             responses={404: {"model": ErrorOut}})
-def history(experience_id: Annotated[int, Path(ge=1, le=2**63 - 1)], runtime: RuntimeDep, caller: CallerDep) -> Any:
+def history(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """An experience, the judged interactions it conditioned (with their outcomes), the adapters trained on it."""
     found, uses, adapters = runtime.experience_history(caller, experience_id)
     return {"experience": _experience(found), "uses": uses, "adapters": [_adapter(a) for a in adapters]}

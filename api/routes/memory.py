@@ -8,11 +8,10 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from logmem.memory.store import ExperienceData
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import CallerDep, RuntimeDep
+from ..deps import CallerDep, RowId, RuntimeDep
 from ..schemas import ErrorOut, ExperienceOut, ExperiencePage, ForgetOut, Identifier, RequiredText, SearchOut
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
-ExperienceId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @router.get("/stats")
@@ -48,12 +47,12 @@ def experiences(runtime: RuntimeDep, caller: CallerDep,
 
 
 @router.get("/experiences/{experience_id}", response_model=ExperienceOut, responses={404: {"model": ErrorOut}})
-def experience(experience_id: ExperienceId, runtime: RuntimeDep, caller: CallerDep) -> Any:
+def experience(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
     return _experience(runtime.experience(caller, experience_id))
 
 
 @router.delete("/experiences/{experience_id}", response_model=ForgetOut, responses={404: {"model": ErrorOut}})
-async def forget_experience(experience_id: ExperienceId, runtime: RuntimeDep, caller: CallerDep) -> Any:
+async def forget_experience(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """Forget one experience: its row, vector and text, and the interactions it came from."""
     return {"removed": await run_in_threadpool(lambda: runtime.forget(caller, experience_id=experience_id))}
 

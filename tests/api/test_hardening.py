@@ -132,14 +132,14 @@ def test_a_missing_eval_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 
 # --- HTTP: consolidation refused before a job exists ----------------------------------------------------------
-def test_a_consolidation_post_with_too_little_memory_is_422_and_queues_nothing(service: Service) -> None:
+def test_a_consolidation_post_with_too_little_memory_is_409_and_queues_nothing(service: Service) -> None:
     client, acme, globex = service["client"], service["acme"], service["globex"]
     records = [liked(f"r{i}", f"Which colour is the {t}?", "BLUE") for i, t in enumerate(["sky", "sea"])]
     assert client.post("/v1/interactions", headers=acme, json={"records": records}).json()["experiences"] == 2
 
     r = client.post("/v1/consolidations", headers=globex, json={})  # globex has no experiences; acme's are not its
 
-    assert r.status_code == 422
+    assert r.status_code == 409 and r.json()["error"]["type"] == "conflict_error"  # a state to change, not an argument
     assert r.json()["error"]["message"].startswith("tenant 'globex' has 0 experience(s) to consolidate")
     assert client.get("/v1/consolidations", headers=globex).json() == []
     assert service["runtime"].store.jobs() == []

@@ -534,7 +534,7 @@ def test_health_and_metrics(service: Service) -> None:
     out = ask(client, acme, PORT)
     for _ in range(2):  # a retry is not counted twice
         feedback(client, acme, out["id"], {"kind": "like"})
-    service["runtime"].jobs.submit("consolidate", "acme")  # queued as the policy would (one experience: a POST is 422)
+    service["runtime"].jobs.submit("consolidate", "acme")  # queued as the policy would (one experience: a POST is 409)
 
     r = client.get("/metrics", headers=service["admin"])  # with the tenants' series (tests/api/test_hardening.py)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
