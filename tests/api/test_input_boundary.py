@@ -217,3 +217,34 @@ def test_record_timestamps_out_of_range_are_refused_not_a_500(client: TestClient
     r = client.post("/v1/interactions", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     assert r.json()["rejected"] == 1 and "field 'timestamp'" in r.json()["rejected_records"][0]["error"]
+
+
+# --- the CLI: `logmem ingest` through the same parser --------------------------------------------------------
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_args(request: pytest.FixtureRequest) -> list[str]:
+    return [] if request.param == "sqlite" else ["--db", str(request.getfixturevalue("pg_db"))]
+
+
+def test_cli_ingest_refuses_bad_ratings_and_ids_and_stores_the_rest(tmp_path: Path, db_args: list[str],
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from logmem.api.cli import EXIT_REJECTED, main
+
+    lines = [liked(SKY, f"Butterscotch{NUL}"),
+             liked("rated 99", "x", feedback=[{"turn": 1, "kind": "rating", "value": 99}]),
+             liked("rated infinity", "x", feedback=[{"turn": 1, "kind": "rating", "value": math.inf}]),
+             liked("nul id", "x", id=f"a{NUL}"),
+             liked(PORT, "6379", feedback=[{"turn": 1, "kind": "rating", "value": 5}])]
+    path = tmp_path / "logs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    home = ["--home", str(tmp_path / "home"), *db_args]
+
+    code = main([*home, "ingest", str(path), "--json"])
+    out, err = capsys.readouterr()
+
+    assert code == EXIT_REJECTED
+    report = json.loads(out)
+    assert (report["read"], report["stored"], report["rejected"]) == (5, 2, 3)
+    for line, field in [(2, "feedback[0].value"), (3, "feedback[0].value"), (4, "id")]:
+        assert any(f"line {line}, field '{field}'" in e for e in report["errors"]), report["errors"]
+    assert main([*home, "search", "Mars sky colour", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["response"] == "Butterscotch"

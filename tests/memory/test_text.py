@@ -164,7 +164,14 @@ def test_parser_refuses_feedback_text_too_long_or_not_text() -> None:
 
 # --- ingest from a file: the bad lines refused with file:line:field, the good ones stored ------------
 
-def test_file_ingest_refuses_bad_lines_and_stores_the_good_ones(tmp_path: Path, embedder: Any) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """None (the home's SQLite file), or the URL of a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_db"))
+
+
+def test_file_ingest_refuses_bad_lines_and_stores_the_good_ones(tmp_path: Path, embedder: Any,
+                                                                db_url: str | None) -> None:
     good = [record(id=f"good{i}", feedback=[{"turn": 1, "kind": "like"}],
                    messages=[{"role": "user", "content": f"question {i}{NUL}"},
                              {"role": "assistant", "content": f"answer {i} {SURROGATE}"}]) for i in range(3)]
@@ -190,12 +197,13 @@ def test_file_ingest_refuses_bad_lines_and_stores_the_good_ones(tmp_path: Path, 
     assert [r.error.reason for r in read if isinstance(r, Rejected)][-2] == "invalid JSON: nested too deep to read"
     assert all(str(path) in r.error.describe() for r in read if isinstance(r, Rejected))
 
-    memory = VectorMemory(tmp_path / "home", embedder=embedder)
+    memory = VectorMemory(tmp_path / "home", embedder=embedder, db_url=db_url)
     try:
         report = memory.ingest_file(path)
         assert (report.read, report.stored, report.rejected) == (11, 3, 8)
         assert memory.stats().interactions == 3
         assert memory.search("question 1", k=1)[0].response == "answer 1 \ufffd"
+        assert memory.ingest_file(path).stored == 0  # the cleaned records are known again: ids unchanged
     finally:
         memory.close()
     side = [json.loads(line) for line in (tmp_path / "logs.jsonl.rejected.jsonl").read_text().splitlines()]
