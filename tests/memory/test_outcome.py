@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from logmem.memory import MemoryConfig, parse_record
-from logmem.memory.outcome import TurnOutcome, classify_reply, judge
+from logmem.memory.errors import LogFormatError
+from logmem.memory.outcome import RATING_CONFIDENCE, TurnOutcome, classify_reply, explicit_signal, judge
 
 DEFAULT = MemoryConfig()
 
@@ -49,12 +50,17 @@ def test_classify_reply(text: str, kind: str | None) -> None:
     ({"kind": "rating", "value": 5}, 1.0, 0.8),
     ({"kind": "rating", "value": 4}, 0.75, 0.8),
     ({"kind": "rating", "value": 1}, 0.0, 0.8),
-    ({"kind": "rating", "value": 9}, 1.0, 0.8),  # clipped to the 1-5 scale
 ])
 def test_explicit_feedback(fb: dict, success: float, confidence: float) -> None:
     o = only(chat("q", "a", feedback=[{"turn": 1, **fb}]))
 
     assert (o.turn, o.success, o.confidence, o.explicit) == (1, success, confidence, True)
+
+
+def test_a_rating_off_the_scale_is_refused_by_the_parser_and_clipped_by_the_signal() -> None:
+    with pytest.raises(LogFormatError, match=r"field 'feedback\[0\]\.value': expected a finite number from 1 to 5"):
+        chat("q", "a", feedback=[{"turn": 1, "kind": "rating", "value": 9}])
+    assert explicit_signal("rating", 9) == (1.0, RATING_CONFIDENCE)
 
 
 def test_explicit_correction_carries_its_text() -> None:
