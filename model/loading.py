@@ -92,7 +92,7 @@ def _is_converted(cache_dir: Path, gguf_path: Path) -> bool:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on `path` (released by the kernel if the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
@@ -155,7 +155,7 @@ def convert_gguf(gguf_path: str | Path, *, home: Path) -> Path:
     if _is_converted(cache_dir, gguf_path):
         return cache_dir
     models_dir = cache_dir.parent
-    with _file_lock(models_dir / f".{cache_dir.name}.lock"):
+    with file_lock(models_dir / f".{cache_dir.name}.lock"):
         if _is_converted(cache_dir, gguf_path):  # another process finished while we waited
             return cache_dir
         # Holding the lock, any temporary folder is a crashed conversion's leftover.

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from logmem.memory.errors import ConfigError, LogmemError
 from logmem.model.embedding import DEFAULT_MAX_SEQ_LENGTH, EmbedderNotFoundError, resolve_embedder_folder
-from logmem.model.loading import _file_lock
+from logmem.model.loading import file_lock
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -204,7 +204,7 @@ def write_once(path: Path, lock: Path, write: Callable[[Path], None]) -> None:
     written beside it and renamed into place, so readers never see half a file and a crash leaves none."""
     if path.is_file():
         return
-    with _file_lock(lock):
+    with file_lock(lock):
         if path.is_file():  # another process wrote it while we waited
             return
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from ..errors import AdapterError, NotFoundError
 from .base import StoreBase
-from .records import AdapterData, _adapter, _figures, _plain, _rowcount
+from .records import AdapterData, adapter_data
 from .schema import ADAPTER_METHODS, AdapterRow, ExperienceRow, ServingModeRow
+from .sql import plain, rowcount
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class AdapterStore(StoreBase):
             if found.tenant != tenant:
                 raise AdapterError(f"parent adapter {parent} belongs to tenant {found.tenant!r}, not {tenant!r}")
         fields = dict(tenant=tenant, base_model=base_model, method=method, seed=int(seed), status=status,
-                      active=False, metrics=json.dumps(metrics, default=_plain),
+                      active=False, metrics=json.dumps(metrics, default=plain),
                       covered=json.dumps(sorted({int(i) for i in covered})), path=str(path), created_at=time.time(),
                       parent=parent, holdout=json.dumps(sorted({int(i) for i in holdout})))
         for attempt in range(10):  # two writers may pick the same number: the primary key sends one round again
@@ -105,7 +106,7 @@ class AdapterStore(StoreBase):
         """The adapters of `tenant` (of every tenant if None), oldest first."""
         with Session(self.engine) as s:
             stmt = select(AdapterRow) if tenant is None else select(AdapterRow).where(AdapterRow.tenant == tenant)
-            rows = [_adapter(r) for r in s.scalars(stmt)]
+            rows = [adapter_data(r) for r in s.scalars(stmt)]
         return sorted(rows, key=lambda a: (a.created_at, len(a.version), a.version))
 
     def get_adapter(self, *, version: str) -> AdapterData:
@@ -113,13 +114,13 @@ class AdapterStore(StoreBase):
             row = s.get(AdapterRow, version)
             if row is None:
                 raise NotFoundError(f"no adapter {version!r}")
-            return _adapter(row)
+            return adapter_data(row)
 
     def active_adapter(self, *, tenant: str) -> AdapterData | None:
         """The adapter the tenant's generator loads, or None for the base model."""
         with Session(self.engine) as s:
             row = s.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
-            return _adapter(row) if row is not None else None
+            return adapter_data(row) if row is not None else None
 
     def activate_adapter(self, *, tenant: str, version: str, force: bool = False) -> AdapterData:
         """Make `version` the tenant's active adapter; the one it replaces becomes its `previous`.
@@ -146,7 +147,7 @@ class AdapterStore(StoreBase):
                     current.active = False
                     tx.flush()  # the one-active index is checked row by row: switch the old one off first
                 row.active, row.previous = True, current.version if current is not None else None
-            return _adapter(row)
+            return adapter_data(row)
 
     def rollback_adapter(self, *, tenant: str) -> str | None:
         """Re-activate the active adapter's `previous` (its own `previous` kept, so rollbacks walk back the
@@ -180,7 +181,7 @@ class AdapterStore(StoreBase):
                 raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
             marked = 0
             for i in range(0, len(ids), 500):
-                marked += _rowcount(tx.execute(update(ExperienceRow).where(
+                marked += rowcount(tx.execute(update(ExperienceRow).where(
                     ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids[i:i + 500]))
                     .values(consolidated_in=version).execution_options(synchronize_session=False)))
             return int(marked)
@@ -204,7 +205,7 @@ class AdapterStore(StoreBase):
         with self.transaction() as tx:
             row = tx.get(ServingModeRow, tenant, with_for_update=True) or ServingModeRow(tenant=tenant)
             row.mode, row.adapter, row.metric, row.reason = mode, adapter, metric, reason
-            row.figures, row.job_version = json.dumps(figures, default=_plain), job_version
+            row.figures, row.job_version = json.dumps(figures, default=plain), job_version
             row.decided_at = time.time()
             tx.merge(row)
 
@@ -252,3 +253,8 @@ class AdapterStore(StoreBase):
             row.stale_at = row.stale_at or now
             logger.warning("adapter %s of tenant %r was trained on forgotten experiences: marked stale%s",
                            row.version, row.tenant, " (it is still active)" if row.active else "")
+
+
+def _figures(row: AdapterRow) -> str:
+    metrics = json.loads(row.metrics)
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()) or "no figures"

@@ -18,8 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .base import StoreBase
-from .records import _locked
 from .schema import Base, ExperienceRow, IndexStateRow
+from .sql import locked
 
 
 class ChangeRow(Base):
@@ -71,7 +71,7 @@ class ChangeLog(StoreBase):
         nothing."""
         tx.execute(delete(ChangeRow).where(ChangeRow.tenant == tenant, ChangeRow.generation <= generation))
         self._insert_floor(tx, tenant=tenant, floor=generation)
-        _locked(tx, ChangeFloorRow, tenant).floor = generation
+        locked(tx, ChangeFloorRow, tenant).floor = generation
 
     def changes(self, *, tenant: str, after: int, d: int) -> Delta | None:
         """The delta from generation `after` to the tenant's current one, or None when the log does not cover
@@ -126,7 +126,7 @@ class ChangeLog(StoreBase):
         """Keep the tenant's last `keep` generations of changes; returns the rows deleted."""
         with self.transaction() as tx:
             generation = tx.scalar(select(IndexStateRow.generation).where(IndexStateRow.tenant == tenant)) or 0
-            row = _locked(tx, ChangeFloorRow, tenant)
+            row = locked(tx, ChangeFloorRow, tenant)
             if row is None or generation - keep <= row.floor:
                 return 0
             row.floor = generation - keep

@@ -24,7 +24,7 @@ from .adapters import AdapterStore
 from .changes import ChangeLog
 from .jobs import JobStore
 from .keys import KeyStore
-from .records import Candidate, ExperienceData, _created_locked, _data, _locked, _rowcount
+from .records import Candidate, ExperienceData, experience_data
 from .schema import (
     SCHEMA_VERSION,
     AdapterRow,
@@ -41,6 +41,7 @@ from .schema import (
     SourceRow,
 )
 from .served import AnswerStore
+from .sql import created_locked, locked, rowcount
 
 logger = logging.getLogger(__name__)
 Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
@@ -153,7 +154,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
         created it, so forgetting a user who merely agreed leaves none of their words behind. An interaction
         that already supports the experience (a served answer judged again) counts once: nothing changes.
         """
-        row = _locked(tx, ExperienceRow, experience_id)
+        row = locked(tx, ExperienceRow, experience_id)
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
         if tx.get(SourceRow, (experience_id, interaction_id)) is not None:
@@ -175,7 +176,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
         it on a swap, so that a later exact copy of the old answer counts as a conflict, not as support.
         `wins_ties`: the answer corrects the experience's own answer, evidence against it, so equal support
         is enough to take its place, and on a swap the experience takes its `lesson` and `rejected` answer."""
-        row = _locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
+        row = locked(tx, ExperienceRow, experience_id)  # first: concurrent conflicts on it count in turn
         if row is None:
             raise NotFoundError(f"no experience {experience_id}")
         if tx.scalar(select(ConflictRow.id).where(ConflictRow.experience_id == experience_id,  # judged again
@@ -212,9 +213,9 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
             return {}
         if tx is None:  # plain rows, no ORM objects: a search reads its hits this way
             with self.engine.connect() as c:
-                return {r.id: _data(r) for r in c.execute(_ROWS, {"tenant": tenant, "ids": ids})}
+                return {r.id: experience_data(r) for r in c.execute(_ROWS, {"tenant": tenant, "ids": ids})}
         rows = tx.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids)))
-        return {r.id: _data(r) for r in rows}
+        return {r.id: experience_data(r) for r in rows}
 
     def candidates(self, *, tenant: str, ids: Sequence[int]) -> dict[int, Candidate]:
         """What scoring reads of search candidates, by id: utility, last seen, consolidated or not, and the
@@ -234,7 +235,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
                                       .order_by(ExperienceRow.id).limit(batch)))
                 if not rows:
                     return
-                yield from (_data(r) for r in rows)
+                yield from (experience_data(r) for r in rows)
                 last = rows[-1].id
                 s.expunge_all()
 
@@ -256,9 +257,9 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
                         beta=ExperienceRow.beta + weight * (1.0 - success))
                 .execution_options(synchronize_session=False))
         if tx is not None:
-            return _rowcount(tx.execute(stmt))
+            return rowcount(tx.execute(stmt))
         with self.transaction() as own:
-            return _rowcount(own.execute(stmt))
+            return rowcount(own.execute(stmt))
 
     def experiences_after(self, *, tenant: str, after_id: int) -> tuple[int, int]:
         """(how many, the newest id) of the tenant's experiences with an id above `after_id` (the newest id is
@@ -278,7 +279,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
     def count_instructions(self, tx: Session, *, tenant: str, counts: dict[str, tuple[str, int]]) -> None:
         """Add `counts` (hash -> (text, n)) to the tenant's tally of leading paragraphs."""
         for h, (text, n) in counts.items():
-            row = _created_locked(tx, InstructionRow, {"tenant": tenant, "content_hash": h, "text": text, "count": 0})
+            row = created_locked(tx, InstructionRow, {"tenant": tenant, "content_hash": h, "text": text, "count": 0})
             row.count += n
         tx.flush()
 
@@ -293,7 +294,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
         """Count one more change to the tenant's vectors and log which experience ids it `added` and `removed`
         (in `tx`, so the log commits with the rows or not at all); returns the new generation. The tenant's
         row stays locked until commit: generations commit in order."""
-        row = _created_locked(tx, IndexStateRow, {"tenant": tenant, "generation": 0})
+        row = created_locked(tx, IndexStateRow, {"tenant": tenant, "generation": 0})
         row.generation += 1
         tx.flush()
         self.log_changes(tx, tenant=tenant, generation=row.generation, added=added, removed=removed)
@@ -339,7 +340,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
             elif tenant is not None:
                 gone = set(tx.scalars(delete(ExperienceRow).where(ExperienceRow.tenant == tenant)
                                       .returning(ExperienceRow.id)))
-                n_int = _rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
+                n_int = rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
                 tx.execute(delete(InstructionRow).where(InstructionRow.tenant == tenant))
                 tx.execute(delete(ServingModeRow).where(ServingModeRow.tenant == tenant))  # its figures, its pin
                 counts, by_tenant = {"experiences": len(gone), "interactions": int(n_int)}, {tenant: gone}
@@ -367,7 +368,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
                               .where(InteractionRow.id.in_(list(interaction_ids[i:i + 500])))).all()
             for tenant, record in rows:
                 for h, n in tally(json.loads(record)).items():
-                    row = _locked(tx, InstructionRow, (tenant, h))
+                    row = locked(tx, InstructionRow, (tenant, h))
                     if row is not None:
                         row.count -= n
                         if row.count <= 0:
@@ -390,7 +391,7 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
         own_ids = {i for i, _ in own}
         for exp_id, n in supported:
             if exp_id not in own_ids:
-                row = _locked(tx, ExperienceRow, exp_id)
+                row = locked(tx, ExperienceRow, exp_id)
                 row.support = max(row.support - n, 1)
         tx.execute(delete(ConflictRow).where(ConflictRow.interaction_id.in_(pks)))
         if own_ids:

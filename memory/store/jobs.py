@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from ..errors import JobConflictError, JobStateError, NotFoundError
 from .base import StoreBase
-from .records import JobData, _job, _plain, _rowcount
+from .records import JobData, job_data
 from .schema import JobRow
+from .sql import plain, rowcount
 
 
 class JobStore(StoreBase):
@@ -31,7 +32,7 @@ class JobStore(StoreBase):
             row = s.get(JobRow, job_id)
             if row is None:
                 raise NotFoundError(f"no job {job_id}")
-            return _job(row)
+            return job_data(row)
 
     def jobs(self, *, tenant: str | None = None, status: str | None = None) -> list[JobData]:
         """Jobs by id, optionally of one tenant and in one status."""
@@ -41,7 +42,7 @@ class JobStore(StoreBase):
         if status is not None:
             stmt = stmt.where(JobRow.status == status)
         with Session(self.engine) as s:
-            return [_job(r) for r in s.scalars(stmt)]
+            return [job_data(r) for r in s.scalars(stmt)]
 
     def start_job(self, *, job_id: int, pid: int, host: str) -> JobData:
         """queued -> running, atomically.
@@ -53,7 +54,7 @@ class JobStore(StoreBase):
         now = time.time()
         try:
             with self.transaction() as tx:
-                done = _rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
+                done = rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
                                             .values(status="running", pid=pid, host=host, started_at=now,
                                                     heartbeat_at=now).execution_options(synchronize_session=False)))
         except IntegrityError:
@@ -73,7 +74,7 @@ class JobStore(StoreBase):
         if progress is not None:
             values.update(progress=progress, message=message)
         with self.transaction() as tx:
-            return bool(_rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+            return bool(rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
                                              .values(**values).execution_options(synchronize_session=False))))
 
     def finish_job(self, *, job_id: int, status: str, pid: int, host: str, progress: float,
@@ -82,9 +83,9 @@ class JobStore(StoreBase):
         if status not in ("succeeded", "rejected", "failed"):
             raise JobStateError(f"a job finishes 'succeeded', 'rejected' or 'failed', not {status!r}")
         values = dict(status=status, progress=progress, message=message, error=error, finished_at=time.time(),
-                      metrics=json.dumps(metrics, default=_plain) if metrics is not None else None)
+                      metrics=json.dumps(metrics, default=plain) if metrics is not None else None)
         with self.transaction() as tx:
-            return bool(_rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
+            return bool(rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
                                                                   JobRow.pid == pid, JobRow.host == host)
                                              .values(**values).execution_options(synchronize_session=False))))
 
@@ -92,6 +93,6 @@ class JobStore(StoreBase):
         """running -> failed, only if its heartbeat is still `heartbeat_at` (it did not beat meanwhile)."""
         beat = JobRow.heartbeat_at.is_(None) if heartbeat_at is None else JobRow.heartbeat_at == heartbeat_at
         with self.transaction() as tx:
-            return bool(_rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running", beat)
+            return bool(rowcount(tx.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running", beat)
                                              .values(status="failed", error=error, finished_at=time.time())
                                              .execution_options(synchronize_session=False))))

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError
 from .base import StoreBase
-from .records import _rowcount
 from .schema import ApiKeyRow
+from .sql import rowcount
 
 KEY_PREFIX = "lm-"
 
@@ -90,7 +90,7 @@ class KeyStore(StoreBase):
 
     def revoke_key(self, *, key_id: int) -> None:
         with self.transaction() as tx:
-            done = _rowcount(tx.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+            done = rowcount(tx.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
                                         .values(revoked_at=time.time()).execution_options(synchronize_session=False)))
         self._key_cache = None  # here, a revoked key stops working at once
         if not done:

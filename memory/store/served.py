@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError
 from .base import StoreBase
-from .records import _locked
 from .schema import AnswerRow, ExperienceRow, FeedbackEventRow, FeedbackRow, InteractionRow
+from .sql import locked
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class AnswerStore(StoreBase):
                           .where(InteractionRow.tenant == tenant, InteractionRow.ext_id == ext_id))
             if pk is None:
                 raise NotFoundError(f"no answered interaction {ext_id!r}")
-            row = _locked(s, InteractionRow, pk) if lock else s.get(InteractionRow, pk)
+            row = locked(s, InteractionRow, pk) if lock else s.get(InteractionRow, pk)
             answer = s.get(AnswerRow, pk)
             assert row is not None and answer is not None
             return AnswerData(row.id, row.ext_id, row.tenant, row.user, row.status, json.loads(row.record),
