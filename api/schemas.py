@@ -31,7 +31,7 @@ from pydantic import (
 T = TypeVar("T")
 
 
-def boundary(check: Callable[[Any], T]) -> Callable[[Any], T]:
+def _boundary(check: Callable[[Any], T]) -> Callable[[Any], T]:
     """A check of the text boundary (memory/text.py, memory/logs.py) as a pydantic validator: its reason becomes
     the message (pydantic names the field, the app's 422 handler gives it as `param`)."""
     def validate(value: Any) -> T:
@@ -43,9 +43,9 @@ def boundary(check: Callable[[Any], T]) -> Callable[[Any], T]:
 
 
 # The kinds of text field (memory/text.py says why): a request's strings are each one of these.
-Identifier = Annotated[str, AfterValidator(boundary(check_identifier))]  # ids, users, event ids: refused if unstorable
+Identifier = Annotated[str, AfterValidator(_boundary(check_identifier))]  # ids, users, event ids: refused if unstorable
 FreeText = Annotated[str, AfterValidator(clean_text)]  # what a person wrote: cleaned
-RequiredText = Annotated[str, AfterValidator(boundary(require_text))]  # cleaned, and not empty once cleaned
+RequiredText = Annotated[str, AfterValidator(_boundary(require_text))]  # cleaned, and not empty once cleaned
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -109,10 +109,10 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: FeedbackKind
     # checked as the log parser checks a logged feedback's (memory/logs.py); the bounds here document them
-    value: Annotated[float | None, BeforeValidator(boundary(check_feedback_value))] = Field(
+    value: Annotated[float | None, BeforeValidator(_boundary(check_feedback_value))] = Field(
         None, ge=RATING_MIN, le=RATING_MAX, validate_default=True,
         description=f"a rating's {RATING_MIN:g}-{RATING_MAX:g}")
-    text: Annotated[str | None, BeforeValidator(boundary(check_feedback_text))] = Field(
+    text: Annotated[str | None, BeforeValidator(_boundary(check_feedback_text))] = Field(
         None, max_length=MAX_FEEDBACK_TEXT, description="a correction's right answer")
     event_id: Identifier | None = Field(None, min_length=1, max_length=200)
 
