@@ -6,7 +6,8 @@ embeds or tokenizes it. Three kinds of field:
 
 - **Identifiers** (interaction ids, tenants, users, sessions, feedback event ids, path ids): keys stored, indexed
   and compared verbatim, so nothing in them is changed: one holding a lone surrogate or a control character
-  (C0, DEL or C1, NUL among them) is refused with an error naming the field (`check_identifier`).
+  (C0, DEL or C1, NUL among them) is refused with an error naming the field (`check_identifier`). Their length
+  is checked where they are read (200 characters: `logs.MAX_KEY_LENGTH`, the schemas' `max_length`).
 - **Free text** (message content, a correction, a lesson, a query): what a person wrote, kept with what cannot be
   stored or tokenized taken out: a lone surrogate becomes U+FFFD, NUL and the other C0 controls except tab,
   newline and carriage return are removed (`clean_text`). A required text that is empty once cleaned is refused
@@ -16,8 +17,9 @@ embeds or tokenizes it. Three kinds of field:
 
 Why these: UTF-8 (the stores', the tokenizer's, a JSON response's) cannot encode a lone surrogate, which JSON's
 `\\ud800` escape still carries in; PostgreSQL's text and JSON types cannot hold NUL, nor its JSON NaN or Infinity,
-which SQLite stores; and a key with an invisible character in it names a different row than it seems to.
-Pure functions: no I/O, no state.
+which SQLite stores; and a key holding a control character (a newline, a terminal escape) prints as another key
+in logs, a CSV or a terminal. Other characters (format characters such as zero-width spaces among them) store and
+compare the same on both databases, so they pass. Pure functions: no I/O, no state.
 """
 
 from __future__ import annotations
