@@ -1,4 +1,5 @@
-"""Configuration of the generator: what memory goes into the prompt, and how much."""
+"""The model package's configs, checked at construction and free of torch (an API validates a job's parameters by
+constructing one): the generator's (what memory goes into the prompt, and how much) and consolidation's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from logmem.memory.config import check_fields
 
 CHOICES = ("default", "off", "vote", "auto")
+METHODS = ("sft", "kd", "sft+kd")  # consolidation objectives (model/objectives.py)
 
 
 @dataclass(frozen=True)
@@ -52,5 +54,84 @@ class GeneratorConfig:
             ("calibrate", self.constrain or not self.calibrate,
              "False unless constrain=True (it scores those answers)"),
             ("calibrate_warmup", self.calibrate_warmup >= 0, ">= 0"),
+        ]
+        check_fields(self, checks)
+
+
+@dataclass(frozen=True)
+class ConsolidationConfig:
+    """What to consolidate and how; checked at construction."""
+
+    method: str = "sft"  # sft | kd | sft+kd (objectives.py); sft has the lowest held-out NLL on NFCats (README)
+    with_memory: bool | None = None  # True trains the memory+adapter student (experiences stay in its prompt),
+    # False the bare one; None: the job chooses (`choose_student`): the active adapter's kind, or with memory where
+    # the retrieved experiences lower the base model's held-out response NLL by more than gate_margin
+    min_utility: float = 0.6  # experiences under this utility are not taught
+    min_support: int = 1  # ... nor those supported by fewer interactions
+    holdout: float = 0.1  # share of the selected experiences kept out of training, for the gate
+    max_holdout: int = 200  # at most this many
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lr: float | None = None  # AdamW learning rate; None: 5e-4 for a bare student, 2.5e-4 for a memory+adapter one
+    # (its prompts are ~4x longer; on NFCats at 5e-4 its probe perplexity rose 6.3%, at 2.5e-4 0.8%, and it
+    # answered 0.896 of the test split: README, benchmarks/results/consolidation_summary.md)
+    epochs: int = 1  # passes over the training pairs
+    max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
+    batch_size: int = 16  # pairs per step, batched by length
+    max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
+    # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
+    max_length: int = 1024  # tokens per pair (prompt + response), prompts cut from the left (a warning says how
+    # many): NFCats' bare prompts are ~40-100 tokens, its prompts with 8 experiences ~355 (median) to ~770 (max)
+    kd_weight: float = 0.5  # share of kd in sft+kd
+    temperature: float = 1.0  # distillation temperature
+    dpo_weight: float = 0.0  # weight of a DPO term on experiences with a rejected answer (corrections); 0: off
+    dpo_beta: float = 0.1  # DPO's beta: how far from the base model the preference may pull
+    teacher_k: int = 8  # experiences in the teacher's (and memory+adapter student's) prompt
+    gate_reference: str = "served"  # "served": promote only if a mode the adapter enables beats what the tenant
+    # is served now (its mode, with its active adapter if any) on the held-out slice (model/modes.py); "base": only
+    # if its held-out response NLL beats the bare base model's (a reference nearly any adapter beats)
+    gate_margin: float = 0.02  # held-out response NLL must drop by this fraction (nll figures, and under "base")
+    accuracy_margin: float = 0.0  # held-out accuracy must rise by more than this (label-like answers)
+    probe_bound: float = 0.15  # ... and general-text perplexity may rise by at most this fraction: adapters that
+    # answered their tenant better rose 0.6% to 9.9% (NFCats 4.1% and 6.3%, a 6-label task's 9.9%), one that
+    # collapses general text more than doubles it; the held-out comparison, not this bound, guards the answers
+    seed: int = 0
+    rebuild: bool = False  # retrain from the base over every experience left (after forgetting), a new lineage
+    # Accumulation (model/lineage.py; chosen on the NFCats drift benchmark, README):
+    start: str = "active"  # "active": train on from the tenant's active adapter; "base": a fresh LoRA each job
+    replay: float = 1.0  # covered experiences taught again per new training experience (0: none)
+    replay_min: int = 32  # ... at least this many (when the lineage covers that many)
+    replay_max: int = 512  # ... at most: a job's steps grow with new + replay, not with all ever consolidated
+    forget_bound: float = 0.25  # an earlier held-out slice's NLL may rise by this fraction over the active adapter's
+    forget_slack: float = 0.05  # ... plus this many nats (a near-zero NLL wobbles by more than any fraction)
+    forget_max: int = 256  # earlier adapters' held-out experiences measured per job, shared evenly by their slices
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
+            ("min_utility", 0.0 <= self.min_utility <= 1.0, "in [0, 1]"),
+            ("holdout", 0.0 < self.holdout < 1.0, "in (0, 1)"),
+            ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("lr", self.lr is None or self.lr >= 0.0, ">= 0 (or None)"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("max_steps", self.max_steps >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("max_length", self.max_length >= 8, ">= 8"),
+            ("max_tokens", self.max_tokens >= 1, ">= 1"),
+            ("kd_weight", 0.0 <= self.kd_weight <= 1.0, "in [0, 1]"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("dpo_weight", self.dpo_weight >= 0.0, ">= 0"),
+            ("dpo_beta", self.dpo_beta > 0, "> 0"),
+            ("start", self.start in ("active", "base"), "'active' or 'base'"),
+            ("gate_reference", self.gate_reference in ("served", "base"), "'served' or 'base'"),
+            ("accuracy_margin", 0.0 <= self.accuracy_margin < 1.0, "in [0, 1)"),
+            ("probe_bound", self.probe_bound >= 0.0, ">= 0"),
+            ("replay", self.replay >= 0.0, ">= 0"),
+            ("replay_min", self.replay_min >= 0, ">= 0"),
+            ("replay_max", self.replay_max >= self.replay_min, f">= replay_min ({self.replay_min})"),
+            ("forget_bound", self.forget_bound >= 0.0, ">= 0"),
+            ("forget_slack", self.forget_slack >= 0.0, ">= 0"),
+            ("forget_max", self.forget_max >= 1, ">= 1"),
         ]
         check_fields(self, checks)

@@ -24,12 +24,10 @@ from typing import Any
 
 import torch
 from logmem.memory import ConfigError, VectorMemory
-from logmem.memory.config import check_fields
 from logmem.memory.store import ExperienceData
 from tqdm import tqdm
 
-from .config import GeneratorConfig
-from .jobs import Report
+from .config import ConsolidationConfig, GeneratorConfig
 from .lineage import Plan, forgetting_check, plan_job, replay_sample, slice_sample
 from .loading import load_adapter
 from .modes import (
@@ -44,90 +42,13 @@ from .modes import (
     prepare_held_out,
     served_mode,
 )
-from .objectives import METHODS, consolidation_loss, dpo_loss, sequence_logprobs
-from .prompting import render_messages, select
+from .objectives import consolidation_loss, dpo_loss, sequence_logprobs
+from .progress import Report
+from .prompting import chat_ids, render_messages, select
+from .scoring import nll_per_token, response_logits
 
 logger = logging.getLogger(__name__)
 PROBE = Path(__file__).parent / "probe" / "general.txt"
-
-
-@dataclass(frozen=True)
-class ConsolidationConfig:
-    """What to consolidate and how; checked at construction."""
-
-    method: str = "sft"  # sft | kd | sft+kd (objectives.py); sft has the lowest held-out NLL on NFCats (README)
-    with_memory: bool | None = None  # True trains the memory+adapter student (experiences stay in its prompt),
-    # False the bare one; None: the job chooses (`choose_student`): the active adapter's kind, or with memory where
-    # the retrieved experiences lower the base model's held-out response NLL by more than gate_margin
-    min_utility: float = 0.6  # experiences under this utility are not taught
-    min_support: int = 1  # ... nor those supported by fewer interactions
-    holdout: float = 0.1  # share of the selected experiences kept out of training, for the gate
-    max_holdout: int = 200  # at most this many
-    lora_r: int = 16  # LoRA rank
-    lora_alpha: int = 32  # LoRA scale numerator
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float | None = None  # AdamW learning rate; None: 5e-4 for a bare student, 2.5e-4 for a memory+adapter one
-    # (its prompts are ~4x longer; on NFCats at 5e-4 its probe perplexity rose 6.3%, at 2.5e-4 0.8%, and it
-    # answered 0.896 of the test split: README, benchmarks/results/consolidation_summary.md)
-    epochs: int = 1  # passes over the training pairs
-    max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
-    batch_size: int = 16  # pairs per step, batched by length
-    max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
-    # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
-    max_length: int = 1024  # tokens per pair (prompt + response), prompts cut from the left (a warning says how
-    # many): NFCats' bare prompts are ~40-100 tokens, its prompts with 8 experiences ~355 (median) to ~770 (max)
-    kd_weight: float = 0.5  # share of kd in sft+kd
-    temperature: float = 1.0  # distillation temperature
-    dpo_weight: float = 0.0  # weight of a DPO term on experiences with a rejected answer (corrections); 0: off
-    dpo_beta: float = 0.1  # DPO's beta: how far from the base model the preference may pull
-    teacher_k: int = 8  # experiences in the teacher's (and memory+adapter student's) prompt
-    gate_reference: str = "served"  # "served": promote only if a mode the adapter enables beats what the tenant
-    # is served now (its mode, with its active adapter if any) on the held-out slice (model/modes.py); "base": only
-    # if its held-out response NLL beats the bare base model's (a reference nearly any adapter beats)
-    gate_margin: float = 0.02  # held-out response NLL must drop by this fraction (nll figures, and under "base")
-    accuracy_margin: float = 0.0  # held-out accuracy must rise by more than this (label-like answers)
-    probe_bound: float = 0.15  # ... and general-text perplexity may rise by at most this fraction: adapters that
-    # answered their tenant better rose 0.6% to 9.9% (NFCats 4.1% and 6.3%, a 6-label task's 9.9%), one that
-    # collapses general text more than doubles it; the held-out comparison, not this bound, guards the answers
-    seed: int = 0
-    rebuild: bool = False  # retrain from the base over every experience left (after forgetting), a new lineage
-    # Accumulation (model/lineage.py; chosen on the NFCats drift benchmark, README):
-    start: str = "active"  # "active": train on from the tenant's active adapter; "base": a fresh LoRA each job
-    replay: float = 1.0  # covered experiences taught again per new training experience (0: none)
-    replay_min: int = 32  # ... at least this many (when the lineage covers that many)
-    replay_max: int = 512  # ... at most: a job's steps grow with new + replay, not with all ever consolidated
-    forget_bound: float = 0.25  # an earlier held-out slice's NLL may rise by this fraction over the active adapter's
-    forget_slack: float = 0.05  # ... plus this many nats (a near-zero NLL wobbles by more than any fraction)
-    forget_max: int = 256  # earlier adapters' held-out experiences measured per job, shared evenly by their slices
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
-            ("min_utility", 0.0 <= self.min_utility <= 1.0, "in [0, 1]"),
-            ("holdout", 0.0 < self.holdout < 1.0, "in (0, 1)"),
-            ("lora_r", self.lora_r >= 1, ">= 1"),
-            ("lr", self.lr is None or self.lr >= 0.0, ">= 0 (or None)"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("max_steps", self.max_steps >= 0, ">= 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("max_length", self.max_length >= 8, ">= 8"),
-            ("max_tokens", self.max_tokens >= 1, ">= 1"),
-            ("kd_weight", 0.0 <= self.kd_weight <= 1.0, "in [0, 1]"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("dpo_weight", self.dpo_weight >= 0.0, ">= 0"),
-            ("dpo_beta", self.dpo_beta > 0, "> 0"),
-            ("start", self.start in ("active", "base"), "'active' or 'base'"),
-            ("gate_reference", self.gate_reference in ("served", "base"), "'served' or 'base'"),
-            ("accuracy_margin", 0.0 <= self.accuracy_margin < 1.0, "in [0, 1)"),
-            ("probe_bound", self.probe_bound >= 0.0, ">= 0"),
-            ("replay", self.replay >= 0.0, ">= 0"),
-            ("replay_min", self.replay_min >= 0, ">= 0"),
-            ("replay_max", self.replay_max >= self.replay_min, f">= replay_min ({self.replay_min})"),
-            ("forget_bound", self.forget_bound >= 0.0, ">= 0"),
-            ("forget_slack", self.forget_slack >= 0.0, ">= 0"),
-            ("forget_max", self.forget_max >= 1, ">= 1"),
-        ]
-        check_fields(self, checks)
 
 
 @dataclass
@@ -170,11 +91,6 @@ def split_holdout(experiences: Sequence[ExperienceData], config: ConsolidationCo
     return order[n:], order[:n]
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: VectorMemory | None, tenant: str,
                 config: ConsolidationConfig, progress: bool = False,
                 extra: dict[int, list[str]] | None = None) -> list[Pair]:
@@ -197,12 +113,12 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
         keep = max(config.max_length - max(len(response), len(rejected or [])), 1)
         for n, request in enumerate([e.trigger, *extra.get(e.id, [])]):
             question = [{"role": "user", "content": request}]
-            bare = _chat_ids(tokenizer, question)
+            bare = chat_ids(tokenizer, question)
             teacher = bare
             if need_teacher and memory is not None:
                 hits = [h for h in memory.search(request, config.teacher_k + 1, tenant=tenant) if h.id != e.id]
                 cond = select(hits[: config.teacher_k], tokenizer, gen_config)
-                teacher = _chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
+                teacher = chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
             student = teacher if config.with_memory else bare
             cut += len(teacher) > keep or len(student) > keep
             pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response, rejected if n == 0 else None))
@@ -210,36 +126,6 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
         logger.warning("%d of %d training prompts are longer than max_length=%d and lose their start "
                        "(system prompt, first experiences); raise max_length", cut, len(pairs), config.max_length)
     return pairs
-
-
-def _batch(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded (prompt + response) ids, attention mask, and a mask of the positions whose logits
-    predict a response token."""
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    predicts = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        seq = p + r
-        ids[i, width - len(seq):] = torch.tensor(seq)
-        attn[i, width - len(seq):] = 1
-        predicts[i, width - len(r) - 1: width - 1] = True
-    return ids, attn, predicts
-
-
-def response_logits(model: Any, rows: Sequence[tuple[list[int], list[int]]],
-                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, V) logits predicting every response token of `rows` and the (N,) tokens they predict.
-
-    Rows are left-padded, so every response ends the row: the vocabulary projection (and its gradient)
-    runs only over the last `max response + 1` positions, not the whole prompt.
-    """
-    ids, attn, predicts = _batch(rows, pad)
-    keep = max(len(r) for _, r in rows) + 1
-    logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                   logits_to_keep=keep).logits
-    targets = ids[:, 1:][predicts[:, :-1]]
-    return logits[predicts[:, -keep:].to(logits.device)], targets.to(logits.device)
 
 
 def _batches(pairs: Sequence[Pair], size: int, rng: random.Random) -> list[list[Pair]]:
@@ -352,16 +238,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
     return peft_model
 
 
-@torch.no_grad()
 def response_nll(model: Any, pairs: Sequence[Pair], pad: int, batch_size: int = 16) -> float:
     """Mean negative log-likelihood per response token of `pairs` given their student prompts."""
-    total, count = 0.0, 0
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        logits, targets = response_logits(model, [(p.student, p.response) for p in chunk], pad)
-        total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
-        count += int(targets.numel())
-    return total / max(count, 1)
+    return nll_per_token(model, [(p.student, p.response) for p in pairs], pad, batch_size)
 
 
 @torch.no_grad()

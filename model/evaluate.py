@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -24,14 +23,13 @@ from .config import GeneratorConfig
 from .generator import MemoryGenerator
 from .loading import load_adapter
 from .modes import served_mode
+from .scoring import is_correct, normalize_answer
 
 logger = logging.getLogger(__name__)
 ADAPTER_MODES = ("consolidated", "memory+adapter")  # the tenant's active adapter, without / with memory
 # knn: the embedding-vote reference, no model; auto: the vote where answers repeat, else memory; default: what the
 # tenant is served when a request names no mode (model/modes.py)
 MODES = ("base", "memory", "vote", "auto", "knn", *ADAPTER_MODES, "default")
-_PUNCT = re.compile(r"[^\w\s-]", re.UNICODE)
-_PREFIX = re.compile(r"^\s*(label|answer)\s*:\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -64,17 +62,6 @@ def read_eval(path: str | Path) -> list[EvalItem]:
                 raise LogFormatError("expected a list of reference answers", field="reference", **where)
             items.append(EvalItem(str(obj.get("id", lineno)), messages, reference))
     return items
-
-
-def normalize_answer(text: str) -> str:
-    """First line, without a leading `label:`/`answer:`, lowercased, punctuation removed."""
-    first = text.strip().split("\n", 1)[0] if text.strip() else ""
-    return " ".join(_PUNCT.sub(" ", _PREFIX.sub("", first).lower()).split())
-
-
-def is_correct(output: str, references: Sequence[str]) -> bool:
-    got = normalize_answer(output)
-    return bool(got) and any(got == normalize_answer(r) for r in references)
 
 
 @dataclass

@@ -9,16 +9,17 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from logmem.memory import VectorMemory
 
-logger = logging.getLogger(__name__)
+from .config import ConsolidationConfig
+from .progress import Report
 
-Report = Callable[[float, str], None]
-"""`report(progress, message)`: progress in [0, 1], message one line ("step 12/80 loss 1.23")."""
+__all__ = ["Report", "run_consolidation", "tenant_key"]
+
+logger = logging.getLogger(__name__)
 
 
 def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenant: str, params: dict[str, Any],
@@ -31,7 +32,7 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
     (`model/modes.py`). Returns ("succeeded" | "rejected", metrics): the gate's figures (the forgetting check's
     and the modes' included), the adapter `version` and the held-out ids.
     """
-    from .consolidate import ConsolidationConfig, consolidate
+    from .consolidate import consolidate
 
     config = ConsolidationConfig(**params)
     outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report, progress=progress)

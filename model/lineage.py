@@ -14,13 +14,11 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from logmem.memory import VectorMemory
 from logmem.memory.store import AdapterData, ExperienceData
 
-if TYPE_CHECKING:
-    from .consolidate import ConsolidationConfig
+from .config import ConsolidationConfig
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from logmem.memory.store.adapters import SERVING_MODES
 from tqdm import tqdm
 
 from .config import GeneratorConfig
-from .prompting import Conditioning, render_messages, select
+from .prompting import Conditioning, chat_ids, render_messages, select
+from .scoring import nll_per_token, normalize_answer
 from .voting import choose_answer
 
 logger = logging.getLogger(__name__)
@@ -118,11 +119,6 @@ class HeldOut:
     metric: str  # "accuracy" (label-like answers) or "nll"
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def left_out_search(memory: VectorMemory, experience: ExperienceData, k: int, tenant: str) -> list[Hit]:
     """What a request with `experience`'s trigger retrieves (`k` hits), the experience itself left out."""
     return [h for h in memory.search(experience.trigger, k + 1, tenant=tenant) if h.id != experience.id][:k]
@@ -137,8 +133,8 @@ def prepare_held_out(held: Sequence[ExperienceData], tokenizer: Any, memory: Vec
         question = [{"role": "user", "content": e.trigger}]
         hits = left_out_search(memory, e, config.k, tenant)
         cond = select(hits, tokenizer, config)
-        bare.append(_chat_ids(tokenizer, question)[-max_length:])
-        with_memory.append(_chat_ids(tokenizer, render_messages(question, cond, config.template))[-max_length:])
+        bare.append(chat_ids(tokenizer, question)[-max_length:])
+        with_memory.append(chat_ids(tokenizer, render_messages(question, cond, config.template))[-max_length:])
         conds.append(cond)
         responses.append(list(tokenizer(e.response, add_special_tokens=False)["input_ids"])[: max_length - 1]
                          + [tokenizer.eos_token_id])
@@ -151,8 +147,6 @@ def measure(model: Any, tokenizer: Any, held: HeldOut, modes: Sequence[str], con
     """Each mode's figure on the held-out slice, answered by `model` (the base for memory and vote, the adapter
     for the adapter modes: the caller passes the right one). Under "nll" the vote is not measured: on answers
     that do not repeat, `auto` generates freely (the memory figure)."""
-    from .evaluate import normalize_answer
-
     figures: dict[str, float] = {}
     was_training = model.training
     model.eval()
@@ -161,7 +155,8 @@ def measure(model: Any, tokenizer: Any, held: HeldOut, modes: Sequence[str], con
             prompts = held.bare if mode == "consolidated" else held.with_memory
             if held.metric == "nll":
                 if mode != "vote":
-                    figures[mode] = _response_nll(model, tokenizer, prompts, held.responses, batch_size)
+                    figures[mode] = nll_per_token(model, list(zip(prompts, held.responses)), tokenizer.pad_token_id,
+                                                  batch_size)
                 continue
             if mode == "vote":
                 outputs = [_vote(model, tokenizer, p, c, config) for p, c in zip(prompts, held.conditioning)]
@@ -208,21 +203,8 @@ def memory_nll(model: Any, tokenizer: Any, held: HeldOut, batch_size: int = 8) -
     was_training = model.training
     model.eval()
     try:
-        return {"bare": _response_nll(model, tokenizer, held.bare, held.responses, batch_size),
-                "with_memory": _response_nll(model, tokenizer, held.with_memory, held.responses, batch_size)}
+        return {"bare": nll_per_token(model, list(zip(held.bare, held.responses)), tokenizer.pad_token_id, batch_size),
+                "with_memory": nll_per_token(model, list(zip(held.with_memory, held.responses)),
+                                             tokenizer.pad_token_id, batch_size)}
     finally:
         model.train(was_training)
-
-
-def _response_nll(model: Any, tokenizer: Any, prompts: list[list[int]], responses: list[list[int]],
-                  batch_size: int) -> float:
-    """Mean negative log-likelihood per token of each response after its prompt."""
-    from .consolidate import response_logits
-
-    total, count = 0.0, 0
-    for i in range(0, len(prompts), batch_size):
-        rows = list(zip(prompts[i:i + batch_size], responses[i:i + batch_size]))
-        logits, targets = response_logits(model, rows, tokenizer.pad_token_id)
-        total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
-        count += int(targets.numel())
-    return total / max(count, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-METHODS = ("sft", "kd", "sft+kd")
+from .config import METHODS
 
 
 def sft_loss(student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

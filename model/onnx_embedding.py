@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from logmem.memory.errors import ConfigError, LogmemError
-from logmem.model.embedding import DEFAULT_MAX_SEQ_LENGTH, EmbedderNotFoundError, resolve_embedder_folder
+from logmem.model.embedder_folder import DEFAULT_MAX_SEQ_LENGTH, EmbedderNotFoundError, resolve_embedder_folder
 from logmem.model.loading import file_lock
 
 if TYPE_CHECKING:

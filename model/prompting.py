@@ -159,3 +159,9 @@ class ChatMarkers:
         body = prompt[start + len(self.user_open):]
         end = body.find(self.user_close) if self.user_close.strip() else -1
         return start, (body[:end] if end >= 0 else body)
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` under the tokenizer's chat template, ready for the assistant's turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -20,6 +20,7 @@ import torch
 from logmem.memory import Hit
 
 from .config import GeneratorConfig
+from .scoring import answer_logprobs
 
 
 def vote_shares(experiences: Sequence[Hit]) -> dict[str, float]:
@@ -29,33 +30,6 @@ def vote_shares(experiences: Sequence[Hit]) -> dict[str, float]:
         weights[h.response.strip()] = weights.get(h.response.strip(), 0.0) + max(h.score, 1e-6)
     total = sum(weights.values())
     return {a: w / total for a, w in weights.items()}
-
-
-@torch.no_grad()
-def answer_logprobs(model: Any, prompt_ids: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
-    """log p(answer_i | prompt) for each token list in `answers`, reading the prompt once.
-
-    Args:
-        prompt_ids: int64 (1, T).
-        answers: token ids of each answer (its end token included).
-    Returns:
-        float32 (len(answers),).
-    """
-    out = model(input_ids=prompt_ids, use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    n, width = len(answers), max(len(a) for a in answers)
-    scores = torch.tensor([first[a[0]].item() for a in answers])
-    if width == 1:
-        return scores
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(n)
-    pad = 0
-    ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=prompt_ids.device)
-    real = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=prompt_ids.device)
-    mask = torch.cat([torch.ones(n, prompt_ids.shape[1], dtype=real.dtype, device=real.device), real[:, :-1]], 1)
-    logits = model(input_ids=ids[:, :-1], attention_mask=mask, cache=cache, use_cache=True).logits
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-    return scores + (logp * real[:, 1:]).sum(dim=1).cpu()
 
 
 def _choosable(tokenizer: Any, answers: Iterable[str], config: GeneratorConfig) -> tuple[list[str], list[list[int]]]:

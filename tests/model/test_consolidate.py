@@ -11,16 +11,15 @@ import torch
 from logmem.memory import ConfigError, VectorMemory
 from logmem.model.consolidate import (
     ConsolidationConfig,
-    _batch,
     _chunks,
     build_pairs,
     consolidate,
     gate,
-    response_logits,
     select_experiences,
     split_holdout,
     step_gradients,
 )
+from logmem.model.scoring import response_batch, response_logits
 
 THINGS = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", "cornflower", "lapis",
           "denim", "cobalt", "navy flag", "blue whale", "smurf", "blueberry"]
@@ -142,7 +141,7 @@ def test_with_a_dpo_term_the_triggers_pair_carries_the_rejected_answer(memory: V
 
 
 def test_batch_masks_mark_exactly_the_positions_that_predict_the_response() -> None:
-    ids, attn, predicts = _batch([([5, 6, 7], [8, 9]), ([5], [8])], pad=0)
+    ids, attn, predicts = response_batch([([5, 6, 7], [8, 9]), ([5], [8])], pad=0)
     assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 0, 5, 8]]
     assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]]
     assert ids[:, 1:][predicts[:, :-1]].tolist() == [8, 9, 8]
@@ -152,7 +151,7 @@ def test_response_logits_are_the_full_forward_pass_at_the_response_positions(tin
     model, tokenizer = tiny_lm
     rows = [([5, 6, 7, 11], [8, 9, 10]), ([5], [8]), ([12, 13], [14, 15])]
     logits, targets = response_logits(model, rows, pad=tokenizer.pad_token_id)
-    ids, attn, predicts = _batch(rows, pad=tokenizer.pad_token_id)
+    ids, attn, predicts = response_batch(rows, pad=tokenizer.pad_token_id)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=attn).logits
     assert targets.tolist() == [8, 9, 10, 8, 14, 15]
