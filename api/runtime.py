@@ -27,12 +27,15 @@ from logmem.memory.errors import (
     LogFormatError,
     LogmemError,
     PromptTooLongError,
+    UnknownModelError,
 )
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData, KeyData, Store, inspection
+from logmem.memory.text import clean_text, require_text
 from logmem.model.config import GeneratorConfig
 from logmem.model.loading import DEFAULT_GENERATOR
 
+from .answering import SERVED_MODEL, Ask, Backend, LocalBackend, UpstreamBackend
 from .jobs import JobRunner, check_consolidation, consolidation_job
 from .settings import Settings
 from .upstream import Upstream
@@ -41,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX_CHARS_PER_TOKEN = 6  # a prompt's first 6 x limit characters hold over `limit` tokens in most text (~4 a token)
 FALLBACK_CONTEXT = 8192  # the prompt-token limit where neither the settings nor the model say one
-SERVED_MODEL = "default"  # the model name that means: the base model with the tenant's active adapter
 POLICY_MARK = "_policy_last_id"  # in a policy job's params: the newest experience id when it was queued
 LoadModel = Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer)
 
@@ -55,6 +57,7 @@ class Answer:
     model: str  # the model name the caller asked for
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
+    server_timing: str | None = None  # in front of an upstream: the proxy's own time (a Server-Timing value)
 
 
 @dataclass
@@ -220,43 +223,74 @@ class Runtime:
 
     def chat(self, caller: Caller, messages: Sequence[dict[str, str]], *, model: str = SERVED_MODEL,
              user: str | None = None, max_tokens: int = 128, temperature: float | None = None,
-             top_p: float | None = None, stop: Sequence[str] | None = None, streamer: Any = None,
-             interaction_id: str | None = None, use_memory: bool = True,
-             cancel: threading.Event | None = None) -> Answer:
-        """Answer `messages` with the caller's memory (and its active adapter when `model` is the served one);
-        the answer is logged for feedback. `temperature` None or 0 answers greedily. Without `use_memory` the
-        model answers alone and nothing is logged (a comparison, not a served answer). Setting `cancel` (or the
-        server stopping) ends the generation at its next token with `GenerationCancelled`, and nothing is logged."""
+             top_p: float | None = None, stop: Sequence[str] | None = None, use_memory: bool = True) -> Answer:
+        """`answer` for callers in this process (the CLI, the demo): the same operation, its request in arguments,
+        its text through the same boundary as HTTP's (`logmem.memory.text`: a command line's undecodable bytes arrive
+        as lone surrogates)."""
+        messages = [{**m, "content": clean_text(m["content"])} for m in messages]
+        return self.answer(caller, Ask(messages, model=model, user=user, max_tokens=max_tokens,
+                                       temperature=temperature, top_p=top_p, stop=list(stop or []),
+                                       use_memory=use_memory))
+
+    def answer(self, caller: Caller, ask: Ask, *, streamer: Any = None) -> Answer:
+        """Answer `ask` with the local model: the caller's memory (and its active adapter when `ask.model` is the
+        served one, under the default `choose` only where its serving mode uses it); the answer is logged for
+        feedback. `temperature` None or 0 answers greedily. Without `use_memory` the model answers alone and nothing
+        is logged (a comparison, not a served answer). Setting `ask.cancel` (or the server stopping) ends the
+        generation at its next token with `GenerationCancelled`, and nothing is logged.
+
+        Raises:
+            UnknownModelError: `ask.model` is not one the caller may ask for.
+        """
         from logmem.model.cancel import Cancel
         from transformers import StoppingCriteriaList
 
         models = self.models(caller)
-        if model not in models:
-            raise NotFoundError(f"the model {model!r} does not exist; expected one of {', '.join(models)}")
+        if ask.model not in models:
+            raise UnknownModelError(f"the model {ask.model!r} does not exist; expected one of {', '.join(models)}")
         generator, bare, _, pool = self._model_parts()
-        generator = generator if use_memory else bare
-        active = self.memory.active_adapter(caller.tenant) if model == SERVED_MODEL else None
-        if active is not None and self.settings.choose == "default" and self.serving_mode(caller).adapter is None:
-            active = None  # the tenant's serving mode answers without its adapter (logmem.model.modes)
-        version, path = (active.version, active.path) if active else (None, None)
-        pooled = version
-        if (caller.tenant, model) in self._loras:  # a LoRA loaded by name for the caller's tenant answers as itself
-            version, path, pooled = model, str(self._loras[caller.tenant, model]), _lora_key(caller.tenant, model)
-        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([Cancel([self.stopping, cancel])])}
-        if temperature:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p if top_p is not None else 1.0)
+        generator = generator if ask.use_memory else bare
+        version, path, pooled, mode = self._route(caller, ask.model, generator)
+        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([Cancel([self.stopping, ask.cancel])])}
+        if ask.temperature:
+            kwargs.update(do_sample=True, temperature=ask.temperature,
+                          top_p=ask.top_p if ask.top_p is not None else 1.0)
         if streamer is not None:
             kwargs["streamer"] = streamer
         with pool.using(pooled, path) as served:
             generator.model = served
             try:
-                reply = generator.chat(list(messages), tenant=caller.tenant, user=user, max_new_tokens=max_tokens,
-                                       adapter=version, stop=list(stop or []), interaction_id=interaction_id, **kwargs)
+                reply = generator.chat(list(ask.messages), tenant=caller.tenant, user=ask.user,
+                                       max_new_tokens=ask.max_tokens, adapter=version, stop=ask.stop,
+                                       interaction_id=ask.interaction_id, mode=mode, **kwargs)
             except GenerationCancelled:
                 logger.info("a generation for tenant %r was cancelled (%s); nothing logged", caller.tenant,
                             "the server is stopping" if self.stopping.is_set() else "its client went away")
                 raise
-        return Answer(reply, version, model, reply.completion_tokens, reply.finish_reason)
+        return Answer(reply, version, ask.model, reply.completion_tokens, reply.finish_reason)
+
+    def _route(self, caller: Caller, model: str, generator: Any) -> tuple[str | None, str | None, str | None, Any]:
+        """(the adapter version that answers, its folder, its key in the adapter pool, the serving mode), resolved
+        once per request: a LoRA loaded by name answers as itself; the served model answers with the tenant's active
+        adapter, under the default `choose` only where the tenant's serving mode uses it; the base model bare."""
+        if (caller.tenant, model) in self._loras:
+            return (model, str(self._loras[caller.tenant, model]), _lora_key(caller.tenant, model),
+                    generator.mode(caller.tenant, model))
+        served, active = None, None
+        if model == SERVED_MODEL and self.settings.choose == "default":
+            served = self.serving_mode(caller)
+            active = self.memory.active_adapter(caller.tenant) if served.adapter else None
+        elif model == SERVED_MODEL:
+            active = self.memory.active_adapter(caller.tenant)
+        version, path = (active.version, active.path) if active else (None, None)
+        if served is not None and generator.memory is not None and served.adapter == version:
+            return version, path, version, served
+        return version, path, version, generator.mode(caller.tenant, version)
+
+    @cached_property
+    def backend(self) -> Backend:
+        """What generates this process's answers: the upstream when the settings name one, else the local model."""
+        return UpstreamBackend(self, self.upstream) if self.upstream is not None else LocalBackend(self)
 
     def check_prompt(self, messages: Sequence[dict[str, str]]) -> None:
         """Refuse `messages` whose text is longer than the prompt-token limit (`max_prompt_tokens`, default the model's
@@ -320,26 +354,6 @@ class Runtime:
         active = self.memory.active_adapter(caller.tenant)
         return active.version if active else None
 
-    def log_upstream(self, caller: Caller, cond: Conditioned, text: str, *, model: str, adapter: str | None,
-                     user: str | None, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                     model_ms: float, upstream_model: str) -> Answer:
-        """Keep an upstream's answer in SQL exactly as `chat` keeps a local one (the same row, the experiences used
-        with their score parts, the adapter that answered), and return it as an `Answer`."""
-        from logmem.model.generator import Reply
-
-        timings = {"retrieval_ms": cond.condition_ms, "prompt_ms": 0.0, "model_ms": model_ms}
-        mode = "memory+adapter" if adapter else "memory"  # the upstream generates freely, the memory in its prompt
-        self.memory.log_answer(tenant=caller.tenant, interaction_id=cond.interaction_id, messages=cond.messages,
-                               answer=text, hits=cond.hits, user=user, adapter=adapter,
-                               details={"timings": timings, "chosen_by": "model", "mode": mode,
-                                        "prompt_tokens": prompt_tokens,
-                                        "memory_tokens": cond.memory_tokens, "upstream": upstream_model})
-        reply = Reply(text=text, interaction_id=cond.interaction_id, experiences=cond.hits,
-                      prompt=json.dumps(cond.conversation, ensure_ascii=False), prompt_tokens=prompt_tokens,
-                      memory_tokens=cond.memory_tokens, retrieval_ms=cond.condition_ms, prompt_ms=0.0,
-                      model_ms=model_ms, completion_tokens=completion_tokens, finish_reason=finish_reason, mode=mode)
-        return Answer(reply, adapter, model, completion_tokens, finish_reason)
-
     # --- LoRA adapters loaded by name (vLLM's runtime LoRA routes, so that `adapters push` has a real target) ----
     def loras(self, caller: Caller) -> dict[str, Path]:
         """The LoRA adapters loaded by name for the caller's tenant: name -> folder (the folder stays server-side)."""
@@ -389,7 +403,8 @@ class Runtime:
 
     # --- the memory -----------------------------------------------------------------------------
     def search(self, caller: Caller, text: str, k: int = 5) -> list[Hit]:
-        return self.memory.search(text, k, tenant=caller.tenant)
+        """The caller's best `k` experiences for `text` (cleaned as every request's text is; empty then: refused)."""
+        return self.memory.search(require_text(text, field="q"), k, tenant=caller.tenant)
 
     def stats(self, caller: Caller | None) -> Stats:
         return self.memory.stats(caller.tenant if caller else None)

@@ -22,6 +22,13 @@ class NotFoundError(LogmemError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownModelError(NotFoundError):
+    """A request names a model this server does not serve to its caller."""
+
+    param = "model"
+    code = "model_not_found"
+
+
 class LogFormatError(LogmemError, ValueError):
     """One log record cannot be read; names where (source, line, field) and why."""
 

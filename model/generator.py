@@ -48,6 +48,24 @@ class Reply:
         return d
 
 
+def log_reply(memory: VectorMemory, reply: Reply, *, tenant: str, messages: Messages, user: str | None,
+              adapter: str | None, choose: str | None = None, upstream: str | None = None) -> None:
+    """Keep a served answer in SQL, as every front end and backend keeps one (the one place its served record is
+    built): the conversation, the experiences that conditioned it with their score parts, the adapter that answered,
+    and the mode, timings and token counts. `choose`: the generator's setting (local answers); `upstream`: the model
+    an OpenAI-compatible server answered with."""
+    details: dict[str, Any] = {"timings": {"retrieval_ms": reply.retrieval_ms, "prompt_ms": reply.prompt_ms,
+                                           "model_ms": reply.model_ms},
+                               "chosen_by": reply.chosen_by, "mode": reply.mode}
+    if choose is not None:
+        details["choose"] = choose
+    details.update(prompt_tokens=reply.prompt_tokens, memory_tokens=reply.memory_tokens)
+    if upstream is not None:
+        details["upstream"] = upstream
+    memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages, answer=reply.text,
+                      hits=reply.experiences, user=user, adapter=adapter, details=details)
+
+
 class MemoryGenerator:
     """Wraps `model` so that `generate` and `chat` see the memory's best experiences.
 
@@ -219,18 +237,19 @@ class MemoryGenerator:
     # --- chat and feedback --------------------------------------------------------------------
     def chat(self, messages: Messages, *, tenant: str | None = None, user: str | None = None,
              max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,
-             stop: Sequence[str] = (), interaction_id: str | None = None, **kwargs: Any) -> Reply:
+             stop: Sequence[str] = (), interaction_id: str | None = None, mode: ServedMode | None = None,
+             **kwargs: Any) -> Reply:
         """Answer the conversation `messages` with memory; the answer is logged for `feedback` (see `chat_many`)
         under `interaction_id` (default: a new random id)."""
         return self.chat_many([messages], tenant=tenant, user=user, max_new_tokens=max_new_tokens, log=log,
                               adapter=adapter, stop=stop, interaction_ids=[interaction_id] if interaction_id else None,
-                              **kwargs)[0]
+                              mode=mode, **kwargs)[0]
 
     @torch.no_grad()
     def chat_many(self, conversations: Sequence[Messages], *, tenant: str | None = None, user: str | None = None,
                   max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,
                   stop: Sequence[str] = (), interaction_ids: Sequence[str] | None = None,
-                  **kwargs: Any) -> list[Reply]:
+                  mode: ServedMode | None = None, **kwargs: Any) -> list[Reply]:
         """Answer several conversations with memory in one batched generation (left-padded). A reply's
         `model_ms` is its share of the batch's generation time.
 
@@ -238,12 +257,13 @@ class MemoryGenerator:
         (with the experiences that conditioned it and `adapter`, the adapter version that answered), so that
         `feedback` can reach it from any process, later; a request that continues an earlier logged answer's
         conversation judges that answer first (`VectorMemory.follow_up`). `log=False` answers and keeps nothing
-        (evaluation). Generation ends at any of the `stop` strings, which the answer does not include."""
+        (evaluation). Generation ends at any of the `stop` strings, which the answer does not include. `mode`: the
+        mode the caller resolved for `tenant` and `adapter` (default: `self.mode(tenant, adapter)`)."""
         tenant = tenant or self.tenant
         if log and self.memory is not None:
             for messages in conversations:
                 self.memory.follow_up(messages, tenant=tenant)
-        mode = self.mode(tenant, adapter)
+        mode = mode or self.mode(tenant, adapter)
         started, prompts, conds, retrieval_ms = time.perf_counter(), [], [], []
         for messages in conversations:
             t0 = time.perf_counter()
@@ -300,12 +320,8 @@ class MemoryGenerator:
                           prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how, completion_tokens=n_out,
                           finish_reason=finish, mode=mode.mode)
             if log and self.memory is not None:
-                timings = {"retrieval_ms": r_ms, "prompt_ms": prompt_ms, "model_ms": model_ms}
-                self.memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages,
-                                       answer=reply.text, hits=cond.experiences, user=user, adapter=adapter,
-                                       details={"timings": timings, "chosen_by": how, "mode": mode.mode,
-                                                "choose": self.gen_config.choose,
-                                                "prompt_tokens": n_tokens, "memory_tokens": cond.memory_tokens})
+                log_reply(self.memory, reply, tenant=tenant, messages=messages, user=user, adapter=adapter,
+                          choose=self.gen_config.choose)
             replies.append(reply)
         return replies
 

@@ -4,14 +4,13 @@ history, the prompt a request would get, an answer without memory, the users."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from logmem.memory.store import AnswerData
 from starlette.concurrency import run_in_threadpool
 
+from ..answering import Ask
 from ..deps import CallerDep, RowId, RuntimeDep
 from ..inspector_schemas import (
     ActivityOut,
@@ -22,9 +21,9 @@ from ..inspector_schemas import (
     PromptOut,
     UserOut,
 )
-from ..runtime import Caller, Runtime, turn_view
+from ..runtime import turn_view
 from ..schemas import ErrorOut, ExperiencePage, RequiredText
-from .chat import routed, upstream_names
+from .chat import until_gone
 from .consolidation import _adapter
 from .memory import _experience
 
@@ -82,45 +81,16 @@ async def prompt(runtime: RuntimeDep, caller: CallerDep,
 @router.post("/memory/baseline", response_model=BaselineOut, responses={429: {"model": ErrorOut}})
 async def baseline(body: BaselineIn, request: Request, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """The served model's answer to `q` (with the caller's active adapter) with no memory in its prompt: what the
-    memory adds, seen side by side with a chat completion. Nothing is logged."""
+    memory adds, seen side by side with a chat completion. Nothing is logged. The same answer operation as a chat
+    completion (local or in front of an upstream), asked without memory."""
     if body.max_tokens > runtime.settings.max_tokens:
         raise HTTPException(422, f"max_tokens: at most {runtime.settings.max_tokens}")
-    if runtime.upstream is not None:
-        with request.app.state.generation_limit.slot(caller):
-            return await _upstream_baseline(runtime, caller, body)
+    ask = Ask([{"role": "user", "content": body.q}], max_tokens=body.max_tokens, use_memory=False)
     with request.app.state.generation_limit.slot(caller):
-        answer = await run_in_threadpool(lambda: runtime.chat(
-            caller, [{"role": "user", "content": body.q}], max_tokens=body.max_tokens, use_memory=False))
+        answer = await until_gone(request, runtime.backend.complete(caller, ask), ask.cancel)
     reply = answer.reply
     return {"text": reply.text, "adapter": answer.adapter, "completion_tokens": answer.completion_tokens,
             "finish_reason": answer.finish_reason, "prompt": reply.prompt, "model_ms": reply.model_ms}
-
-
-async def _upstream_baseline(runtime: Runtime, caller: Caller, body: BaselineIn) -> dict[str, Any]:
-    """The baseline in front of an upstream: the bare question sent there (to the tenant's adapter where it is
-    loaded, as a chat request goes), nothing logged; `prompt` is the question in the tokenizer's chat template."""
-    upstream = runtime.upstream
-    assert upstream is not None
-    messages = [{"role": "user", "content": body.q}]
-    active, (base, loaded) = await asyncio.gather(run_in_threadpool(runtime.active_version, caller),
-                                                  upstream_names(upstream))
-    target, adapter = routed(caller, active, base, loaded)
-    started = time.perf_counter()
-    data = await upstream.complete({"model": target, "messages": messages, "max_tokens": body.max_tokens})
-    model_ms = (time.perf_counter() - started) * 1e3
-    choice, usage = data["choices"][0], data.get("usage") or {}
-    return {"text": choice["message"]["content"], "adapter": adapter,
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-            "finish_reason": "length" if choice.get("finish_reason") == "length" else "stop",
-            "prompt": await run_in_threadpool(_templated, runtime, messages), "model_ms": model_ms}
-
-
-def _templated(runtime: Runtime, messages: list[dict[str, str]]) -> str:
-    """`messages` in the chat template of the settings' tokenizer (the first call loads it), else their text."""
-    tokenizer = runtime.conditioner().tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        return "\n".join(m["content"] for m in messages)
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 @router.get("/memory/users", response_model=list[UserOut])
