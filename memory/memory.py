@@ -37,7 +37,7 @@ from .index.cache import Pending, TenantIndexes, is_empty
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .outcome import explicit_signal, judge
 from .stats import Stats, compute_stats
-from .store import AdapterData, AnswerData, ExperienceData, Store, Tx
+from .store import AdapterData, AnswerData, ExperienceData, ServingModeData, Store, Tx
 
 logger = logging.getLogger(__name__)
 DAY = 86_400.0
@@ -615,11 +615,14 @@ class VectorMemory:
         return self.store.iter_experiences(tenant=tenant)
 
     def register_adapter(self, *, tenant: str, base_model: str, method: str, seed: int, promoted: bool,
-                         metrics: dict[str, Any], covered: Iterable[int], path: str) -> str:
-        """Register a trained adapter (inactive), promoted or rejected by its gate; returns its version."""
+                         metrics: dict[str, Any], covered: Iterable[int], path: str, parent: str | None = None,
+                         holdout: Iterable[int] = ()) -> str:
+        """Register a trained adapter (inactive), promoted or rejected by its gate, with its lineage: `parent` the
+        adapter it was trained on from (None: the base model), `holdout` the experience ids its gate held out.
+        Returns its version."""
         return self.store.add_adapter(tenant=tenant, base_model=base_model, method=method, seed=seed,
                                       status="promoted" if promoted else "rejected", metrics=metrics,
-                                      covered=covered, path=path)
+                                      covered=covered, path=path, parent=parent, holdout=holdout)
 
     def mark_consolidated(self, experience_ids: Iterable[int], *, version: str, tenant: str = "default") -> int:
         """Mark the tenant's experiences as consolidated in adapter `version`; returns how many were marked."""
@@ -640,6 +643,16 @@ class VectorMemory:
     def rollback_adapter(self, tenant: str = "default") -> str | None:
         """Back to the adapter active before (None: the base model)."""
         return self.store.rollback_adapter(tenant=tenant)
+
+    def serving_mode(self, tenant: str = "default") -> ServingModeData | None:
+        """What the tenant's jobs measured best and an operator pinned (None: neither yet)."""
+        return self.store.serving_mode(tenant=tenant)
+
+    def record_serving_mode(self, *, tenant: str, mode: str, adapter: str | None, metric: str,
+                            figures: dict[str, Any], reason: str, job_version: str | None = None) -> None:
+        """Keep the serving mode a job measured best, with `adapter` the active adapter it was measured with."""
+        self.store.record_serving_mode(tenant=tenant, mode=mode, adapter=adapter, metric=metric, figures=figures,
+                                       reason=reason, job_version=job_version)
 
     # --- index files (the cache in `index.cache` keeps them) --------------------------------
     @_serialized

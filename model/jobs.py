@@ -38,11 +38,9 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
     outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report, progress=progress)
     folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     outcome.adapter.save_pretrained(str(folder))
-    # Through the store: the facade's register_adapter predates lineage (parent, holdout)
-    version = memory.store.add_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
-                                       status="promoted" if outcome.promoted else "rejected",
-                                       metrics=outcome.metrics, covered=outcome.covered, path=str(folder),
-                                       parent=outcome.parent, holdout=outcome.holdout)
+    version = memory.register_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
+                                      promoted=outcome.promoted, metrics=outcome.metrics, covered=outcome.covered,
+                                      path=str(folder), parent=outcome.parent, holdout=outcome.holdout)
     if outcome.promoted:
         memory.activate_adapter(version, tenant=tenant)
         memory.mark_consolidated(outcome.covered, version=version, tenant=tenant)
@@ -53,10 +51,10 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
                     logger.info("deleted the weights of stale adapter %s (%s)", old.version, old.path)
     serving = outcome.metrics.get("serving")
     if serving:  # the mode measured best, with the adapter that is active now (this one when promoted)
-        active = memory.store.active_adapter(tenant=tenant)
-        memory.store.record_serving_mode(tenant=tenant, mode=serving["mode"], metric=serving["metric"],
-                                         adapter=active.version if active is not None else None,
-                                         figures=serving["figures"], reason=serving["reason"], job_version=version)
+        active = memory.active_adapter(tenant)
+        memory.record_serving_mode(tenant=tenant, mode=serving["mode"], metric=serving["metric"],
+                                   adapter=active.version if active is not None else None,
+                                   figures=serving["figures"], reason=serving["reason"], job_version=version)
         logger.info("tenant %r is served %s from now on (%s)", tenant, serving["mode"], serving["reason"])
     metrics = {**outcome.metrics, "version": version, "holdout_ids": outcome.holdout}
     return ("succeeded" if outcome.promoted else "rejected"), metrics

@@ -5,7 +5,7 @@ generation), `vote` (the answer the memory supports that the model reading them 
 `consolidated` (the tenant's adapter, no memory in the prompt) and `memory+adapter` (both). Which is best
 depends on the tenant (a 135M model reading its neighbours trails their vote on label-like logs; an adapter can
 beat both, or forget what the logs' format asks), so a consolidation job measures them all on its held-out
-slice and records the winner (`memory.store.record_serving_mode`); an operator may pin one instead. Before any
+slice and records the winner (`VectorMemory.record_serving_mode`); an operator may pin one instead. Before any
 job measured, a tenant is served `auto`: the vote where its answers repeat, free generation where they do not.
 
 A figure is the accuracy of the answers on the held-out experiences where answers are label-like (they repeat:
@@ -67,9 +67,8 @@ def served_mode(memory: VectorMemory, tenant: str) -> ServedMode:
     """The tenant's serving mode: an operator's pin; else what its latest job measured, while the adapter it was
     measured with is still the active one; else `memory+adapter` with an active adapter no job measured (as
     served before modes were measured), or `auto`."""
-    store = memory.store
-    row = store.serving_mode(tenant=tenant)
-    active = store.active_adapter(tenant=tenant)
+    row = memory.serving_mode(tenant)
+    active = memory.active_adapter(tenant)
     version = active.version if active is not None else None
     figures = dict(row.figures) if row is not None else {}
     metric = row.metric if row is not None else None

@@ -1,5 +1,6 @@
 """The SQL store (see `core`)."""
 
+from .adapters import ServingModeData
 from .core import Store, Tally, Tx
 from .keys import KeyData
 from .records import AdapterData, ExperienceData, JobData
@@ -8,4 +9,4 @@ from .served import AnswerData
 
 __all__ = ["ADAPTER_METHODS", "AnswerData", "KeyData",
            "ADAPTER_STATUSES", "JOB_STATUSES", "SCHEMA_VERSION", "AdapterData", "AdapterRow",
-           "ExperienceData", "JobData", "Store", "Tally", "Tx"]
+           "ExperienceData", "JobData", "ServingModeData", "Store", "Tally", "Tx"]
