@@ -140,8 +140,8 @@ _ABSENT = object()
 def timed_logmem(memory: Any) -> Stopwatch:
     """A stopwatch over the stages of `memory.ingest` (this memory, and the memory modules it calls)."""
     from logmem.memory import distill as distill_module
+    from logmem.memory import indexes as cache
     from logmem.memory import memory as memory_module
-    from logmem.memory.index import cache
 
     watch = Stopwatch()
     watch.wrap(memory, "_parse", "parse")

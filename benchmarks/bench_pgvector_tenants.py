@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from data import grow, load_corpus  # benchmarks/ is on sys.path when run as a script
 from logmem.memory.index import make_index
+from logmem.memory.store import vectors as _pgvector  # noqa: F401  (registers the pgvector kind)
 from logmem.memory.store.vectors import TABLE, vector_table
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, func, insert, select, text

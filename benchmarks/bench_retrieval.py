@@ -43,7 +43,7 @@ from data import (  # benchmarks/ is on sys.path when run as a script
 from logmem.memory import kernels
 from logmem.memory.config import MemoryConfig
 from logmem.memory.index import ExactIndex, FlatIndex, HNSWIndex, make_index
-from logmem.memory.index.cache import index_settings
+from logmem.memory.indexes import index_settings
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 

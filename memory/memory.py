@@ -33,7 +33,7 @@ from .distill import (
 from .embedding import Embedder
 from .errors import DimensionMismatchError, LogFormatError, NotFoundError
 from .index import Index
-from .index.cache import Pending, TenantIndexes, is_empty
+from .indexes import Pending, TenantIndexes, is_empty
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .outcome import explicit_signal, judge
 from .stats import Stats, compute_stats
@@ -654,7 +654,7 @@ class VectorMemory:
         self.store.record_serving_mode(tenant=tenant, mode=mode, adapter=adapter, metric=metric, figures=figures,
                                        reason=reason, job_version=job_version)
 
-    # --- index files (the cache in `index.cache` keeps them) --------------------------------
+    # --- index files (the cache in `indexes` keeps them) -------------------------------------
     @_serialized
     def save(self) -> None:
         """Write every loaded index whose contents changed since its file was written."""

@@ -1,15 +1,15 @@
 """Index backends behind one Protocol, by kind: `exact` (NumPy oracle), `flat` (faiss), `hnsw` (faiss, approximate),
 `hnsw_sq8` (faiss HNSW over 8-bit codes, re-scored from float vectors kept in its file: ~a quarter of `hnsw`'s
-memory), and `pgvector` (PostgreSQL, registered on demand).
+memory), and `pgvector` (PostgreSQL, registered by `logmem.memory.store.vectors` when imported).
 
 The registry maps a kind to how to make an empty index and how to load a saved one. It knows nothing of
 `MemoryConfig`: a caller passes the settings a backend takes as keyword arguments (`m`, `sq8_m`,
-`ef_construction`, `ef_search`, `threads`), and a backend ignores those it has no use for.
+`ef_construction`, `ef_search`, `threads`), and a backend ignores those it has no use for. The per-tenant index
+cache, which follows SQL, is the memory layer's (`logmem.memory.indexes`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,6 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
-# kinds whose module registers them when first asked for (their dependencies are optional)
-_ON_DEMAND = {"pgvector": "logmem.memory.store.vectors"}
 
 
 def register(kind: str, backend: Backend) -> None:
@@ -47,8 +45,6 @@ def kinds() -> tuple[str, ...]:
 
 
 def _backend(kind: str) -> Backend:
-    if kind not in _BACKENDS and kind in _ON_DEMAND:
-        importlib.import_module(_ON_DEMAND[kind])
     try:
         return _BACKENDS[kind]
     except KeyError:

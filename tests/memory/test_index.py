@@ -11,7 +11,7 @@ import pytest
 from logmem.memory import DimensionMismatchError, MemoryConfig
 from logmem.memory.errors import ConfigError
 from logmem.memory.index import KINDS, ExactIndex, Index, load_index, make_index
-from logmem.memory.index.cache import choose_kind, index_settings
+from logmem.memory.indexes import choose_kind, index_settings
 
 D_WIDTH = 16
 
@@ -189,7 +189,7 @@ class TestContract:
         assert len(index) == len(ids)  # nothing half-added
 
     def test_is_empty_says_what_len_says(self, kind: str, settings: dict, data: tuple) -> None:
-        from logmem.memory.index.cache import is_empty
+        from logmem.memory.indexes import is_empty
 
         ids, xb, _ = data
         index = make_index(kind, D_WIDTH, **settings)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from logmem.memory import ConfigError, Embedder, MemoryConfig, VectorMemory
 from logmem.memory.index import make_index
+from logmem.memory.store import vectors as _pgvector  # noqa: F401  (registers the pgvector kind)
 from sqlalchemy import Engine, create_engine, func, select, text
 
 pytestmark = pytest.mark.postgres

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from logmem.memory import Embedder, MemoryConfig, VectorMemory
-from logmem.memory.index.cache import resolve_kind
+from logmem.memory.indexes import resolve_kind
 from sqlalchemy import create_engine, text
 
 T0 = 1_700_000_000.0
@@ -173,7 +173,7 @@ def test_auto_with_shared_index_stays_on_faiss_without_pgvector_0_8(caplog: pyte
     # the pg_db server is pgserver's PostgreSQL (pgvector 0.6.2, no iterative scan) or CI's Debian one (none)
     engine = create_engine(pg_db)
     try:
-        with caplog.at_level(logging.WARNING, logger="logmem.memory.index.cache"):
+        with caplog.at_level(logging.WARNING, logger="logmem.memory.indexes"):
             assert resolve_kind(PGVECTOR, engine) == "auto"
     finally:
         engine.dispose()
@@ -182,7 +182,7 @@ def test_auto_with_shared_index_stays_on_faiss_without_pgvector_0_8(caplog: pyte
 
 def test_auto_with_shared_index_on_sqlite_says_why_it_follows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    with caplog.at_level(logging.WARNING, logger="logmem.memory.index.cache"):
+    with caplog.at_level(logging.WARNING, logger="logmem.memory.indexes"):
         assert resolve_kind(PGVECTOR, engine) == "auto"
         assert resolve_kind(MemoryConfig(index_kind="hnsw_sq8", shared_index=True), engine) == "hnsw_sq8"
     assert "the database is sqlite, not PostgreSQL" in caplog.text

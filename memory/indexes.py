@@ -1,4 +1,5 @@
-"""One process's per-tenant indexes: which index each tenant has, the SQL generation it reflects, its file.
+"""The index cache of the memory layer: one process's per-tenant indexes, which index each tenant has, the SQL
+generation it reflects, its file.
 
 SQL is the truth; an index is a disposable copy of a tenant's vectors that follows it. `TenantIndexes.get`
 hands out a tenant's index as of SQL's current generation: the one in memory, or else the file under
@@ -26,14 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..config import MemoryConfig
-from ..errors import ConfigError
-from . import is_durable, load_index, make_index
-from .base import Index, check_vectors
-from .exact import ExactIndex
+from .config import MemoryConfig
+from .errors import ConfigError
+from .index import Index, is_durable, kinds, load_index, make_index
+from .index.base import check_vectors
+from .index.exact import ExactIndex
 
 if TYPE_CHECKING:
-    from ..store.changes import Delta
+    from .store.changes import Delta
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,14 @@ class IndexSource(Protocol):
     def changes(self, *, tenant: str, after: int, d: int) -> Delta | None: ...
 
     def truncate_changes(self, *, tenant: str, keep: int) -> int: ...
+
+
+def ensure_registered(kind: str) -> str:
+    """`kind`, with its backend registered first where that backend is optional: pgvector's lives with the store
+    (`logmem.memory.store.vectors`), which the index registry does not know of."""
+    if kind == "pgvector" and kind not in kinds():
+        from .store import vectors  # noqa: F401  (registers "pgvector"; needs the optional pgvector package)
+    return kind
 
 
 def choose_kind(n: int, config: MemoryConfig) -> str:
@@ -161,7 +170,7 @@ class TenantIndexes:
         self.rebuilds = 0  # indexes built from all of a tenant's vectors in SQL
         self.follows = 0  # deltas from the change log applied to an index
         self.kind = resolve_kind(config, source.engine)  # the configured kind, or what `auto` chose for all tenants
-        self.durable = self.kind != "auto" and is_durable(self.kind)
+        self.durable = self.kind != "auto" and is_durable(ensure_registered(self.kind))
         if self.durable and source.engine.dialect.name != "postgresql":
             raise ConfigError(f"index kind {self.kind!r} needs a PostgreSQL database, "
                               f"not {source.engine.dialect.name!r}")
