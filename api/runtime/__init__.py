@@ -1,0 +1,28 @@
+"""`Runtime`: one assembly of memory, model, tokenizer, generator and adapters, built once from `Settings`,
+with the operations both front ends need. The CLI and the HTTP routes only translate arguments and output.
+
+One module per concept, each a part of the one `Runtime`: `assembly` (what is built, and `Caller`), `memory_ops`
+(logs in, feedback, search, erasure), `serving` (answers with the local model, LoRAs by name), `admin` (adapters,
+keys), `consolidation` (jobs and the worker), `inspection` (the inspector page's reads)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ..answering import SERVED_MODEL, Backend, LocalBackend, UpstreamBackend
+from .assembly import Caller, LoadModel
+from .consolidation import POLICY_MARK, Consolidation
+from .inspection import Inspection, turn_view
+from .serving import Answer, Conditioned, Serving
+
+__all__ = ["POLICY_MARK", "SERVED_MODEL", "Answer", "Caller", "Conditioned", "LoadModel", "Runtime", "turn_view"]
+
+
+class Runtime(Serving, Consolidation, Inspection):
+    """Everything one logmem process serves from, assembled lazily and once (`Assembly`), with every operation
+    the CLI and the HTTP routes need."""
+
+    @cached_property
+    def backend(self) -> Backend:
+        """What generates this process's answers: the upstream when the settings name one, else the local model."""
+        return UpstreamBackend(self, self.upstream) if self.upstream is not None else LocalBackend(self)
