@@ -16,8 +16,8 @@ from typing import Any
 
 from logmem.memory import LogmemError, StoreError
 from logmem.memory.errors import ConfigError
-from logmem.memory.logs import FORMATS
 from logmem.memory.store import AdapterData, JobData, KeyData, Store
+from logmem.memory.vocabulary import CHOOSE_VALUES, LOG_FORMATS, METHODS, SERVING_MODES
 from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI stays quick to start
 
 from .demo import DEMO_TENANT, one_line, run_demo
@@ -431,7 +431,7 @@ def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -
     p.add_argument("--tenant", default="default")
     p.add_argument("-k", type=int, default=8, help="experiences retrieved per request")
     p.add_argument("--template", default="exchanges", help="prompt template name or .jinja path")
-    p.add_argument("--choose", default="default", choices=["default", "off", "vote", "auto"],
+    p.add_argument("--choose", default="default", choices=CHOOSE_VALUES,
                    help="default: the tenant's serving mode (`logmem mode`); off: free generation with memory; "
                         "vote: answer with a memory-supported answer (for tasks whose answers repeat); "
                         "auto: vote where the tenant's answers repeat, generate freely where they do not")
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="read log files into the memory")
     p.add_argument("files", nargs="+")
-    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--format", choices=LOG_FORMATS, default="auto")
     p.add_argument("--tenant", default=None, help="store every record under this tenant")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--pin MODE or --unpin")
     p.add_argument("--tenant", default="default")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--pin", choices=["memory", "vote", "consolidated", "memory+adapter"],
+    group.add_argument("--pin", choices=SERVING_MODES,
                        help="serve this mode whatever jobs measure")
     group.add_argument("--unpin", action="store_true", help="serve the measured mode again")
     p.add_argument("--json", action="store_true")
@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consolidate", help="train, gate and register a LoRA adapter from the memory")
     p.add_argument("--tenant", default="default")
-    p.add_argument("--method", choices=["sft", "kd", "sft+kd"], default=None,
+    p.add_argument("--method", choices=METHODS, default=None,
                    help="the objective (default: ConsolidationConfig's, sft: lowest held-out NLL on NFCats)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no cap)")

@@ -9,14 +9,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from logmem.memory.errors import LogFormatError
 from logmem.memory.logs import (
     MAX_FEEDBACK_TEXT,
-    RATING_MAX,
-    RATING_MIN,
-    FeedbackKind,
     check_feedback_needs,
     check_feedback_text,
     check_feedback_value,
 )
 from logmem.memory.text import check_identifier, clean_text, require_text
+from logmem.memory.vocabulary import RATING_MAX, RATING_MIN, FeedbackKind, LogFormat, Method
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -138,14 +136,14 @@ class InteractionsIn(BaseModel):
     """POST /v1/interactions: log records (native, OpenAI or MemoryBench), stored under the caller's tenant."""
 
     records: list[Any] = Field(min_length=1)
-    format: Literal["auto", "native", "openai", "memorybench"] = "auto"
+    format: LogFormat = "auto"
 
 
 class ConsolidationIn(BaseModel):
     """POST /v1/consolidations: `ConsolidationConfig` fields (method, epochs, max_steps, lr, ...)."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Literal["sft", "kd", "sft+kd"] | None = None
+    method: Method | None = None
     epochs: int = Field(1, ge=1, le=100)
     max_steps: int = Field(0, ge=0)
     with_memory: bool | None = None  # None: the job chooses (ConsolidationConfig.with_memory)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from logmem.memory.vocabulary import Choose, IndexChoice
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,7 +21,7 @@ class Settings(BaseSettings):
     db: str | None = None  # any SQLAlchemy URL (postgresql+psycopg://... for several workers); default SQLite in home
     # the vector index: auto (flat, then hnsw past 50k, hnsw_sq8 past 500k experiences a tenant), or one kind for all;
     # shared_index with auto keeps the vectors in PostgreSQL (pgvector >= 0.8) when `db` is such a server
-    index_kind: Literal["auto", "exact", "flat", "hnsw", "hnsw_sq8", "pgvector"] = "auto"
+    index_kind: IndexChoice = "auto"
     shared_index: bool = False
     embedder: str | None = None  # a local sentence-transformers folder; default the bundled MiniLM
     embedder_runtime: Literal["auto", "onnx", "torch", "static"] = "auto"  # auto: onnxruntime (same vectors, faster)
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     # "vote": answer with a memory-supported answer where the memory agrees; "auto": vote for a tenant whose answers
     # repeat (labels, routes, canned replies), free generation for the others; "default": each tenant's serving mode
     # (what its consolidation jobs measured best, or an operator pinned; `auto` before any)
-    choose: Literal["default", "off", "vote", "auto"] = "default"
+    choose: Choose = "default"
     max_loaded_adapters: int = Field(default=8, ge=1)  # tenants' adapters kept loaded beside the base model
 
     # The service: keys and limits

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .vocabulary import INDEX_CHOICES
 
 
 def check_fields(config: object, checks: list[tuple[str, bool, str]]) -> None:
@@ -92,8 +93,7 @@ class MemoryConfig:
             ("checkpoint_changes", self.checkpoint_changes >= 1, ">= 1"),
             ("checkpoint_seconds", self.checkpoint_seconds >= 0, ">= 0"),
             ("change_log_generations", self.change_log_generations >= 1, ">= 1"),
+            ("index_kind", self.index_kind in INDEX_CHOICES,
+             f"{', '.join(INDEX_CHOICES[:-1])} or {INDEX_CHOICES[-1]}"),
         ]
-        if self.index_kind not in ("auto", "exact", "flat", "hnsw", "hnsw_sq8", "pgvector"):
-            raise ConfigError("MemoryConfig.index_kind must be auto, exact, flat, hnsw, hnsw_sq8 or pgvector, "
-                              f"got {self.index_kind!r}")
         check_fields(self, checks)

@@ -9,17 +9,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from .errors import LogFormatError
 from .text import check_identifier, clean_json, clean_text
+from .vocabulary import FEEDBACK_KINDS, LOG_FORMATS, RATING_MAX, RATING_MIN
 
-Format = Literal["auto", "native", "openai", "memorybench"]
-FORMATS: tuple[str, ...] = ("auto", "native", "openai", "memorybench")
 ROLES = ("system", "user", "assistant")
-FeedbackKind = Literal["like", "dislike", "copy", "regenerate", "rating", "correction"]
-FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
-RATING_MIN, RATING_MAX = 1.0, 5.0  # the scale of a feedback value (a rating's stars)
 MAX_FEEDBACK_TEXT = 20_000  # characters of a feedback's text (a correction's right answer)
 
 
@@ -308,8 +304,8 @@ def parse_record(obj: Any, *, format: str = "auto", tenant: str | None = None) -
         return obj
     if not isinstance(obj, dict):
         raise LogFormatError(f"expected a JSON object, got {type(obj).__name__}")
-    if format not in FORMATS:
-        raise LogFormatError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format not in LOG_FORMATS:
+        raise LogFormatError(f"unknown format {format!r}; expected one of {', '.join(LOG_FORMATS)}")
     if tenant is not None:
         _key(tenant, "tenant")
     return _READERS[detect_format(obj) if format == "auto" else format](obj, tenant)

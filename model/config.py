@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from logmem.memory.config import check_fields
-
-CHOICES = ("default", "off", "vote", "auto")
-METHODS = ("sft", "kd", "sft+kd")  # consolidation objectives (model/objectives.py)
+from logmem.memory.vocabulary import CHOOSE_VALUES, METHODS
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class GeneratorConfig:
             ("k", self.k >= 0, ">= 0"),
             ("memory_token_budget", self.memory_token_budget >= 0, ">= 0"),
             ("lesson_token_budget", self.lesson_token_budget >= 0, ">= 0"),
-            ("choose", self.choose in CHOICES, "'default', 'off', 'vote' or 'auto'"),
+            ("choose", self.choose in CHOOSE_VALUES, f"one of {', '.join(CHOOSE_VALUES)}"),
             ("auto_repetition", 0 <= self.auto_repetition <= 1, "in [0, 1]"),
             ("vote_prior", self.vote_prior >= 0, ">= 0"),
             ("vote_max_tokens", self.vote_max_tokens >= 1, ">= 1"),

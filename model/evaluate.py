@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from logmem.memory import ConfigError, LogFormatError, VectorMemory
+from logmem.memory.vocabulary import ADAPTER_MODES
 from tqdm import tqdm
 
 from .config import GeneratorConfig
@@ -26,7 +27,6 @@ from .modes import served_mode
 from .scoring import is_correct, normalize_answer
 
 logger = logging.getLogger(__name__)
-ADAPTER_MODES = ("consolidated", "memory+adapter")  # the tenant's active adapter, without / with memory
 # knn: the embedding-vote reference, no model; auto: the vote where answers repeat, else memory; default: what the
 # tenant is served when a request names no mode (model/modes.py)
 MODES = ("base", "memory", "vote", "auto", "knn", *ADAPTER_MODES, "default")

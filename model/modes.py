@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from logmem.memory import Hit, VectorMemory
 from logmem.memory.store import ExperienceData
-from logmem.memory.store.adapters import SERVING_MODES
+from logmem.memory.vocabulary import ADAPTER_MODES, AUTO, MEMORY_MODES, PREFERENCE, SERVING_MODES
 from tqdm import tqdm
 
 from .config import GeneratorConfig
@@ -31,12 +31,8 @@ from .scoring import nll_per_token, normalize_answer
 from .voting import choose_answer
 
 logger = logging.getLogger(__name__)
-AUTO = "auto"  # served before any job measured: the vote where answers repeat, free generation where they do not
-ADAPTER_MODES = ("consolidated", "memory+adapter")
-MEMORY_MODES = ("memory", "vote")
-PREFERENCE = ("vote", "memory", "consolidated", "memory+adapter")  # on equal figures, the cheaper mode wins
-__all__ = ["ADAPTER_MODES", "AUTO", "SERVING_MODES", "HeldOut", "ServedMode", "best_mode", "beats", "measure",
-           "prepare_held_out", "served_mode"]
+__all__ = ["ADAPTER_MODES", "AUTO", "MEMORY_MODES", "PREFERENCE", "SERVING_MODES", "HeldOut", "ServedMode",
+           "best_mode", "beats", "measure", "prepare_held_out", "served_mode"]
 
 
 @dataclass(frozen=True)

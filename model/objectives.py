@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from .config import METHODS
+from logmem.memory.vocabulary import METHODS
 
 
 def sft_loss(student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """The SQL store (see `core`)."""
 
+from ..vocabulary import ADAPTER_STATUSES, JOB_STATUSES
+from ..vocabulary import METHODS as ADAPTER_METHODS
 from .adapters import ServingModeData
 from .core import Store, Tally, Tx
 from .keys import KeyData
 from .records import AdapterData, ExperienceData, JobData
-from .schema import ADAPTER_METHODS, ADAPTER_STATUSES, JOB_STATUSES, SCHEMA_VERSION, AdapterRow
+from .schema import SCHEMA_VERSION, AdapterRow
 from .served import AnswerData
 
 __all__ = ["ADAPTER_METHODS", "AnswerData", "KeyData",

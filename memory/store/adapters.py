@@ -15,15 +15,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..errors import AdapterError, NotFoundError
+from ..vocabulary import METHODS, SERVING_MODES
 from .base import StoreBase
 from .records import AdapterData, adapter_data
-from .schema import ADAPTER_METHODS, AdapterRow, ExperienceRow, ServingModeRow
+from .schema import AdapterRow, ExperienceRow, ServingModeRow
 from .sql import plain, rowcount
 
 logger = logging.getLogger(__name__)
-
-
-SERVING_MODES = ("memory", "vote", "consolidated", "memory+adapter")  # what a tenant may be served (model/modes.py)
 
 
 @dataclass(frozen=True)
@@ -77,8 +75,8 @@ class AdapterStore(StoreBase):
         `covered`: the experience ids its own job trained on; `parent`: the adapter it was trained on from
         (its lineage; None: from the base model); `holdout`: the ids its gate held out.
         """
-        if method not in ADAPTER_METHODS:
-            raise AdapterError(f"adapter method must be one of {', '.join(ADAPTER_METHODS)}, got {method!r}")
+        if method not in METHODS:
+            raise AdapterError(f"adapter method must be one of {', '.join(METHODS)}, got {method!r}")
         if status not in ("promoted", "rejected"):
             raise AdapterError(f"a new adapter is 'promoted' or 'rejected' by the gate, got {status!r}")
         if parent is not None:

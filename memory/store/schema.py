@@ -120,10 +120,6 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-ADAPTER_METHODS = ("sft", "kd", "sft+kd")
-ADAPTER_STATUSES = ("promoted", "rejected", "stale")
-
-
 class AdapterRow(Base):
     """A trained LoRA adapter of one tenant. Versions are "v1", "v2", ... numbered across the whole store, so
     that a version alone (`consolidated_in`, the CLI) names one adapter."""
@@ -166,8 +162,6 @@ class ServingModeRow(Base):
 # At most one active adapter per tenant, held by the database itself (SQLite and PostgreSQL both).
 Index("one_active_adapter_per_tenant", AdapterRow.tenant, unique=True, sqlite_where=AdapterRow.active,
       postgresql_where=AdapterRow.active)
-
-JOB_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
 
 
 class JobRow(Base):
