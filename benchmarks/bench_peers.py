@@ -141,12 +141,12 @@ def timed_logmem(memory: Any) -> Stopwatch:
     """A stopwatch over the stages of `memory.ingest` (this memory, and the memory modules it calls)."""
     from logmem.memory import distill as distill_module
     from logmem.memory import indexes as cache
-    from logmem.memory import memory as memory_module
+    from logmem.memory import ingest as ingest_module
 
     watch = Stopwatch()
-    watch.wrap(memory, "_parse", "parse")
+    watch.wrap(memory.ingestor, "parse", "parse")
     watch.wrap(distill_module, "judge", "outcome")
-    watch.wrap(memory_module, "distill", "distil")
+    watch.wrap(ingest_module, "distill", "distil")
     watch.wrap(memory.embedder, "encode", "embed")
     for owner, name in ((cache.Pending, "add"), (cache.Pending, "search"), (cache.TenantIndexes, "committed"),
                         (cache.TenantIndexes, "checkpoint")):

@@ -269,7 +269,7 @@ def breakdown(runtime: Any, questions: list[str]) -> dict[str, dict[str, float]]
         t0 = time.perf_counter()
         # what the search embeds (the request after its known instruction), as another new text: the search below
         # embeds too
-        memory.embedder.encode([memory._embed_text(TENANT, q + " ?")[1]])
+        memory.embedder.encode([memory.instructions.split(TENANT, q + " ?")[1]])
         t1 = time.perf_counter()
         hits = memory.search(q, conditioner.gen_config.k, tenant=TENANT)
         t2 = time.perf_counter()

@@ -1,5 +1,6 @@
 """logmem.memory: from raw logs to ranked experiences (no language model involved)."""
 
+from .answers import FeedbackResult
 from .config import MemoryConfig
 from .embedding import Embedder
 from .errors import (
@@ -13,8 +14,10 @@ from .errors import (
                      NotFoundError,
                      StoreError,
 )
+from .ingest import IngestReport
 from .logs import Feedback, Interaction, Message, Rejected, parse_record, read_jsonl
-from .memory import FeedbackResult, Hit, IngestReport, VectorMemory
+from .memory import VectorMemory
+from .search import Hit
 from .stats import Stats
 
 __all__ = [

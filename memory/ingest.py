@@ -1,0 +1,227 @@
+"""Ingest and merge: logged interactions stored, distilled into candidate experiences, and each candidate placed
+as a new experience, merged into a near-duplicate, or kept as a conflict with one, a transaction per tenant and
+batch. Feedback that judges a served answer later places what it teaches the same way (`Ingestor.learn`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import MemoryConfig
+from .distill import Candidate, Neighbour, agree, content_hash, distill, plan_merge
+from .embedding import Embedder
+from .errors import DimensionMismatchError, LogFormatError
+from .indexes import Pending, TenantIndexes
+from .instructions import SharedInstructions
+from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
+from .store import Store, Tx
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call did."""
+
+    read: int = 0  # records seen, rejected ones included
+    stored: int = 0  # new interactions written
+    skipped: int = 0  # interactions already in the memory (re-ingest changes nothing)
+    rejected: int = 0  # records that could not be read
+    experiences: int = 0  # new experiences
+    merged: int = 0  # candidates merged into an existing experience (duplicates)
+    conflicts: int = 0  # candidates that contradicted a near-duplicate's answer
+    filtered: int = 0  # new interactions that taught nothing confident (noise)
+    errors: list[str] = field(default_factory=list)  # one line per rejected record
+    rejected_file: str | None = None  # where the rejected lines were written for repair
+
+    def to_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+class Ingestor:
+    """Writes interactions and the experiences they teach. `lock` is the memory's: a batch changes a tenant's
+    index while no other thread of the process searches or changes it."""
+
+    def __init__(self, *, store: Store, indexes: TenantIndexes, config: MemoryConfig, embedder: Embedder,
+                 instructions: SharedInstructions, lock: threading.RLock) -> None:
+        self.store, self.indexes, self.config, self.embedder = store, indexes, config, embedder
+        self.instructions, self.lock = instructions, lock
+        self.d = embedder.dim
+
+    def ingest(self, records: Iterable[Interaction | dict | Rejected], *, format: str = "auto",
+               tenant: str | None = None, progress: bool = False, total: int | None = None) -> IngestReport:
+        """Store interactions and distil them into experiences, one transaction per batch (`VectorMemory.ingest`)."""
+        report = IngestReport()
+        batch: list[Interaction] = []
+        bar = tqdm(total=total, unit="rec", desc="ingest", disable=not progress)
+        try:
+            for rec in records:
+                report.read += 1
+                bar.update(1)
+                item = rec if isinstance(rec, Rejected) else self.parse(rec, format, tenant)
+                if isinstance(item, Rejected):
+                    report.rejected += 1
+                    report.errors.append(item.error.describe())
+                    continue
+                batch.append(item)
+                if len(batch) >= self.config.batch_size:
+                    self._ingest_batch(batch, report)
+                    batch = []
+            if batch:
+                self._ingest_batch(batch, report)
+        finally:
+            bar.close()
+            with self.lock:
+                self.indexes.checkpoint()
+        return report
+
+    def ingest_file(self, path: str | Path, *, format: str = "auto", tenant: str | None = None,
+                    progress: bool = False, rejected_path: str | Path | None = None) -> IngestReport:
+        """Ingest a JSONL file; rejected lines go to `rejected_path` (default `<path>.rejected.jsonl`)."""
+        path = Path(path)
+        rejected: list[Rejected] = []
+
+        def keep_rejected() -> Iterable[Interaction | Rejected]:
+            for item in read_jsonl(path, format=format, tenant=tenant):
+                if isinstance(item, Rejected):
+                    rejected.append(item)
+                yield item
+
+        total = _count_lines(path) if progress else None
+        report = self.ingest(keep_rejected(), progress=progress, total=total)
+        if rejected:
+            side = Path(rejected_path) if rejected_path else path.with_name(path.name + ".rejected.jsonl")
+            side.unlink(missing_ok=True)
+            write_rejected(rejected, side)
+            report.rejected_file = str(side)
+            logger.warning("%d line(s) of %s rejected; written to %s", len(rejected), path, side)
+        return report
+
+    def parse(self, rec: Interaction | dict, format: str, tenant: str | None) -> Interaction | Rejected:
+        """`rec` read as an interaction, or what was wrong with it."""
+        try:
+            return parse_record(rec, format=format, tenant=tenant)
+        except LogFormatError as exc:
+            return Rejected(exc, json.dumps(rec, default=str) if isinstance(rec, dict) else repr(rec))
+
+    def _ingest_batch(self, batch: list[Interaction], report: IngestReport) -> None:
+        with self.lock:
+            by_tenant: dict[str, list[Interaction]] = {}
+            for it in batch:
+                by_tenant.setdefault(it.tenant, []).append(it)
+            for tenant, items in by_tenant.items():
+                part = self.store.retry_on_conflict(functools.partial(self._ingest_attempt, tenant, items))
+                for name in ("stored", "skipped", "experiences", "merged", "conflicts", "filtered"):
+                    setattr(report, name, getattr(report, name) + getattr(part, name))
+
+    def _ingest_attempt(self, tenant: str, items: list[Interaction]) -> IngestReport:
+        """`_ingest_tenant` in one transaction, counted apart: an attempt rolled back counts nothing."""
+        part = IngestReport()
+        try:
+            self._ingest_tenant(tenant, items, part)
+        except BaseException:
+            self.instructions.drop(tenant)  # may hold instructions of the rolled-back transaction
+            raise
+        return part
+
+    def _ingest_tenant(self, tenant: str, items: list[Interaction], report: IngestReport) -> None:
+        index = self.indexes.pending(tenant)
+        now = time.time()
+        with self.store.transaction() as tx:
+            known = self.store.known_interactions(tx, tenant=tenant, ext_ids=[it.id for it in items])
+            fresh: dict[str, Interaction] = {}
+            for it in items:
+                if it.id in known or it.id in fresh:
+                    report.skipped += 1
+                else:
+                    fresh[it.id] = it
+            if not fresh:
+                return
+            cands = {i: distill(it, self.config, now=now) for i, it in fresh.items()}
+            self.instructions.learn(tx, tenant, [c for cs in cands.values() for c in cs])
+            vectors = self.embed_new(tx, tenant, [c for cs in cands.values() for c in cs])
+            for ext_id, it in fresh.items():
+                pk = self.store.add_interaction(tx, record=it.to_json(), status="filtered")
+                report.stored += 1
+                self.learn(tx, tenant, index, pk, it, cands[ext_id], vectors, report)
+            self.indexes.stage(tx, index)
+            generation = self.store.bump_generation(tx, tenant=tenant, added=index.added()[0])
+        self.indexes.committed(index, generation)
+
+    def learn(self, tx: Tx, tenant: str, index: Pending, pk: int, it: Interaction, cands: Sequence[Candidate],
+              vectors: dict[str, np.ndarray], report: IngestReport, status: str | None = None) -> str:
+        """Place one stored interaction's candidates (new experience, merge or conflict) and set its status
+        (the better of `status`, what it had, and what these candidates made of it)."""
+        if it.metadata.get("retrieved"):
+            self.store.add_retrievals(tx, tenant=tenant, interaction_id=pk, experience_ids=it.metadata["retrieved"])
+        added = merged = 0
+        for c in cands:
+            outcome = self._place(tx, tenant, index, c, vectors, pk)
+            added += outcome == "new"
+            merged += outcome in ("merge", "exact")
+            report.conflicts += outcome == "conflict"
+        report.experiences += added
+        report.merged += merged
+        new = "experience" if added else "merged" if merged else "filtered"
+        rank = ["answered", "filtered", "merged", "experience"]
+        final = max(new, status or "answered", key=rank.index)
+        report.filtered += final == "filtered"
+        self.store.set_status(tx, interaction_id=pk, status=final)
+        return final
+
+    def embed_new(self, tx: Tx, tenant: str, cands: Sequence[Candidate]) -> dict[str, np.ndarray]:
+        """Vectors for the distinct request bodies of candidates that are not exact duplicates."""
+        texts = sorted({self.instructions.split(tenant, c.trigger)[1] for c in cands
+                        if self.store.experience_by_hash(tx, tenant=tenant, content_hash=c.content_hash) is None})
+        if not texts:
+            return {}
+        xb = self.embedder.encode(texts)
+        if xb.shape != (len(texts), self.d):
+            raise DimensionMismatchError(f"embedder returned shape {xb.shape}, expected ({len(texts)}, {self.d})")
+        return dict(zip(texts, np.asarray(xb, dtype=np.float32)))
+
+    def _place(self, tx: Tx, tenant: str, index: Pending, c: Candidate, vectors: dict[str, np.ndarray],
+               interaction_id: int) -> str:
+        """Store one candidate as a new experience, a merge, or a conflict; return which."""
+        same = self.store.experience_by_hash(tx, tenant=tenant, content_hash=c.content_hash)
+        if same is not None:
+            self.store.merge_into(tx, experience_id=same, interaction_id=interaction_id, timestamp=c.timestamp,
+                                  success=c.success)
+            return "exact"
+        instruction, body = self.instructions.split(tenant, c.trigger)
+        xq = vectors[body]
+        D, I = index.search(xq[None, :], 4)
+        rows = self.store.get_experiences(tx, tenant=tenant, ids=[i for i in I[0] if i >= 0])
+        near = [Neighbour(int(i), float(s), rows[i].response, rows[i].instruction)
+                for s, i in zip(D[0], I[0]) if i in rows]
+        decision, target = plan_merge(c, instruction, near, self.config)
+        if decision == "merge" and target is not None:
+            self.store.merge_into(tx, experience_id=target, interaction_id=interaction_id, timestamp=c.timestamp,
+                                  success=c.success)
+        elif decision == "conflict" and target is not None:
+            corrects = c.rejected is not None and agree(c.rejected, rows[target].response, self.config.agree_threshold)
+            self.store.add_conflict(tx, experience_id=target, interaction_id=interaction_id, response=c.response,
+                                    swap_hash=content_hash(rows[target].trigger, c.response), wins_ties=corrects,
+                                    lesson=c.lesson, rejected=c.rejected)
+        else:
+            new_id = self.store.add_experience(
+                tx, tenant=tenant, user=c.user, content_hash=c.content_hash, instruction=instruction,
+                trigger=c.trigger, response=c.response, lesson=c.lesson, rejected=c.rejected, vector=xq,
+                alpha=1.0 + c.success, beta=1.0 + (1.0 - c.success), timestamp=c.timestamp,
+                interaction_id=interaction_id)
+            index.add(np.array([new_id], dtype=np.int64), xq[None, :])
+        return decision
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for _ in fh)
