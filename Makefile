@@ -48,6 +48,7 @@ bench: setup  # every performance figure of the README, peers in the same runs (
 	$(PY) benchmarks/bench_conditioning.py --logs $(LOGS) --eval $(EVAL) --out benchmarks/results
 	$(PY) benchmarks/bench_learning.py --logs $(LOGS) --eval $(EVAL) --out benchmarks/results
 	$(PY) benchmarks/bench_upstream.py --logs $(LOGS) --out benchmarks/results
+	$(PY) benchmarks/bench_limits.py --out benchmarks/results
 	$(MAKE) bench-service
 
 bench-quick: setup  # the benchmark scripts at small sizes into temporary folders, as CI runs them (~15 min)

@@ -137,3 +137,13 @@ def test_bench_footprint_quick(tmp_path: Path) -> None:
         assert searched["search_vector"]["p50_ms"] > 0
     sq8 = result["rows"][1]
     assert sq8["index_file_bytes_per_vector"] > 1536  # the float vectors are in its file, beside the codes
+
+
+def test_bench_limits_quick(tmp_path: Path, smollm_folder: Path) -> None:
+    run("bench_limits.py", "--out", str(tmp_path), "--model", str(smollm_folder), "--new-tokens", "256")
+    result = json.loads((tmp_path / "limits.json").read_text())
+    assert (tmp_path / "limits.md").is_file()
+    assert set(result["refusals"]) == {"990 KB (by its length)", "300 KB (counted)"}
+    assert all(s["n"] == 3 and s["p50_ms"] > 0 for s in result["refusals"].values())
+    assert set(result["abandoned"]) == {"whole", "streamed"}
+    assert [s["cancelled"] for s in result["sigterm"]] == [True]  # the stream ended with the cancellation
