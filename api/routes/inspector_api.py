@@ -4,10 +4,11 @@ history, the prompt a request would get, an answer without memory, the users."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from logmem.memory.store import AnswerData
+from logmem.memory.vocabulary import SortKey, SortOrder
 from starlette.concurrency import run_in_threadpool
 
 from ..answering import Ask
@@ -28,7 +29,6 @@ from .consolidation import _adapter
 from .memory import _experience
 
 router = APIRouter(prefix="/v1", tags=["inspector"])
-Sort = Literal["utility", "uses", "support", "age", "id"]
 
 
 @router.get("/interactions", response_model=AnswerPage)
@@ -48,7 +48,7 @@ def activity(runtime: RuntimeDep, caller: CallerDep, days: Annotated[int, Query(
 
 @router.get("/memory/find", response_model=ExperiencePage)
 def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[RequiredText, Query(min_length=1, max_length=1_000)],
-         sort: Sort = "utility", order: Literal["desc", "asc"] = "desc",
+         sort: SortKey = "utility", order: SortOrder = "desc",
          limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
     """One page of the caller's experiences whose trigger, response, lesson or rejected answer holds `text`."""
     total, page = runtime.find_experiences(caller, text, sort=sort, descending=order == "desc", limit=limit,

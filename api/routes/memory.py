@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from logmem.memory.store import ExperienceData
+from logmem.memory.vocabulary import SortKey, SortOrder
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import CallerDep, RowId, RuntimeDep
@@ -38,8 +39,8 @@ async def search(runtime: RuntimeDep, caller: CallerDep,
 
 @router.get("/experiences", response_model=ExperiencePage)
 def experiences(runtime: RuntimeDep, caller: CallerDep,
-                sort: Literal["utility", "uses", "support", "age", "id"] = "utility",
-                order: Literal["desc", "asc"] = "desc", limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                sort: SortKey = "utility",
+                order: SortOrder = "desc", limit: Annotated[int, Query(ge=1, le=500)] = 50,
                 offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
     """One page of the caller's experiences, sorted."""
     total, page = runtime.experiences(caller, sort=sort, descending=order == "desc", limit=limit, offset=offset)
