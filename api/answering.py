@@ -28,9 +28,30 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from .upstream import Upstream, UpstreamStream, lora_name
 
 if TYPE_CHECKING:
-    from .runtime import Answer, Caller, Runtime
+    from logmem.memory import VectorMemory
 
 SERVED_MODEL = "default"  # the model name that means: the base model with the tenant's active adapter
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for: the tenant its key maps to (or that an admin key names)."""
+
+    tenant: str
+    key_id: int | None  # the API key's id (None: the settings' admin key)
+    admin: bool = False
+
+
+@dataclass
+class Answer:
+    """One answered request: the generator's reply and what the service reports beside it."""
+
+    reply: Any  # logmem.model.generator.Reply
+    adapter: str | None  # the adapter version that answered (None: the base model)
+    model: str  # the model name the caller asked for
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+    server_timing: str | None = None  # in front of an upstream: the proxy's own time (a Server-Timing value)
 
 
 @dataclass
@@ -77,10 +98,37 @@ class Backend(Protocol):
         ...
 
 
-class LocalBackend:
-    """The local model (with the tenant's adapter), through `Runtime.chat` in a worker thread."""
+class LocalModel(Protocol):
+    """What `LocalBackend` needs of the runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    base_model: str
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def models(self, caller: Caller) -> list[str]: ...
+
+    def loras(self, caller: Caller) -> dict[str, Any]: ...
+
+    def answer(self, caller: Caller, ask: Ask, *, streamer: Any = None) -> Answer: ...
+
+
+class Conditioner(Protocol):
+    """What `UpstreamBackend` needs of the runtime."""
+
+    @property
+    def memory(self) -> VectorMemory: ...
+
+    def condition(self, caller: Caller, messages: Any, *, with_adapter: bool = True,
+                  interaction_id: str | None = None) -> Any: ...
+
+    def active_version(self, caller: Caller) -> str | None: ...
+
+
+class LocalBackend:
+    """The local model (with the tenant's adapter), through `Runtime.answer` in a worker thread."""
+
+    def __init__(self, runtime: LocalModel) -> None:
         self.runtime = runtime
         self.base_model = runtime.base_model
 
@@ -139,7 +187,7 @@ class UpstreamBackend:
     """An OpenAI-compatible server: the conversation conditioned here, the tenant's adapter where the server has it
     loaded (pushed as `<tenant>-<version>`), the answer logged here as a local one is."""
 
-    def __init__(self, runtime: Runtime, upstream: Upstream) -> None:
+    def __init__(self, runtime: Conditioner, upstream: Upstream) -> None:
         self.runtime, self.upstream = runtime, upstream
         self.base_model = upstream.model or ""
 
@@ -207,7 +255,7 @@ class UpstreamBackend:
 
 @dataclass
 class _UpstreamCall:
-    runtime: Runtime
+    runtime: Conditioner
     caller: Caller
     ask: Ask
     cond: Any  # the Conditioned request (None: asked without memory)
@@ -227,8 +275,6 @@ class _UpstreamCall:
     def answered(self, text: str, finish_reason: str | None, usage: dict[str, Any]) -> Answer:
         """The upstream's answer as an `Answer`, logged as a local one is (unless asked without memory)."""
         from logmem.model.generator import Reply, log_reply
-
-        from .runtime import Answer
 
         cond, ask = self.cond, self.ask
         model_ms = (time.perf_counter() - self.started) * 1e3
