@@ -17,7 +17,6 @@ tenant, `stage` writes a transaction's vectors in that transaction, and there is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from .errors import ConfigError
 from .index import Index, is_durable, kinds, load_index, make_index
 from .index.base import check_vectors
 from .index.exact import ExactIndex
+from .vocabulary import tenant_key
 
 if TYPE_CHECKING:
     from .store.changes import Delta
@@ -106,11 +106,6 @@ def index_settings(config: MemoryConfig) -> dict[str, Any]:
     """The registry's keyword settings from a config (each backend takes those it knows)."""
     return {"m": config.hnsw_m, "sq8_m": config.hnsw_sq8_m, "ef_construction": config.hnsw_ef_construction,
             "ef_search": config.hnsw_ef_search, "threads": config.search_threads}
-
-
-def file_key(tenant: str) -> str:
-    """The name of a tenant's index files (a hash: tenant names may hold any character)."""
-    return hashlib.sha256(tenant.encode()).hexdigest()[:16]
 
 
 def is_empty(index: Index) -> bool:
@@ -257,7 +252,7 @@ class TenantIndexes:
     # --- files ----------------------------------------------------------------------------
     def path(self, tenant: str) -> Path:
         """The tenant's index file (its metadata beside it, with the suffix `.json`)."""
-        return self.folder / f"{file_key(tenant)}.idx"
+        return self.folder / f"{tenant_key(tenant)}.idx"
 
     def save(self) -> None:
         """Write every loaded index whose contents changed since its file was written."""

@@ -3,7 +3,6 @@ activate it and mark the experiences it covers. Where and when a job runs is the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from logmem.memory import VectorMemory
+from logmem.memory.vocabulary import tenant_key
 
 from .config import ConsolidationConfig
 from .progress import Report
@@ -58,8 +58,3 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
         logger.info("tenant %r is served %s from now on (%s)", tenant, serving["mode"], serving["reason"])
     metrics = {**outcome.metrics, "version": version, "holdout_ids": outcome.holdout}
     return ("succeeded" if outcome.promoted else "rejected"), metrics
-
-
-def tenant_key(tenant: str) -> str:
-    """A file-name-safe key of a tenant name."""
-    return hashlib.sha256(tenant.encode()).hexdigest()[:12]
