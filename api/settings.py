@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from logmem.memory.vocabulary import Choose, IndexChoice
+from logmem.memory.vocabulary import Choose, IndexChoice, default_db_url
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -85,4 +85,4 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.db or f"sqlite:///{self.home / 'memory.db'}"
+        return self.db or default_db_url(self.home)

@@ -23,6 +23,7 @@ from .logs import Interaction, Rejected
 from .search import Hit, Searcher
 from .stats import Stats, compute_stats
 from .store import AdapterData, AnswerData, ExperienceData, ServingModeData, Store
+from .vocabulary import default_db_url
 
 __all__ = ["FeedbackResult", "Hit", "IngestReport", "VectorMemory"]
 
@@ -59,7 +60,7 @@ class VectorMemory:
         self._config = config or MemoryConfig()
         self.embedder = embedder
         self.d = embedder.dim
-        self.store = Store(db_url or f"sqlite:///{self.home / 'memory.db'}")
+        self.store = Store(db_url or default_db_url(self.home))
         self.store.check_meta(embedder=embedder.name, dim=self.d)
         self.indexes = TenantIndexes(self.home / "index", d=self.d, config=self._config, source=self.store)
         self._lock = threading.RLock()
