@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from logmem.memory import LogmemError, VectorMemory
 from logmem.memory.errors import ConfigError, JobConflictError, JobStateError, NotEnoughDataError
 from logmem.memory.store import JobData, Store
+from logmem.memory.vocabulary import JOB_RESULTS
 from logmem.model.jobs import Report
 
 if TYPE_CHECKING:
@@ -190,8 +191,8 @@ def _outcome(result: Any) -> tuple[str, dict[str, Any]]:
         status, metrics = result
     except (TypeError, ValueError):
         raise JobStateError(f"the job's work returned {result!r}; expected (status, metrics)") from None
-    if status not in ("succeeded", "rejected"):
-        raise JobStateError(f"the job's work returned status {status!r}; expected 'succeeded' or 'rejected'")
+    if status not in JOB_RESULTS:
+        raise JobStateError(f"the job's work returned status {status!r}; expected one of {', '.join(JOB_RESULTS)}")
     return status, dict(metrics or {})
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import JobConflictError, JobStateError, NotFoundError
+from ..vocabulary import JOB_ENDS
 from .base import StoreBase
 from .records import JobData, job_data
 from .schema import JobRow
@@ -80,8 +81,8 @@ class JobStore(StoreBase):
     def finish_job(self, *, job_id: int, status: str, pid: int, host: str, progress: float,
                    message: str | None, metrics: dict[str, Any] | None = None, error: str | None = None) -> bool:
         """running -> `status`, only if still running under this `pid` and `host`; returns whether it did."""
-        if status not in ("succeeded", "rejected", "failed"):
-            raise JobStateError(f"a job finishes 'succeeded', 'rejected' or 'failed', not {status!r}")
+        if status not in JOB_ENDS:
+            raise JobStateError(f"a job finishes one of {', '.join(JOB_ENDS)}, not {status!r}")
         values = dict(status=status, progress=progress, message=message, error=error, finished_at=time.time(),
                       metrics=json.dumps(metrics, default=plain) if metrics is not None else None)
         with self.transaction() as tx:
