@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .config import MemoryConfig
 from .logs import Interaction
-from .outcome import TurnOutcome, classify_reply, judge
+from .outcome import TurnOutcome, classify_reply, explicit_signal, judge
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -121,6 +121,30 @@ def distill(interaction: Interaction, config: MemoryConfig, *, now: float = 0.0)
             tenant=interaction.tenant, user=interaction.user, trigger=msgs[req].content,
             response=msgs[turn].content, success=o.success, confidence=o.confidence, timestamp=ts,
             lesson=lesson, rejected=msgs[failed].content if failed is not None else None))
+    return out + _corrected(interaction, outcomes, config, ts, taught={c.rejected for c in out if c.rejected})
+
+
+def _corrected(interaction: Interaction, outcomes: dict[int, TurnOutcome], config: MemoryConfig, ts: float, *,
+               taught: set[str]) -> list[Candidate]:
+    """What a correction with text teaches, whichever way it arrived (a log file, a batch, the feedback route): the
+    right answer to the request the corrected answer answered, that answer as `rejected` and the text as the lesson,
+    with a like's weight (the route's correction is the user's right answer, liked). Not where a later answer of the
+    conversation already taught the correction of that answer (its `rejected` is in `taught`)."""
+    msgs, out = interaction.messages, []
+    success, confidence = explicit_signal("like")
+    for f in interaction.feedback:
+        text = (f.text or "").strip()
+        if f.kind != "correction" or not text or not 0 <= f.turn < len(msgs) or msgs[f.turn].role != "assistant":
+            continue
+        if msgs[f.turn].content in taught:
+            continue
+        req, _, _ = _origin(interaction, outcomes, f.turn, config)
+        if req is None:
+            continue
+        out.append(Candidate(tenant=interaction.tenant, user=interaction.user, trigger=msgs[req].content,
+                             response=str(f.text), success=success, confidence=confidence, timestamp=ts,
+                             lesson=str(f.text), rejected=msgs[f.turn].content))
+        taught.add(msgs[f.turn].content)
     return out
 
 

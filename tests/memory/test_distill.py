@@ -67,6 +67,22 @@ def test_explicit_correction_feedback_text_is_the_lesson() -> None:
                                                              "It is Canberra")
 
 
+def test_a_correction_with_text_and_no_later_answer_teaches_that_text() -> None:
+    obj = conversation("Capital of Australia?", "Sydney.",
+                       feedback=[{"turn": 1, "kind": "correction", "text": "Canberra."}])
+
+    (c,) = candidates(obj)
+
+    assert (c.trigger, c.response, c.rejected, c.lesson) == ("Capital of Australia?", "Canberra.", "Sydney.",
+                                                             "Canberra.")
+    assert c.success > 0.5
+
+
+def test_a_correction_without_text_teaches_nothing() -> None:
+    assert candidates(conversation("Capital of Australia?", "Sydney.",
+                                   feedback=[{"turn": 1, "kind": "dislike"}])) == []
+
+
 def test_a_correction_chain_goes_back_to_the_first_request() -> None:
     obj = conversation("Q", "wrong one", "No, try harder", "wrong two", "That is not right either", "right",
                        feedback=[{"turn": 5, "kind": "like"}])
