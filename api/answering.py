@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from logmem.memory.errors import UnknownModelError
+from logmem.memory.vocabulary import ANSWER_TOKENS
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from .upstream import Upstream, UpstreamStream, lora_name
@@ -61,7 +62,7 @@ class Ask:
     messages: list[dict[str, str]]
     model: str = SERVED_MODEL
     user: str | None = None
-    max_tokens: int = 128
+    max_tokens: int = ANSWER_TOKENS
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)

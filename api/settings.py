@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from logmem.memory.vocabulary import Choose, Dtype, IndexChoice, default_db_url
+from logmem.model.config import GeneratorConfig  # no torch behind it
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,12 +33,13 @@ class Settings(BaseSettings):
     # without AVX-512 BF16); loading resolves it (vocabulary.resolve_dtype)
 
     # Answering
-    k: int = Field(default=8, ge=0)  # experiences retrieved per request
-    template: str = "exchanges"  # prompt template name or .jinja path
+    # the generator's defaults (GeneratorConfig), defined there
+    k: int = Field(default=GeneratorConfig.k, ge=0)  # experiences retrieved per request
+    template: str = Field(default=GeneratorConfig.template)  # prompt template name or .jinja path
     # "vote": answer with a memory-supported answer where the memory agrees; "auto": vote for a tenant whose answers
     # repeat (labels, routes, canned replies), free generation for the others; "default": each tenant's serving mode
     # (what its consolidation jobs measured best, or an operator pinned; `auto` before any)
-    choose: Choose = "default"
+    choose: Choose = Field(default=GeneratorConfig.choose)
     max_loaded_adapters: int = Field(default=8, ge=1)  # tenants' adapters kept loaded beside the base model
 
     # The service: keys and limits

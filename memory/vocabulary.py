@@ -64,6 +64,7 @@ SortOrder = Literal["desc", "asc"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
+ANSWER_TOKENS = 128  # new tokens of an answer when a request names none (Settings.max_tokens caps what one may name)
 DB_FILE = "memory.db"  # the SQLite file in a home, when no database URL is given
 
 

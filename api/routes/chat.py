@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from logmem.memory.errors import GenerationCancelled, LogmemError, UnknownModelError
+from logmem.memory.vocabulary import ANSWER_TOKENS
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -53,7 +54,7 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
     settings = runtime.settings
     if len(body.messages) > settings.max_messages:
         raise HTTPException(422, f"messages: at most {settings.max_messages} per request")
-    max_tokens = body.max_completion_tokens or body.max_tokens or min(128, settings.max_tokens)
+    max_tokens = body.max_completion_tokens or body.max_tokens or min(ANSWER_TOKENS, settings.max_tokens)
     if max_tokens > settings.max_tokens:
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
     ask = Ask([m.plain() for m in body.messages], model=body.model, user=body.user, max_tokens=max_tokens,
