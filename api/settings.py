@@ -4,9 +4,8 @@ CLI's options) when a front end starts, never at import."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from logmem.memory.vocabulary import Choose, Dtype, IndexChoice, default_db_url
+from logmem.memory.vocabulary import Choose, Dtype, EmbeddingRuntime, IndexChoice, default_db_url
 from logmem.model.config import GeneratorConfig  # no torch behind it
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +24,7 @@ class Settings(BaseSettings):
     index_kind: IndexChoice = "auto"
     shared_index: bool = False
     embedder: str | None = None  # a local sentence-transformers folder; default the bundled MiniLM
-    embedder_runtime: Literal["auto", "onnx", "torch", "static"] = "auto"  # auto: onnxruntime (same vectors, faster)
+    embedder_runtime: EmbeddingRuntime = "auto"  # auto: onnxruntime (same vectors, faster)
     # if installed; static: per-token vectors distilled from the same folder (other vectors, ~0.2 ms a request)
     model: str | None = None  # a local model folder or .gguf; default the bundled SmolLM2-135M-Instruct
     device: str = "auto"  # torch device of the model (auto: the first GPU when there is one)

@@ -65,6 +65,11 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
 ANSWER_TOKENS = 128  # new tokens of an answer when a request names none (Settings.max_tokens caps what one may name)
+# The embedder's runtime (model/embedding.py): "auto" is onnxruntime when installed (the same vectors, faster), else
+# torch; "static" per-token vectors distilled from the same folder
+EmbeddingRuntime = Literal["auto", "onnx", "torch", "static"]
+EMBEDDING_RUNTIMES: tuple[str, ...] = get_args(EmbeddingRuntime)
+
 DB_FILE = "memory.db"  # the SQLite file in a home, when no database URL is given
 
 

@@ -13,11 +13,12 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from logmem.memory.embedding import Embedder
 from logmem.memory.errors import ConfigError
+from logmem.memory.vocabulary import EMBEDDING_RUNTIMES, EmbeddingRuntime
 
 from .embedder_folder import (
     DEFAULT_EMBEDDER_NAME,
@@ -37,8 +38,7 @@ __all__ = ["DEFAULT_EMBEDDER_NAME", "DEFAULT_MAX_SEQ_LENGTH", "DEFAULT_RUNTIME",
 
 logger = logging.getLogger(__name__)
 
-EmbeddingRuntime = Literal["auto", "onnx", "torch", "static"]
-RUNTIMES: tuple[EmbeddingRuntime, ...] = ("auto", "onnx", "torch", "static")
+RUNTIMES = EMBEDDING_RUNTIMES
 # What `default_embedder()` runs on when not told: ONNX whenever onnxruntime imports (the same vectors as torch,
 # cosine >= 0.9999998 and the same top-10 neighbours on real texts; 2.5x faster for one text:
 # benchmarks/results/embedding.md), else the torch reference
