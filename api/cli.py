@@ -14,17 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from logmem.memory import LogmemError, StoreError
+from logmem.memory import LogmemError
 from logmem.memory.errors import ConfigError
-from logmem.memory.store import AdapterData, JobData, KeyData, Store
 from logmem.memory.vocabulary import CHOOSE_VALUES, LOG_FORMATS, METHODS, SERVING_MODES
 from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI stays quick to start
 
 from .demo import DEMO_TENANT, one_line, run_demo
-from .push import Pushed, push
-from .push import activate as push_activate
-from .push import rollback as push_rollback
-from .runtime import SERVED_MODEL, Caller, Runtime
+from .runtime import SERVED_MODEL, AdapterData, Caller, JobData, KeyData, Pushed, Runtime
 from .settings import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
@@ -50,14 +46,9 @@ def _operator(tenant: str) -> Caller:
     return Caller(tenant, None, admin=True)
 
 
-def _open_store(args: argparse.Namespace) -> Store:
-    """The SQL store alone, no embedder loaded: all that jobs, adapters and keys need."""
-    if args.db:
-        return Store(args.db)
-    path = Path(args.home) / "memory.db"
-    if not path.is_file():
-        raise StoreError(f"no memory in {args.home} (no {path.name}); ingest logs first, or pass --home or --db")
-    return Store(f"sqlite:///{path}")
+def _operations(args: argparse.Namespace, *, create: bool = False, **more: Any) -> Runtime:
+    """A runtime over the SQL store alone, no embedder loaded: all that jobs, adapters and keys need."""
+    return Runtime.over_store(_settings(args, **more), create=create)
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], None]) -> None:
@@ -149,7 +140,8 @@ def cmd_mode(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     with closing(_runtime(args)) as runtime:  # the operator's erasure may span tenants (a user of all of them)
-        counts = runtime.memory.forget(id=args.id, user=args.user, tenant=args.tenant)
+        counts = runtime.forget(_operator(args.tenant) if args.tenant else None, experience_id=args.id,
+                                user=args.user, everything=args.tenant is not None)
     _emit(args, counts, lambda: print(" ".join(f"{k}={v}" for k, v in counts.items()) + " removed"))
     return EXIT_OK
 
@@ -209,7 +201,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from logmem.model.evaluate import MODES, eval_report, markdown_table, read_eval
+    from logmem.model.evaluate import MODES, markdown_table, read_eval
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
@@ -217,13 +209,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"logmem: unknown mode(s) {', '.join(unknown)}; expected {', '.join(MODES)}", file=sys.stderr)
         return EXIT_USAGE
     items = read_eval(args.eval)[: args.limit or None]
+    config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
     with closing(_runtime(args)) as runtime:
-        model, tokenizer = runtime.load_model_copy()
-        config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
-        results, data = eval_report(model, tokenizer, runtime.memory, args.logs, items, modes=modes, config=config,
-                                    tenant=args.tenant, max_new_tokens=args.max_new_tokens,
-                                    predictions=args.predictions, batch_size=args.batch_size,
-                                    progress=not args.json)
+        results, data = runtime.evaluate(_operator(args.tenant), args.logs, items, modes=modes, config=config,
+                                         max_new_tokens=args.max_new_tokens, predictions=args.predictions,
+                                         batch_size=args.batch_size, progress=not args.json)
     answer_ms = data["greedy_32_tokens_ms"]
     _emit(args, data, lambda: print(markdown_table(results, answer_ms)))
     return EXIT_OK
@@ -243,7 +233,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
               **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
     with closing(_runtime(args)) as runtime:
-        runtime.jobs.recover()  # a dead process's running job would hold the tenant
+        runtime.recover_jobs()  # a dead process's running job would hold the tenant
         job = runtime.run_job(runtime.submit_consolidation(_operator(args.tenant), params).id,
                               progress=not args.json)
     _emit(args, job.to_json(), lambda: print(f"job {job.id} {job.status}: "
@@ -253,16 +243,13 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List the jobs (a dead process's running job is marked failed first), or show one."""
-    from logmem.api.jobs import JobRunner
-
-    with closing(_open_store(args)) as store:
-        runner = JobRunner(store)
-        runner.recover()
+    with closing(_operations(args)) as runtime:
+        runtime.recover_jobs()
         if args.id is not None:
-            job = runner.get(args.id)
+            job = runtime.job(None, args.id)
             _emit(args, job.to_json(), lambda: _print_fields(job.to_json()))
             return EXIT_OK
-        jobs = runner.list(args.tenant)
+        jobs = runtime.job_list(_operator(args.tenant) if args.tenant else None)
     _emit(args, {"jobs": [j.to_json() for j in jobs]}, lambda: _print_jobs(jobs))
     return EXIT_OK
 
@@ -278,38 +265,28 @@ def _print_jobs(jobs: list[JobData]) -> None:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    """List the adapters, activate one, or roll back to the one active before."""
-    with closing(_open_store(args)) as store:
+    """List the adapters, activate one, roll back to the one active before, or push the active one."""
+    to = args.to if args.action == "push" else getattr(args, "push_to", None)  # loaded there before it is active
+    target = {"push_to": to, "push_key": _key_from(args.key_env) if to else None, "push_as_tenant": args.as_tenant}
+    with closing(_operations(args, **target)) as runtime:
         if args.action is None:
-            adapters = store.adapters(tenant=args.tenant)
+            adapters = runtime.adapters(_operator(args.tenant) if args.tenant else None)
             data = {"adapters": [{**a.to_json(), "covered": len(a.covered)} for a in adapters]}
             _emit(args, data, lambda: _print_adapters(adapters))
             return EXIT_OK
         if args.action == "push":
-            tenant = args.tenant or "default"
-            pushed = push(store, tenant, args.to, key=_key_from(args.key_env), as_tenant=args.as_tenant)
+            pushed = runtime.push(_operator(args.tenant or "default"))
             _emit(args, pushed.to_json(), lambda: _print_pushed(pushed, args.to))
             return EXIT_OK
-        to = getattr(args, "push_to", None)  # loaded there before it is active: a failed load changes nothing
-        done: Pushed | None = None
         if args.action == "activate":
-            tenant = args.tenant or store.get_adapter(version=args.version).tenant
-            before = store.active_adapter(tenant=tenant)
-            if to:
-                active, done = push_activate(store, tenant, args.version, to, key=_key_from(args.key_env),
-                                               force=args.force, as_tenant=args.as_tenant)
-                now: str | None = active.version
-            else:
-                now = store.activate_adapter(tenant=tenant, version=args.version, force=args.force).version
+            tenant = args.tenant or runtime.adapter(args.version).tenant
+            change = runtime.activate(_operator(tenant), args.version, force=args.force)
         else:
-            tenant = args.tenant or "default"
-            before = store.active_adapter(tenant=tenant)
-            now, done = push_rollback(store, tenant, to, key=_key_from(args.key_env),
-                                      as_tenant=args.as_tenant) if to else (store.rollback_adapter(tenant=tenant), None)
-    was = before.version if before is not None else None
+            change = runtime.rollback(_operator(args.tenant or "default"))
+    tenant, now, was, done = change.tenant, change.active, change.was, change.pushed
     what = f"{now} active" if now else "base model (no adapter active)"
-    change = " (unchanged)" if was == now else f" (was {was})" if was else ""
-    _emit(args, {"tenant": tenant, "active": now, "was": was}, lambda: print(f"{tenant}: {what}{change}"))
+    note = " (unchanged)" if was == now else f" (was {was})" if was else ""
+    _emit(args, {"tenant": tenant, "active": now, "was": was}, lambda: print(f"{tenant}: {what}{note}"))
     if done is not None and to:
         _emit(args, done.to_json(), lambda: _print_pushed(done, to))
     return EXIT_OK
@@ -359,7 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     runtime = Runtime(settings)
-    if not runtime.store.keys() and settings.admin_key is None:
+    if not runtime.keys() and settings.admin_key is None:
         print("logmem: no API keys yet; make one with `logmem keys create --tenant NAME`", file=sys.stderr)
     uvicorn.run(create_app(runtime=runtime), host=args.host, port=args.port,
                 log_level="info" if args.verbose else "warning")
@@ -378,21 +355,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys of the service: create (the key is printed once, on the last line), list, revoke."""
-    if args.db is None:  # the service's first key may come before its first log
-        Path(args.home).mkdir(parents=True, exist_ok=True)
-    with closing(Store(_settings(args).db_url)) as store:
+    with closing(_operations(args, create=True)) as runtime:  # the service's first key may come before its first log
         if args.action == "create":
             if (args.tenant is None) == (not args.admin):
                 print("logmem: keys create needs --tenant NAME, or --admin", file=sys.stderr)
                 return EXIT_USAGE
-            key, record = store.create_key(tenant=args.tenant, admin=args.admin, name=args.name)
+            key, record = runtime.create_key(tenant=args.tenant, admin=args.admin, name=args.name)
             _emit(args, {**record.to_json(), "key": key}, lambda: print(
                 f"key {record.id} for {'any tenant it names (admin)' if record.admin else record.tenant}:\n{key}"))
         elif args.action == "revoke":
-            store.revoke_key(key_id=args.id)
+            runtime.revoke_key(args.id)
             _emit(args, {"revoked": args.id}, lambda: print(f"key {args.id} revoked"))
         else:
-            keys = store.keys(tenant=args.tenant)
+            keys = runtime.keys(args.tenant)
             _emit(args, {"keys": [k.to_json() for k in keys]}, lambda: _print_keys(keys))
     return EXIT_OK
 

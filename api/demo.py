@@ -58,15 +58,15 @@ def _consolidation(runtime: Runtime, max_new_tokens: int) -> None:
     """Train (or reuse, on a second run) the demo tenant's adapter; answer one of its taught questions
     without memory, with the base model and with the adapter."""
     caller = Caller(DEMO_TENANT, None)
-    active = runtime.memory.active_adapter(DEMO_TENANT)
+    active = runtime.active_adapter(caller)
     if active is None:
-        runtime.jobs.recover()
+        runtime.recover_jobs()
         job = runtime.run_job(runtime.submit_consolidation(caller, DEMO_CONSOLIDATION).id, progress=True)
         print(f"   job {job.id} {job.status}: {(job.metrics or {}).get('gate') or job.error}")
         if job.status != "succeeded":
             print("   the base model stays; the adapter is kept on disk, marked rejected (`logmem adapters`)")
             return
-        active = runtime.memory.active_adapter(DEMO_TENANT)
+        active = runtime.active_adapter(caller)
         assert active is not None  # a succeeded job activated its adapter
         print(f"   adapter {active.version} active; {len(active.covered)} experiences consolidated in it")
     else:

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
-from logmem.memory.store import AdapterData, JobData
 
 from ..deps import CallerDep, RowId, RuntimeDep
+from ..runtime import JobData
 from ..schemas import ActiveOut, AdapterOut, ConsolidationIn, ErrorOut, Identifier, JobOut
+from .views import adapter_view
 
 jobs = APIRouter(prefix="/v1/consolidations", tags=["consolidation"])
 adapters = APIRouter(prefix="/v1/adapters", tags=["consolidation"])
@@ -36,18 +37,18 @@ def get_job(job_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
 
 @adapters.get("", response_model=list[AdapterOut])
 def list_adapters(runtime: RuntimeDep, caller: CallerDep) -> Any:
-    return [_adapter(a) for a in runtime.adapters(caller)]
+    return [adapter_view(a) for a in runtime.adapters(caller)]
 
 
 @adapters.post("/rollback", response_model=ActiveOut)
 def rollback(runtime: RuntimeDep, caller: CallerDep) -> Any:
     """Back to the adapter active before (or the base model); the running servers follow at their next request."""
-    return {"active": runtime.rollback(caller)}
+    return {"active": runtime.rollback(caller).active}
 
 
 @adapters.post("/{version}/activate", response_model=AdapterOut, responses={404: {"model": ErrorOut}})
 def activate(version: Version, runtime: RuntimeDep, caller: CallerDep, force: bool = False) -> Any:
-    return _adapter(runtime.activate(caller, version, force=force))
+    return adapter_view(runtime.activate(caller, version, force=force).adapter)
 
 
 def _job(job: JobData) -> dict[str, Any]:
@@ -55,9 +56,3 @@ def _job(job: JobData) -> dict[str, Any]:
             "params": {k: v for k, v in job.params.items() if not k.startswith("_")}, "metrics": job.metrics,
             "error": job.error, "created_at": job.created_at, "started_at": job.started_at,
             "finished_at": job.finished_at}
-
-
-def _adapter(a: AdapterData) -> dict[str, Any]:
-    return {"version": a.version, "status": a.status, "active": a.active, "previous": a.previous,
-            "method": a.method, "base_model": a.base_model, "metrics": a.metrics, "covered": len(a.covered),
-            "created_at": a.created_at, "stale_at": a.stale_at}

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from logmem.memory.store import AnswerData
 from logmem.memory.vocabulary import SortKey, SortOrder
 from starlette.concurrency import run_in_threadpool
 
@@ -22,11 +21,10 @@ from ..inspector_schemas import (
     PromptOut,
     UserOut,
 )
-from ..runtime import turn_view
+from ..runtime import AnswerData, turn_view
 from ..schemas import ErrorOut, ExperiencePage, RequiredText
 from .chat import until_gone
-from .consolidation import _adapter
-from .memory import _experience
+from .views import adapter_view, experience_view
 
 router = APIRouter(prefix="/v1", tags=["inspector"])
 
@@ -53,7 +51,7 @@ def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[RequiredText, Q
     """One page of the caller's experiences whose trigger, response, lesson or rejected answer holds `text`."""
     total, page = runtime.find_experiences(caller, text, sort=sort, descending=order == "desc", limit=limit,
                                            offset=offset)
-    return {"total": total, "limit": limit, "offset": offset, "data": [_experience(e) for e in page]}
+    return {"total": total, "limit": limit, "offset": offset, "data": [experience_view(e) for e in page]}
 
 
 @router.get("/memory/experiences/{experience_id}/history", response_model=ExperienceHistory,
@@ -61,7 +59,7 @@ def find(runtime: RuntimeDep, caller: CallerDep, text: Annotated[RequiredText, Q
 def history(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """An experience, the judged interactions it conditioned (with their outcomes), the adapters trained on it."""
     found, uses, adapters = runtime.experience_history(caller, experience_id)
-    return {"experience": _experience(found), "uses": uses, "adapters": [_adapter(a) for a in adapters]}
+    return {"experience": experience_view(found), "uses": uses, "adapters": [adapter_view(a) for a in adapters]}
 
 
 @router.get("/memory/prompt", response_model=PromptOut)

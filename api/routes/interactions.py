@@ -18,7 +18,7 @@ InteractionId = Annotated[Identifier, Path(min_length=1, max_length=200)]
 
 @router.post("", response_model=IngestOut)
 async def add_interactions(body: InteractionsIn, runtime: RuntimeDep, caller: CallerDep) -> Any:
-    """Store log records under the caller's tenant, as `logmem ingest` does: a record that cannot be read is
+    """Add log records under the caller's tenant, as `logmem ingest` does: a record that cannot be read is
     reported with its index and field (and returned for repair), and the valid ones are stored all the same."""
     if len(body.records) > runtime.settings.max_batch:
         raise HTTPException(422, f"records: at most {runtime.settings.max_batch} per request")
@@ -38,7 +38,7 @@ def _echoed(record: Any) -> Any:
 @router.get("/{interaction_id}", responses={404: {"model": ErrorOut}})
 def get_interaction(interaction_id: InteractionId, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """A served answer: its request, answer, the experiences it used, its feedback so far."""
-    return runtime.memory.answer(interaction_id, tenant=caller.tenant).to_json()
+    return runtime.interaction(caller, interaction_id).to_json()
 
 
 @router.post("/{interaction_id}/feedback", response_model=FeedbackOut, responses={404: {"model": ErrorOut}})

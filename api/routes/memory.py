@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from logmem.memory.store import ExperienceData
 from logmem.memory.vocabulary import SortKey, SortOrder
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import CallerDep, RowId, RuntimeDep
 from ..schemas import ErrorOut, ExperienceOut, ExperiencePage, ForgetOut, Identifier, RequiredText, SearchOut
+from .views import experience_view
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 
@@ -44,16 +44,16 @@ def experiences(runtime: RuntimeDep, caller: CallerDep,
                 offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Any:
     """One page of the caller's experiences, sorted."""
     total, page = runtime.experiences(caller, sort=sort, descending=order == "desc", limit=limit, offset=offset)
-    return {"total": total, "limit": limit, "offset": offset, "data": [_experience(e) for e in page]}
+    return {"total": total, "limit": limit, "offset": offset, "data": [experience_view(e) for e in page]}
 
 
 @router.get("/experiences/{experience_id}", response_model=ExperienceOut, responses={404: {"model": ErrorOut}})
 def experience(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
-    return _experience(runtime.experience(caller, experience_id))
+    return experience_view(runtime.experience(caller, experience_id))
 
 
 @router.delete("/experiences/{experience_id}", response_model=ForgetOut, responses={404: {"model": ErrorOut}})
-async def forget_experience(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
+async def forgetexperience_view(experience_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
     """Forget one experience: its row, vector and text, and the interactions it came from."""
     return {"removed": await run_in_threadpool(lambda: runtime.forget(caller, experience_id=experience_id))}
 
@@ -63,9 +63,3 @@ async def forget_user(user: Annotated[Identifier, Path(min_length=1, max_length=
                       caller: CallerDep) -> Any:
     """Erase a user of the caller's tenant: their interactions, the experiences their words made, their support."""
     return {"removed": await run_in_threadpool(lambda: runtime.forget(caller, user=user))}
-
-
-def _experience(e: ExperienceData) -> dict[str, Any]:
-    return {"id": e.id, "trigger": e.trigger, "response": e.response, "lesson": e.lesson, "rejected": e.rejected,
-            "utility": e.utility, "support": e.support, "uses": e.uses, "created_at": e.created_at,
-            "last_seen_at": e.last_seen_at, "consolidated_in": e.consolidated_in}

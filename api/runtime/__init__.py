@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from ..answering import SERVED_MODEL, Backend, LocalBackend, UpstreamBackend
-from .assembly import Caller, LoadModel
+from logmem.memory.store import AdapterData, AnswerData, ExperienceData, JobData, KeyData
+
+from ..answering import SERVED_MODEL, Answer, Backend, Caller, LocalBackend, UpstreamBackend
+from ..push import Pushed
+from .admin import AdapterChange
+from .assembly import LoadModel
 from .consolidation import POLICY_MARK, Consolidation
 from .inspection import Inspection, turn_view
-from .serving import Answer, Conditioned, Serving
+from .serving import Conditioned, Serving
 
-__all__ = ["POLICY_MARK", "SERVED_MODEL", "Answer", "Caller", "Conditioned", "LoadModel", "Runtime", "turn_view"]
+# the store's records the front ends read are re-exported here: no front end imports a store module
+__all__ = ["POLICY_MARK", "SERVED_MODEL", "AdapterChange", "AdapterData", "Answer", "AnswerData", "Caller",
+           "Conditioned", "ExperienceData", "JobData", "KeyData", "LoadModel", "Pushed", "Runtime", "turn_view"]
 
 
 class Runtime(Serving, Consolidation, Inspection):

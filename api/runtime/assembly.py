@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from logmem.memory import VectorMemory
 from logmem.memory.config import MemoryConfig
+from logmem.memory.errors import ConfigError, StoreError
 from logmem.memory.store import Store
 from logmem.model.config import GeneratorConfig
 from logmem.model.loading import DEFAULT_GENERATOR
@@ -21,15 +21,6 @@ from ..settings import Settings
 from ..upstream import Upstream
 
 LoadModel = Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who a request acts for: the tenant its key maps to (or that an admin key names)."""
-
-    tenant: str
-    key_id: int | None  # the API key's id (None: the settings' admin key)
-    admin: bool = False
 
 
 class Assembly:
@@ -58,11 +49,30 @@ class Assembly:
         self.base_model = Path(settings.model).stem if settings.model else DEFAULT_GENERATOR
         self.stopping = threading.Event()  # set when the server shuts down: every generation in flight is cancelled
         self._prompt_limits: tuple[int, int, Any] | None = None  # (token limit, longest token's length, tokenizer)
+        self._store: Store | None = None  # `over_store`'s: the SQL store opened alone
+
+    @classmethod
+    def over_store(cls, settings: Settings, *, create: bool = False) -> Self:
+        """A runtime over the SQL store alone, no embedder or model loaded: all that keys, jobs and adapters need (the
+        CLI's operator commands); its `memory` is refused. Without `create`, a home with no memory yet is a StoreError
+        (a mistyped --home, not a new empty memory); with it, the home is made (a first key may come before any log)."""
+        runtime = cls(settings)
+        path = settings.home / "memory.db"
+        if settings.db is None and create:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        elif settings.db is None and not path.is_file():
+            raise StoreError(f"no memory in {settings.home} (no {path.name}); ingest logs first, or pass --home or "
+                             "--db")
+        runtime._store = Store(settings.db_url)
+        runtime._store.key_cache_seconds = settings.key_cache_seconds
+        return runtime
 
     @cached_property
     def memory(self) -> VectorMemory:
         from logmem.model.embedding import default_embedder
 
+        if self._store is not None:
+            raise ConfigError("this runtime holds the SQL store alone (Runtime.over_store): it has no memory")
         s = self.settings
         embedder = self._embedder or default_embedder(path=s.embedder, home=s.home, runtime=s.embedder_runtime)
         memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url,
@@ -72,7 +82,11 @@ class Assembly:
 
     @property
     def store(self) -> Store:
-        return self.memory.store
+        return self._store if self._store is not None else self.memory.store
+
+    def ping(self) -> None:
+        """Raise unless the database answers."""
+        self.store.ping()
 
     @cached_property
     def upstream(self) -> Upstream | None:
@@ -92,6 +106,8 @@ class Assembly:
     def close(self) -> None:
         if "memory" in self.__dict__:
             self.memory.close()
+        if self._store is not None:
+            self._store.close()
 
     def _model_parts(self) -> tuple[Any, Any, Any, Any]:
         """(generator, the same without memory, tokenizer, adapter pool), loaded on first use."""

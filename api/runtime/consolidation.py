@@ -12,9 +12,9 @@ from logmem.memory import NotFoundError
 from logmem.memory.errors import ConfigError, JobConflictError, JobStateError, LogmemError
 from logmem.memory.store import JobData
 
+from ..answering import Caller
 from ..jobs import check_consolidation, consolidation_job
 from .admin import Admin
-from .assembly import Caller
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,20 @@ class Consolidation(Admin):
         check_consolidation(self.memory, tenant=caller.tenant, config=config)
         return self.jobs.get(self.jobs.submit("consolidate", caller.tenant, params))
 
-    def job(self, caller: Caller, job_id: int) -> JobData:
+    def job(self, caller: Caller | None, job_id: int) -> JobData:
+        """One of the caller's jobs (None: the operator's, of any tenant); another tenant's is a NotFoundError."""
         job = self.jobs.get(job_id)
-        if job.tenant != caller.tenant:
+        if caller is not None and job.tenant != caller.tenant:
             raise NotFoundError(f"no job {job_id}")
         return job
 
-    def job_list(self, caller: Caller) -> list[JobData]:
-        return self.jobs.list(caller.tenant)
+    def job_list(self, caller: Caller | None) -> list[JobData]:
+        """The caller's jobs (None: every tenant's), oldest first."""
+        return self.jobs.list(caller.tenant if caller else None)
+
+    def recover_jobs(self) -> None:
+        """Mark failed the running jobs whose process died (a dead process's running job would hold its tenant)."""
+        self.jobs.recover()
 
     def run_job(self, job_id: int, *, progress: bool = False) -> JobData:
         """Run a queued job in this process, on a fresh float32 copy of the model."""

@@ -11,8 +11,8 @@ from logmem.memory import Hit, parse_record
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, inspection
 
+from ..answering import Caller
 from .admin import Admin
-from .assembly import Caller
 from .memory_ops import MemoryOps
 
 DAY = 86_400.0

@@ -10,10 +10,11 @@ from typing import Any
 
 from logmem.memory import FeedbackResult, Hit, IngestReport, Rejected, Stats, parse_record
 from logmem.memory.errors import LogFormatError
-from logmem.memory.store import ExperienceData
+from logmem.memory.store import AnswerData, ExperienceData
 from logmem.memory.text import require_text
 
-from .assembly import Assembly, Caller
+from ..answering import Caller
+from .assembly import Assembly
 
 
 class MemoryOps(Assembly):
@@ -77,14 +78,21 @@ class MemoryOps(Assembly):
     def experience(self, caller: Caller, experience_id: int) -> ExperienceData:
         return self.memory.experience(experience_id, tenant=caller.tenant)
 
-    def forget(self, caller: Caller, *, experience_id: int | None = None, user: str | None = None,
+    def forget(self, caller: Caller | None, *, experience_id: int | None = None, user: str | None = None,
                everything: bool = False) -> dict[str, int]:
-        """Erase one experience, a user's data, or (`everything`) the whole tenant: rows, vectors and text."""
+        """Erase one experience, a user's data, or (`everything`) the whole tenant: rows, vectors and text. A caller
+        of None is the operator, whose erasure of an experience or a user spans every tenant."""
+        tenant = caller.tenant if caller is not None else None
         if experience_id is not None:
-            self.experience(caller, experience_id)  # another tenant's id is a 404, never a deletion
-            return self.memory.forget(id=experience_id, tenant=caller.tenant)
+            if caller is not None:
+                self.experience(caller, experience_id)  # another tenant's id is a 404, never a deletion
+            return self.memory.forget(id=experience_id, tenant=tenant)
         if user is not None:
-            return self.memory.forget(user=user, tenant=caller.tenant)
-        if everything:
-            return self.memory.forget(tenant=caller.tenant)
-        raise ValueError("forget needs an experience id, a user or everything=True")
+            return self.memory.forget(user=user, tenant=tenant)
+        if everything and tenant is not None:
+            return self.memory.forget(tenant=tenant)
+        raise ValueError("forget needs an experience id, a user or everything=True (with a tenant)")
+
+    def interaction(self, caller: Caller, interaction_id: str) -> AnswerData:
+        """One of the caller's served answers with its feedback so far (another tenant's: a NotFoundError)."""
+        return self.memory.answer(interaction_id, tenant=caller.tenant)

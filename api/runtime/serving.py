@@ -17,26 +17,13 @@ from logmem.memory import Hit, NotFoundError
 from logmem.memory.errors import AdapterError, GenerationCancelled, PromptTooLongError, UnknownModelError
 from logmem.memory.text import clean_text
 
-from ..answering import SERVED_MODEL, Ask
-from .assembly import Caller
+from ..answering import SERVED_MODEL, Answer, Ask, Caller
 from .memory_ops import MemoryOps
 
 logger = logging.getLogger(__name__)
 
 PREFIX_CHARS_PER_TOKEN = 6  # a prompt's first 6 x limit characters hold over `limit` tokens in most text (~4 a token)
 FALLBACK_CONTEXT = 8192  # the prompt-token limit where neither the settings nor the model say one
-
-
-@dataclass
-class Answer:
-    """One answered request: the generator's reply and what the service reports beside it."""
-
-    reply: Any  # logmem.model.generator.Reply
-    adapter: str | None  # the adapter version that answered (None: the base model)
-    model: str  # the model name the caller asked for
-    completion_tokens: int
-    finish_reason: str  # "stop" or "length"
-    server_timing: str | None = None  # in front of an upstream: the proxy's own time (a Server-Timing value)
 
 
 @dataclass
@@ -188,6 +175,19 @@ class Serving(MemoryOps):
             return self.serving_mode(caller).adapter
         active = self.memory.active_adapter(caller.tenant)
         return active.version if active else None
+
+    def evaluate(self, caller: Caller, logs: str | Path, items: Sequence[Any], *, modes: Sequence[str],
+                 config: Any, max_new_tokens: int = 16, predictions: str | Path | None = None, batch_size: int = 1,
+                 progress: bool = False) -> tuple[list[Any], dict[str, Any]]:
+        """`logmem eval`: ingest `logs` (idempotent), answer `items` (`logmem.model.evaluate.EvalItem`) in each of
+        `modes` with the caller's memory, on a fresh copy of the settings' model; returns (per-mode results, the
+        report's JSON)."""
+        from logmem.model.evaluate import eval_report
+
+        model, tokenizer = self.load_model_copy()
+        return eval_report(model, tokenizer, self.memory, logs, items, modes=modes, config=config, tenant=caller.tenant,
+                           max_new_tokens=max_new_tokens, predictions=predictions, batch_size=batch_size,
+                           progress=progress)
 
     # --- LoRA adapters loaded by name (vLLM's runtime LoRA routes, so that `adapters push` has a real target) ----
     def loras(self, caller: Caller) -> dict[str, Path]:
