@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from logmem.memory import ConfigError, VectorMemory
-from logmem.model.consolidate import (
-    ConsolidationConfig,
-    _chunks,
-    build_pairs,
-    consolidate,
-    gate,
-    select_experiences,
-    split_holdout,
-    step_gradients,
-)
+from logmem.model.consolidate import ConsolidationConfig, consolidate
+from logmem.model.gate import gate
+from logmem.model.pairs import build_pairs, select_experiences, split_holdout
 from logmem.model.scoring import response_batch, response_logits
+from logmem.model.training import step_gradients, token_chunks
 
 THINGS = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", "cornflower", "lapis",
           "denim", "cobalt", "navy flag", "blue whale", "smurf", "blueberry"]
@@ -164,11 +158,11 @@ def test_chunks_keep_order_and_the_token_budget(memory: VectorMemory, tiny_lm) -
     pairs = build_pairs(chosen, tiny_lm[1], memory, "default", ConsolidationConfig(method="kd", teacher_k=4))
     width = max(len(p.teacher) + len(p.response) for p in pairs)
     for budget in (1, width, 3 * width, 10**6):
-        chunks = _chunks(pairs, budget)
+        chunks = token_chunks(pairs, budget)
         assert [p for c in chunks for p in c] == pairs
         assert all(len(c) == 1 or len(c) * width <= budget for c in chunks)
-    assert len(_chunks(pairs, 1)) == len(pairs) and len(_chunks(pairs, 10**6)) == 1
-    assert len(_chunks(pairs, 3 * width)) == -(-len(pairs) // 3)
+    assert len(token_chunks(pairs, 1)) == len(pairs) and len(token_chunks(pairs, 10**6)) == 1
+    assert len(token_chunks(pairs, 3 * width)) == -(-len(pairs) // 3)
 
 
 @pytest.mark.parametrize(("method", "dpo_weight"), [("sft", 0.0), ("sft+kd", 0.0), ("sft", 1.0)])

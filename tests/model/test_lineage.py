@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from logmem.memory import VectorMemory
 from logmem.memory.store import ExperienceData
-from logmem.model.consolidate import ConsolidationConfig, build_pairs, response_nll
+from logmem.model.config import ConsolidationConfig
 from logmem.model.jobs import run_consolidation
 from logmem.model.lineage import forgetting_check, lineage, plan_job, replay_sample, replay_size
 from logmem.model.loading import load_adapter
+from logmem.model.pairs import build_pairs, response_nll
 
 BLUE = ["sky", "sea", "lake", "sapphire", "bluebell", "jeans", "ocean", "iris", "cornflower", "lapis",
         "denim", "cobalt"]

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from logmem.memory import VectorMemory
-from logmem.model.config import GeneratorConfig
-from logmem.model.consolidate import ConsolidationConfig, choose_student, learning_rate
+from logmem.model.config import ConsolidationConfig, GeneratorConfig
+from logmem.model.gate import choose_student
 from logmem.model.jobs import run_consolidation
 from logmem.model.modes import prepare_held_out
+from logmem.model.training import learning_rate
 
 ROOMS = [3, 7, 12, 19, 24, 31, 40, 58]
 CODES = ["4821", "9034", "1177", "6650", "2398", "7713", "5046", "8362"]
