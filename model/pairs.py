@@ -1,5 +1,6 @@
-"""Training pairs of a consolidation job: which experiences it teaches, the held-out split, and each pair's token
-ids (the student's prompt, the teacher's prompt with retrieved experiences, the response, a rejected answer)."""
+"""Training pairs of a consolidation job (the experiences it teaches are its lineage plan's: `lineage.plan_job`):
+the held-out split, and each pair's token ids (the student's prompt, the teacher's prompt with retrieved
+experiences, the response, a rejected answer)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from logmem.memory.store import ExperienceData
 from tqdm import tqdm
 
 from .config import ConsolidationConfig, GeneratorConfig
-from .lineage import plan_job
 from .prompting import chat_ids, render_messages, select
 from .scoring import nll_per_token
 
@@ -31,12 +31,6 @@ class Pair:
     teacher: list[int]
     response: list[int]
     rejected: list[int] | None = None
-
-
-def select_experiences(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> list[ExperienceData]:
-    """The experiences a job teaches anew: those whose utility and support pass the thresholds and that the
-    active adapter's lineage neither covers nor holds out (all of them when the job retrains from the base)."""
-    return plan_job(memory, tenant, config).new
 
 
 def split_holdout(experiences: Sequence[ExperienceData], config: ConsolidationConfig

@@ -120,14 +120,6 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
     def set_status(self, tx: Session, *, interaction_id: int, status: str) -> None:
         tx.get_one(InteractionRow, interaction_id).status = status
 
-    def add_feedback(self, tx: Session, *, tenant: str, ext_id: str, turn: int, kind: str,
-                     value: float | None = None, text: str | None = None) -> None:
-        pk = tx.scalar(select(InteractionRow.id).where(InteractionRow.tenant == tenant,
-                                                       InteractionRow.ext_id == ext_id))
-        if pk is None:
-            raise NotFoundError(f"no interaction {ext_id!r} in tenant {tenant!r}")
-        tx.add(FeedbackRow(interaction_id=pk, turn=turn, kind=kind, value=value, text=text))
-
     # --- experiences ------------------------------------------------------------------------
     def experience_by_hash(self, tx: Session, *, tenant: str, content_hash: str) -> int | None:
         return tx.scalar(select(ExperienceRow.id).where(ExperienceRow.tenant == tenant,

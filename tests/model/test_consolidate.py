@@ -11,7 +11,8 @@ import torch
 from logmem.memory import ConfigError, VectorMemory
 from logmem.model.consolidate import ConsolidationConfig, consolidate
 from logmem.model.gate import gate
-from logmem.model.pairs import build_pairs, select_experiences, split_holdout
+from logmem.model.lineage import plan_job
+from logmem.model.pairs import build_pairs, split_holdout
 from logmem.model.scoring import response_batch, response_logits
 from logmem.model.training import step_gradients, token_chunks
 
@@ -50,17 +51,17 @@ def memory(tmp_path: Path, embedder) -> VectorMemory:  # type: ignore[no-untyped
 
 def test_selection_follows_utility_support_and_consolidated(memory: VectorMemory) -> None:
     config = ConsolidationConfig()
-    everything = select_experiences(memory, "default", config)
+    everything = plan_job(memory, "default", config).new
     assert len(everything) == len(THINGS) + 1
     grass = next(e.id for e in everything if "grass" in e.trigger)
     memory.record_outcome([grass], False)
     memory.record_outcome([grass], False)
-    assert grass not in {e.id for e in select_experiences(memory, "default", config)}
-    assert select_experiences(memory, "default", replace(config, min_support=2)) == []
+    assert grass not in {e.id for e in plan_job(memory, "default", config).new}
+    assert plan_job(memory, "default", replace(config, min_support=2)).new == []
 
 
 def test_holdout_split_is_seeded_and_disjoint(memory: VectorMemory) -> None:
-    chosen = select_experiences(memory, "default", ConsolidationConfig())
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new
     train, held = split_holdout(chosen, ConsolidationConfig(holdout=0.25))
     again = split_holdout(chosen, ConsolidationConfig(holdout=0.25))
     assert [e.id for e in held] == [e.id for e in again[1]]
@@ -71,7 +72,7 @@ def test_holdout_split_is_seeded_and_disjoint(memory: VectorMemory) -> None:
 
 def test_pairs_keep_the_experience_out_of_its_teacher_prompt(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
     _, tok = tiny_lm
-    chosen = select_experiences(memory, "default", ConsolidationConfig())[:3]
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new[:3]
     pairs = build_pairs(chosen, tok, memory, "default", ConsolidationConfig(method="kd", teacher_k=4))
     for e, p in zip(chosen, pairs):
         assert p.response[-1] == tok.eos_token_id
@@ -85,7 +86,7 @@ def test_pairs_keep_the_experience_out_of_its_teacher_prompt(memory: VectorMemor
 
 def test_long_prompts_lose_their_start_and_say_so(memory: VectorMemory, tiny_lm, caplog) -> None:  # type: ignore[no-untyped-def]
     _, tok = tiny_lm
-    chosen = select_experiences(memory, "default", ConsolidationConfig())[:3]
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new[:3]
     config = ConsolidationConfig(method="kd", teacher_k=4)
     full = build_pairs(chosen, tok, memory, "default", config)
     assert "longer than max_length" not in caplog.text
@@ -99,7 +100,7 @@ def test_long_prompts_lose_their_start_and_say_so(memory: VectorMemory, tiny_lm,
 
 def test_requests_that_used_an_experience_and_went_well_are_more_pairs(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
     _, tok = tiny_lm
-    chosen = select_experiences(memory, "default", ConsolidationConfig())
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new
     sky = next(e for e in chosen if "sky" in e.trigger)
     memory.ingest([{"id": "used", "user": "u9", "metadata": {"retrieved": [sky.id]},
                     "messages": [{"role": "user", "content": "Tell me the colour of the sky, please"},
@@ -118,7 +119,7 @@ def test_requests_that_used_an_experience_and_went_well_are_more_pairs(memory: V
 def test_with_a_dpo_term_the_triggers_pair_carries_the_rejected_answer(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
     _, tok = tiny_lm
     memory.ingest(_corrections(1))
-    fixed = next(e for e in select_experiences(memory, "default", ConsolidationConfig()) if "summer" in e.trigger)
+    fixed = next(e for e in plan_job(memory, "default", ConsolidationConfig()).new if "summer" in e.trigger)
     assert fixed.rejected == "GREEN"
     memory.ingest([{"id": "used", "user": "u9", "metadata": {"retrieved": [fixed.id]},
                     "messages": [{"role": "user", "content": "What colour has a summer sky?"},
@@ -154,7 +155,7 @@ def test_response_logits_are_the_full_forward_pass_at_the_response_positions(tin
 
 
 def test_chunks_keep_order_and_the_token_budget(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
-    chosen = select_experiences(memory, "default", ConsolidationConfig())
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new
     pairs = build_pairs(chosen, tiny_lm[1], memory, "default", ConsolidationConfig(method="kd", teacher_k=4))
     width = max(len(p.teacher) + len(p.response) for p in pairs)
     for budget in (1, width, 3 * width, 10**6):
@@ -172,7 +173,7 @@ def test_a_step_in_chunks_has_the_gradient_of_the_whole_batch(memory: VectorMemo
 
     tok = tiny_lm[1]
     memory.ingest(_corrections(2))
-    chosen = select_experiences(memory, "default", ConsolidationConfig())[-6:]
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new[-6:]
     whole = ConsolidationConfig(method=method, teacher_k=4, max_tokens=10**6, dpo_weight=dpo_weight)
     pairs = build_pairs(chosen, tok, memory, "default", whole)
     assert sum(p.rejected is not None for p in pairs) == (2 if dpo_weight else 0)
