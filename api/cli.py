@@ -16,8 +16,8 @@ from typing import Any
 
 from logmem.memory import LogmemError
 from logmem.memory.errors import ConfigError
-from logmem.memory.vocabulary import CHOOSE_VALUES, LOG_FORMATS, METHODS, SERVING_MODES
-from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI stays quick to start
+from logmem.memory.vocabulary import ANSWER_TOKENS, CHOOSE_VALUES, DTYPES, LOG_FORMATS, METHODS, SERVING_MODES
+from logmem.model.config import ConsolidationConfig, GeneratorConfig  # no torch behind it: the CLI starts quickly
 
 from .demo import DEMO_TENANT, one_line, run_demo
 from .runtime import SERVED_MODEL, AdapterData, Caller, JobData, KeyData, Pushed, Runtime
@@ -402,11 +402,16 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts is not None else "-"
 
 
-def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
+def _default(name: str) -> Any:
+    """A setting's default (Settings), so that `--help` and the settings say the same."""
+    return Settings.model_fields[name].default
+
+
+def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = ANSWER_TOKENS) -> None:
     p.add_argument("--tenant", default="default")
-    p.add_argument("-k", type=int, default=8, help="experiences retrieved per request")
-    p.add_argument("--template", default="exchanges", help="prompt template name or .jinja path")
-    p.add_argument("--choose", default="default", choices=CHOOSE_VALUES,
+    p.add_argument("-k", type=int, default=_default("k"), help="experiences retrieved per request")
+    p.add_argument("--template", default=_default("template"), help="prompt template name or .jinja path")
+    p.add_argument("--choose", default=_default("choose"), choices=CHOOSE_VALUES,
                    help="default: the tenant's serving mode (`logmem mode`); off: free generation with memory; "
                         "vote: answer with a memory-supported answer (for tasks whose answers repeat); "
                         "auto: vote where the tenant's answers repeat, generate freely where they do not")
@@ -416,13 +421,14 @@ def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int = 128) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logmem", description="Learn from a language model's user logs.")
-    parser.add_argument("--home", default=os.environ.get("LOGMEM_HOME", ".logmem"),
+    parser.add_argument("--home", default=os.environ.get("LOGMEM_HOME", str(_default("home"))),
                         help="memory folder (default $LOGMEM_HOME or ./.logmem)")
     parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite file in the home)")
     parser.add_argument("--embedder", default=None, help="local sentence-transformers folder (default: MiniLM)")
     parser.add_argument("--model", default=None, help="local model folder or .gguf (default: bundled SmolLM2)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--dtype", default=_default("dtype"), choices=DTYPES,
+                        help="auto: bfloat16 on a GPU, float32 on the CPU (default: %(default)s)")
+    parser.add_argument("--device", default=_default("device"),
                         help="torch device of the model (auto: the first GPU when there is one, else the CPU)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -500,8 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", default="default")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="the objective (default: ConsolidationConfig's, sft: lowest held-out NLL on NFCats)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no cap)")
+    p.add_argument("--epochs", type=int, default=ConsolidationConfig.epochs)
+    p.add_argument("--max-steps", type=int, default=ConsolidationConfig.max_steps,
+                   help="stop after N optimizer steps (0: no cap)")
     p.add_argument("--with-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="train the memory+adapter student (experiences stay in its prompt), or with "
                         "--no-with-memory the bare one (default: the job chooses by the held-out NLL)")
@@ -510,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "2.5e-4 for a memory+adapter one)")
     p.add_argument("--dpo-weight", type=float, default=0.0,
                    help="add a DPO term on corrected answers (accepted over rejected) with this weight (0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=ConsolidationConfig.seed)
     p.add_argument("--rebuild", action="store_true",
                    help="retrain what stale adapters covered, without the forgotten experiences, and delete them")
     p.add_argument("--json", action="store_true")
