@@ -1,9 +1,9 @@
-"""The SQL store (see `core`)."""
+"""The SQL store (see `experiences`, where `Store` composes its parts)."""
 
 from ..vocabulary import ADAPTER_STATUSES, JOB_STATUSES
 from ..vocabulary import METHODS as ADAPTER_METHODS
 from .adapters import ServingModeData
-from .core import Store, Tally, Tx
+from .experiences import Store, Tally, Tx
 from .keys import KeyData
 from .records import AdapterData, ExperienceData, JobData
 from .schema import SCHEMA_VERSION, AdapterRow

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import AdapterError, NotFoundError
 from ..vocabulary import METHODS, SERVING_MODES
-from .base import StoreBase
+from .engine import StoreBase
 from .records import AdapterData, adapter_data
 from .schema import AdapterRow, ExperienceRow, ServingModeRow
 from .sql import plain, rowcount

@@ -17,7 +17,7 @@ from sqlalchemy import Boolean, Integer, String, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .base import StoreBase
+from .engine import StoreBase
 from .schema import Base, ExperienceRow, IndexStateRow
 from .sql import locked
 

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .base import StoreBase
+from .engine import StoreBase
 from .schema import AnswerRow, ExperienceRow, FeedbackEventRow, InteractionRow, RetrievalRow
 from .served import AnswerData
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import JobConflictError, JobStateError, NotFoundError
 from ..vocabulary import JOB_ENDS
-from .base import StoreBase
+from .engine import StoreBase
 from .records import JobData, job_data
 from .schema import JobRow
 from .sql import plain, rowcount

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError
-from .base import StoreBase
+from .engine import StoreBase
 from .schema import ApiKeyRow
 from .sql import rowcount
 

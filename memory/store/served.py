@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError
-from .base import StoreBase
+from .engine import StoreBase
 from .schema import AnswerRow, ExperienceRow, FeedbackEventRow, FeedbackRow, InteractionRow
 from .sql import locked
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from ..errors import ConfigError, DimensionMismatchError
 from ..index import Backend, register
 from ..index.base import check_ids, check_vectors, empty_result
-from .core import VECTOR_TABLE as TABLE
+from .experiences import VECTOR_TABLE as TABLE
 
 ITERATIVE_SCAN = "strict_order"  # results in exact distance order (the contract: best first)
 

@@ -1,9 +1,10 @@
 """The SQL store: the source of truth for interactions, feedback, experiences and index state.
 
 This package is the only one that imports SQLAlchemy: `schema` (the tables), `records` (what reads
-return), `base` (engine, transactions), `adapters` and `jobs` (their rows), and here the memory's own
-rows and forgetting. SQLite (WAL, secure_delete) by default; any SQLAlchemy URL
-(PostgreSQL through psycopg) otherwise. Experience vectors are stored here too, so a lost or stale
+return), `engine` (engine, transactions), `sql` (helpers its parts share), `adapters`, `jobs`, `keys`,
+`served` and `changes` (their rows), and here the memory's own rows (interactions, experiences, their
+generations) and forgetting, and `Store`, which composes every part. SQLite (WAL, secure_delete) by default;
+any SQLAlchemy URL (PostgreSQL through psycopg) otherwise. Experience vectors are stored here too, so a lost or stale
 faiss index is rebuilt from SQL without re-embedding anything.
 """
 
