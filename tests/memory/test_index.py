@@ -48,8 +48,10 @@ def settings(kind: str, request: pytest.FixtureRequest) -> Iterator[dict[str, An
     if kind != "pgvector":
         yield {}
         return
+    from logmem.memory.indexes import ensure_registered
     from sqlalchemy import create_engine
 
+    ensure_registered("pgvector")  # its backend lives with the store, registered where asked for
     engine = create_engine(request.getfixturevalue("pgvector_db"))
     rng = np.random.default_rng(1)
     make_index("pgvector", D_WIDTH, engine=engine, tenant="other").add(
