@@ -28,7 +28,7 @@ from logmem.memory.vocabulary import JOB_RESULTS
 from logmem.model.jobs import Report
 
 if TYPE_CHECKING:
-    from logmem.model.consolidate import ConsolidationConfig
+    from logmem.model.config import ConsolidationConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from .index import Index
 from .indexes import TenantIndexes, is_empty
 from .instructions import SharedInstructions
 from .store import ExperienceData, Store
+from .text import clean_text
 
 DAY = 86_400.0
 
@@ -66,9 +67,11 @@ class Searcher:
         self.instructions, self.lock = instructions, lock
 
     def search(self, text: str, k: int = 5, *, tenant: str = "default", now: float | None = None) -> list[Hit]:
-        """The `k` best experiences for a request: faiss candidates, Numba scoring, MMR diversity."""
+        """The `k` best experiences for a request: faiss candidates, Numba scoring, MMR diversity. The request passes
+        the text boundary first (`clean_text`): the embedder never sees text it did not pass."""
         if k <= 0:
             return []
+        text = clean_text(text)
         with self.lock:  # brought up to SQL's generation once (one read), before embedding: none if empty
             index = self.indexes.get(tenant)
             if is_empty(index):
@@ -112,6 +115,7 @@ class Searcher:
 
     def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
         """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""
+        text = clean_text(text)
         with self.lock:
             index = self.indexes.get(tenant)
             if k <= 0 or is_empty(index):

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from logmem.memory import Hit, NotFoundError, VectorMemory
+from logmem.memory.text import clean_text
 from tqdm import tqdm
 
 from .config import GeneratorConfig
@@ -260,6 +261,8 @@ class MemoryGenerator:
         (evaluation). Generation ends at any of the `stop` strings, which the answer does not include. `mode`: the
         mode the caller resolved for `tenant` and `adapter` (default: `self.mode(tenant, adapter)`)."""
         tenant = tenant or self.tenant
+        # the text boundary (logmem.memory.text), as for every front end: the tokenizer never sees text it did not pass
+        conversations = [[{**m, "content": clean_text(m["content"])} for m in messages] for messages in conversations]
         if log and self.memory is not None:
             for messages in conversations:
                 self.memory.follow_up(messages, tenant=tenant)

@@ -27,7 +27,7 @@ class Consolidation(Admin):
     def submit_consolidation(self, caller: Caller, params: dict[str, Any]) -> JobData:
         """Queue a consolidation job (checked first: bad params, or too few experiences to learn from, fail here
         and leave no job row, rather than fail in the worker)."""
-        from logmem.model.consolidate import ConsolidationConfig
+        from logmem.model.config import ConsolidationConfig
 
         try:
             config = ConsolidationConfig(**params)

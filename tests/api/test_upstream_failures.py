@@ -202,7 +202,8 @@ def test_a_stream_that_breaks_after_its_first_chunk_ends_in_an_error_event_and_i
         assert r.status_code == 200
         payloads = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
     *chunks, last = [json.loads(p) for p in payloads[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Butter"  # what came before the break
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "Butter"  # what came before the break
     assert {c["model"] for c in chunks} == {"default"}
     error = last["error"]
     assert error["code"] == ("upstream_malformed" if broken == "garbage" else "upstream_stream")

@@ -198,6 +198,18 @@ def test_the_logged_answer_names_the_experiences_it_used(tiny_lm, memory) -> Non
     assert records[ids[0]][0]["metadata"] == {"retrieved": ids}
 
 
+def test_the_python_api_passes_text_through_the_boundary(tiny_lm, memory) -> None:  # type: ignore[no-untyped-def]
+    """A lone surrogate or a NUL (what a command line's undecodable bytes or a careless caller pass) reaches neither the
+    embedder nor the tokenizer: the request is cleaned as over HTTP, answered and logged cleaned."""
+    model, tok = tiny_lm
+    question, cleaned = "launch code of Zephyr?\ud800\x00", "launch code of Zephyr?\ufffd"
+    assert [h.id for h in memory.search(question, 2)] == [h.id for h in memory.search(cleaned, 2)]
+    gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=2))
+    reply = gen.chat([{"role": "user", "content": question}], max_new_tokens=3)
+    logged = memory.answer(reply.interaction_id).record["messages"][0]["content"]
+    assert logged == cleaned and reply.experiences
+
+
 def test_a_liked_answer_becomes_an_experience(wordy_lm, empty_memory) -> None:  # type: ignore[no-untyped-def]
     model, tok = wordy_lm
     gen = MemoryGenerator(model, tok, empty_memory)
