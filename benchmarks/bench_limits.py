@@ -27,51 +27,25 @@ import platform
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port  # noqa: E402
+from common import logmem_process  # noqa: E402
 
 QUESTION = "Write a long story about a lighthouse keeper and the sea, with many chapters."
 
 
-@contextmanager
-def server(home: Path, model: Path, log: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
+def server(home: Path, model: Path, log: Path, **env: str) -> Any:
+    """The service over `model` in its own process (one generation at a time per key); yields (process, base URL)."""
     full = {**os.environ, "LOGMEM_HOME": str(home), "LOGMEM_MODEL": str(model), "LOGMEM_DTYPE": "float32",
             "LOGMEM_WORKER": "false", "LOGMEM_MAX_CONCURRENT": "1", "LOGMEM_MAX_TOKENS": "4096", **env}
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                                env=full, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return logmem_process(full, log, timeout=300)
 
 
 def make_key(home: Path) -> str:

@@ -45,12 +45,19 @@ def logmem_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[st
     """The real service (`uvicorn logmem.api.app:create_app --factory`) in its own process on a free loopback
     port, with exactly `env`; yields its base URL once /healthz answers, and stops it cleanly (SIGINT: the
     lifespan closes the runtime) after."""
+    with logmem_process(env, log, timeout) as (_, base):
+        yield base
+
+
+@contextmanager
+def logmem_process(env: dict[str, str], log: Path, timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`logmem_server`, yielding the process too (to signal it); one that has exited by itself is left as it is."""
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory", "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    with log.open("w") as out:
+    with log.open("a") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -66,14 +73,15 @@ def logmem_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[st
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield base
+        yield proc, base
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def fill_memory(memory: Any, tenant: str, triggers: Sequence[str], responses: Sequence[str], vectors: Any,

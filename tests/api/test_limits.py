@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SKY
+from conftest import SKY, start_upstream
 from fastapi.testclient import TestClient
 from logmem.api.app import create_app
-from servers import ServerProcess, serving
+from servers import serving
 
 LONG = 400  # new tokens: the tiny model takes seconds to write them in the test's process, longer than a cancel needs
 LONGEST = 2000  # in a server process of its own it is faster: this many (of its 2048 positions) take ~10 s
@@ -110,18 +110,8 @@ def test_a_client_that_goes_away_stops_its_generation_and_frees_its_slot(runtime
 
 
 def test_sigterm_ends_a_server_with_a_generation_in_flight_within_its_bound(tmp_path: Path, tiny_folder: Path) -> None:
-    from logmem.memory.store import Store
-
-    home = tmp_path / "home"
-    home.mkdir()
-    store = Store(f"sqlite:///{home / 'memory.db'}")
-    try:
-        key = store.create_key(tenant="acme")[0]
-    finally:
-        store.close()
-    server = ServerProcess({"LOGMEM_HOME": str(home), "LOGMEM_MODEL": str(tiny_folder), "LOGMEM_DTYPE": "float32",
-                            "LOGMEM_DEVICE": "cpu", "LOGMEM_WORKER": "false", "LOGMEM_MAX_TOKENS": str(LONGEST),
-                            "LOGMEM_SHUTDOWN_SECONDS": "2"}, tmp_path / "server.log").start()
+    server, key = start_upstream(tmp_path / "home", tiny_folder, tmp_path / "server.log",  # a server process
+                                 LOGMEM_MAX_TOKENS=str(LONGEST), LOGMEM_SHUTDOWN_SECONDS="2")
     try:
         headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=DEADLINE) as client:

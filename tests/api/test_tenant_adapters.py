@@ -7,22 +7,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import torch
+from conftest import lora
 from fastapi.testclient import TestClient
 from logmem.api.app import create_app
 from logmem.model.generator import MemoryGenerator
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 
 QUESTION = [{"role": "user", "content": "Name the capital of France."}]
-
-
-def _lora(base: Any, seed: int, folder: Path) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                              init_lora_weights=False))
-    lora.save_pretrained(folder)
-    return folder
 
 
 def _reference(model: Any, tokenizer: Any) -> str:
@@ -32,7 +23,7 @@ def _reference(model: Any, tokenizer: Any) -> str:
 
 def test_interleaved_tenants_each_get_their_own_adapter(tmp_path: Path, runtime_for: Any, wordy_lm: Any) -> None:
     base, tokenizer = wordy_lm
-    paths = {tenant: _lora(base, seed, tmp_path / tenant) for tenant, seed in (("acme", 1), ("globex", 2))}
+    paths = {tenant: lora(base, seed, tmp_path / tenant) for tenant, seed in (("acme", 1), ("globex", 2))}
     want = {tenant: _reference(PeftModel.from_pretrained(copy.deepcopy(base), str(p)).eval(), tokenizer)
             for tenant, p in paths.items()}
     want["initech"] = _reference(base, tokenizer)
