@@ -82,27 +82,16 @@ def build_memory(home: Path, base: Base, size: int, embedder: Any) -> tuple[Any,
     the store in INSERT_BATCH transactions; its index rebuilt from SQL and written. Returns (memory, timings)."""
     from logmem.memory import VectorMemory
     from logmem.memory.distill import text_hash
-    from logmem.memory.store.schema import ExperienceRow, SourceRow
-    from sqlalchemy import insert
 
     t0 = time.perf_counter()
     xb = grow(base.xb, size, seed=size)
     memory = VectorMemory(home, embedder=embedder)
-    store = memory.store
+    with memory.store.transaction() as tx:  # the requests' shared instructions, as ingesting them counted them
+        memory.store.count_instructions(tx, tenant=TENANT, counts={
+            text_hash(t): (t, memory.config.shared_min_count) for t in base.instructions})
     t1 = time.perf_counter()
-    for start in range(0, size, INSERT_BATCH):
-        with store.transaction() as tx:
-            if start == 0:
-                store.count_instructions(tx, tenant=TENANT, counts={
-                    text_hash(t): (t, memory.config.shared_min_count) for t in base.instructions})
-            source = store.add_interaction(tx, record={"id": f"bulk-{start}", "tenant": TENANT, "messages": [],
-                                                       "feedback": []}, status="experience")
-            rows = [_row(base.rows[i % len(base.rows)], i, i >= len(base.rows), xb[i])
-                    for i in range(start, min(start + INSERT_BATCH, size))]
-            ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
-                                  rows))
-            tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
-            store.bump_generation(tx, tenant=TENANT, added=ids)
+    memory.import_experiences([_imported(base.rows[i % len(base.rows)], i, i >= len(base.rows), xb[i])
+                               for i in range(size)], tenant=TENANT, batch=INSERT_BATCH)
     t2 = time.perf_counter()
     faiss.omp_set_num_threads(2)  # a build is a batch: both cores
     memory.indexes.get(TENANT)  # rebuilt from SQL, as the next process would
@@ -113,16 +102,13 @@ def build_memory(home: Path, base: Base, size: int, embedder: Any) -> tuple[Any,
     return memory, {"grow_s": t1 - t0, "insert_s": t2 - t1, "index_build_s": t3 - t2, "first_write_s": t4 - t3}
 
 
-def _row(src: Any, i: int, synthetic: bool, vector: np.ndarray) -> dict[str, Any]:
-    """The experiences-table row of experience `i`: a real one, or a numbered copy of one with vector `vector`
-    (the columns `Store.add_experience` writes; rows go in many at a time here, which it cannot do)."""
-    from logmem.memory.distill import content_hash
+def _imported(src: Any, i: int, synthetic: bool, vector: np.ndarray) -> Any:
+    """Experience `i`: a real one, or a numbered copy of one with vector `vector`."""
+    from logmem.memory import Imported
 
-    trigger = f"{src.trigger} [{i}]" if synthetic else src.trigger
-    return {"tenant": TENANT, "user": src.user, "content_hash": content_hash(trigger, src.response),
-            "instruction": src.instruction, "trigger": trigger, "response": src.response, "lesson": src.lesson,
-            "rejected": src.rejected, "vector": np.asarray(vector, dtype=np.float32).tobytes(), "alpha": src.alpha,
-            "beta": src.beta, "support": 1, "uses": 0, "created_at": src.created_at, "last_seen_at": src.created_at}
+    return Imported(f"{src.trigger} [{i}]" if synthetic else src.trigger, src.response, vector, user=src.user,
+                    instruction=src.instruction, lesson=src.lesson, rejected=src.rejected, alpha=src.alpha,
+                    beta=src.beta, created_at=src.created_at)
 
 
 def serve(memory: Any, base: Base, prefix: str) -> list[tuple[str, str, str]]:

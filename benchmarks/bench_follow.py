@@ -38,9 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from logmem.memory import MemoryConfig, VectorMemory  # noqa: E402
-from logmem.memory.store.schema import ExperienceRow, SourceRow  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from logmem.memory import Imported, MemoryConfig, VectorMemory  # noqa: E402
 
 logger = logging.getLogger("bench_follow")
 TENANT = "bench"
@@ -66,23 +64,16 @@ def record(i: int, qa: tuple[str, str]) -> dict[str, Any]:
 
 
 def fill(memory: VectorMemory, size: int) -> float:
-    """`size` experiences with random unit vectors, written through the store; returns seconds."""
-    store, rng, t0 = memory.store, np.random.default_rng(1), time.perf_counter()
+    """`size` experiences with random unit vectors, imported in bulk (`VectorMemory.import_experiences`); returns
+    seconds."""
+    rng, t0 = np.random.default_rng(1), time.perf_counter()
     for start in range(0, size, FILL_BATCH):
         n = min(FILL_BATCH, size - start)
         xb = rng.standard_normal((n, memory.d)).astype(np.float32)
         xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-        with store.transaction() as tx:
-            source = store.add_interaction(tx, record={"id": f"fill-{start}", "tenant": TENANT, "messages": [],
-                                                       "feedback": []}, status="experience")
-            rows = [{"tenant": TENANT, "user": None, "content_hash": f"fill-{start + j}", "instruction": None,
-                     "trigger": f"filler question {start + j}", "response": f"filler answer {start + j}",
-                     "lesson": None, "rejected": None, "vector": xb[j].tobytes(), "alpha": 1.0, "beta": 1.0,
-                     "support": 1, "uses": 0, "created_at": 1.6e9, "last_seen_at": 1.6e9} for j in range(n)]
-            ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
-                                  rows))
-            tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
-            store.bump_generation(tx, tenant=TENANT, added=ids)
+        memory.import_experiences([Imported(f"filler question {start + j}", f"filler answer {start + j}", xb[j],
+                                            alpha=1.0, created_at=1.6e9) for j in range(n)], tenant=TENANT,
+                                  batch=FILL_BATCH)
     return time.perf_counter() - t0
 
 

@@ -92,10 +92,8 @@ def ground_truth(xb: np.ndarray, xq: np.ndarray) -> np.ndarray:
 def fill(db_url: str, home: Path, xb: np.ndarray) -> tuple[np.ndarray, float]:
     """The tenant's experiences with vectors `xb`, through the store (rows, sources, change log): their ids (by
     row of `xb`) and the seconds it took."""
-    from logmem.memory import MemoryConfig, VectorMemory
-    from logmem.memory.store.schema import ExperienceRow, SourceRow
+    from logmem.memory import Imported, MemoryConfig, VectorMemory
     from logmem.model.embedding import default_embedder
-    from sqlalchemy import insert
     from tqdm import tqdm
 
     trigger = "q" * (TRIGGER_CHARS - 16)
@@ -103,21 +101,11 @@ def fill(db_url: str, home: Path, xb: np.ndarray) -> tuple[np.ndarray, float]:
     t0, all_ids = time.perf_counter(), []
     with VectorMemory(home, embedder=default_embedder(), db_url=db_url,
                       config=MemoryConfig(index_kind="exact")) as vm:
-        store = vm.store
         for start in tqdm(range(0, len(xb), FILL_BATCH), desc=f"fill {len(xb):,}", unit="batch"):
             n = min(FILL_BATCH, len(xb) - start)
-            with store.transaction() as tx:
-                source = store.add_interaction(tx, record={"id": f"fill-{start}", "tenant": TENANT, "messages": [],
-                                                           "feedback": []}, status="experience")
-                rows = [{"tenant": TENANT, "user": None, "content_hash": f"fill-{start + j}", "instruction": None,
-                         "trigger": f"{trigger} {start + j:>15}", "response": f"{response} {start + j:>15}",
-                         "lesson": None, "rejected": None, "vector": xb[start + j].tobytes(), "alpha": 1.0,
-                         "beta": 1.0, "support": 1, "uses": 0, "created_at": 1.6e9, "last_seen_at": 1.6e9}
-                        for j in range(n)]
-                ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
-                                      rows))
-                tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
-                store.bump_generation(tx, tenant=TENANT, added=ids)
+            ids = vm.import_experiences([Imported(f"{trigger} {start + j:>15}", f"{response} {start + j:>15}",
+                                                  xb[start + j], alpha=1.0, created_at=1.6e9) for j in range(n)],
+                                        tenant=TENANT, batch=FILL_BATCH)
             all_ids += ids
     return np.array(all_ids, dtype=np.int64), time.perf_counter() - t0
 

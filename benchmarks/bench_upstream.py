@@ -60,16 +60,14 @@ def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int 
     embedded by the memory's embedder, so that the filler lies where real requests do."""
     from logmem.api.runtime import Runtime
     from logmem.api.settings import Settings
-    from logmem.memory.distill import content_hash
-    from logmem.memory.store.schema import ExperienceRow, SourceRow
-    from sqlalchemy import insert
+    from logmem.memory import Imported
 
     t0 = time.perf_counter()
     runtime = Runtime(Settings(home=home, worker=False, embedder_runtime=runtime_kind))
     with logs.open() as fh:
         lines = [json.loads(line) for i, line in enumerate(fh) if line.strip() and (not records or i < records)]
     runtime.ingest(lines, tenant=TENANT)
-    memory, store = runtime.memory, runtime.store
+    memory = runtime.memory
     real = memory.experiences(tenant=TENANT, limit=10_000)[1]
     t1 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -86,20 +84,11 @@ def build_memory(home: Path, logs: Path, size: int, records: int = 0, seed: int 
             triggers = [f"{src.trigger} [{i}]" for i, src in zip(range(start, stop), sources)]
             xb = rng.standard_normal((stop - start, d)).astype(np.float32)
             xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-        rows = []
-        for src, trigger, x in zip(sources, triggers, xb):
-            rows.append({"tenant": TENANT, "user": src.user, "content_hash": content_hash(trigger, src.response),
-                         "instruction": src.instruction, "trigger": trigger, "response": src.response,
-                         "lesson": src.lesson, "rejected": src.rejected, "vector": x.tobytes(), "alpha": src.alpha,
-                         "beta": src.beta, "support": 1, "uses": 0, "created_at": src.created_at,
-                         "last_seen_at": src.created_at})
-        with store.transaction() as tx:
-            source = store.add_interaction(tx, record={"id": f"fill-{start}", "tenant": TENANT, "messages": [],
-                                                       "feedback": []}, status="experience")
-            ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
-                                  rows))
-            tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
-            store.bump_generation(tx, tenant=TENANT, added=ids)
+        memory.import_experiences([Imported(trigger, src.response, x, user=src.user, instruction=src.instruction,
+                                            lesson=src.lesson, rejected=src.rejected, alpha=src.alpha, beta=src.beta,
+                                            created_at=src.created_at)
+                                   for src, trigger, x in zip(sources, triggers, xb)], tenant=TENANT,
+                                  batch=INSERT_BATCH)
     t2 = time.perf_counter()
     memory.indexes.get(TENANT)  # built from SQL, as the next process would
     memory.save()

@@ -86,26 +86,10 @@ def logmem_process(env: dict[str, str], log: Path, timeout: float) -> Iterator[t
 
 def fill_memory(memory: Any, tenant: str, triggers: Sequence[str], responses: Sequence[str], vectors: Any,
                 batch: int = 5_000) -> None:
-    """Liked experiences (`triggers[i]` answered by `responses[i]`, embedded as `vectors[i]`) written straight
-    through `memory`'s store in bulk, one transaction and one index generation per `batch`: a memory of a size
-    nobody can ingest here (embedding every request) for the search side of a benchmark. The index is built
-    from SQL at the next search, as another process would build it."""
-    from logmem.memory.distill import content_hash
-    from logmem.memory.store.schema import ExperienceRow, SourceRow
-    from sqlalchemy import insert
-    from tqdm import tqdm
+    """Liked experiences (`triggers[i]` answered by `responses[i]`, embedded as `vectors[i]`) imported in bulk
+    (`VectorMemory.import_experiences`): a memory of a size nobody can ingest here (embedding every request) for the
+    search side of a benchmark. The index is built from SQL at the next search, as another process would build it."""
+    from logmem.memory import Imported
 
-    store, now = memory.store, time.time()
-    for start in tqdm(range(0, len(triggers), batch), desc=f"fill {tenant}", unit="batch"):
-        stop = min(start + batch, len(triggers))
-        rows = [{"tenant": tenant, "user": None, "content_hash": content_hash(triggers[i], responses[i]),
-                 "instruction": None, "trigger": triggers[i], "response": responses[i], "lesson": None,
-                 "rejected": None, "vector": vectors[i].astype("float32").tobytes(), "alpha": 2.0, "beta": 1.0,
-                 "support": 1, "uses": 0, "created_at": now, "last_seen_at": now} for i in range(start, stop)]
-        with store.transaction() as tx:
-            source = store.add_interaction(tx, record={"id": f"fill-{start}", "tenant": tenant, "messages": [],
-                                                       "feedback": []}, status="experience")
-            ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
-                                  rows))
-            tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
-            store.bump_generation(tx, tenant=tenant, added=ids)
+    memory.import_experiences([Imported(t, r, v) for t, r, v in zip(triggers, responses, vectors)], tenant=tenant,
+                              batch=batch, progress=True)

@@ -14,7 +14,7 @@ from .errors import (
                      NotFoundError,
                      StoreError,
 )
-from .ingest import IngestReport
+from .ingest import Imported, IngestReport
 from .logs import Feedback, Interaction, Message, Rejected, parse_record, read_jsonl
 from .memory import VectorMemory
 from .search import Hit
@@ -22,7 +22,7 @@ from .stats import Stats
 
 __all__ = [
     "AdapterError", "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "FeedbackResult", "Hit",
-    "IngestReport",
+    "Imported", "IngestReport",
     "Interaction", "JobConflictError", "JobStateError", "LogFormatError", "LogmemError", "MemoryConfig", "Message",
     "NotFoundError", "Rejected", "Stats", "StoreError", "VectorMemory", "parse_record", "read_jsonl",
 ]

@@ -225,3 +225,43 @@ class Ingestor:
 def _count_lines(path: Path) -> int:
     with path.open("rb") as fh:
         return sum(1 for _ in fh)
+
+
+@dataclass(frozen=True)
+class Imported:
+    """One experience to import as it is (no log, no distillation): what a bulk import, a benchmark's synthetic
+    memory or another installation's export holds."""
+
+    trigger: str
+    response: str
+    vector: np.ndarray  # its trigger's embedding, float32 (d,)
+    user: str | None = None
+    instruction: str | None = None  # the shared instruction its trigger was stripped of
+    lesson: str | None = None
+    rejected: str | None = None
+    alpha: float = 2.0  # its utility's Beta posterior (a liked answer's)
+    beta: float = 1.0
+    created_at: float | None = None  # default: now
+
+
+def import_experiences(store: Store, items: Sequence[Imported], *, tenant: str, batch: int = 5_000,
+                       progress: bool = False) -> list[int]:
+    """Write `items` as `tenant`'s experiences in bulk, one transaction and one index generation per `batch`, each
+    batch sourced to one interaction row: the index follows at the next search, as another process's would. Exact
+    duplicates are not merged (nothing is distilled). Returns their ids, in order."""
+    ids: list[int] = []
+    now = time.time()
+    for start in tqdm(range(0, len(items), batch), desc=f"import {tenant}", unit="batch", disable=not progress):
+        chunk = items[start:start + batch]
+        rows = [{"user": e.user, "content_hash": content_hash(e.trigger, e.response), "instruction": e.instruction,
+                 "trigger": e.trigger, "response": e.response, "lesson": e.lesson, "rejected": e.rejected,
+                 "vector": np.asarray(e.vector, dtype=np.float32).tobytes(), "alpha": e.alpha, "beta": e.beta,
+                 "support": 1, "uses": 0, "created_at": e.created_at if e.created_at is not None else now,
+                 "last_seen_at": e.created_at if e.created_at is not None else now} for e in chunk]
+        with store.transaction() as tx:
+            source = store.add_interaction(tx, record={"id": f"import-{now:.6f}-{start}", "tenant": tenant,
+                                                       "messages": [], "feedback": []}, status="experience")
+            added = store.add_experiences(tx, tenant=tenant, rows=rows, source=source)
+            store.bump_generation(tx, tenant=tenant, added=added)
+        ids += added
+    return ids

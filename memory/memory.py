@@ -15,9 +15,9 @@ import numpy as np
 from .answers import Answers, FeedbackResult
 from .config import MemoryConfig
 from .embedding import Embedder
-from .errors import NotFoundError
+from .errors import DimensionMismatchError, NotFoundError
 from .indexes import TenantIndexes
-from .ingest import Ingestor, IngestReport
+from .ingest import Imported, Ingestor, IngestReport, import_experiences
 from .instructions import SharedInstructions
 from .logs import Interaction, Rejected
 from .search import Hit, Searcher
@@ -113,6 +113,20 @@ class VectorMemory:
         """Ingest a JSONL file; rejected lines go to `rejected_path` (default `<path>.rejected.jsonl`)."""
         return self.ingestor.ingest_file(path, format=format, tenant=tenant, progress=progress,
                                          rejected_path=rejected_path)
+
+    def import_experiences(self, items: Sequence[Imported], *, tenant: str = "default", batch: int = 5_000,
+                           progress: bool = False) -> list[int]:
+        """Experiences written as they are, in bulk (no log, no distillation, no merging; vectors as given, `d` wide):
+        one transaction and one index generation per `batch`; the index follows at the next search. Returns ids.
+
+        Raises:
+            DimensionMismatchError: a vector is not `d` wide.
+        """
+        for e in items:
+            if np.shape(e.vector) != (self.d,):
+                raise DimensionMismatchError(f"an imported vector has shape {np.shape(e.vector)}; "
+                                             f"expected ({self.d},)")
+        return import_experiences(self.store, items, tenant=tenant, batch=batch, progress=progress)
 
     # --- served answers: logged when given, judged later by feedback or by the next turn (memory/answers.py) ----
     def log_answer(self, *, tenant: str, interaction_id: str, messages: Sequence[dict[str, str]], answer: str,

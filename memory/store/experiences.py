@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, StoreError
@@ -94,6 +94,16 @@ class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
             tx.add(FeedbackRow(interaction_id=row.id, turn=f["turn"], kind=f["kind"], value=f.get("value"),
                                text=f.get("text")))
         return row.id
+
+    def add_experiences(self, tx: Session, *, tenant: str, rows: Sequence[dict[str, Any]], source: int) -> list[int]:
+        """Experiences written as they are, many in one statement (a bulk import), each sourced to interaction
+        `source`; `rows` hold the experiences table's columns but `tenant`. Returns their ids, in order."""
+        if not rows:
+            return []
+        ids = list(tx.scalars(insert(ExperienceRow).returning(ExperienceRow.id, sort_by_parameter_order=True),
+                              [{**r, "tenant": tenant} for r in rows]))
+        tx.execute(insert(SourceRow), [{"experience_id": i, "interaction_id": source} for i in ids])
+        return ids
 
     def add_retrievals(self, tx: Session, *, tenant: str, interaction_id: int, experience_ids: Iterable[int]) -> int:
         """Link an interaction to the experiences it retrieved; ids not of `tenant`'s experiences are ignored
