@@ -16,7 +16,7 @@ from .distill import agree, distill, normalize, text_hash, thread_hash
 from .indexes import TenantIndexes
 from .ingest import Ingestor, IngestReport
 from .instructions import SharedInstructions
-from .logs import parse_record
+from .logs import parse_record, stored_record
 from .outcome import explicit_signal, judge
 from .search import Hit
 from .store import AnswerData, ExperienceData, Store, Tx
@@ -180,7 +180,8 @@ class Answers:
         for e in experiences:
             seen = {normalize(e.trigger)}
             for record in records.get(e.id, []):
-                for c in distill(parse_record(record, format="native"), loose):
+                interaction = stored_record(record)
+                for c in distill(interaction, loose) if interaction is not None else []:
                     if normalize(c.trigger) not in seen and agree(c.response, e.response, self.config.agree_threshold):
                         seen.add(normalize(c.trigger))
                         found.setdefault(e.id, []).append(c.trigger)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from .errors import LogFormatError
 from .text import check_identifier, clean_json, clean_text
 from .vocabulary import FEEDBACK_KINDS, LOG_FORMATS, RATING_MAX, RATING_MIN
 
+logger = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 MAX_FEEDBACK_TEXT = 20_000  # characters of a feedback's text (a correction's right answer)
 
@@ -292,6 +294,17 @@ def detect_format(obj: dict[str, Any]) -> str:
     if "choices" in obj and "feedback" not in obj:
         return "openai"
     return "native"
+
+
+def stored_record(record: dict[str, Any]) -> Interaction | None:
+    """A record read back from SQL, parsed as a new one is; None (with a warning) where it breaks a rule of the
+    boundary it was stored before (a row of an older version: a rating off the 1-5 scale, a control character in an
+    id), so that one old row stops neither a consolidation job nor an inspector page."""
+    try:
+        return parse_record(record, format="native")
+    except LogFormatError as exc:
+        logger.warning("stored record %r skipped: %s", record.get("id"), exc)
+        return None
 
 
 def parse_record(obj: Any, *, format: str = "auto", tenant: str | None = None) -> Interaction:

@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import numpy as np
-from logmem.memory import Hit, parse_record
+from logmem.memory import Hit
+from logmem.memory.logs import stored_record
 from logmem.memory.outcome import judge
 from logmem.memory.store import AdapterData, AnswerData, ExperienceData, inspection
 
@@ -82,7 +83,8 @@ def _use(use: inspection.UseData, experience_id: int) -> dict[str, Any]:
     messages = use.record["messages"]
     turn = int(use.served["turn"]) if use.served else max(
         (i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-    outcome = next((o for o in judge(parse_record(use.record, format="native")) if o.turn == turn), None)
+    interaction = stored_record(use.record)
+    outcome = next((o for o in judge(interaction) if o.turn == turn), None) if interaction is not None else None
     parts = next((p for p in (use.served or {}).get("experiences", []) if p.get("id") == experience_id), None)
     return {"id": use.id, "user": use.user, "status": use.status, "served": use.served is not None,
             **turn_view(use.record, turn), "success": outcome.success if outcome else None,

@@ -208,3 +208,17 @@ def test_file_ingest_refuses_bad_lines_and_stores_the_good_ones(tmp_path: Path, 
         memory.close()
     side = [json.loads(line) for line in (tmp_path / "logs.jsonl.rejected.jsonl").read_text().splitlines()]
     assert [(s["line"], s["field"]) for s in side] == refused
+
+
+def test_a_stored_row_of_an_older_version_is_skipped_with_a_warning_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from logmem.memory.logs import stored_record
+
+    ok = {"id": "r1", "tenant": "t", "messages": [{"role": "user", "content": "q"},
+                                                  {"role": "assistant", "content": "a"}],
+          "feedback": [{"turn": 1, "kind": "rating", "value": 5}]}
+    assert stored_record(ok) is not None
+    old = {**ok, "id": "r2", "feedback": [{"turn": 1, "kind": "rating", "value": 99}]}  # stored before the check
+    with caplog.at_level("WARNING", logger="logmem.memory.logs"):
+        assert stored_record(old) is None
+    assert "r2" in caplog.text and "value" in caplog.text
