@@ -207,8 +207,8 @@ def results_page() -> str:
              "file records (each line says when it records none), its scalar figures, and its rows as tables "
              f"(at most {MAX_ROWS} rows and {MAX_CELL} characters a cell shown; the file holds the rest). "
              "The pages beside this one say what each figure means. Files written before the NFCats data moved into "
-             "the repository record its old paths (`../shared/data/nfcats/...`, `/work/shared/data/nfcats/...`): "
-             "the same files, byte for byte, as `data/nfcats/...` (`data/README.md` gives their checksums).\n"]
+             "the repository read it from outside it; their paths now name its copy, `data/nfcats/...`, the same "
+             "files byte for byte (`data/README.md` gives their checksums).\n"]
     for path in sorted(RESULTS.rglob("*.json")):
         if "cache" in path.relative_to(RESULTS).parts:
             continue
