@@ -5,12 +5,12 @@ pgvector tests never skip). Each test gets a fresh database through `pgvector_db
 from __future__ import annotations
 
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from databases import fresh_database
+from sqlalchemy import make_url
 
 
 @pytest.fixture(scope="session")
@@ -28,17 +28,5 @@ def pgvector_url() -> Iterator[str]:
 @pytest.fixture
 def pgvector_db(pgvector_url: str) -> Iterator[str]:
     """The URL of a fresh database on the pgvector server, dropped after the test."""
-    name = f"logmem_vec_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(pgvector_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(pgvector_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                  " WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    finally:
-        admin.dispose()
+    with fresh_database(pgvector_url) as url:
+        yield url
