@@ -59,7 +59,8 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
         raise HTTPException(422, f"max_tokens: at most {settings.max_tokens}")
     ask = Ask([m.plain() for m in body.messages], model=body.model, user=body.user, max_tokens=max_tokens,
               temperature=body.temperature, top_p=body.top_p, stop=list(body.stop or []))
-    await run_in_threadpool(runtime.check_prompt, ask.messages)  # before any model work (the first loads the tokenizer)
+    if not runtime.prompt_fits(ask.messages):  # before any model work; a short request needs no thread for it
+        await run_in_threadpool(runtime.check_prompt, ask.messages)  # (the first request loads the tokenizer)
     backend = runtime.backend
     if ask.model not in await backend.models(caller):
         raise UnknownModelError(f"the model {ask.model!r} does not exist")

@@ -114,6 +114,13 @@ class Serving(MemoryOps):
             return version, path, version, served
         return version, path, version, generator.mode(caller.tenant, version)
 
+    def prompt_fits(self, messages: Sequence[dict[str, str]]) -> bool:
+        """Whether `messages` are surely within the prompt-token limit by their length alone (a token is at least one
+        byte, a character at most four): no tokenizer, no thread; False also while the limit is not known yet."""
+        if self._prompt_limits is None:
+            return False
+        return 4 * sum(len(m["content"]) for m in messages) + len(messages) <= self._prompt_limits[0]
+
     def check_prompt(self, messages: Sequence[dict[str, str]]) -> None:
         """Refuse `messages` whose text is longer than the prompt-token limit (`max_prompt_tokens`, default the model's
         context), before any model work: a text over `limit` x the longest token's length is refused by its length
@@ -124,11 +131,11 @@ class Serving(MemoryOps):
         Raises:
             PromptTooLongError: the messages have more tokens than the limit.
         """
+        if self.prompt_fits(messages):
+            return
         limit, longest, tokenizer = self._prompt_limit()
         texts = [m["content"] for m in messages]
         chars = sum(len(t) for t in texts)
-        if 4 * chars + len(texts) <= limit:  # a token is at least one byte, a character at most four
-            return
         if chars > limit * longest:
             raise PromptTooLongError(f"messages: at most {limit} tokens per request; these have at least "
                                      f"{-(-chars // longest)}")
