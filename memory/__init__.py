@@ -1,10 +1,12 @@
 """logmem.memory: from raw logs to ranked experiences (no language model involved)."""
 
 from .answers import FeedbackResult
+from .archive import ImportReport
 from .config import MemoryConfig
 from .embedding import Embedder
 from .errors import (
                      AdapterError,
+                     ArchiveError,
                      ConfigError,
                      DimensionMismatchError,
                      JobConflictError,
@@ -21,8 +23,9 @@ from .search import Hit
 from .stats import Stats
 
 __all__ = [
-    "AdapterError", "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "FeedbackResult", "Hit",
-    "Imported", "IngestReport",
+    "AdapterError", "ArchiveError", "ConfigError", "DimensionMismatchError", "Embedder", "Feedback", "FeedbackResult",
+    "Hit",
+    "ImportReport", "Imported", "IngestReport",
     "Interaction", "JobConflictError", "JobStateError", "LogFormatError", "LogmemError", "MemoryConfig", "Message",
     "NotFoundError", "Rejected", "Stats", "StoreError", "VectorMemory", "parse_record", "read_jsonl",
 ]

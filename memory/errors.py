@@ -56,6 +56,19 @@ class LogFormatError(LogmemError, ValueError):
                               line=line if line is not None else self.line, field=self.field)
 
 
+class ArchiveError(LogmemError, ValueError):
+    """A tenant archive cannot be imported (truncated, tampered with, another format or embedder); names the archive,
+    its member, the line and field where there is one, and why. Raised before anything is written."""
+
+    def __init__(self, reason: str, *, archive: str | None = None, member: str | None = None,
+                 line: int | None = None, field: str | None = None) -> None:
+        self.reason, self.archive, self.member, self.line, self.field = reason, archive, member, line, field
+        where = [str(w) for w in (archive, member) if w is not None]
+        where += [f"line {line}"] if line is not None else []
+        where += [f"field '{field}'"] if field is not None else []
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
 class StoreError(LogmemError, RuntimeError):
     """The SQL store is unusable (schema from another version, different embedder, ...)."""
 

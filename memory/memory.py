@@ -13,6 +13,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from .answers import Answers, FeedbackResult
+from .archive import ImportReport, export_tenant, import_tenant
 from .config import MemoryConfig
 from .embedding import Embedder
 from .errors import DimensionMismatchError, NotFoundError
@@ -127,6 +128,25 @@ class VectorMemory:
                 raise DimensionMismatchError(f"an imported vector has shape {np.shape(e.vector)}; "
                                              f"expected ({self.d},)")
         return import_experiences(self.store, items, tenant=tenant, batch=batch, progress=progress)
+
+    # --- a tenant moved whole: export and import (memory/archive.py) ------------------------------
+    @_serialized
+    def export_tenant(self, path: str | Path, *, tenant: str = "default") -> dict[str, Any]:
+        """Write the tenant's archive at `path`: its rows, vectors, serving mode and adapters (one zip, one snapshot).
+        Returns its manifest. Raises NotFoundError for a tenant with nothing in it."""
+        return export_tenant(self.store, path, tenant=tenant, embedder=self.embedder.name, dim=self.d)
+
+    @_serialized
+    def import_tenant(self, path: str | Path, *, tenant: str | None = None, reembed: bool | None = None,
+                      progress: bool = False) -> ImportReport:
+        """Import an archive as `tenant` (default: the one it was exported from), verified whole before anything is
+        written, its rows in one transaction; rows already present are kept, so a second import changes nothing.
+        `reembed`: None computes vectors only for an archive of another embedder; False refuses such an archive."""
+        report = import_tenant(path, store=self.store, indexes=self.indexes, embedder=self.embedder, home=self.home,
+                               tenant=tenant, reembed=reembed, progress=progress)
+        self.instructions.drop(report.tenant)  # its shared instructions may have grown
+        self.indexes.checkpoint()
+        return report
 
     # --- served answers: logged when given, judged later by feedback or by the next turn (memory/answers.py) ----
     def log_answer(self, *, tenant: str, interaction_id: str, messages: Sequence[dict[str, str]], answer: str,

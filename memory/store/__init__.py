@@ -8,7 +8,8 @@ from .keys import KeyData
 from .records import AdapterData, ExperienceData, JobData
 from .schema import SCHEMA_VERSION, AdapterRow
 from .served import AnswerData
+from .transfer import TenantRows, Written
 
 __all__ = ["ADAPTER_METHODS", "AnswerData", "KeyData",
            "ADAPTER_STATUSES", "JOB_STATUSES", "SCHEMA_VERSION", "AdapterData", "AdapterRow",
-           "ExperienceData", "JobData", "ServingModeData", "Store", "Tally", "Tx"]
+           "ExperienceData", "JobData", "ServingModeData", "Store", "Tally", "TenantRows", "Tx", "Written"]

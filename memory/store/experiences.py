@@ -2,8 +2,9 @@
 
 This package is the only one that imports SQLAlchemy: `schema` (the tables), `records` (what reads
 return), `engine` (engine, transactions), `sql` (helpers its parts share), `adapters`, `jobs`, `keys`,
-`served` and `changes` (their rows), and here the memory's own rows (interactions, experiences, their
-generations) and forgetting, and `Store`, which composes every part. SQLite (WAL, secure_delete) by default;
+`served` and `changes` (their rows), `transfer` (a tenant read and written whole, for export and import), and
+here the memory's own rows (interactions, experiences, their generations) and forgetting, and `Store`, which
+composes every part. SQLite (WAL, secure_delete) by default;
 any SQLAlchemy URL (PostgreSQL through psycopg) otherwise. Experience vectors are stored here too, so a lost or stale
 faiss index is rebuilt from SQL without re-embedding anything.
 """
@@ -43,6 +44,7 @@ from .schema import (
 )
 from .served import AnswerStore
 from .sql import created_locked, locked, rowcount
+from .transfer import TransferStore
 
 logger = logging.getLogger(__name__)
 Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> the leading paragraphs it counted
@@ -58,7 +60,7 @@ _CANDIDATES = select(ExperienceRow.id, ExperienceRow.alpha, ExperienceRow.beta, 
 _GENERATION = select(IndexStateRow.generation).where(IndexStateRow.tenant == bindparam("tenant"))
 
 
-class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog):
+class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog, TransferStore):
     """Repository over the SQL database. Write methods take the open transaction `tx` first."""
 
     # --- meta -------------------------------------------------------------------------------
