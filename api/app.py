@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deps import GenerationLimit
 from .metrics import Message, Metrics, Scope
-from .routes import chat, consolidation, health, inspector, inspector_api, interactions, lora, memory
+from .routes import chat, consolidation, health, inspector, inspector_api, interactions, lora, memory, tenants
 from .runtime import Runtime
 from .settings import Settings
 from .upstream import UpstreamError
@@ -81,10 +81,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.metrics = metrics = Metrics(runtime)
     app.state.generation_limit = GenerationLimit(runtime.settings.max_concurrent)
     for router in (chat.router, interactions.router, memory.router, consolidation.jobs, consolidation.adapters,
-                   health.router, inspector_api.router, inspector.router, lora.router):
+                   health.router, inspector_api.router, inspector.router, lora.router, tenants.router):
         app.include_router(router)
     _handle_errors(app)
-    app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes)
+    app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes,
+                       paths={tenants.IMPORT_PATH: runtime.settings.max_archive_bytes})
     app.add_middleware(_Measured, metrics=metrics)
     return app
 
@@ -178,19 +179,21 @@ class _Measured:
 
 
 class _BodyLimit:
-    """413 for a request body over `limit` bytes, by its Content-Length or as it streams in."""
+    """413 for a request body over `limit` bytes (over `paths[its path]` for those paths), by its Content-Length
+    or as it streams in."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, paths: dict[str, int] | None = None) -> None:
+        self.app, self.default, self.paths = app, limit, paths or {}
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope["path"], self.default)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await error(413, f"request body over {self.limit} bytes", "invalid_request_error")(scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await error(413, f"request body over {limit} bytes", "invalid_request_error")(scope, receive, send)
             return
         seen = 0
 
@@ -198,14 +201,14 @@ class _BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge(self.limit)
+            if seen > limit:
+                raise _TooLarge(limit)
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await error(413, f"request body over {self.limit} bytes", "invalid_request_error")(scope, receive, send)
+            await error(413, f"request body over {limit} bytes", "invalid_request_error")(scope, receive, send)
 
 
 class _TooLarge(StarletteHTTPException):

@@ -146,6 +146,40 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a tenant whole (its memory, serving mode and adapters) as one archive."""
+    with closing(_runtime(args)) as runtime:
+        manifest = runtime.export_tenant(_operator(args.tenant), args.file)
+    size = Path(args.file).stat().st_size
+    counts = " ".join(f"{k}={v}" for k, v in manifest["counts"].items() if v)
+
+    def text() -> None:
+        print(f"{args.tenant} -> {args.file} ({size} bytes): {counts}")
+        for left in manifest["left_out"]:
+            print(f"adapter {left['version']} left out: {left['reason']}", file=sys.stderr)
+
+    _emit(args, {**manifest, "file": args.file, "bytes": size}, text)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import an archive (as its own tenant, or --as another); nothing is written unless all of it checks out."""
+    with closing(_runtime(args)) as runtime:
+        report = runtime.import_tenant(_operator(args.as_tenant) if args.as_tenant else None, args.file,
+                                       reembed=args.reembed, progress=not args.json)
+
+    def text() -> None:
+        added = " ".join(f"{k}={v}" for k, v in report.added.items() if v) or "nothing new"
+        kept = sum(report.kept.values())
+        print(f"{args.file} -> {report.tenant}: added {added}" + (f"; {kept} row(s) already here" if kept else "")
+              + (" (re-embedded)" if report.reembedded else ""))
+        for old, new in report.adapters.items():
+            print(f"  adapter {old} -> {new}")
+
+    _emit(args, report.to_json(), text)
+    return EXIT_OK
+
+
 def _model_name(args: argparse.Namespace, runtime: Runtime) -> str:
     """The served model (the tenant's active adapter on the base), or the base alone with --no-adapter."""
     return runtime.base_model if args.no_adapter else SERVED_MODEL
@@ -404,6 +438,7 @@ def _when(ts: float | None) -> str:
 
 COMMANDS = {  # subcommand -> what runs it
     "ingest": cmd_ingest, "search": cmd_search, "stats": cmd_stats, "mode": cmd_mode, "forget": cmd_forget,
+    "export": cmd_export, "import": cmd_import,
     "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "demo": cmd_demo, "consolidate": cmd_consolidate,
     "jobs": cmd_jobs, "serve": cmd_serve, "worker": cmd_worker, "keys": cmd_keys, "adapters": cmd_adapters
 }

@@ -85,6 +85,22 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands["forget"])
 
+    p = sub.add_parser("export", help="write a tenant whole (memory, serving mode, adapters) as one archive file")
+    p.add_argument("file", help="the archive to write (a zip)")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands["export"])
+
+    p = sub.add_parser("import", help="import a tenant's archive (verified whole first; twice changes nothing)")
+    p.add_argument("file", help="an archive written by `logmem export`")
+    p.add_argument("--as", dest="as_tenant", default=None, metavar="T",
+                   help="import it as tenant T (default: the tenant it was exported from)")
+    p.add_argument("--reembed", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute the vectors here even for an archive of this embedder; --no-reembed refuses an "
+                        "archive of another embedder instead of re-embedding it (default: only when it differs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands["import"])
+
     p = sub.add_parser("generate", help="answer one prompt with memory")
     p.add_argument("prompt")
     p.add_argument("--no-memory", action="store_true", help="answer with the bare model")

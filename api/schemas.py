@@ -316,6 +316,18 @@ class ForgetOut(BaseModel):
     removed: dict[str, int]
 
 
+class ImportOut(BaseModel):
+    """What an import did: rows added and rows already present (kept as they were), per table."""
+
+    tenant: str  # the tenant written
+    source: str  # the tenant the archive was exported from
+    added: dict[str, int]
+    kept: dict[str, int]
+    adapters: dict[str, str]  # the archive's adapter versions -> their versions here
+    reembedded: bool  # the vectors were computed here (another embedder), not carried
+    left_out: list[dict[str, str]]  # adapters the export left out, and why
+
+
 class JobOut(BaseModel):
     id: int
     kind: str

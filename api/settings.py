@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # stops working within it, one revoked through this server at once (0: look every key up every request)
     key_cache_seconds: float = Field(default=2.0, ge=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)  # larger request bodies get 413
+    max_archive_bytes: int = Field(default=2_000_000_000, ge=1_024)  # a tenant archive POSTed to /v1/tenant/import
     max_messages: int = Field(default=64, ge=1)  # messages per chat request
     max_k: int = Field(default=50, ge=1)  # experiences per search
     max_tokens: int = Field(default=512, ge=1)  # new tokens per answer

@@ -1,5 +1,5 @@
-"""The runtime's operations on the memory: logs in, feedback, search, stats, serving modes, the experiences and
-erasure, each scoped to the caller's tenant."""
+"""The runtime's operations on the memory: logs in, feedback, search, stats, serving modes, the experiences,
+erasure, and a tenant's export and import, each scoped to the caller's tenant."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from logmem.memory import FeedbackResult, Hit, IngestReport, Rejected, Stats, parse_record
+from logmem.memory import FeedbackResult, Hit, ImportReport, IngestReport, Rejected, Stats, parse_record
 from logmem.memory.errors import LogFormatError
 from logmem.memory.store import AnswerData, ExperienceData
 from logmem.memory.text import require_text
@@ -18,7 +18,7 @@ from .assembly import Assembly
 
 
 class MemoryOps(Assembly):
-    """Logs in, feedback, search, stats, serving modes, the experiences and erasure."""
+    """Logs in, feedback, search, stats, serving modes, the experiences, erasure, export and import."""
 
     def ingest(self, records: Iterable[Any], *, tenant: str | None = None, format: str = "auto",
                progress: bool = False, total: int | None = None) -> IngestReport:
@@ -96,3 +96,15 @@ class MemoryOps(Assembly):
     def interaction(self, caller: Caller, interaction_id: str) -> AnswerData:
         """One of the caller's served answers with its feedback so far (another tenant's: a NotFoundError)."""
         return self.memory.answer(interaction_id, tenant=caller.tenant)
+
+    def export_tenant(self, caller: Caller, path: str | Path) -> dict[str, Any]:
+        """Write the caller's tenant whole (rows, vectors, serving mode, adapters) as an archive at `path`; returns
+        its manifest."""
+        return self.memory.export_tenant(path, tenant=caller.tenant)
+
+    def import_tenant(self, caller: Caller | None, path: str | Path, *, reembed: bool | None = None,
+                      progress: bool = False) -> ImportReport:
+        """Import the archive at `path` as the caller's tenant; a caller of None is the operator, who imports it as
+        the tenant it was exported from. Nothing is written unless the whole archive checks out."""
+        return self.memory.import_tenant(path, tenant=caller.tenant if caller is not None else None, reembed=reembed,
+                                         progress=progress)
