@@ -22,6 +22,7 @@ IMPORT_PATH = "/v1/tenant/import"  # its bodies are archives: their own size lim
 ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut},
                                            413: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 ZIP: dict[str, Any] = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+BYTES: dict[str, Any] = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}  # any type
 
 
 @router.get("/export", response_class=FileResponse, responses={200: {"content": ZIP}, **ERRORS})
@@ -39,7 +40,7 @@ async def export_tenant(runtime: RuntimeDep, admin: AdminDep) -> FileResponse:
 
 
 @router.post(IMPORT_PATH.removeprefix(router.prefix), response_model=ImportOut, responses=ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": ZIP}})
+             openapi_extra={"requestBody": {"required": True, "content": BYTES}})
 async def import_tenant(request: Request, runtime: RuntimeDep, admin: AdminDep, reembed: bool | None = None) -> Any:
     """Import an archive (the request body, as `logmem export` wrote it) as the named tenant. It is verified whole
     first: a truncated or changed archive is a 422 naming the member and what is wrong, and nothing is written. Rows
