@@ -67,6 +67,8 @@ class Ask:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     use_memory: bool = True  # False: the model alone, and nothing logged (the inspector's baseline)
+    mode: str | None = None  # a serving mode to answer in instead of the tenant's (an evaluation's comparison)
+    log: bool = True  # False: the answer is kept nowhere (an evaluation)
     interaction_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancel: threading.Event = field(default_factory=threading.Event)  # set: the generation stops at its next token
     arrived: float = field(default_factory=time.perf_counter)  # when the request arrived (its proxy time starts)

@@ -16,7 +16,6 @@ from typing import Any
 
 from logmem.memory import LogmemError
 from logmem.memory.errors import ConfigError
-from logmem.model.config import GeneratorConfig  # no torch behind it: the CLI starts quickly
 
 from . import cli_parser
 from .demo import DEMO_TENANT, one_line, run_demo
@@ -31,7 +30,7 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
     """The runtime's settings from the global options (and a subcommand's generation options)."""
     fields: dict[str, Any] = {"home": Path(args.home), "db": args.db, "embedder": args.embedder, "model": args.model,
                               "device": args.device, "dtype": args.dtype}
-    for name in ("k", "template", "choose"):
+    for name in ("k", "template", "choose", "vote_prior"):
         if getattr(args, name, None) is not None:
             fields[name] = getattr(args, name)
     return Settings(**fields, **more)
@@ -243,13 +242,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"logmem: unknown mode(s) {', '.join(unknown)}; expected {', '.join(MODES)}", file=sys.stderr)
         return EXIT_USAGE
     items = read_eval(args.eval)[: args.limit or None]
-    config = GeneratorConfig(k=args.k, template=args.template, vote_prior=args.vote_prior)
     with closing(_runtime(args)) as runtime:
-        results, data = runtime.evaluate(_operator(args.tenant), args.logs, items, modes=modes, config=config,
+        results, data = runtime.evaluate(_operator(args.tenant), args.logs, items, modes=modes,
                                          max_new_tokens=args.max_new_tokens, predictions=args.predictions,
                                          batch_size=args.batch_size, progress=not args.json)
     answer_ms = data["greedy_32_tokens_ms"]
-    _emit(args, data, lambda: print(markdown_table(results, answer_ms)))
+    _emit(args, data, lambda: print(markdown_table(results, answer_ms, contains=args.contains)))
     return EXIT_OK
 
 

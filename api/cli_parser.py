@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from logmem.memory.vocabulary import ANSWER_TOKENS, CHOOSE_VALUES, DTYPES, LOG_FORMATS, METHODS, SERVING_MODES
-from logmem.model.config import ConsolidationConfig, GeneratorConfig  # no torch behind it: the CLI starts quickly
+from logmem.model.config import ConsolidationConfig  # no torch behind it: the CLI starts quickly
 
 from .settings import Settings
 
@@ -113,7 +113,8 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=commands["chat"])
 
     p = sub.add_parser("eval", help="accuracy of base and memory modes on an eval file")
-    p.add_argument("--logs", required=True, help="training logs (ingested into this home first, idempotent)")
+    p.add_argument("--logs", required=True,
+                   help="training logs (ingested into this home first as the tenant's, idempotent)")
     p.add_argument("--eval", required=True, help='eval JSONL: {"id", "messages", "reference"}')
     p.add_argument("--modes", default="base,memory",
                    help="comma list of base, memory, vote, auto, knn, consolidated, memory+adapter, and default "
@@ -122,7 +123,9 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
     p.add_argument("--batch-size", type=int, default=1,
                    help="answer N items per batched generation (faster; model ms become shares of a batch)")
-    p.add_argument("--vote-prior", type=float, default=GeneratorConfig().vote_prior,
+    p.add_argument("--contains", action="store_true",
+                   help="also score free text: the answers that contain a reference anywhere (beside exact match)")
+    p.add_argument("--vote-prior", type=float, default=_default("vote_prior"),
                    help="weight of the memory's vote against the model in the vote mode")
     _generation_options(p, max_new_tokens=16)
     p.add_argument("--json", action="store_true")

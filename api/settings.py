@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # the generator's defaults (GeneratorConfig), defined there
     k: int = Field(default=GeneratorConfig.k, ge=0)  # experiences retrieved per request
     template: str = Field(default=GeneratorConfig.template)  # prompt template name or .jinja path
+    vote_prior: float = Field(default=GeneratorConfig.vote_prior, ge=0)  # the memory's vote against the model (vote)
     # "vote": answer with a memory-supported answer where the memory agrees; "auto": vote for a tenant whose answers
     # repeat (labels, routes, canned replies), free generation for the others; "default": each tenant's serving mode
     # (what its consolidation jobs measured best, or an operator pinned; `auto` before any)

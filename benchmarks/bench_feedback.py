@@ -72,7 +72,7 @@ def read_base(logs: Path, n_held: int, embedder: Any) -> Base:
             VectorMemory(home, embedder=embedder) as memory:
         memory.ingest(kept, tenant=TENANT)
         rows = list(memory.iter_experiences(TENANT))
-        instructions = memory.store.instructions(tenant=TENANT, min_count=memory.config.shared_min_count)
+        instructions = memory.instructions.known(TENANT)
     xb = np.vstack([r.vector for r in rows]).astype(np.float32)
     return Base(rows, xb, instructions, held, answers)
 
@@ -81,17 +81,14 @@ def build_memory(home: Path, base: Base, size: int, embedder: Any) -> tuple[Any,
     """A memory of `size` experiences: the real ones, then neighbourhood-grown synthetic ones, written through
     the store in INSERT_BATCH transactions; its index rebuilt from SQL and written. Returns (memory, timings)."""
     from logmem.memory import VectorMemory
-    from logmem.memory.distill import text_hash
 
     t0 = time.perf_counter()
     xb = grow(base.xb, size, seed=size)
     memory = VectorMemory(home, embedder=embedder)
-    with memory.store.transaction() as tx:  # the requests' shared instructions, as ingesting them counted them
-        memory.store.count_instructions(tx, tenant=TENANT, counts={
-            text_hash(t): (t, memory.config.shared_min_count) for t in base.instructions})
     t1 = time.perf_counter()
     memory.import_experiences([_imported(base.rows[i % len(base.rows)], i, i >= len(base.rows), xb[i])
-                               for i in range(size)], tenant=TENANT, batch=INSERT_BATCH)
+                               for i in range(size)], tenant=TENANT, batch=INSERT_BATCH,
+                              instructions={t: memory.config.shared_min_count for t in base.instructions})
     t2 = time.perf_counter()
     faiss.omp_set_num_threads(2)  # a build is a batch: both cores
     memory.indexes.get(TENANT)  # rebuilt from SQL, as the next process would

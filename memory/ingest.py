@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import MemoryConfig
-from .distill import Candidate, Neighbour, agree, content_hash, distill, plan_merge
+from .distill import Candidate, Neighbour, agree, content_hash, distill, plan_merge, text_hash
 from .embedding import Embedder
 from .errors import DimensionMismatchError, LogFormatError
 from .indexes import Pending, TenantIndexes
@@ -245,12 +245,17 @@ class Imported:
 
 
 def import_experiences(store: Store, items: Sequence[Imported], *, tenant: str, batch: int = 5_000,
-                       progress: bool = False) -> list[int]:
+                       progress: bool = False, instructions: dict[str, int] | None = None) -> list[int]:
     """Write `items` as `tenant`'s experiences in bulk, one transaction and one index generation per `batch`, each
     batch sourced to one interaction row: the index follows at the next search, as another process's would. Exact
-    duplicates are not merged (nothing is distilled). Returns their ids, in order."""
+    duplicates are not merged (nothing is distilled). `instructions`: shared instructions (text -> how many requests
+    opened with it) added to the tenant's tally, as ingesting those requests would count them. Returns their ids, in
+    order."""
     ids: list[int] = []
     now = time.time()
+    if instructions:
+        with store.transaction() as tx:
+            store.count_instructions(tx, tenant=tenant, counts={text_hash(t): (t, n) for t, n in instructions.items()})
     for start in tqdm(range(0, len(items), batch), desc=f"import {tenant}", unit="batch", disable=not progress):
         chunk = items[start:start + batch]
         rows = [{"user": e.user, "content_hash": content_hash(e.trigger, e.response), "instruction": e.instruction,

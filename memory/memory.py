@@ -116,9 +116,11 @@ class VectorMemory:
                                          rejected_path=rejected_path)
 
     def import_experiences(self, items: Sequence[Imported], *, tenant: str = "default", batch: int = 5_000,
-                           progress: bool = False) -> list[int]:
+                           progress: bool = False, instructions: dict[str, int] | None = None) -> list[int]:
         """Experiences written as they are, in bulk (no log, no distillation, no merging; vectors as given, `d` wide):
-        one transaction and one index generation per `batch`; the index follows at the next search. Returns ids.
+        one transaction and one index generation per `batch`; the index follows at the next search. `instructions`:
+        shared instructions (text -> requests that opened with it), counted as ingesting those requests would.
+        Returns ids.
 
         Raises:
             DimensionMismatchError: a vector is not `d` wide.
@@ -127,7 +129,10 @@ class VectorMemory:
             if np.shape(e.vector) != (self.d,):
                 raise DimensionMismatchError(f"an imported vector has shape {np.shape(e.vector)}; "
                                              f"expected ({self.d},)")
-        return import_experiences(self.store, items, tenant=tenant, batch=batch, progress=progress)
+        ids = import_experiences(self.store, items, tenant=tenant, batch=batch, progress=progress,
+                                 instructions=instructions)
+        self.instructions.drop(tenant)  # its shared instructions may have grown
+        return ids
 
     # --- a tenant moved whole: export and import (memory/archive.py) ------------------------------
     @_serialized

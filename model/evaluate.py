@@ -10,7 +10,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from .config import GeneratorConfig
 from .generator import MemoryGenerator
 from .loading import load_adapter
 from .modes import served_mode
-from .scoring import is_correct, normalize_answer
+from .scoring import contains_reference, is_correct, normalize_answer
 
 logger = logging.getLogger(__name__)
 # knn: the embedding-vote reference, no model; auto: the vote where answers repeat, else memory; default: what the
@@ -69,6 +69,7 @@ class ModeResult:
     mode: str
     n: int = 0
     correct: int = 0
+    contained: int = 0  # answers that contain a reference (free text: `contains_reference`)
     retrieval_ms: list[float] = field(default_factory=list)
     prompt_ms: list[float] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
@@ -78,11 +79,16 @@ class ModeResult:
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
+    @property
+    def containment(self) -> float:
+        return self.contained / self.n if self.n else 0.0
+
     def summary(self) -> dict[str, Any]:
         def med(x: list[float] | list[int]) -> float:
             return float(statistics.median(x)) if x else 0.0
 
         return {"mode": self.mode, "n": self.n, "correct": self.correct, "accuracy": round(self.accuracy, 4),
+                "contains": round(self.containment, 4),
                 "retrieval_ms_p50": round(med(self.retrieval_ms), 2), "prompt_ms_p50": round(med(self.prompt_ms), 2),
                 "model_ms_p50": round(med(self.model_ms), 1), "prompt_tokens_p50": med(self.prompt_tokens)}
 
@@ -97,44 +103,38 @@ def knn_vote(memory: VectorMemory, item: EvalItem, *, k: int = 10, tenant: str =
     return max(votes, key=lambda a: votes[a]) if votes else ""
 
 
-def evaluate(model: Any, tokenizer: Any, memory: VectorMemory, items: Sequence[EvalItem], *,
-             modes: Iterable[str], config: GeneratorConfig | None = None, tenant: str = "default",
-             max_new_tokens: int = 16, predictions: str | Path | None = None, adapter: str | Path | None = None,
-             batch_size: int = 1, progress: bool = False) -> list[ModeResult]:
-    """Answer every item in each mode; write one prediction line per (item, mode) to `predictions`.
+Answered = tuple[str, list[int], dict[str, float]]  # (answer, experience ids used, timings)
+Answers = Callable[[str, Sequence[EvalItem]], list[Answered]]  # (mode, items) -> one Answered per item
 
-    The adapter modes run last, on `model` with the LoRA adapter at `adapter` merged into its weights (so
-    `model` is changed for good: pass a fresh copy if the base is needed afterwards). `batch_size` > 1
-    answers that many items in one left-padded generation (much faster on a CPU; a reply's model time is
-    then its share of the batch's).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    config = config or GeneratorConfig()
+
+def check_modes(modes: Iterable[str]) -> None:
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    kinds = {m: served_mode(memory, tenant).mode if m == "default" else m for m in modes}  # default: the served one
-    ordered = [m for m in modes if kinds[m] not in ADAPTER_MODES] + [m for m in modes if kinds[m] in ADAPTER_MODES]
-    if adapter is None and any(kinds[m] in ADAPTER_MODES for m in modes):
-        raise ConfigError("the modes consolidated and memory+adapter need an active adapter "
-                          "(run `logmem consolidate` first)")
+
+
+def score(answers: Answers, memory: VectorMemory, items: Sequence[EvalItem], *, modes: Sequence[str],
+          tenant: str = "default", predictions: str | Path | None = None, batch_size: int = 1,
+          progress: bool = False) -> list[ModeResult]:
+    """Answer every item in each mode (`knn` here, the others by `answers`, `batch_size` items a call) and score the
+    answers; write one prediction line per (item, mode) to `predictions`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_modes(modes)
     results = []
     out = Path(predictions).open("w", encoding="utf-8") if predictions else None
     try:
-        for mode in ordered:
-            if kinds[mode] in ADAPTER_MODES and adapter is not None:
-                model, adapter = load_adapter(model, adapter, merge=True), None  # for the modes after
-            gen = _generator(kinds[mode], model, tokenizer, memory, config, tenant)
+        for mode in modes:
             res = ModeResult(mode)
             bar = tqdm(total=len(items), desc=f"eval {mode}", unit="q", disable=not progress)
             for i in range(0, len(items), batch_size):
                 batch = items[i:i + batch_size]
-                for item, (output, used, timing) in zip(batch, _answers(mode, gen, memory, batch, tenant,
-                                                                        max_new_tokens)):
+                answered = _knn(memory, batch, tenant) if mode == "knn" else answers(mode, batch)
+                for item, (output, used, timing) in zip(batch, answered):
                     ok = is_correct(output, item.reference)
                     res.n += 1
                     res.correct += ok
+                    res.contained += contains_reference(output, item.reference)
                     for key, value in timing.items():
                         getattr(res, key).append(value)
                     if out:
@@ -150,30 +150,65 @@ def evaluate(model: Any, tokenizer: Any, memory: VectorMemory, items: Sequence[E
     return results
 
 
+def evaluate(model: Any, tokenizer: Any, memory: VectorMemory, items: Sequence[EvalItem], *,
+             modes: Iterable[str], config: GeneratorConfig | None = None, tenant: str = "default",
+             max_new_tokens: int = 16, predictions: str | Path | None = None, adapter: str | Path | None = None,
+             batch_size: int = 1, progress: bool = False) -> list[ModeResult]:
+    """The harness for a model in hand (the Python API; `logmem eval` answers through the runtime's answer operation
+    instead): every item answered in each mode by `MemoryGenerator`s over `model`, scored by `score`.
+
+    The adapter modes run last, on `model` with the LoRA adapter at `adapter` merged into its weights (so
+    `model` is changed for good: pass a fresh copy if the base is needed afterwards). `batch_size` > 1
+    answers that many items in one left-padded generation (much faster on a CPU; a reply's model time is
+    then its share of the batch's).
+    """
+    config = config or GeneratorConfig()
+    modes = list(modes)
+    check_modes(modes)
+    kinds = {m: served_mode(memory, tenant).mode if m == "default" else m for m in modes}  # default: the served one
+    ordered = [m for m in modes if kinds[m] not in ADAPTER_MODES] + [m for m in modes if kinds[m] in ADAPTER_MODES]
+    if adapter is None and any(kinds[m] in ADAPTER_MODES for m in modes):
+        raise ConfigError("the modes consolidated and memory+adapter need an active adapter "
+                          "(run `logmem consolidate` first)")
+    generators: dict[str, MemoryGenerator] = {}
+
+    def answers(mode: str, batch: Sequence[EvalItem]) -> list[Answered]:
+        nonlocal model, adapter
+        if mode not in generators:
+            if kinds[mode] in ADAPTER_MODES and adapter is not None:
+                model, adapter = load_adapter(model, adapter, merge=True), None  # for the modes after
+            generators[mode] = _generator(kinds[mode], model, tokenizer, memory, config, tenant)
+        replies = generators[mode].chat_many([item.messages for item in batch], max_new_tokens=max_new_tokens,
+                                             log=False)
+        return [answered(r) for r in replies]
+
+    return score(answers, memory, items, modes=ordered, tenant=tenant, predictions=predictions,
+                 batch_size=batch_size, progress=progress)
+
+
+def answered(reply: Any) -> Answered:
+    """A `Reply`'s (answer, experience ids used, timings)."""
+    return (reply.text, [h.id for h in reply.experiences],
+            {"retrieval_ms": reply.retrieval_ms, "prompt_ms": reply.prompt_ms, "model_ms": reply.model_ms,
+             "prompt_tokens": reply.prompt_tokens})
+
+
 def _generator(mode: str, model: Any, tokenizer: Any, memory: VectorMemory, config: GeneratorConfig,
-               tenant: str) -> MemoryGenerator | None:
-    if mode == "knn":
-        return None
+               tenant: str) -> MemoryGenerator:
     if mode in ("base", "consolidated"):
         return MemoryGenerator(model, tokenizer, None, config=config, tenant=tenant)
     return MemoryGenerator(model, tokenizer, memory, tenant=tenant,
                            config=replace(config, choose=mode if mode in ("vote", "auto") else "off"))
 
 
-def _answers(mode: str, gen: MemoryGenerator | None, memory: VectorMemory, items: Sequence[EvalItem], tenant: str,
-             max_new_tokens: int) -> list[tuple[str, list[int], dict[str, float]]]:
-    """(answer, experience ids used, timings) of each item: the kNN vote, or one batched `chat_many`."""
-    if gen is None:
-        answers: list[tuple[str, list[int], dict[str, float]]] = []
-        for item in items:
-            t0 = time.perf_counter()
-            answer = knn_vote(memory, item, tenant=tenant)
-            answers.append((answer, [], {"retrieval_ms": (time.perf_counter() - t0) * 1e3}))
-        return answers
-    replies = gen.chat_many([item.messages for item in items], max_new_tokens=max_new_tokens, log=False)
-    return [(r.text, [h.id for h in r.experiences],
-             {"retrieval_ms": r.retrieval_ms, "prompt_ms": r.prompt_ms, "model_ms": r.model_ms,
-              "prompt_tokens": r.prompt_tokens}) for r in replies]
+def _knn(memory: VectorMemory, items: Sequence[EvalItem], tenant: str) -> list[Answered]:
+    """The kNN vote's answer to each item (no model)."""
+    answers: list[Answered] = []
+    for item in items:
+        t0 = time.perf_counter()
+        answer = knn_vote(memory, item, tenant=tenant)
+        answers.append((answer, [], {"retrieval_ms": (time.perf_counter() - t0) * 1e3}))
+    return answers
 
 
 @torch.no_grad()
@@ -191,31 +226,15 @@ def greedy_answer_ms(model: Any, tokenizer: Any, *, new_tokens: int = 32, repeat
     return float(statistics.median(times))
 
 
-def eval_report(model: Any, tokenizer: Any, memory: VectorMemory, logs: str | Path, items: Sequence[EvalItem], *,
-                modes: Sequence[str], config: GeneratorConfig | None = None, tenant: str = "default",
-                max_new_tokens: int = 16, predictions: str | Path | None = None, batch_size: int = 1,
-                progress: bool = False) -> tuple[list[ModeResult], dict[str, Any]]:
-    """The whole harness: ingest `logs` (idempotent), answer `items` in each mode, time a 32-token answer."""
-    report = memory.ingest_file(logs, progress=progress)
-    active = memory.active_adapter(tenant)
-    served = served_mode(memory, tenant).to_json() if "default" in modes else None
-    answer_ms = greedy_answer_ms(model, tokenizer) if any(m in ("memory", "vote") for m in modes) else None
-    results = evaluate(model, tokenizer, memory, items, modes=modes, config=config, tenant=tenant,
-                       max_new_tokens=max_new_tokens, predictions=predictions, progress=progress,
-                       adapter=active.path if active is not None else None, batch_size=batch_size)
-    data = {"ingest": {k: v for k, v in report.to_json().items() if isinstance(v, int)},
-            "results": [r.summary() for r in results], "greedy_32_tokens_ms": answer_ms,
-            "config": vars(config or GeneratorConfig()), "adapter": active.version if active else None,
-            "batch_size": batch_size, **({"serving_mode": served} if served else {})}
-    return results, data
-
-
-def markdown_table(results: Sequence[ModeResult], answer_ms: float | None = None) -> str:
-    lines = ["| mode | n | accuracy | retrieval ms (p50) | prompt ms (p50) | model ms (p50) | prompt tokens (p50) |",
-             "|---|---|---|---|---|---|---|"]
+def markdown_table(results: Sequence[ModeResult], answer_ms: float | None = None, *, contains: bool = False) -> str:
+    """The results as a Markdown table; with `contains`, a column of answers that contain a reference (free text)."""
+    extra = " contains |" if contains else ""
+    lines = ["| mode | n | accuracy |" + extra + " retrieval ms (p50) | prompt ms (p50) | model ms (p50) | "
+             "prompt tokens (p50) |", "|---|---|---|" + ("---|" if contains else "") + "---|---|---|---|"]
     for r in results:
         s = r.summary()
-        lines.append(f"| {s['mode']} | {s['n']} | {s['accuracy']:.3f} | {s['retrieval_ms_p50']:.1f} | "
+        cell = f" {s['contains']:.3f} |" if contains else ""
+        lines.append(f"| {s['mode']} | {s['n']} | {s['accuracy']:.3f} |{cell} {s['retrieval_ms_p50']:.1f} | "
                      f"{s['prompt_ms_p50']:.1f} | {s['model_ms_p50']:.0f} | {s['prompt_tokens_p50']:.0f} |")
     if answer_ms is not None:
         mem = [r for r in results if r.mode in ("memory", "vote")]

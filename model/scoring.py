@@ -95,3 +95,11 @@ def normalize_answer(text: str) -> str:
 def is_correct(output: str, references: Sequence[str]) -> bool:
     got = normalize_answer(output)
     return bool(got) and any(got == normalize_answer(r) for r in references)
+
+
+def contains_reference(output: str, references: Sequence[str]) -> bool:
+    """Whether the whole answer (every line), lowercased and stripped of punctuation, contains a reference so
+    normalised as whole words: the free-text figure, where an answer states the fact inside a sentence."""
+    words = f" {' '.join(_PUNCT.sub(' ', output.lower()).split())} "
+    wanted = (" ".join(_PUNCT.sub(" ", r.lower()).split()) for r in references)
+    return any(f" {w} " in words for w in wanted if w)

@@ -4,23 +4,21 @@ away, and encodes the answer whole or as server-sent events; what answers is the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
-from logmem.memory.errors import GenerationCancelled, LogmemError, UnknownModelError
+from logmem.memory.errors import LogmemError, UnknownModelError
 from logmem.memory.vocabulary import ANSWER_TOKENS
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ..answering import Ask, Started
+from ..connection import once, until_gone
 from ..deps import CallerDep, RuntimeDep
 from ..runtime import Answer
 from ..schemas import ChatCompletion, ChatRequest, ErrorOut, ModelCard, ModelList
@@ -30,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 STARTED = int(time.time())
-T = TypeVar("T")
 
 
 @router.get("/models", response_model=ModelList)
@@ -66,7 +63,7 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
         raise UnknownModelError(f"the model {ask.model!r} does not exist")
     limit, metrics = request.app.state.generation_limit, request.app.state.metrics
     slot = limit.acquire(caller)
-    release = _once(lambda: limit.release(slot))
+    release = once(lambda: limit.release(slot))
     if not body.stream:
         try:
             answer = await until_gone(request, backend.complete(caller, ask), ask.cancel)
@@ -112,42 +109,6 @@ def _logmem(answer: Answer) -> dict[str, Any]:
     return {"interaction_id": reply.interaction_id, "adapter": answer.adapter,
             "experiences": [h.parts() for h in reply.experiences], "chosen_by": reply.chosen_by,
             "mode": reply.mode, "retrieval_ms": reply.retrieval_ms, "model_ms": reply.model_ms}
-
-
-async def until_gone(request: Request, work: Awaitable[T], cancel: threading.Event) -> T:
-    """`work`'s result, unless the client disconnects first: then `cancel` is set (a local generation stops at its
-    next token and its thread ends, which `work` waits for) and `work` is cancelled (an upstream request is dropped,
-    which the upstream sees as its own client going away). Raises `GenerationCancelled` then."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            cancel.set()
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise GenerationCancelled("the client went away")
-        return task.result()
-    finally:
-        gone.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone (the request's body was read: the next message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _once(action: Callable[[], None]) -> Callable[[], None]:
-    done = False
-
-    def once() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            action()
-    return once
 
 
 async def _events(ask: Ask, items: AsyncGenerator[Started | str | Answer, None], include_usage: bool,

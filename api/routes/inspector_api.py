@@ -11,6 +11,7 @@ from logmem.memory.vocabulary import SortKey, SortOrder
 from starlette.concurrency import run_in_threadpool
 
 from ..answering import Ask
+from ..connection import until_gone
 from ..deps import CallerDep, RowId, RuntimeDep
 from ..inspector_schemas import (
     ActivityOut,
@@ -23,7 +24,6 @@ from ..inspector_schemas import (
 )
 from ..runtime import AnswerData, turn_view
 from ..schemas import ErrorOut, ExperiencePage, RequiredText
-from .chat import until_gone
 from .views import adapter_view, experience_view
 
 router = APIRouter(prefix="/v1", tags=["inspector"])

@@ -118,7 +118,7 @@ class Assembly:
 
                 model, tokenizer = self._load_model() if self._load_model else self._load_settings_model()
                 config = GeneratorConfig(k=self.settings.k, template=self.settings.template,
-                                         choose=self.settings.choose)
+                                         choose=self.settings.choose, vote_prior=self.settings.vote_prior)
                 generator = MemoryGenerator(model, tokenizer, self.memory, config=config)
                 bare = MemoryGenerator(model, tokenizer, None, config=config)
                 pool = AdapterPool(model, max_loaded=self.settings.max_loaded_adapters)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from logmem.memory import Hit, NotFoundError
-from logmem.memory.errors import AdapterError, GenerationCancelled, PromptTooLongError, UnknownModelError
+from logmem.memory.errors import AdapterError, ConfigError, GenerationCancelled, PromptTooLongError, UnknownModelError
 from logmem.memory.text import clean_text
+from logmem.memory.vocabulary import ADAPTER_MODES, AUTO, SERVING_MODES
 
 from ..answering import SERVED_MODEL, Answer, Ask, Caller
 from .memory_ops import MemoryOps
@@ -69,16 +70,26 @@ class Serving(MemoryOps):
         Raises:
             UnknownModelError: `ask.model` is not one the caller may ask for.
         """
+        return self.answer_all(caller, [ask], streamer=streamer)[0]
+
+    def answer_all(self, caller: Caller, asks: Sequence[Ask], *, streamer: Any = None) -> list[Answer]:
+        """`answer` for several asks of one model, mode and generation settings in one batched generation (`logmem
+        eval`); a streamer takes one ask only."""
         from logmem.model.cancel import Cancel
         from transformers import StoppingCriteriaList
 
+        ask = asks[0]
+        if any(_batched(a) != _batched(ask) for a in asks) or (streamer is not None and len(asks) > 1):
+            raise ValueError("asks answered together share their model, mode and generation settings (and a streamer "
+                             "takes one ask)")
         models = self.models(caller)
         if ask.model not in models:
             raise UnknownModelError(f"the model {ask.model!r} does not exist; expected one of {', '.join(models)}")
         generator, bare, _, pool = self._model_parts()
         generator = generator if ask.use_memory else bare
-        version, path, pooled, mode = self._route(caller, ask.model, generator)
-        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([Cancel([self.stopping, ask.cancel])])}
+        version, path, pooled, mode = self._route(caller, ask.model, generator, ask.mode)
+        kwargs: dict[str, Any] = {
+            "stopping_criteria": StoppingCriteriaList([Cancel([self.stopping, *(a.cancel for a in asks)])])}
         if ask.temperature:
             kwargs.update(do_sample=True, temperature=ask.temperature,
                           top_p=ask.top_p if ask.top_p is not None else 1.0)
@@ -87,19 +98,24 @@ class Serving(MemoryOps):
         with pool.using(pooled, path) as served:
             generator.model = served
             try:
-                reply = generator.chat(list(ask.messages), tenant=caller.tenant, user=ask.user,
-                                       max_new_tokens=ask.max_tokens, adapter=version, stop=ask.stop,
-                                       interaction_id=ask.interaction_id, mode=mode, **kwargs)
+                replies = generator.chat_many([list(a.messages) for a in asks], tenant=caller.tenant, user=ask.user,
+                                              max_new_tokens=ask.max_tokens, adapter=version, stop=ask.stop,
+                                              interaction_ids=[a.interaction_id for a in asks], mode=mode,
+                                              log=ask.log, **kwargs)
             except GenerationCancelled:
                 logger.info("a generation for tenant %r was cancelled (%s); nothing logged", caller.tenant,
                             "the server is stopping" if self.stopping.is_set() else "its client went away")
                 raise
-        return Answer(reply, version, ask.model, reply.completion_tokens, reply.finish_reason)
+        return [Answer(reply, version, ask.model, reply.completion_tokens, reply.finish_reason) for reply in replies]
 
-    def _route(self, caller: Caller, model: str, generator: Any) -> tuple[str | None, str | None, str | None, Any]:
+    def _route(self, caller: Caller, model: str, generator: Any,
+               asked: str | None = None) -> tuple[str | None, str | None, str | None, Any]:
         """(the adapter version that answers, its folder, its key in the adapter pool, the serving mode), resolved
         once per request: a LoRA loaded by name answers as itself; the served model answers with the tenant's active
-        adapter, under the default `choose` only where the tenant's serving mode uses it; the base model bare."""
+        adapter, under the default `choose` only where the tenant's serving mode uses it (or in the mode `asked`,
+        an evaluation's); the base model bare."""
+        if asked is not None and model == SERVED_MODEL:
+            return self._asked_route(caller, asked)
         if (caller.tenant, model) in self._loras:
             return (model, str(self._loras[caller.tenant, model]), _lora_key(caller.tenant, model),
                     generator.mode(caller.tenant, model))
@@ -113,6 +129,22 @@ class Serving(MemoryOps):
         if served is not None and generator.memory is not None and served.adapter == version:
             return version, path, version, served
         return version, path, version, generator.mode(caller.tenant, version)
+
+    def _asked_route(self, caller: Caller, asked: str) -> tuple[str | None, str | None, str | None, Any]:
+        """`_route` for a serving mode asked for by name: an adapter mode with the tenant's active adapter (ConfigError:
+        none), a memory mode on the base model."""
+        from logmem.model.modes import ServedMode
+
+        if asked not in (*SERVING_MODES, AUTO):
+            raise ConfigError(f"mode: unknown serving mode {asked!r}; expected one of {', '.join(SERVING_MODES)}, "
+                              f"{AUTO}")
+        if asked not in ADAPTER_MODES:
+            return None, None, None, ServedMode(asked, None, "asked", "asked for by the caller")
+        active = self.memory.active_adapter(caller.tenant)
+        if active is None:
+            raise ConfigError(f"the mode {asked} needs an active adapter (run `logmem consolidate` first)")
+        return (active.version, active.path, active.version,
+                ServedMode(asked, active.version, "asked", "asked for by the caller"))
 
     def prompt_fits(self, messages: Sequence[dict[str, str]]) -> bool:
         """Whether `messages` are surely within the prompt-token limit by their length alone (a token is at least one
@@ -184,17 +216,43 @@ class Serving(MemoryOps):
         return active.version if active else None
 
     def evaluate(self, caller: Caller, logs: str | Path, items: Sequence[Any], *, modes: Sequence[str],
-                 config: Any, max_new_tokens: int = 16, predictions: str | Path | None = None, batch_size: int = 1,
+                 max_new_tokens: int = 16, predictions: str | Path | None = None, batch_size: int = 1,
                  progress: bool = False) -> tuple[list[Any], dict[str, Any]]:
-        """`logmem eval`: ingest `logs` (idempotent), answer `items` (`logmem.model.evaluate.EvalItem`) in each of
-        `modes` with the caller's memory, on a fresh copy of the settings' model; returns (per-mode results, the
-        report's JSON)."""
-        from logmem.model.evaluate import eval_report
+        """`logmem eval`: ingest `logs` as the caller's (idempotent), then answer `items` (`EvalItem`s) in each of
+        `modes` through the answer operation (`answer_all`, `batch_size` items at a time, nothing logged): "base" the
+        model alone, "default" as the caller is served, any other mode asked for by name ("knn" is the memory's vote
+        alone, no model); returns (per-mode results, the report's JSON)."""
+        from logmem.model.evaluate import answered, check_modes, greedy_answer_ms, score
 
-        model, tokenizer = self.load_model_copy()
-        return eval_report(model, tokenizer, self.memory, logs, items, modes=modes, config=config, tenant=caller.tenant,
-                           max_new_tokens=max_new_tokens, predictions=predictions, batch_size=batch_size,
-                           progress=progress)
+        check_modes(modes)
+        report = self.memory.ingest_file(logs, tenant=caller.tenant, progress=progress)
+        served = self.serving_mode(caller)
+        active = self.memory.active_adapter(caller.tenant)
+        adapter_modes = [m for m in modes if (served.mode if m == "default" else m) in ADAPTER_MODES]
+        if adapter_modes and active is None:
+            raise ConfigError("the modes consolidated and memory+adapter need an active adapter "
+                              "(run `logmem consolidate` first)")
+
+        def answers(mode: str, batch: Sequence[Any]) -> list[Any]:
+            asks = [Ask(item.messages, model=self.base_model if mode == "base" else SERVED_MODEL,
+                        max_tokens=max_new_tokens, use_memory=mode != "base",
+                        mode=None if mode in ("base", "default") else mode, log=False) for item in batch]
+            return [answered(a.reply) for a in self.answer_all(caller, asks)]
+
+        generator, _, tokenizer, pool = self._model_parts()
+        answer_ms = None
+        if any(m in ("memory", "vote") for m in modes):
+            with pool.using(None) as model:
+                answer_ms = greedy_answer_ms(model, tokenizer)
+        ordered = [m for m in modes if m not in adapter_modes] + adapter_modes
+        results = score(answers, self.memory, items, modes=ordered, tenant=caller.tenant, predictions=predictions,
+                        batch_size=batch_size, progress=progress)
+        data = {"ingest": {k: v for k, v in report.to_json().items() if isinstance(v, int)},
+                "results": [r.summary() for r in results], "greedy_32_tokens_ms": answer_ms,
+                "config": vars(generator.gen_config),
+                "adapter": active.version if active else None, "batch_size": batch_size,
+                **({"serving_mode": served.to_json()} if "default" in modes else {})}
+        return results, data
 
     # --- LoRA adapters loaded by name (vLLM's runtime LoRA routes, so that `adapters push` has a real target) ----
     def loras(self, caller: Caller) -> dict[str, Path]:
@@ -237,6 +295,12 @@ class Serving(MemoryOps):
         del self._loras[caller.tenant, name]
         self._model_parts()[3].evict(_lora_key(caller.tenant, name))
         logger.info("unloaded LoRA adapter %s of tenant %r", name, caller.tenant)
+
+
+def _batched(ask: Ask) -> tuple[Any, ...]:
+    """What asks answered in one batch must share."""
+    return (ask.model, ask.mode, ask.user, ask.max_tokens, ask.temperature, ask.top_p, tuple(ask.stop),
+            ask.use_memory, ask.log)
 
 
 def _lora_key(tenant: str, name: str) -> str:

@@ -36,3 +36,16 @@ def test_a_vector_of_the_wrong_width_is_refused_before_anything_is_written(tmp_p
         with pytest.raises(DimensionMismatchError, match="expected"):
             memory.import_experiences([good, Imported("q2", "a2", np.ones(3, dtype=np.float32))], tenant="acme")
         assert memory.stats("acme").experiences == 0
+
+
+def test_imported_shared_instructions_are_stripped_before_embedding(tmp_path: Path, embedder: Embedder) -> None:
+    note = "You are the support bot of Acme. Answer in one sentence."
+    with VectorMemory(tmp_path / "home", embedder=embedder) as memory:
+        assert memory.instructions.known("acme") == set()
+        memory.import_experiences([], tenant="acme", instructions={note: memory.config.shared_min_count - 1})
+        assert memory.instructions.known("acme") == set()  # not common yet
+        memory.import_experiences([], tenant="acme", instructions={note: 1})
+        assert memory.instructions.known("acme") == {note}  # counted as ingesting that many requests would
+        assert memory.instructions.known("globex") == set()
+        assert memory.instructions.split("acme", f"{note}\n\nWhich port does Redis use?") == (
+            note, "Which port does Redis use?")
