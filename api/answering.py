@@ -236,18 +236,19 @@ class UpstreamBackend:
 
     async def _prepare(self, caller: Caller, ask: Ask) -> _UpstreamCall:
         """The request for the upstream: the caller's messages conditioned with its memory (unless `use_memory` is
-        off) and the model that answers, read at once (the conditioning's embedding leaves the GIL; the adapter is
-        one SQL read; the upstream's model names are cached)."""
+        off) and the model that answers, read at once (the conditioning's embedding leaves the GIL; the adapter and
+        serving mode are cached by the store, `state_cache_seconds`; the upstream's model names too)."""
         runtime, upstream = self.runtime, self.upstream
         served = ask.model == SERVED_MODEL
         base = await upstream.base_model()
         if not served and ask.model != base:
             raise UnknownModelError(f"the model {ask.model!r} does not exist")
-        cond, active, loaded = await asyncio.gather(
-            run_in_threadpool(runtime.condition, caller, ask.messages, with_adapter=False,
+        cond, active, loaded = await asyncio.gather(  # one thread hop: the adapter is read with the conditioning
+            run_in_threadpool(runtime.condition, caller, ask.messages, with_adapter=served,
                               interaction_id=ask.interaction_id) if ask.use_memory else _none(),
-            run_in_threadpool(runtime.active_version, caller) if served else _none(),
+            run_in_threadpool(runtime.active_version, caller) if served and not ask.use_memory else _none(),
             upstream.loaded())
+        active = cond.active if cond is not None else active
         target, adapter = routed(caller, active, base, loaded)
         messages = cond.conversation if cond is not None else ask.messages
         payload: dict[str, Any] = {"model": target, "messages": messages, "max_tokens": ask.max_tokens}

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     k: int = Field(default=GeneratorConfig.k, ge=0)  # experiences retrieved per request
     template: str = Field(default=GeneratorConfig.template)  # prompt template name or .jinja path
     vote_prior: float = Field(default=GeneratorConfig.vote_prior, ge=0)  # the memory's vote against the model (vote)
+    generation_threads: int = Field(default=GeneratorConfig.threads, ge=0)  # torch threads per generation (0: auto)
     # "vote": answer with a memory-supported answer where the memory agrees; "auto": vote for a tenant whose answers
     # repeat (labels, routes, canned replies), free generation for the others; "default": each tenant's serving mode
     # (what its consolidation jobs measured best, or an operator pinned; `auto` before any)
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
     # a live key is trusted this long without asking SQL again; a key revoked by another process (the CLI)
     # stops working within it, one revoked through this server at once (0: look every key up every request)
     key_cache_seconds: float = Field(default=2.0, ge=0)
+    # a tenant's active adapter and serving mode are trusted this long once read (a change through this process is
+    # seen at once, one by another process, such as the CLI or a worker, within it; 0: read them every request)
+    state_cache_seconds: float = Field(default=2.0, ge=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)  # larger request bodies get 413
     max_archive_bytes: int = Field(default=2_000_000_000, ge=1_024)  # a tenant archive POSTed to /v1/tenant/import
     max_messages: int = Field(default=64, ge=1)  # messages per chat request

@@ -39,9 +39,13 @@ class GeneratorConfig:
     # measured on this many of its stored experiences (each asked with its neighbours, itself left out), so the
     # first requests are not answered with no estimate (0: learn it from requests only)
 
+    threads: int = 0  # torch threads a generation runs on, set in the thread that generates (model/threads.py); 0:
+    # auto, the cores less one (at least one): on 2 cores one thread, as fast in the caller's thread as in a fresh one
+
     def __post_init__(self) -> None:
         checks = [
             ("k", self.k >= 0, ">= 0"),
+            ("threads", self.threads >= 0, ">= 0 (0: auto)"),
             ("memory_token_budget", self.memory_token_budget >= 0, ">= 0"),
             ("lesson_token_budget", self.lesson_token_budget >= 0, ">= 0"),
             ("choose", self.choose in CHOOSE_VALUES, f"one of {', '.join(CHOOSE_VALUES)}"),

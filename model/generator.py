@@ -18,6 +18,7 @@ from tqdm import tqdm
 from .config import GeneratorConfig
 from .modes import ADAPTER_MODES, AUTO, ServedMode, left_out_search, served_mode
 from .prompting import ChatMarkers, Conditioning, Messages, render_messages, render_plain, select
+from .threads import on_generation_threads
 from .voting import AnswerBias, calibrated_answer, choose_answer, memory_answer_scores
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class MemoryGenerator:
         return cond, render_messages(messages, cond, self.gen_config.template)
 
     # --- drop-in generate ---------------------------------------------------------------------
+    @on_generation_threads
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                  tenant: str | None = None, **kwargs: Any) -> torch.Tensor:
@@ -246,6 +248,7 @@ class MemoryGenerator:
                               adapter=adapter, stop=stop, interaction_ids=[interaction_id] if interaction_id else None,
                               mode=mode, **kwargs)[0]
 
+    @on_generation_threads
     @torch.no_grad()
     def chat_many(self, conversations: Sequence[Messages], *, tenant: str | None = None, user: str | None = None,
                   max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,

@@ -65,6 +65,7 @@ class Assembly:
                              "--db")
         runtime._store = Store(settings.db_url)
         runtime._store.key_cache_seconds = settings.key_cache_seconds
+        runtime._store.state_cache_seconds = settings.state_cache_seconds
         return runtime
 
     @cached_property
@@ -78,6 +79,7 @@ class Assembly:
         memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url,
                               config=MemoryConfig(index_kind=s.index_kind, shared_index=s.shared_index))
         memory.store.key_cache_seconds = s.key_cache_seconds
+        memory.store.state_cache_seconds = s.state_cache_seconds
         return memory
 
     @property
@@ -118,7 +120,8 @@ class Assembly:
 
                 model, tokenizer = self._load_model() if self._load_model else self._load_settings_model()
                 config = GeneratorConfig(k=self.settings.k, template=self.settings.template,
-                                         choose=self.settings.choose, vote_prior=self.settings.vote_prior)
+                                         choose=self.settings.choose, vote_prior=self.settings.vote_prior,
+                                         threads=self.settings.generation_threads)
                 generator = MemoryGenerator(model, tokenizer, self.memory, config=config)
                 bare = MemoryGenerator(model, tokenizer, None, config=config)
                 pool = AdapterPool(model, max_loaded=self.settings.max_loaded_adapters)

@@ -38,7 +38,7 @@ class Conditioned:
     hits: list[Hit]  # the experiences that conditioned it, in prompt order
     memory_tokens: int
     condition_ms: float  # all of it: the follow-up judgment, embedding, search, selection, templating
-    active: str | None  # the tenant's active adapter version (None: the base model, or not asked for)
+    active: str | None  # the adapter version that answers the caller (None: the base model, or not asked for)
 
 
 class Serving(MemoryOps):
@@ -198,14 +198,14 @@ class Serving(MemoryOps):
                   interaction_id: str | None = None) -> Conditioned:
         """Condition a request for the upstream as `chat` conditions it for the local model: the answer it
         continues is judged first (`follow_up`), then the memory's exchanges and lessons note join the messages.
-        With `with_adapter`, also the tenant's active adapter version."""
+        With `with_adapter`, also the adapter version that answers the caller (`active_version`)."""
         messages = [dict(m) for m in messages]
         t0 = time.perf_counter()
         self.memory.follow_up(messages, tenant=caller.tenant)
         cond, conversation = self.conditioner().messages_for(messages, tenant=caller.tenant)
-        active = self.memory.active_adapter(caller.tenant) if with_adapter else None
+        active = self.active_version(caller) if with_adapter else None
         return Conditioned(interaction_id or uuid.uuid4().hex, messages, conversation, cond.experiences,
-                           cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active.version if active else None)
+                           cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active)
 
     def active_version(self, caller: Caller) -> str | None:
         """The adapter version that answers the caller (None: the base model): its active one, and under the default

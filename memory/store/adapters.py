@@ -6,11 +6,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import inspect, select, update
+from sqlalchemy import event, inspect, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from .schema import AdapterRow, ExperienceRow, ServingModeRow
 from .sql import plain, rowcount
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,38 @@ class ServingModeData:
 LINEAGE_COLUMNS = {"parent": "VARCHAR(64)", "holdout": "TEXT"}
 
 
+STATE_TABLES = (AdapterRow.__tablename__, ServingModeRow.__tablename__)  # what serves a tenant: cached while unchanged
+
+
 class AdapterStore(StoreBase):
+    # A tenant's active adapter and serving-mode row are read for every answer and change rarely: read once, they are
+    # trusted for this long. Any write to their tables through this store's engine drops them all when it commits; a
+    # change made by another process is seen here within this many seconds. 0 (a store's default: exact) asks SQL on
+    # every call; the service sets its `state_cache_seconds` setting here (2 s by default).
+    state_cache_seconds: float = 0.0
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._add_lineage_columns()
+        self._state: dict[tuple[str, str], tuple[float, Any]] = {}  # (what, tenant) -> (trusted until, value)
+        event.listen(self.engine, "before_cursor_execute", _note_state_write)
+        event.listen(self.engine, "commit", self._state_committed)
+
+    def _state_committed(self, conn: Any) -> None:
+        if conn.info.pop("state_written", False):
+            self._state.clear()
+
+    def _cached(self, what: str, tenant: str, read: Callable[[], T]) -> T:
+        """`read()`'s value for the tenant, trusted `state_cache_seconds` once read."""
+        if self.state_cache_seconds <= 0:
+            return read()
+        now = time.monotonic()
+        found = self._state.get((what, tenant))
+        if found is not None and found[0] > now:
+            return cast(T, found[1])
+        value = read()
+        self._state[what, tenant] = (now + self.state_cache_seconds, value)
+        return value
 
     def _add_lineage_columns(self) -> None:
         """Add the lineage columns to an adapters table created before them (`create_all` adds tables, never
@@ -115,7 +144,10 @@ class AdapterStore(StoreBase):
             return adapter_data(row)
 
     def active_adapter(self, *, tenant: str) -> AdapterData | None:
-        """The adapter the tenant's generator loads, or None for the base model."""
+        """The adapter the tenant's generator loads, or None for the base model (see `state_cache_seconds`)."""
+        return self._cached("active", tenant, lambda: self._active_adapter(tenant))
+
+    def _active_adapter(self, tenant: str) -> AdapterData | None:
         with Session(self.engine) as s:
             row = s.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
             return adapter_data(row) if row is not None else None
@@ -186,7 +218,11 @@ class AdapterStore(StoreBase):
 
     # --- serving modes ----------------------------------------------------------------------------
     def serving_mode(self, *, tenant: str) -> ServingModeData | None:
-        """The tenant's serving-mode row, or None when no job measured and no operator pinned."""
+        """The tenant's serving-mode row, or None when no job measured and no operator pinned (see
+        `state_cache_seconds`)."""
+        return self._cached("mode", tenant, lambda: self._serving_mode(tenant))
+
+    def _serving_mode(self, tenant: str) -> ServingModeData | None:
         with Session(self.engine) as s:
             row = s.get(ServingModeRow, tenant)
             if row is None:
@@ -251,6 +287,12 @@ class AdapterStore(StoreBase):
             row.stale_at = row.stale_at or now
             logger.warning("adapter %s of tenant %r was trained on forgotten experiences: marked stale%s",
                            row.version, row.tenant, " (it is still active)" if row.active else "")
+
+
+def _note_state_write(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    """Mark a connection that writes an adapter or serving-mode row: its commit drops the cached state."""
+    if not statement.lstrip()[:6].upper() == "SELECT" and any(t in statement for t in STATE_TABLES):
+        conn.info["state_written"] = True
 
 
 def _figures(row: AdapterRow) -> str:

@@ -28,11 +28,12 @@ QUESTION = "Name the capital of France."
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory: pytest.TempPathFactory, embedder: Any, wordy_lm: tuple[Any, Any], tiny_folder: Path,
            upstream: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The proxy (on a real server) in front of the session's upstream, trusting its model list for no time; acme
-    has two promoted adapters on the tiny base, the first active."""
+    """The proxy (on a real server) in front of the session's upstream, trusting its model list and the tenants'
+    active adapters for no time (the CLI changes them from runtimes of its own); acme has two promoted adapters on
+    the tiny base, the first active."""
     folder = tmp_path_factory.mktemp("push")
     runtime = make_runtime(folder / "home", embedder, wordy_lm, model=str(tiny_folder), upstream=upstream["url"],
-                           upstream_key=upstream["key"], upstream_models_seconds=0)
+                           upstream_key=upstream["key"], upstream_models_seconds=0, state_cache_seconds=0)
     base = wordy_lm[0]
     versions, paths = [], []
     for seed in (1, 2):
