@@ -262,6 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     """Run a consolidation job now, in this process (a row others can watch with `logmem jobs`)."""
     params = {"epochs": args.epochs, "max_steps": args.max_steps, "with_memory": args.with_memory,
+              "eval_every": args.eval_every, "patience": args.patience, "min_gain": args.min_gain,
+              "max_seconds": args.max_seconds,
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
               **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
     with closing(_runtime(args)) as runtime:
@@ -290,10 +292,14 @@ def _print_jobs(jobs: list[JobData]) -> None:
     if not jobs:
         print("no jobs")
         return
-    print(f"{'id':>4}  {'kind':<12} {'tenant':<16} {'status':<10} {'progress':>8}  {'created':<19}  message")
+    print(f"{'id':>4}  {'kind':<12} {'tenant':<16} {'status':<10} {'progress':>8}  {'created':<19}  "
+          f"{'steps':>9} {'stopped by':<10} {'seconds':>7}  message")
     for j in jobs:
+        m = j.metrics or {}
+        steps = f"{m['steps']}/{m['steps_planned']}" if "steps" in m else ""
+        seconds = f"{m['seconds']:.0f}" if "seconds" in m else ""
         print(f"{j.id:>4}  {j.kind:<12} {j.tenant:<16} {j.status:<10} {j.progress:>8.0%}  {_when(j.created_at)}  "
-              f"{one_line(j.error or j.message or '', 60)}")
+              f"{steps:>9} {m.get('stop', ''):<10} {seconds:>7}  {one_line(j.error or j.message or '', 60)}")
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:

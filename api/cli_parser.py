@@ -143,6 +143,14 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=ConsolidationConfig.epochs)
     p.add_argument("--max-steps", type=int, default=ConsolidationConfig.max_steps,
                    help="stop after N optimizer steps (0: no cap)")
+    p.add_argument("--eval-every", type=int, default=ConsolidationConfig.eval_every,
+                   help="measure the held-out NLL every N steps and keep the best weights (0: after the last only)")
+    p.add_argument("--patience", type=int, default=ConsolidationConfig.patience,
+                   help="stop after N measurements in a row that gain less than --min-gain (0: never stop early)")
+    p.add_argument("--min-gain", type=float, default=ConsolidationConfig.min_gain,
+                   help="held-out NLL (nats per token) a measurement must gain on the best to count")
+    p.add_argument("--max-seconds", type=float, default=ConsolidationConfig.max_seconds,
+                   help="stop training once the job has run this long (0: no bound)")
     p.add_argument("--with-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="train the memory+adapter student (experiences stay in its prompt), or with "
                         "--no-with-memory the bare one (default: the job chooses by the held-out NLL)")

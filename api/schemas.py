@@ -146,6 +146,11 @@ class ConsolidationIn(BaseModel):
     method: Method | None = None
     epochs: int = Field(1, ge=1, le=100)
     max_steps: int = Field(0, ge=0)
+    # the early stop and the wall-time bound (None: ConsolidationConfig's defaults)
+    eval_every: int | None = Field(None, ge=0)
+    patience: int | None = Field(None, ge=0)
+    min_gain: float | None = Field(None, ge=0)
+    max_seconds: float | None = Field(None, ge=0)
     with_memory: bool | None = None  # None: the job chooses (ConsolidationConfig.with_memory)
     lr: float | None = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)

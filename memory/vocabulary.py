@@ -47,6 +47,10 @@ Method = Literal["sft", "kd", "sft+kd"]
 METHODS: tuple[str, ...] = get_args(Method)
 AdapterStatus = Literal["promoted", "rejected", "stale"]  # stale: promoted, then data it covers was forgotten
 ADAPTER_STATUSES: tuple[str, ...] = get_args(AdapterStatus)
+# Why a job's training stopped (model/training.py): its held-out NLL at a floor, `patience` measurements with no gain,
+# the wall-time bound (`max_seconds`), every planned step run (the epochs, or `max_steps`)
+StopReason = Literal["converged", "patience", "wall_time", "max_steps"]
+STOP_REASONS: tuple[str, ...] = get_args(StopReason)
 JobResult = Literal["succeeded", "rejected"]  # what a job's work returns: its adapter promoted or not
 JobEnd = Literal[JobResult, "failed"]  # a finished job's status
 JobStatus = Literal["queued", "running", JobEnd]

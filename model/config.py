@@ -71,7 +71,9 @@ class ConsolidationConfig:
     min_utility: float = 0.6  # experiences under this utility are not taught
     min_support: int = 1  # ... nor those supported by fewer interactions
     holdout: float = 0.1  # share of the selected experiences kept out of training, for the gate
-    max_holdout: int = 200  # at most this many
+    max_holdout: int = 64  # at most this many: every mode the gate measures reads each one (on 2 CPU cores one pass
+    # over 132 NFCats prompts with memory took ~2 min, and a job makes several: 200 left a 15-minute job no time to
+    # train; benchmarks/results/job_time.md)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -80,6 +82,13 @@ class ConsolidationConfig:
     # answered 0.896 of the test split: README, benchmarks/results/consolidation_summary.md)
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
+    eval_every: int = 5  # measure the held-out NLL every this many steps (and after the last): the job keeps the
+    # best measurement's weights, and stops early by `patience` (0: only after the last step, no early stop)
+    patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
+    # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
+    min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
+    max_seconds: float = 600.0  # the job's training stops after the step that passes this many seconds since the
+    # job started (0: no bound); the gate's measurement after it adds a few minutes
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
@@ -118,6 +127,10 @@ class ConsolidationConfig:
             ("lr", self.lr is None or self.lr >= 0.0, ">= 0 (or None)"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps >= 0, ">= 0"),
+            ("eval_every", self.eval_every >= 0, ">= 0"),
+            ("patience", self.patience >= 0, ">= 0"),
+            ("min_gain", self.min_gain >= 0.0, ">= 0"),
+            ("max_seconds", self.max_seconds >= 0.0, ">= 0 (0: no bound)"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("max_length", self.max_length >= 8, ">= 8"),
             ("max_tokens", self.max_tokens >= 1, ">= 1"),

@@ -23,7 +23,7 @@ from logmem.memory import ConfigError, VectorMemory
 from logmem.memory.store import ExperienceData
 
 from .config import ConsolidationConfig, GeneratorConfig
-from .gate import ServingGate, choose_student, gate, probe_perplexity
+from .gate import HeldOutNll, ServingGate, choose_student, gate, probe_perplexity, student_prompts
 from .lineage import Plan, forgetting_check, plan_job, replay_sample, slice_sample
 from .loading import load_adapter
 from .modes import prepare_held_out
@@ -52,8 +52,11 @@ class Outcome:
 def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str = "default",
                 config: ConsolidationConfig | None = None, report: Report | None = None,
                 progress: bool = False, experiences: Sequence[ExperienceData] | None = None) -> Outcome:
-    """Plan (model/lineage.py), split, train on from the active adapter, gate. `model` is changed in place (the
-    adapter is injected into it). The caller saves and registers the adapter (`Outcome.adapter`).
+    """Plan (model/lineage.py), split, train on from the active adapter, gate. Training measures the student on the
+    held-out slice as it goes, keeps its best weights and stops when they stop improving or the job has run
+    `config.max_seconds` (`train_adapter`); each held-out NLL figure is measured once (`HeldOutNll`). `model` is
+    changed in place (the adapter is injected into it). The caller saves and registers the adapter
+    (`Outcome.adapter`).
 
     `experiences` replaces the plan's new experiences (the lineage still gives the parent and the replay).
     """
@@ -64,27 +67,29 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
     if len(chosen) < 2:
         raise ConfigError(f"tenant {tenant!r} has {len(chosen)} experience(s) to consolidate; at least 2 are needed")
     train, held = split_holdout(chosen, config)
-    held_out = None
-    if config.with_memory is None or config.gate_reference == "served":
-        held_out = prepare_held_out(held, tokenizer, memory, tenant, GeneratorConfig(k=config.teacher_k),
-                                    max_length=config.max_length)
+    held_out = prepare_held_out(held, tokenizer, memory, tenant, GeneratorConfig(k=config.teacher_k),
+                                max_length=config.max_length)
+    nll = HeldOutNll(held_out, tokenizer.pad_token_id)
     choice: dict[str, Any] = {}
-    if held_out is not None and config.with_memory is None:
-        config, choice = choose_student(model, tokenizer, held_out, config)
+    if config.with_memory is None:
+        config, choice = choose_student(model, tokenizer, held_out, config, nll)
+    prompts = student_prompts(config)
     replay = replay_sample(plan.replay_pool, len(train), config)
     pad = tokenizer.pad_token_id
     taught = sorted(train + replay, key=lambda e: e.id)
     train_pairs = build_pairs(taught, tokenizer, memory, tenant, config, progress,
                               extra=memory.went_well(taught, tenant=tenant))
-    held_pairs = build_pairs(held, tokenizer, memory, tenant, config, progress)
     slices = {v: build_pairs(s, tokenizer, memory, tenant, config)
               for v, s in slice_sample(plan.slices, config).items()}
-    base_nll, base_ppl = response_nll(model, held_pairs, pad), probe_perplexity(model, tokenizer)
-    modes = ServingGate(model, tokenizer, memory, tenant, held_out, config, progress) if held_out is not None \
-        and config.gate_reference == "served" else None
+    base_nll, base_ppl = nll(model, "base", prompts), probe_perplexity(model, tokenizer)
+    modes = ServingGate(model, tokenizer, memory, tenant, held_out, config, progress, nll) \
+        if config.gate_reference == "served" else None
     model, reference = _reference(model, plan, slices, config, pad, modes)
-    adapter = train_adapter(model, tokenizer, train_pairs, config, report, progress)
-    student_nll, student_ppl = response_nll(adapter, held_pairs, pad), probe_perplexity(adapter, tokenizer)
+    adapter, run = train_adapter(model, tokenizer, train_pairs, config, report, progress,
+                                 held_out=lambda m, step: nll(m, f"step {step}", prompts),
+                                 deadline=started + config.max_seconds if config.max_seconds else None)
+    nll.same("student", f"step {run.best_step or run.steps}")
+    student_nll, student_ppl = nll(adapter, "student", prompts), probe_perplexity(adapter, tokenizer)
     serving: dict[str, Any] = {}
     if modes is None:
         promoted, reason = gate(base_nll, student_nll, base_ppl, student_ppl, config)
@@ -99,8 +104,8 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
     metrics = {"method": config.method, "with_memory": config.with_memory, "dpo_weight": config.dpo_weight,
                "parent": parent, "start": config.start, "restart": plan.restart,
                "train": len(train), "replay": len(replay), "train_pairs": len(train_pairs),
-               "holdout": len(held_pairs), "base_nll": base_nll, "student_nll": student_nll,
-               "lr": learning_rate(config), **({"student_choice": choice} if choice else {}),
+               "holdout": len(held), "base_nll": base_nll, "student_nll": student_nll,
+               "lr": learning_rate(config), **({"student_choice": choice} if choice else {}), **run.to_json(),
                "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "forgetting": forgetting,
                "gate": reason, "seconds": round(time.perf_counter() - started, 1), "seed": config.seed,
                **({"serving": serving} if serving else {})}

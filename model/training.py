@@ -3,13 +3,18 @@ chunks that fit `max_tokens`, the objective (`objectives.py`) plus an optional D
 
 from __future__ import annotations
 
+import logging
+import math
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from logmem.memory import ConfigError
+from logmem.memory.vocabulary import StopReason
 from tqdm import tqdm
 
 from .config import ConsolidationConfig
@@ -17,6 +22,8 @@ from .objectives import consolidation_loss, dpo_loss, sequence_logprobs
 from .pairs import Pair
 from .progress import Report
 from .scoring import response_logits
+
+logger = logging.getLogger(__name__)
 
 
 def _batches(pairs: Sequence[Pair], size: int, rng: random.Random) -> list[list[Pair]]:
@@ -103,11 +110,75 @@ def attach_adapter(model: Any, config: ConsolidationConfig, start: str | Path | 
                                             target_modules=modules, task_type="CAUSAL_LM"))
 
 
+@dataclass
+class Training:
+    """How `train_adapter` went: the steps it ran of those planned, why it stopped, and the held-out curve."""
+
+    planned: int  # optimizer steps the epochs planned (capped by max_steps)
+    steps: int = 0  # optimizer steps run
+    stop: StopReason = "max_steps"  # why it stopped ("max_steps": every planned step ran)
+    seconds: float = 0.0  # wall time of the training loop (held-out measurements included)
+    best_step: int = 0  # the step whose weights the adapter keeps (0: nothing measured; the last step's are kept)
+    best_nll: float | None = None  # the held-out NLL at best_step
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out NLL) of each measurement
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "steps_planned": self.planned, "stop": self.stop,
+                "train_seconds": round(self.seconds, 1), "best_step": self.best_step, "best_nll": self.best_nll,
+                "curve": [[s, round(v, 5)] for s, v in self.curve]}
+
+
+class EarlyStop:
+    """Early stopping on the held-out NLL: each measurement below the best so far keeps its weights (the
+    adapter's trainable tensors, copied); `patience` measurements in a row that gain less than `min_gain` nats
+    on the best stop the run ("patience"), and so does a best under `min_gain` itself ("converged": no gain of
+    `min_gain` is left to make)."""
+
+    def __init__(self, config: ConsolidationConfig) -> None:
+        self.patience, self.min_gain = config.patience, config.min_gain
+        self.best, self.best_step, self.misses = math.inf, 0, 0
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def record(self, model: Any, step: int, nll: float) -> StopReason | None:
+        """Take the held-out NLL measured after `step`; returns the reason to stop now, or None."""
+        gained = self.best - nll
+        if nll < self.best:
+            self.best, self.best_step = nll, step
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.misses = 0 if gained >= self.min_gain else self.misses + 1
+        if self.best <= self.min_gain:
+            return "converged"
+        if self.patience and self.misses >= self.patience:
+            return "patience"
+        return None
+
+    @torch.no_grad()
+    def restore(self, model: Any) -> None:
+        """Put the best measurement's weights back into `model`."""
+        if self.weights is None:
+            return
+        for name, p in model.named_parameters():
+            if name in self.weights:
+                p.copy_(self.weights[name])
+
+
 def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: ConsolidationConfig,
-                  report: Report | None = None, progress: bool = False) -> Any:
-    """Train `model`'s LoRA adapter on `pairs` (a plain model gets a fresh one first); returns the peft model."""
+                  report: Report | None = None, progress: bool = False, *,
+                  held_out: Callable[[Any, int], float] | None = None,
+                  deadline: float | None = None) -> tuple[Any, Training]:
+    """Train `model`'s LoRA adapter on `pairs` (a plain model gets a fresh one first); returns the peft model and
+    how the run went.
+
+    With `held_out(peft_model, step)` (the held-out NLL of the weights after `step`), the run measures it every
+    `config.eval_every` steps and after its last step, stops early (`EarlyStop`) and ends with the best
+    measurement's weights. It also stops after the step that passes `deadline` (a `time.perf_counter()` value;
+    default: `config.max_seconds` from now, when set).
+    """
     from peft import PeftModel
 
+    started = time.perf_counter()
+    if deadline is None and config.max_seconds:
+        deadline = started + config.max_seconds
     peft_model = model if isinstance(model, PeftModel) else attach_adapter(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate(config), weight_decay=0.0)
@@ -116,17 +187,43 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
     if config.max_steps:
         plan = plan[: config.max_steps]
     pad = tokenizer.pad_token_id
+    run, early = Training(planned=len(plan)), EarlyStop(config)
     peft_model.train()
     bar = tqdm(plan, desc=f"consolidate ({config.method})", unit="step", disable=not progress)
     for step, batch in enumerate(bar, start=1):
         optimizer.zero_grad(set_to_none=True)
         loss = step_gradients(peft_model, batch, config, pad)
         optimizer.step()
+        run.steps = step
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        last = step == len(plan) or out_of_time
+        note = ""
+        if held_out is not None and (last or (config.eval_every and step % config.eval_every == 0)):
+            nll = held_out(peft_model, step)
+            run.curve.append((step, nll))
+            note = f" held-out {nll:.4f}"
+            stop = early.record(peft_model, step, nll)
+            if stop is not None:
+                run.stop = stop
+                last = True
+        if out_of_time and run.stop == "max_steps" and step < len(plan):
+            run.stop = "wall_time"
         bar.set_postfix(loss=f"{loss:.3f}")
         if report is not None:
-            report(step / len(plan), f"step {step}/{len(plan)} loss {loss:.4f}")
+            report(step / len(plan), f"step {step}/{len(plan)} loss {loss:.4f}{note}")
+        if last:
+            break
+    bar.close()
+    if early.best_step and early.best_step != run.steps:
+        early.restore(peft_model)
+        logger.info("kept the weights of step %d (held-out NLL %.4f), not those of step %d", early.best_step,
+                    early.best, run.steps)
+    run.best_step, run.best_nll = early.best_step, (early.best if early.best_step else None)
+    run.seconds = time.perf_counter() - started
+    logger.info("trained %d of %d planned steps in %.1f s: stopped by %s", run.steps, run.planned, run.seconds,
+                run.stop)
     peft_model.eval()
-    return peft_model
+    return peft_model, run
 
 
 def learning_rate(config: ConsolidationConfig) -> float:

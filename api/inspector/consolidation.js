@@ -1,12 +1,14 @@
-// Consolidation: jobs with live progress and their gate's figures; adapters to activate or roll back; stale
-// adapters (trained on data since erased) and the rebuild that replaces them.
+// Consolidation: jobs with live progress, their gate's figures and how their training stopped (steps run of those
+// planned; converged, patience, wall_time or max_steps; the step whose weights were kept); adapters to activate or
+// roll back; stale adapters (trained on data since erased) and the rebuild that replaces them.
 import {get, post} from "./api.js";
 import {confirmButton, h, num, section, short} from "./dom.js";
 
 export const title = "Consolidation";
 const GATE = [["gate", "gate"], ["base_nll", "held-out NLL, base"], ["student_nll", "held-out NLL, adapter"],
   ["base_probe_ppl", "probe perplexity, base"], ["student_probe_ppl", "probe perplexity, adapter"],
-  ["train", "trained on"], ["holdout", "held out"], ["seconds", "seconds"]];
+  ["train", "trained on"], ["holdout", "held out"], ["steps", "steps run"], ["steps_planned", "steps planned"],
+  ["stop", "stopped by"], ["best_step", "weights of step"], ["seconds", "seconds"]];
 
 export async function render(root, params, ctx) {
   const jobs = h("div", {id: "jobs"}), adapters = h("div", {id: "adapters"});

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from logmem.api.cli import main
+from logmem.model.config import ConsolidationConfig
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +75,19 @@ def test_consolidate_runs_a_job_and_registers_an_adapter(home: Path, smollm_fold
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_cli(home, smollm_folder, "ingest", str(home / "logs.jsonl"), "--json")) == 0
     capsys.readouterr()
-    code = main(_cli(home, smollm_folder, "consolidate", "--max-steps", "1", "--lr", "1e-4", "--json"))
+    code = main(_cli(home, smollm_folder, "consolidate", "--max-steps", "1", "--lr", "1e-4", "--patience", "1",
+                     "--max-seconds", "900", "--json"))
     job = json.loads(capsys.readouterr().out)
     assert job["params"]["lr"] == 1e-4 and job["params"]["max_steps"] == 1
+    assert (job["params"]["patience"], job["params"]["max_seconds"]) == (1, 900.0)
+    assert job["params"]["eval_every"] == ConsolidationConfig.eval_every  # --help's default is the config's
+    assert (job["metrics"]["steps"], job["metrics"]["steps_planned"], job["metrics"]["stop"]) == (1, 1, "max_steps")
     assert job["status"] in ("succeeded", "rejected") and code == (0 if job["status"] == "succeeded" else 3)
     assert main(_cli(home, smollm_folder, "adapters", "--json")) == 0
     (adapter,) = json.loads(capsys.readouterr().out)["adapters"]
     assert adapter["status"] == ("promoted" if job["status"] == "succeeded" else "rejected")
     assert main(_cli(home, smollm_folder, "jobs", "--json")) == 0
     assert json.loads(capsys.readouterr().out)["jobs"][0]["status"] == job["status"]
+    assert main(_cli(home, smollm_folder, "jobs")) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert "steps" in header and "stopped by" in header and " 1/1 max_steps " in row

@@ -210,6 +210,7 @@ def test_every_view_opens_on_the_tenants_data(page: Any, site: dict[str, Any]) -
     go(page, "#/consolidation", "consolidation")
     (job,) = rows(page, "#job-table")
     assert job[1] in ("succeeded", "rejected") and "held-out NLL" in job[5]
+    assert "steps run1" in job[5] and "steps planned1" in job[5] and "stopped bymax_steps" in job[5]
     assert page.text_content("#serving") == f"adapter {site['adapters'][0]}"
     shot(page, "consolidation")
 

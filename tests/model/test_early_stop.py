@@ -1,0 +1,159 @@
+"""A consolidation job that stops when it has learned: the held-out NLL measured every `eval_every` steps, the
+run stopped when it stops gaining (`patience`, `min_gain`) or the job passes `max_seconds`, the best measurement's
+weights kept; each held-out figure measured once; the job's metrics say how it stopped."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from logmem.memory import ConfigError, VectorMemory
+from logmem.model import gate, modes, pairs
+from logmem.model.config import ConsolidationConfig, GeneratorConfig
+from logmem.model.consolidate import consolidate
+from logmem.model.gate import HeldOutNll
+from logmem.model.jobs import run_consolidation
+from logmem.model.loading import load_adapter
+from logmem.model.modes import prepare_held_out
+from logmem.model.pairs import build_pairs
+from logmem.model.training import EarlyStop, train_adapter
+
+CAPITALS = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Japan", "Tokyo"), ("Peru", "Lima"),
+            ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Iran", "Tehran"),
+            ("Iraq", "Baghdad"), ("Nepal", "Kathmandu"), ("Ghana", "Accra"), ("Mali", "Bamako"), ("Laos", "Vientiane"),
+            ("Fiji", "Suva")]
+FAST = dict(lr=1e-2, batch_size=4, holdout=0.25, probe_bound=10.0)
+
+
+@pytest.fixture()
+def capitals(tmp_path: Path, embedder: Any) -> VectorMemory:
+    """16 liked answers that all differ (the job's figures are NLLs, not accuracies)."""
+    mem = VectorMemory(tmp_path / "capitals", embedder=embedder)
+    mem.ingest([{"id": f"c{i}", "user": f"u{i}", "timestamp": 1_760_000_000 + i,
+                 "messages": [{"role": "user", "content": f"What is the capital of {country}?"},
+                              {"role": "assistant", "content": capital}],
+                 "feedback": [{"turn": 1, "kind": "like"}]} for i, (country, capital) in enumerate(CAPITALS)])
+    yield mem
+    mem.close()
+
+
+def _weights(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_early_stop_waits_for_its_patience_and_keeps_the_lowest() -> None:
+    layer = torch.nn.Linear(2, 2)
+    early = EarlyStop(ConsolidationConfig(patience=3, min_gain=0.01))
+    assert early.record(layer, 10, 1.0) is None
+    assert early.record(layer, 20, 0.9) is None  # gained 0.1: the patience starts again
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    kept = layer.weight.detach().clone()
+    assert early.record(layer, 30, 0.895) is None  # lower, so kept, but a gain under min_gain: one miss
+    assert early.record(layer, 40, 0.95) is None  # two misses: not yet
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert early.record(layer, 50, 0.91) == "patience"  # three in a row
+    assert (early.best_step, early.best) == (30, 0.895)
+    early.restore(layer)
+    assert torch.equal(layer.weight, kept)
+
+
+def test_a_best_under_the_minimum_gain_has_converged() -> None:
+    early = EarlyStop(ConsolidationConfig(patience=5, min_gain=0.01))
+    assert early.record(torch.nn.Linear(2, 2), 10, 0.5) is None
+    assert early.record(torch.nn.Linear(2, 2), 20, 0.009) == "converged"
+
+
+def test_patience_zero_never_stops_early() -> None:
+    early = EarlyStop(ConsolidationConfig(patience=0))
+    layer = torch.nn.Linear(2, 2)
+    assert all(early.record(layer, s, 1.0 + s) is None for s in range(1, 20))
+
+
+def test_the_new_settings_are_checked() -> None:
+    for field, value in [("eval_every", -1), ("patience", -1), ("min_gain", -0.1), ("max_seconds", -1.0)]:
+        with pytest.raises(ConfigError, match=f"ConsolidationConfig.{field} must be >= 0"):
+            ConsolidationConfig(**{field: value})
+
+
+def test_a_plateau_stops_the_run_and_the_best_weights_are_saved(capitals: VectorMemory, tiny_lm: Any,
+                                                                 tmp_path: Path) -> None:
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    config = ConsolidationConfig(**FAST, epochs=20, eval_every=1, patience=2, min_gain=0.01, with_memory=False)
+    train = build_pairs(list(capitals.iter_experiences("default")), tok, None, "default", config)
+    figures = iter([3.0, 2.0, 2.5, 2.6, 1.0])  # a held-out curve that bottoms out at step 2 (then rises: a plateau)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def held_out(m: Any, step: int) -> float:
+        seen[step] = _weights(m)
+        return next(figures)
+
+    adapter, run = train_adapter(model, tok, train, config, held_out=held_out)
+    assert (run.steps, run.stop, run.best_step, run.best_nll) == (4, "patience", 2, 2.0)
+    assert run.planned == 20 * 4 and [s for s, _ in run.curve] == [1, 2, 3, 4]
+    assert any(not torch.equal(seen[2][n], seen[4][n]) for n in seen[2])  # it did learn after step 2
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    saved = _weights(load_adapter(copy.deepcopy(tiny_lm[0]), tmp_path / "adapter"))
+    step2 = {n.replace(".default", ""): w for n, w in seen[2].items()}
+    assert {n.replace(".default", "") for n in saved} == set(step2)
+    assert all(torch.equal(saved[n], step2[n.replace(".default", "")]) for n in saved)
+
+
+def test_the_wall_time_bound_stops_a_job(capitals: VectorMemory, tiny_lm: Any) -> None:
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    config = ConsolidationConfig(**FAST, epochs=10, max_seconds=0.001, gate_reference="base")
+    outcome = consolidate(model, tok, capitals, config=config)
+    m = outcome.metrics
+    assert (m["steps"], m["stop"]) == (1, "wall_time") and m["steps_planned"] == 30
+    assert m["curve"] == [[1, round(m["student_nll"], 5)]]  # measured after the step that passed the bound
+
+
+def test_the_job_metrics_say_how_it_stopped(capitals: VectorMemory, tiny_lm: Any) -> None:
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    params = dict(FAST, epochs=3, eval_every=2, patience=0)
+    status, metrics = run_consolidation(capitals, model, tok, tenant="default", params=params, base_model="tiny")
+    assert metrics["steps"] == metrics["steps_planned"] == 9 and metrics["stop"] == "max_steps"
+    assert [s for s, _ in metrics["curve"]] == [2, 4, 6, 8, 9]  # every 2 steps and after the last
+    assert metrics["student_nll"] == pytest.approx(min(v for _, v in metrics["curve"]), abs=1e-5)
+    assert metrics["best_step"] in (2, 4, 6, 8, 9) and metrics["train_seconds"] <= metrics["seconds"]
+    (adapter,) = capitals.adapters("default")
+    assert {k: adapter.metrics[k] for k in ("steps", "steps_planned", "stop")} == {
+        "steps": 9, "steps_planned": 9, "stop": "max_steps"}
+    # what was saved is the best measurement: its held-out NLL is the student's figure
+    held = [e for e in capitals.iter_experiences("default") if e.id in set(metrics["holdout_ids"])]
+    held_out = prepare_held_out(held, tok, capitals, "default", GeneratorConfig(k=8))
+    saved = load_adapter(copy.deepcopy(tiny_lm[0]), adapter.path)
+    prompts = "with_memory" if metrics["with_memory"] else "bare"
+    assert HeldOutNll(held_out, tok.pad_token_id)(saved, "saved", prompts) == pytest.approx(
+        metrics["student_nll"], abs=1e-4)
+
+
+def test_each_held_out_figure_is_measured_once(capitals: VectorMemory, tiny_lm: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every NLL pass over the held-out rows, by every path that scores them (the student's choice, the serving
+    modes, the gate, the early stop), is counted with the weights that answered it: none repeats."""
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    probe = torch.tensor([[1, 2, 3, 4, 5]])
+    calls: list[tuple[float, tuple]] = []
+    real = gate.nll_per_token
+
+    def counted(m: Any, rows: Any, pad: int, batch_size: int = 16) -> float:
+        with torch.no_grad():
+            weights = round(float(m(input_ids=probe).logits.double().sum()), 3)  # which function answered
+        calls.append((weights, tuple((tuple(p), tuple(r)) for p, r in rows)))
+        return real(m, rows, pad, batch_size)
+
+    for module in (gate, modes, pairs):
+        monkeypatch.setattr(module, "nll_per_token", counted)
+    config = ConsolidationConfig(**FAST, epochs=3, eval_every=2, patience=0)  # the student chosen, served gate
+    outcome = consolidate(model, tok, capitals, config=config)
+    assert outcome.metrics["serving"]["metric"] == "nll"
+    held_rows = {rows for _, rows in calls if len(rows) == outcome.metrics["holdout"]}
+    assert len(held_rows) == 2  # bare and with the memory
+    # the base model twice (bare and with memory), the student at steps 2, 4, 6, 8, 9, then its other prompts
+    assert len(calls) == 2 + 5 + 1
+    assert len(set(calls)) == len(calls)
