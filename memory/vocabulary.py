@@ -36,6 +36,8 @@ ServingMode = Literal[MemoryMode, AdapterMode]  # measured by consolidation jobs
 SERVING_MODES: tuple[str, ...] = get_args(ServingMode)
 AUTO = "auto"  # served before any job measured: the vote where answers repeat, free generation where they do not
 PREFERENCE: tuple[str, ...] = ("vote", "memory", *ADAPTER_MODES)  # on equal figures, the cheaper mode wins
+# The name of a job's own held-out slice among the earlier adapters' (model/slices.py: the serving choice over them)
+NEW_SLICE = "new"
 
 # The generator's `choose` (GeneratorConfig): "default" is the tenant's serving mode; "off" free generation with
 # memory; "vote" a memory-supported answer; "auto" vote where the tenant's answers repeat

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from logmem.memory import VectorMemory
 from logmem.memory.vocabulary import tenant_key
 
 from .config import ConsolidationConfig
+from .lineage import plan_job
 from .progress import Report
+from .slices import choose_serving
 
 __all__ = ["Report", "run_consolidation", "tenant_key"]
 
@@ -28,28 +28,41 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
     """Consolidate the tenant's memory into a LoRA adapter with `ConsolidationConfig(**params)`.
 
     The adapter is registered with its lineage (the adapter it was trained on from, the experiences this job
-    taught, those its gate held out). The serving mode the job measured best is recorded for the tenant
-    (`model/modes.py`). Returns ("succeeded" | "rejected", metrics): the gate's figures (the forgetting check's
-    and the modes' included), the adapter `version` and the held-out ids.
+    taught, those its gate held out). The serving mode is chosen over the job's held-out slice and every live
+    earlier slice of the lineage (`model/slices.py`) and recorded for the tenant; a promoted adapter none of whose
+    modes keeps the earlier slices' served figures is refused. Returns ("succeeded" | "rejected", metrics): the
+    gate's figures (the forgetting check's and the modes' included, `serving.slices` each slice's figure per
+    mode), the adapter `version` and the held-out ids.
     """
     from .consolidate import consolidate
 
     config = ConsolidationConfig(**params)
+    before = memory.active_adapter(tenant)
+    earlier = plan_job(memory, tenant, config).slices  # the lineage's live held-out slices (what consolidate plans)
     outcome = consolidate(model, tokenizer, memory, tenant=tenant, config=config, report=report, progress=progress)
+    promoted = outcome.promoted
+    serving = outcome.metrics.get("serving")
+    if serving:
+        choice, promoted = choose_serving(memory, outcome.adapter, tokenizer, tenant, serving, earlier=earlier,
+                                          holdout=outcome.holdout, active=before, promoted=promoted, config=config,
+                                          progress=progress)
+        serving.update(newest_slice_mode=serving["mode"], mode=choice["mode"], figures=choice["combined"],
+                       reason=choice["reason"], slices=choice.pop("slices"), choice=choice)
+        if promoted != outcome.promoted:
+            outcome.metrics["gate"] = f"{outcome.metrics['gate']}; refused by the serving choice: " \
+                                      f"{choice['refused_adapter']}"
     folder = memory.home / "adapters" / f"{tenant_key(tenant)}-{int(time.time())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     outcome.adapter.save_pretrained(str(folder))
     version = memory.register_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
-                                      promoted=outcome.promoted, metrics=outcome.metrics, covered=outcome.covered,
+                                      promoted=promoted, metrics=outcome.metrics, covered=outcome.covered,
                                       path=str(folder), parent=outcome.parent, holdout=outcome.holdout)
-    if outcome.promoted:
+    if promoted:
         memory.activate_adapter(version, tenant=tenant)
         memory.mark_consolidated(outcome.covered, version=version, tenant=tenant)
         if outcome.erase:  # the stale adapters' weights hold forgotten experiences: erase them too
             for old in memory.adapters(tenant):
-                if old.status == "stale" and Path(old.path).exists():
-                    shutil.rmtree(old.path)
-                    logger.info("deleted the weights of stale adapter %s (%s)", old.version, old.path)
-    serving = outcome.metrics.get("serving")
+                if old.status == "stale":
+                    memory.erase_adapter_weights(old.version, tenant=tenant)
     if serving:  # the mode measured best, with the adapter that is active now (this one when promoted)
         active = memory.active_adapter(tenant)
         memory.record_serving_mode(tenant=tenant, mode=serving["mode"], metric=serving["metric"],
@@ -57,4 +70,4 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
                                    figures=serving["figures"], reason=serving["reason"], job_version=version)
         logger.info("tenant %r is served %s from now on (%s)", tenant, serving["mode"], serving["reason"])
     metrics = {**outcome.metrics, "version": version, "holdout_ids": outcome.holdout}
-    return ("succeeded" if outcome.promoted else "rejected"), metrics
+    return ("succeeded" if promoted else "rejected"), metrics
