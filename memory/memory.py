@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -62,6 +63,7 @@ class VectorMemory:
         self.embedder = embedder
         self.d = embedder.dim
         self.store = Store(db_url or default_db_url(self.home))
+        self.store.adapter_home = self.home / "adapters"  # its copies of adapters other hosts trained
         self.store.check_meta(embedder=embedder.name, dim=self.d)
         self.indexes = TenantIndexes(self.home / "index", d=self.d, config=self._config, source=self.store)
         self._lock = threading.RLock()
@@ -259,10 +261,20 @@ class VectorMemory:
                          holdout: Iterable[int] = ()) -> str:
         """Register a trained adapter (inactive), promoted or rejected by its gate, with its lineage: `parent` the
         adapter it was trained on from (None: the base model), `holdout` the experience ids its gate held out.
-        Returns its version."""
+        With a database server (homes on other hosts may share it), the folder's files are kept in the database
+        too, in the same transaction: every home reads them (`AdapterStore.adapter_home`). Returns its version."""
         return self.store.add_adapter(tenant=tenant, base_model=base_model, method=method, seed=seed,
                                       status="promoted" if promoted else "rejected", metrics=metrics,
-                                      covered=covered, path=path, parent=parent, holdout=holdout)
+                                      covered=covered, path=path, parent=parent, holdout=holdout,
+                                      files=adapter_files(path) if self.store.shared else None)
+
+    def erase_adapter_weights(self, version: str, *, tenant: str = "default") -> None:
+        """Erase adapter `version`'s weights (they hold forgotten experiences): its folder and the database's copy."""
+        path = self.store.drop_adapter_files(tenant=tenant, version=version)
+        for folder in {Path(path), self.store.copy_folder(version)}:
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder)
+                logger.info("deleted the weights of adapter %s (%s)", version, folder)
 
     def mark_consolidated(self, experience_ids: Iterable[int], *, version: str, tenant: str = "default") -> int:
         """Mark the tenant's experiences as consolidated in adapter `version`; returns how many were marked."""
@@ -310,3 +322,8 @@ class VectorMemory:
         total; 0 when empty): near 1 for labels, routes or canned replies, near 0 for free text."""
         total, distinct = self.store.answer_counts(tenant=tenant)
         return 1.0 - distinct / total if total else 0.0
+
+
+def adapter_files(folder: str | Path) -> dict[str, bytes]:
+    """The files of an adapter's folder (name -> bytes), as the database keeps them."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}

@@ -66,6 +66,7 @@ class Assembly:
         runtime._store = Store(settings.db_url)
         runtime._store.key_cache_seconds = settings.key_cache_seconds
         runtime._store.state_cache_seconds = settings.state_cache_seconds
+        runtime._store.adapter_home = settings.home / "adapters"  # its copies of adapters other hosts trained
         return runtime
 
     @cached_property

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import event, inspect, select, update
+from sqlalchemy import delete, event, inspect, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -18,7 +22,7 @@ from ..errors import AdapterError, NotFoundError
 from ..vocabulary import METHODS, SERVING_MODES
 from .engine import StoreBase
 from .records import AdapterData, adapter_data
-from .schema import AdapterRow, ExperienceRow, ServingModeRow
+from .schema import AdapterFileRow, AdapterRow, ExperienceRow, ServingModeRow
 from .sql import plain, rowcount
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,14 @@ class AdapterStore(StoreBase):
     # change made by another process is seen here within this many seconds. 0 (a store's default: exact) asks SQL on
     # every call; the service sets its `state_cache_seconds` setting here (2 s by default).
     state_cache_seconds: float = 0.0
+    # Where this home writes its copies of adapters the database keeps (None: it reads adapters at their `path` only).
+    adapter_home: Path | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether homes on other hosts may share this database (a server, not a SQLite file): an adapter's files are
+        kept in it then."""
+        return self.engine.dialect.name != "sqlite"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -98,11 +110,12 @@ class AdapterStore(StoreBase):
 
     def add_adapter(self, *, tenant: str, base_model: str, method: str, seed: int, status: str,
                     metrics: dict[str, Any], covered: Iterable[int], path: str, parent: str | None = None,
-                    holdout: Iterable[int] = ()) -> str:
+                    holdout: Iterable[int] = (), files: dict[str, bytes] | None = None) -> str:
         """Register a trained adapter (inactive); returns its version, the next "v<n>" of the store.
 
         `covered`: the experience ids its own job trained on; `parent`: the adapter it was trained on from
-        (its lineage; None: from the base model); `holdout`: the ids its gate held out.
+        (its lineage; None: from the base model); `holdout`: the ids its gate held out; `files`: its folder's files
+        (name -> bytes), kept in the database in the same transaction, for homes that cannot read `path`.
         """
         if method not in METHODS:
             raise AdapterError(f"adapter method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -123,6 +136,9 @@ class AdapterStore(StoreBase):
                                if (m := re.fullmatch(r"v(\d+)", v))]
                     version = f"v{max(numbers, default=0) + 1}"
                     tx.add(AdapterRow(version=version, **fields))
+                    if files:
+                        tx.flush()
+                        tx.add_all(AdapterFileRow(version=version, name=n, data=d) for n, d in files.items())
                 return version
             except IntegrityError:
                 if attempt == 9:
@@ -134,14 +150,16 @@ class AdapterStore(StoreBase):
         with Session(self.engine) as s:
             stmt = select(AdapterRow) if tenant is None else select(AdapterRow).where(AdapterRow.tenant == tenant)
             rows = [adapter_data(r) for r in s.scalars(stmt)]
-        return sorted(rows, key=lambda a: (a.created_at, len(a.version), a.version))
+        return sorted((self._here(a, write=False) for a in rows), key=lambda a: (a.created_at, len(a.version),
+                                                                                   a.version))
 
     def get_adapter(self, *, version: str) -> AdapterData:
         with Session(self.engine) as s:
             row = s.get(AdapterRow, version)
             if row is None:
                 raise NotFoundError(f"no adapter {version!r}")
-            return adapter_data(row)
+            found = adapter_data(row)
+        return self._here(found)
 
     def active_adapter(self, *, tenant: str) -> AdapterData | None:
         """The adapter the tenant's generator loads, or None for the base model (see `state_cache_seconds`)."""
@@ -150,7 +168,54 @@ class AdapterStore(StoreBase):
     def _active_adapter(self, tenant: str) -> AdapterData | None:
         with Session(self.engine) as s:
             row = s.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
-            return adapter_data(row) if row is not None else None
+            found = adapter_data(row) if row is not None else None
+        return self._here(found) if found is not None else None
+
+    # --- the adapters' files, where homes on other hosts read them ---------------------------------
+    def _here(self, adapter: AdapterData, *, write: bool = True) -> AdapterData:
+        """`adapter` with a folder this home can read: its own `path` where that holds it; else a copy of the files
+        the database keeps, written once under `adapter_home` (a home on another host than the one that trained it;
+        not `write`: only a copy already there); else as it is (nothing to read: a loader says so)."""
+        local = self.copy_folder(adapter.version)
+        if local is None or (Path(adapter.path) / "adapter_config.json").is_file():
+            return adapter
+        if not (local / "adapter_config.json").is_file():
+            if not write:
+                return adapter
+            files = self.adapter_files(version=adapter.version)
+            if not files:
+                return adapter
+            part = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}")
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
+            for name, data in files.items():
+                (part / name).write_bytes(data)
+            try:
+                part.rename(local)  # whole or not at all; another thread or process may have written it first
+            except OSError:
+                shutil.rmtree(part, ignore_errors=True)
+            logger.info("adapter %s of tenant %r written from the database to %s", adapter.version, adapter.tenant,
+                        local)
+        return replace(adapter, path=str(local))
+
+    def copy_folder(self, version: str) -> Path | None:
+        """Where this home keeps its copy of adapter `version`'s files from the database (None: no `adapter_home`)."""
+        return self.adapter_home / f"shared-{version}" if self.adapter_home is not None else None
+
+    def adapter_files(self, *, version: str) -> dict[str, bytes]:
+        """The files of adapter `version` the database keeps (name -> bytes; none where its home keeps them)."""
+        with Session(self.engine) as s:
+            return {r.name: r.data for r in s.scalars(select(AdapterFileRow).where(AdapterFileRow.version == version))}
+
+    def drop_adapter_files(self, *, tenant: str, version: str) -> str:
+        """Erase the files the database keeps of the tenant's adapter `version` (its weights hold forgotten data);
+        returns the folder its row names (NotFoundError: no such adapter in the tenant)."""
+        with self.transaction() as tx:
+            row = tx.get(AdapterRow, version)
+            if row is None or row.tenant != tenant:
+                raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
+            tx.execute(delete(AdapterFileRow).where(AdapterFileRow.version == version))
+            return row.path
 
     def activate_adapter(self, *, tenant: str, version: str, force: bool = False) -> AdapterData:
         """Make `version` the tenant's active adapter; the one it replaces becomes its `previous`.
@@ -177,7 +242,8 @@ class AdapterStore(StoreBase):
                     current.active = False
                     tx.flush()  # the one-active index is checked row by row: switch the old one off first
                 row.active, row.previous = True, current.version if current is not None else None
-            return adapter_data(row)
+            activated = adapter_data(row)
+        return self._here(activated)
 
     def rollback_adapter(self, *, tenant: str) -> str | None:
         """Re-activate the active adapter's `previous` (its own `previous` kept, so rollbacks walk back the

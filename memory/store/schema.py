@@ -143,6 +143,17 @@ class AdapterRow(Base):
     stale_at: Mapped[float | None] = mapped_column(Float)  # when an experience it covers was forgotten
 
 
+class AdapterFileRow(Base):
+    """One file of an adapter's folder (its PEFT config, its weights), kept in the database where homes on other
+    hosts share it (a database server): written with the adapter's row, gone with it."""
+
+    __tablename__ = "adapter_files"
+    version: Mapped[str] = mapped_column(String(64), ForeignKey("adapters.version", ondelete="CASCADE"),
+                                         primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ServingModeRow(Base):
     """How a tenant is answered when a request names no mode: the mode its latest consolidation job measured best
     on its held-out slice (with the figures that say why), and the mode an operator pinned, which wins."""

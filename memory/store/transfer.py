@@ -106,7 +106,9 @@ class TransferStore(StoreBase):
             paths = dict(conn.execute(select(AdapterRow.version, AdapterRow.path).where(AdapterRow.tenant == tenant))
                          .all())
         xb = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(len(vectors), d)
-        return TenantRows(tables, xb, {str(k): str(v) for k, v in paths.items()})
+        here = {a.version: self._here(a).path for a in self.adapters(tenant=tenant)}  # the database's copy where
+        # `path` is not on this host
+        return TenantRows(tables, xb, {str(k): here.get(str(k), str(v)) for k, v in paths.items()})
 
     @contextmanager
     def _snapshot(self) -> Iterator[Connection]:
