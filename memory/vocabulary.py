@@ -59,6 +59,12 @@ JobStatus = Literal["queued", "running", JobEnd]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 JOB_ENDS: tuple[str, ...] = get_args(JobEnd)
 JOB_RESULTS: tuple[str, ...] = get_args(JobResult)
+# Canary adapters (memory/canary.py): the arm that answered a conversation, and what the users' outcomes decided:
+# "continue" (undecided), "promote", "rollback", "no_decision" (the budget spent: the offline gate's verdict stands)
+CanaryArm = Literal["current", "canary"]
+CANARY_ARMS: tuple[str, ...] = get_args(CanaryArm)
+CanaryVerdict = Literal["continue", "promote", "rollback", "no_decision"]
+CANARY_VERDICTS: tuple[str, ...] = get_args(CanaryVerdict)
 
 # Listing experiences (the memory and inspector routes, the store's page of experiences)
 SortKey = Literal["utility", "uses", "support", "age", "id"]
