@@ -109,7 +109,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with closing(_runtime(args)) as runtime:
         stats = runtime.stats(_operator(args.tenant) if args.tenant else None).to_json()
         if args.tenant:
-            stats["serving_mode"] = runtime.serving_mode(_operator(args.tenant)).to_json()
+            stats["serving_mode"] = runtime.explain_mode(_operator(args.tenant)).to_json()
 
     def text() -> None:
         for key, value in stats.items():
@@ -124,7 +124,7 @@ def cmd_mode(args: argparse.Namespace) -> int:
     with closing(_runtime(args)) as runtime:
         caller = _operator(args.tenant)
         mode = runtime.pin_mode(caller, None if args.unpin else args.pin) if args.pin or args.unpin \
-            else runtime.serving_mode(caller)
+            else runtime.explain_mode(caller)
     data = mode.to_json()
 
     def text() -> None:
@@ -132,6 +132,9 @@ def cmd_mode(args: argparse.Namespace) -> int:
               + f" ({data['source']}: {data['reason']})")
         for name, figure in data["figures"].items():
             print(f"  {name:>15}: {figure:.4f} held-out {data['metric']}")
+        for s in data["slices"]:  # each held-out slice the choice was made over
+            shown = ", ".join(f"{m} {f:.4f}" for m, f in s["figures"].items())
+            print(f"  slice {s['name']} ({s['measured']} of {s['size']} measured, weight {s['weight']:.2f}): {shown}")
 
     _emit(args, data, text)
     return EXIT_OK

@@ -117,6 +117,10 @@ class ConsolidationConfig:
     forget_bound: float = 0.25  # an earlier held-out slice's NLL may rise by this fraction over the active adapter's
     forget_slack: float = 0.05  # ... plus this many nats (a near-zero NLL wobbles by more than any fraction)
     forget_max: int = 256  # earlier adapters' held-out experiences measured per job, shared evenly by their slices
+    # The serving choice over every live held-out slice of the lineage (model/slices.py):
+    serve_bound: float = 0.05  # an earlier slice's served figure may fall by this fraction (accuracy down, NLL up)
+    # unless the tenant's combined figure rises (the drift benchmark asks an old topic to keep >= 95%)
+    serve_traffic: int = 1000  # the tenant's latest-used experiences whose nearest slices weigh the slices
 
     def __post_init__(self) -> None:
         checks = [
@@ -148,5 +152,7 @@ class ConsolidationConfig:
             ("forget_bound", self.forget_bound >= 0.0, ">= 0"),
             ("forget_slack", self.forget_slack >= 0.0, ">= 0"),
             ("forget_max", self.forget_max >= 1, ">= 1"),
+            ("serve_bound", self.serve_bound >= 0.0, ">= 0"),
+            ("serve_traffic", self.serve_traffic >= 1, ">= 1"),
         ]
         check_fields(self, checks)

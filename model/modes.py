@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from .voting import choose_answer
 
 logger = logging.getLogger(__name__)
 __all__ = ["ADAPTER_MODES", "AUTO", "MEMORY_MODES", "PREFERENCE", "SERVING_MODES", "HeldOut", "ServedMode",
-           "best_mode", "beats", "measure", "prepare_held_out", "served_mode"]
+           "best_mode", "beats", "explained_mode", "measure", "prepare_held_out", "served_mode"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,10 @@ class ServedMode:
     source: str  # "pinned" (an operator), "measured" (a consolidation job) or "default" (nothing measured)
     reason: str
     metric: str | None = None  # what the figures are: "accuracy" or "nll" (None: nothing measured)
-    figures: dict[str, float] = field(default_factory=dict)  # mode -> held-out figure of the deciding job
+    figures: dict[str, float] = field(default_factory=dict)  # mode -> the deciding job's figure over its slices
+    # each held-out slice the deciding job chose over: its name, size, traffic weight and figure per mode
+    # (`explained_mode` reads them; `served_mode`, on every answer's path, leaves them out)
+    slices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def uses_memory(self) -> bool:
@@ -83,6 +86,18 @@ def served_mode(memory: VectorMemory, tenant: str) -> ServedMode:
                           f"adapter {version} is active and no job has measured the modes with it", metric, figures)
     return ServedMode(AUTO, None, "default", "no consolidation job has measured the modes yet: the vote where "
                                             "answers repeat, free generation where they do not", metric, figures)
+
+
+def explained_mode(memory: VectorMemory, tenant: str) -> ServedMode:
+    """`served_mode` with the figures of every held-out slice its deciding job chose over (model/slices.py), read
+    from that job's adapter row: for `logmem mode` and the inspector."""
+    served = served_mode(memory, tenant)
+    row = memory.serving_mode(tenant)
+    if row is None or row.job_version is None:
+        return served
+    job = next((a for a in memory.adapters(tenant) if a.version == row.job_version), None)
+    slices = (job.metrics.get("serving") or {}).get("slices", []) if job is not None else []
+    return replace(served, slices=list(slices))
 
 
 def beats(candidate: float, reference: float, metric: str, margin: float) -> bool:

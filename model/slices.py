@@ -30,11 +30,8 @@ from .lineage import slice_sample
 from .modes import beats, best_mode, measure, prepare_held_out
 
 logger = logging.getLogger(__name__)
-__all__ = ["SERVE_BOUND", "TRAFFIC", "SliceFigures", "choose_serving", "decide", "measure_slice", "recent_traffic",
-           "traffic_weights", "worse"]
-
-SERVE_BOUND = 0.05  # an earlier slice's served figure may fall by this fraction (the drift benchmark's >= 95% kept)
-TRAFFIC = 1000  # the tenant's latest experiences (by last use) that stand for its recent traffic
+__all__ = ["SliceFigures", "choose_serving", "decide", "measure_slice", "nearest_slice",
+           "recent_traffic", "traffic_weights", "worse"]
 
 
 @dataclass
@@ -51,7 +48,8 @@ class SliceFigures:
         return self.figures[who][mode]
 
 
-def recent_traffic(experiences: Sequence[ExperienceData], n: int = TRAFFIC) -> tuple[np.ndarray, np.ndarray]:
+def recent_traffic(experiences: Sequence[ExperienceData], n: int = ConsolidationConfig.serve_traffic
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The tenant's recent traffic: the vectors (float32, (m, d)) of its `n` latest-used experiences and how many
     logged requests each stands for (its support, float64, (m,))."""
     latest = sorted(experiences, key=lambda e: e.last_seen_at, reverse=True)[:n]
@@ -70,12 +68,19 @@ def traffic_weights(slices: dict[str, np.ndarray], xq: np.ndarray, counts: np.nd
         return {}
     hits = np.zeros(len(names))
     if len(xq):
-        xb = np.concatenate([slices[n] for n in names])
-        owner = np.concatenate([np.full(len(slices[n]), i) for i, n in enumerate(names)])
-        nearest = owner[np.argmax(xq @ xb.T, axis=1)]
+        nearest = [names.index(n) for n in nearest_slice(slices, xq)]
         hits = np.bincount(nearest, weights=counts, minlength=len(names)).astype(np.float64)
     shares = (hits + 1.0) / (hits.sum() + len(names))
     return {n: float(s) for n, s in zip(names, shares)}
+
+
+def nearest_slice(slices: dict[str, np.ndarray], xq: np.ndarray) -> list[str]:
+    """For each request of `xq` (unit vectors, (m, d)), the slice holding its nearest held-out experience (cosine):
+    the topic it belongs to."""
+    names = [n for n, xb in slices.items() if len(xb)]
+    xb = np.concatenate([slices[n] for n in names])
+    owner = np.concatenate([np.full(len(slices[n]), i) for i, n in enumerate(names)])
+    return [names[i] for i in owner[np.argmax(xq @ xb.T, axis=1)]]
 
 
 def worse(figure: float, reference: float, metric: str, bound: float) -> bool:
@@ -86,7 +91,7 @@ def worse(figure: float, reference: float, metric: str, bound: float) -> bool:
 
 
 def decide(slices: Sequence[SliceFigures], pool: dict[str, str], before: tuple[str, str], metric: str, *,
-           bound: float = SERVE_BOUND, margin: float = 0.0) -> dict[str, Any]:
+           bound: float = ConsolidationConfig.serve_bound, margin: float = 0.0) -> dict[str, Any]:
     """The mode to serve among `pool` (mode -> the weights that answer it) over `slices`, with why.
 
     Each mode's combined figure is its traffic-weighted mean over the slices. A mode is refused when it lowers an
@@ -119,11 +124,24 @@ def decide(slices: Sequence[SliceFigures], pool: dict[str, str], before: tuple[s
               f"{shown}" + "".join(f"; {m} refused: {why}" for m, why in refused.items()))
     if not allowed:
         reason = "every mode refused: " + reason
+    per_topic = _per_topic(slices, pool, metric, total)
+    if beats(per_topic["combined"], figures[mode], metric, margin):
+        reason += (f"; serving each topic its own best mode ({per_topic['routes']}) would give "
+                   f"{per_topic['combined']:.4f} (measured, not served: a tenant is answered in one mode)")
     return {"mode": mode, "allowed": bool(allowed), "combined": figures, "served_before": before[0],
+            "per_topic": per_topic,
             "served_before_combined": served, "refused": refused, "bound": bound, "reason": reason,
             "slices": [{"name": s.name, "size": s.size, "measured": s.measured, "weight": round(s.weight / total, 4),
                         "figures": {m: s.figure(m, who) for m, who in pool.items()},
                         "served_before": s.figure(*before), "measured_by": s.figures} for s in slices]}
+
+
+def _per_topic(slices: Sequence[SliceFigures], pool: dict[str, str], metric: str, total: float) -> dict[str, Any]:
+    """Each slice served its own best mode of `pool` (a request's nearest slice deciding its mode), and the combined
+    figure that would give."""
+    routes = {s.name: best_mode({m: s.figure(m, who) for m, who in pool.items()}, metric) for s in slices}
+    combined = sum(s.weight * s.figure(routes[s.name], pool[routes[s.name]]) for s in slices) / total
+    return {"routes": routes, "combined": combined}
 
 
 @contextlib.contextmanager
@@ -192,7 +210,7 @@ def choose_serving(memory: VectorMemory, adapter: Any, tokenizer: Any, tenant: s
     experiences = {e.id: e for e in memory.iter_experiences(tenant)}
     held = {NEW_SLICE: [experiences[i] for i in holdout if i in experiences], **earlier}
     weights = traffic_weights({n: _vectors(s) for n, s in held.items()},
-                              *recent_traffic(list(experiences.values())))
+                              *recent_traffic(list(experiences.values()), config.serve_traffic))
     for s in slices:
         s.weight = weights.get(s.name, 0.0)
     before = (serving["served_before"], "active" if serving["served_before"] in ADAPTER_MODES else "base")
@@ -205,13 +223,13 @@ def choose_serving(memory: VectorMemory, adapter: Any, tokenizer: Any, tenant: s
         return modes
 
     choice = decide(slices, pool("student" if promoted else "active" if active is not None else None), before,
-                    metric, bound=SERVE_BOUND, margin=margin)
+                    metric, bound=config.serve_bound, margin=margin)
     if promoted and not choice["allowed"]:
         logger.warning("tenant %r: the new adapter would lower an earlier slice's served figure: %s", tenant,
                        choice["reason"])
         refused = choice["reason"]
-        choice = decide(slices, pool("active" if active is not None else None), before, metric, bound=SERVE_BOUND,
-                        margin=margin)
+        choice = decide(slices, pool("active" if active is not None else None), before, metric,
+                        bound=config.serve_bound, margin=margin)
         choice["refused_adapter"] = refused
         return choice, False
     return choice, promoted

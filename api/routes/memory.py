@@ -18,9 +18,9 @@ router = APIRouter(prefix="/v1/memory", tags=["memory"])
 @router.get("/stats")
 def stats(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """What the caller's memory holds, its feedback by kind, and its serving mode (what answers it when a request
-    names no mode, and why)."""
+    names no mode, and why, with each held-out slice's figures)."""
     return {**runtime.stats(caller).to_json(), "feedback": runtime.feedback_counts(caller),
-            "serving_mode": runtime.serving_mode(caller).to_json()}
+            "serving_mode": runtime.explain_mode(caller).to_json()}
 
 
 @router.get("/search", response_model=SearchOut)

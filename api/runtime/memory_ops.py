@@ -62,10 +62,16 @@ class MemoryOps(Assembly):
 
         return served_mode(self.memory, caller.tenant)
 
+    def explain_mode(self, caller: Caller) -> Any:
+        """`serving_mode` with each held-out slice its deciding job chose over (its figure per mode, its weight)."""
+        from logmem.model.modes import explained_mode
+
+        return explained_mode(self.memory, caller.tenant)
+
     def pin_mode(self, caller: Caller, mode: str | None) -> Any:
         """Pin the tenant's serving mode (None: unpin, the measured mode serves again); returns the mode now served."""
         self.store.pin_serving_mode(tenant=caller.tenant, mode=mode)
-        return self.serving_mode(caller)
+        return self.explain_mode(caller)
 
     def feedback_counts(self, caller: Caller) -> dict[str, int]:
         return self.store.feedback_counts(tenant=caller.tenant)

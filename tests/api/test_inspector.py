@@ -166,6 +166,9 @@ def test_every_view_opens_on_the_tenants_data(page: Any, site: dict[str, Any]) -
     tiles = page.eval_on_selector_all(".tile", "ts => ts.map(t => t.querySelector('.value').textContent)")
     assert tiles[:3] == [str(stats.interactions), str(stats.experiences), str(stats.index["acme"]["size"])]
     assert tiles[4] == site["adapters"][0]
+    served = runtime.explain_mode(Caller("acme", None))  # the job's serving choice, over its held-out slice
+    assert tiles[5] == served.mode and page.locator("#serving-reason").text_content() == served.reason
+    assert [r[0] for r in rows(page, "#serving-slices")] == [s["name"] for s in served.slices] == ["new"]
     for kind in ("like", "dislike", "rating"):  # today's bar of each kind
         assert page.locator(f"svg.plot rect.k-{kind}").count() == 1, kind
     assert page.locator("svg.plot rect.bar").count() == 10  # the utility histogram's bins

@@ -75,6 +75,9 @@ def test_the_refusal_rule_keeps_an_earlier_slices_served_figure() -> None:
     assert [s["figures"] for s in choice["slices"]] == [{"vote": 0.7, "memory+adapter": 0.9},
                                                         {"vote": 1.0, "memory+adapter": 0.8}]
     assert choice["combined"] == pytest.approx({"vote": 0.85, "memory+adapter": 0.85})
+    # each topic served its own best mode would beat both: measured and said, not served
+    assert choice["per_topic"]["routes"] == {"v1": "memory+adapter", NEW_SLICE: "vote"}
+    assert choice["per_topic"]["combined"] == pytest.approx(0.95) and "would give 0.9500" in choice["reason"]
     # a promoted student that lowers the old topic, with no mode that raises the combined figure: nothing allowed
     worse_student = [_slice("v1", 0.5, 0.90, vote=0.70, student=0.80),
                      _slice(NEW_SLICE, 0.5, 0.80, vote=0.95, student=0.85)]
