@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numba
@@ -118,7 +118,7 @@ class Decision:
     rollback_threshold: float
     min_outcomes: int
     budget: int
-    extra: dict[str, Any] = field(default_factory=dict)  # what a caller adds (tenant requests seen, versions)
+    requests: int | None = None  # tenant requests seen on both arms, rated or not, where the caller counts them
 
     @property
     def rated(self) -> int:
@@ -242,22 +242,24 @@ def _reason(verdict: str, canary: ArmCounts, current: ArmCounts, e_better: float
 
 
 def _decision(code: int, canary: ArmCounts, current: ArmCounts, log_better: float, log_worse: float,
-              config: CanaryConfig) -> Decision:
+              config: CanaryConfig, requests: int | None = None) -> Decision:
     verdict: CanaryVerdict = CANARY_VERDICTS[code]  # type: ignore[assignment]
     e_better, e_worse = math.exp(min(log_better, 700.0)), math.exp(min(log_worse, 700.0))
     return Decision(verdict=verdict, reason=_reason(verdict, canary, current, e_better, e_worse, config),
                     canary=canary, current=current, e_better=e_better, e_worse=e_worse,
                     promote_threshold=config.promote_threshold, rollback_threshold=config.rollback_threshold,
-                    min_outcomes=config.min_outcomes, budget=config.budget)
+                    min_outcomes=config.min_outcomes, budget=config.budget, requests=requests)
 
 
-def decide(canary: ArmCounts, current: ArmCounts, config: CanaryConfig = CanaryConfig()) -> Decision:
+def decide(canary: ArmCounts, current: ArmCounts, config: CanaryConfig = CanaryConfig(),
+           requests: int | None = None) -> Decision:
     """What the outcomes so far decide: promote, roll back, no decision (the budget spent) or continue. Call it after
-    every outcome if you like: the error bounds hold under continuous monitoring."""
+    every outcome if you like: the error bounds hold under continuous monitoring. `requests` (the tenant's requests
+    on both arms, rated or not) is only recorded."""
     better, worse = log_evidence(canary, current, config.prior)
     code = int(_verdict_codes(np.array([better]), np.array([worse]), np.array([canary.n]), np.array([current.n]),
                               config)[0])
-    return _decision(code, canary, current, better, worse, config)
+    return _decision(code, canary, current, better, worse, config, requests)
 
 
 def first_decision(canary: np.ndarray, outcome: np.ndarray, config: CanaryConfig = CanaryConfig()) -> Decision:

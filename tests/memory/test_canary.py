@@ -44,8 +44,8 @@ def test_log_evidence_matches_the_oracle(counts: tuple[int, int, int, int]) -> N
 
 
 def test_a_clearly_better_canary_is_promoted() -> None:
-    d = decide(ArmCounts(180, 200), ArmCounts(1400, 2000))
-    assert d.verdict == "promote"
+    d = decide(ArmCounts(180, 200), ArmCounts(1400, 2000), requests=7300)
+    assert d.verdict == "promote" and d.requests == 7300
     assert d.e_better >= d.promote_threshold == 20.0
     assert d.rated == 2200 and "beats" in d.reason
 
