@@ -99,6 +99,17 @@ def clustered(p_canary: float, share: float, config: CanaryConfig, runs: int, rn
     return out
 
 
+def drifting(share: float, config: CanaryConfig, runs: int, rng: np.random.Generator, start: float = 0.55,
+             end: float = 0.85) -> dict[str, float]:
+    """Equal arms whose common like-rate moves from `start` to `end` over the stream that spends the budget (a
+    changing mix of questions, users growing used to the model): the share of canaries promoted and rolled back."""
+    n = int(config.budget / share) + 200
+    p = np.linspace(start, end, n)
+    verdicts = [first_decision(rng.random(n) < share, (rng.random(n) < p).astype(np.float64), config).verdict
+                for _ in range(runs)]
+    return {"promoted": verdicts.count("promote") / runs, "rolled back": verdicts.count("rollback") / runs}
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": len(rows)}
     for v in ("promote", "rollback", "no_decision"):
@@ -138,7 +149,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       **clustered(CASES[case], share, replace(config, share=share), args.sweep_runs,
                                                   rng)}
                   for case in ("same", "better") for share in (min(shares), max(shares))}
+    drift = {str(s): drifting(s, replace(config, share=s), args.sweep_runs, rng) for s in (min(shares), max(shares))}
     return {"config": asdict(config), "cells": cells, "peeked_z": peeked, "sweep": sweep, "clustered": correlated,
+            "drift": drift,
             "hash_shares": hash_shares(shares, args.hash_ids)}
 
 
@@ -193,6 +206,9 @@ def write_markdown(out: Path, result: dict[str, Any], name: str) -> str:
         lines.append(f"| {x['case']} | {x['share']:.0%} | {x['per turn: promoted']:.1%} | "
                      f"{x['per turn: rolled back']:.1%} | {x['per conversation: promoted']:.1%} | "
                      f"{x['per conversation: rolled back']:.1%} |")
+    lines += ["", f"Equal arms whose common like-rate drifts from 0.55 to 0.85 over the stream, {a['sweep_runs']} "
+              "canaries each: " + ", ".join(f"share {float(s):.0%}: promoted {x['promoted']:.1%}, rolled back "
+                                            f"{x['rolled back']:.1%}" for s, x in result["drift"].items()) + "."]
     lines += ["", f"The hash assignment (`assign_arm`, {a['hash_ids']:,} conversation ids): "
               + ", ".join(f"share {float(s):.0%} -> {v:.2%}" for s, v in result["hash_shares"].items()) + "."]
     text = "\n".join(lines) + "\n"
