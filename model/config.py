@@ -38,6 +38,17 @@ class GeneratorConfig:
     calibrate_warmup: int = 64  # under `calibrate`, before a tenant's first calibrated answer, its preference is
     # measured on this many of its stored experiences (each asked with its neighbours, itself left out), so the
     # first requests are not answered with no estimate (0: learn it from requests only)
+    focus_margin: float | None = 0.1  # free generation where the tenant's answers do not repeat (free text): an
+    # experience whose score trails the best one's by more than this stays out of the prompt, so a dominating hit
+    # conditions alone and the model does not copy a neighbouring fact (None: every hit that fits the budgets)
+    fact_note: bool = True  # ... and the answers of the hits it keeps are stated in the system note too
+    reuse: bool = True  # free generation on a free-text tenant: a request whose best hit leads every other answer by
+    # the tenant's calibrated margin is answered with that hit's answer verbatim (model/reuse.py), no model run
+    reuse_risk: float = 0.02  # the margin is the smallest at which held-out requests get another answer by reuse at
+    # most this often
+    reuse_held_out: int = 200  # held-out experiences the margin is calibrated on (under 20: reuse stays off)
+    reuse_min_cos: float = 0.5  # ... and the best hit must be this near the request (cosine)
+    reuse_min_utility: float = 0.6  # ... and its utility confirmed (one like: 2/3; unjudged: 1/2)
 
     threads: int = 0  # torch threads a generation runs on, set in the thread that generates (model/threads.py); 0:
     # auto, the cores less one (at least one): on 2 cores one thread, as fast in the caller's thread as in a fresh one
@@ -56,6 +67,11 @@ class GeneratorConfig:
             ("calibrate", self.constrain or not self.calibrate,
              "False unless constrain=True (it scores those answers)"),
             ("calibrate_warmup", self.calibrate_warmup >= 0, ">= 0"),
+            ("focus_margin", self.focus_margin is None or self.focus_margin >= 0.0, ">= 0 (or None)"),
+            ("reuse_risk", 0.0 <= self.reuse_risk < 1.0, "in [0, 1)"),
+            ("reuse_held_out", self.reuse_held_out >= 0, ">= 0"),
+            ("reuse_min_cos", -1.0 <= self.reuse_min_cos <= 1.0, "in [-1, 1]"),
+            ("reuse_min_utility", 0.0 <= self.reuse_min_utility <= 1.0, "in [0, 1]"),
         ]
         check_fields(self, checks)
 

@@ -18,11 +18,13 @@ from tqdm import tqdm
 from .config import GeneratorConfig
 from .modes import ADAPTER_MODES, AUTO, ServedMode, left_out_search, served_mode
 from .prompting import ChatMarkers, Conditioning, Messages, render_messages, render_plain, select
+from .reuse import ReuseRule, calibrate, spread
 from .threads import on_generation_threads
 from .voting import AnswerBias, calibrated_answer, choose_answer, memory_answer_scores
 
 logger = logging.getLogger(__name__)
 AUTO_REFRESH_SECONDS = 60.0  # choose="auto" measures a tenant's answer repetition at most this often
+REUSE_REFRESH_SECONDS = 600.0  # `reuse` calibrates a tenant's margin again after this long (its memory grows)
 
 
 @dataclass
@@ -38,7 +40,8 @@ class Reply:
     retrieval_ms: float  # embedding + search
     prompt_ms: float  # selection, templating, tokenisation
     model_ms: float  # the wrapped model's generation
-    chosen_by: str = "model"  # "model", or "vote" when a memory-supported answer was chosen
+    chosen_by: str = "model"  # "model"; "vote" when a memory-supported answer was chosen; "reuse" when a trusted
+    # experience's answer was given verbatim (model/reuse.py)
     completion_tokens: int = 0  # tokens the model generated (the chosen answer's, when the vote chose)
     finish_reason: str = "stop"  # "stop" (end of sequence, a stop string, a chosen answer) or "length"
     mode: str = "memory"  # the mode it was answered in (model/modes.py): memory, vote, auto, consolidated, ...
@@ -85,6 +88,7 @@ class MemoryGenerator:
         self._markers = ChatMarkers.probe(tokenizer)
         self._repetition: dict[str, tuple[float, float]] = {}  # tenant -> (when measured, answer repetition)
         self._bias: dict[str, AnswerBias] = {}  # tenant -> the model's own preference per answer (`calibrate`)
+        self._reuse: dict[str, tuple[float, ReuseRule]] = {}  # tenant -> (when calibrated, its reuse rule)
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes not found normally: defer to the wrapped model
@@ -150,6 +154,16 @@ class MemoryGenerator:
 
         return next_tokens
 
+    def reuse_rule(self, tenant: str | None = None) -> ReuseRule:
+        """The tenant's calibrated `ReuseRule` (`model/reuse.py`), calibrated again every `REUSE_REFRESH_SECONDS`."""
+        tenant, now = tenant or self.tenant, time.monotonic()
+        known = self._reuse.get(tenant)
+        if known is None or now - known[0] > REUSE_REFRESH_SECONDS:
+            if self.memory is None:
+                raise NotFoundError("reuse needs a memory")
+            known = self._reuse[tenant] = (now, calibrate(self.memory, tenant, self.gen_config))
+        return known[1]
+
     def _answer_bias(self, tenant: str) -> AnswerBias:
         """The tenant's `AnswerBias`. On first use it is measured on `calibrate_warmup` of the tenant's stored
         experiences, spread over them by id: each one's request asked with its neighbours (itself left out), as a
@@ -159,11 +173,9 @@ class MemoryGenerator:
             return bias
         bias, n = AnswerBias(), self.gen_config.calibrate_warmup
         if n and self.memory is not None:
-            total, _ = self.memory.experiences(tenant=tenant, sort="id", limit=1)
-            count, started = min(n, total), time.perf_counter()
-            spread = [e for j in range(count) for e in self.memory.experiences(
-                tenant=tenant, sort="id", descending=False, limit=1, offset=j * total // count)[1]]
-            for e in tqdm(spread, desc=f"calibrating {tenant}", disable=None):
+            started = time.perf_counter()
+            held = spread(self.memory, tenant, n)
+            for e in tqdm(held, desc=f"calibrating {tenant}", disable=None):
                 cond = self._condition(left_out_search(self.memory, e, self.gen_config.k, tenant))
                 if not cond.experiences:
                     continue
@@ -173,8 +185,8 @@ class MemoryGenerator:
                                                         self.gen_config)
                 if candidates:
                     bias.update(candidates, logp)
-            logger.info("tenant %r: the model's preference per answer measured on %d of its %d experiences in %.1f s",
-                        tenant, count, total, time.perf_counter() - started)
+            logger.info("tenant %r: the model's preference per answer measured on %d of its experiences in %.1f s",
+                        tenant, len(held), time.perf_counter() - started)
         return self._bias.setdefault(tenant, bias)
 
     # --- retrieval and conditioning -----------------------------------------------------------
@@ -183,21 +195,31 @@ class MemoryGenerator:
             return []
         return self.memory.search(query, self.gen_config.k, tenant=tenant or self.tenant)
 
-    def _condition(self, hits: Sequence[Hit]) -> Conditioning:
-        return select(hits, self.tokenizer, self.gen_config)
+    def _condition(self, hits: Sequence[Hit], focus: bool = False) -> Conditioning:
+        return select(hits, self.tokenizer, self.gen_config, focus=focus)
+
+    def _focus(self, tenant: str | None, mode: ServedMode | None = None) -> bool:
+        """Whether `tenant`'s prompt keeps to the hits near the best (`focus_margin`): free generation on a tenant
+        whose answers do not repeat. Where they repeat, the neighbours' agreement is what the vote (or the model)
+        reads, so every hit stays."""
+        if self.memory is None:
+            return False
+        mode = mode or self.mode(tenant)
+        return mode.uses_memory and not self.votes(tenant, mode) and not self._repeats(tenant)
 
     def prompt_for(self, messages: Messages, *, tenant: str | None = None) -> tuple[list[Hit], Conditioning, str]:
         """What `chat` would put before the model for `messages`, without generating: every retrieved hit (in the
         memory's MMR order), the conditioning that fits the budgets, and the exact prompt text."""
         hits = self.retrieve(_last_user(messages), tenant=tenant or self.tenant)
-        cond = self._condition(hits)
+        cond = self._condition(hits, self._focus(tenant or self.tenant))
         return hits, cond, self._prompt(messages, cond)
 
     def messages_for(self, messages: Messages, *, tenant: str | None = None) -> tuple[Conditioning, Messages]:
         """What `chat` conditions `messages` with, at the message level (what an OpenAI-compatible server that
         applies its own chat template receives): the conditioning that fits the budgets and the conversation with
         the template's exchanges and lessons note. `chat` renders exactly this conversation with the tokenizer."""
-        cond = self._condition(self.retrieve(_last_user(messages), tenant=tenant or self.tenant))
+        tenant = tenant or self.tenant
+        cond = self._condition(self.retrieve(_last_user(messages), tenant=tenant), self._focus(tenant))
         return cond, render_messages(messages, cond, self.gen_config.template)
 
     # --- drop-in generate ---------------------------------------------------------------------
@@ -228,7 +250,7 @@ class MemoryGenerator:
         inserted before that turn, or None."""
         found = self._markers.last_user(prompt) if self._markers else None
         query = found[1] if found else prompt
-        cond = self._condition(self.retrieve(query, tenant=tenant))
+        cond = self._condition(self.retrieve(query, tenant=tenant), self._focus(tenant))
         if not cond.experiences:
             return None
         if found and self._markers is not None:
@@ -270,12 +292,14 @@ class MemoryGenerator:
             for messages in conversations:
                 self.memory.follow_up(messages, tenant=tenant)
         mode = mode or self.mode(tenant, adapter)
-        started, prompts, conds, retrieval_ms = time.perf_counter(), [], [], []
+        focus = self._focus(tenant, mode)
+        started, prompts, conds, retrieval_ms, found = time.perf_counter(), [], [], [], []
         for messages in conversations:
             t0 = time.perf_counter()
             hits = self.retrieve(_last_user(messages), tenant=tenant) if mode.uses_memory else []
             retrieval_ms.append((time.perf_counter() - t0) * 1e3)
-            conds.append(self._condition(hits))
+            found.append(hits)
+            conds.append(self._condition(hits, focus))
             prompts.append(self._prompt(messages, conds[-1]))
         enc = self._left_padded(prompts).to(self.model.device)
         lengths = [int(n) for n in enc["attention_mask"].sum(dim=1)]
@@ -284,6 +308,12 @@ class MemoryGenerator:
         texts: list[str | None] = [None] * len(prompts)
         counts = [(0, "stop")] * len(prompts)  # (completion tokens, finish reason)
         chosen_by = ["model"] * len(prompts)
+        if focus and self.gen_config.reuse:  # a trusted experience's own answer, where the calibrated rule allows
+            rule = self.reuse_rule(tenant)
+            for i, hits in enumerate(found):
+                if (hit := rule.pick(hits)) is not None:
+                    texts[i], chosen_by[i], conds[i] = hit.response, "reuse", Conditioning([hit], [], 0)
+                    counts[i] = (len(self.tokenizer(hit.response, add_special_tokens=False)["input_ids"]), "stop")
         if self.votes(tenant, mode):
             for i, cond in enumerate(conds):
                 if cond.experiences:

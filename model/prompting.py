@@ -45,15 +45,24 @@ class Conditioning:
     memory_tokens: int  # tokens spent on experiences and lessons (before chat formatting)
     answers: list[dict[str, Any]] = field(default_factory=list)  # where answers repeat (`answer_note`): each
     # distinct answer of the experiences with its count, most given first (the template's note)
+    facts: list[str] = field(default_factory=list)  # under focus with `fact_note`: the kept experiences' answers,
+    # best first, for the template's note (a small model reading them there copies them more often than from an
+    # exchange alone: benchmarks/results/freetext.md)
 
 
-def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig) -> Conditioning:
+def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focus: bool = False) -> Conditioning:
     """Keep the best-scored hits that fit `memory_token_budget`, then order them best last (nearest the
     question), or under `order="answer"` grouped by answer, the best-supported answer's group last; lessons fit
-    `lesson_token_budget`. With `answer_note`, where answers repeat, each answer's count for the template."""
+    `lesson_token_budget`. With `answer_note`, where answers repeat, each answer's count for the template.
+
+    `focus` (free generation on a tenant whose answers do not repeat): hits whose score trails the best by more than
+    `focus_margin` stay out (`focused`), so a hit that dominates conditions the answer alone; with `fact_note` the
+    kept answers are also stated in the note (`facts`), and a lesson that only repeats one of them is left out."""
     chosen: list[Hit] = []
     used = 0
     ranked = [h for h in sorted(hits, key=lambda h: h.score, reverse=True) if h.score >= config.min_score]
+    if focus:
+        ranked = focused(ranked, config.focus_margin)
     sizes = _counts(tokenizer, [text for h in ranked for text in (h.trigger, h.response)])
     for i, h in enumerate(ranked):
         n = sizes[2 * i] + sizes[2 * i + 1]
@@ -82,13 +91,27 @@ def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig) -> Cond
     answers = []
     if config.answer_note and len(counts) < len(ordered):  # some answer repeats: say how often each was given
         answers = [{"answer": a, "count": n} for a, n in sorted(counts.items(), key=lambda kv: -kv[1])]
-    return Conditioning(ordered, lessons, used + spent, answers)
+    facts: list[str] = []
+    if focus and config.fact_note:
+        facts = list(dict.fromkeys(h.response.strip() for h in chosen))
+        lessons = [lesson for lesson in lessons if lesson.strip() not in facts]
+    return Conditioning(ordered, lessons, used + spent, answers, facts)
+
+
+def focused(ranked: Sequence[Hit], margin: float | None) -> list[Hit]:
+    """The hits of `ranked` (best first) within `margin` of the best one's score (None: all). Where each answer is a
+    fact of its own, an exchange that scores well below the best is another fact, which a small model copies as
+    readily as the right one (benchmarks/results/freetext.md); one that scores close may still be the right one."""
+    if margin is None or not ranked:
+        return list(ranked)
+    return [h for h in ranked if ranked[0].score - h.score <= margin]
 
 
 def render_messages(messages: Messages, conditioning: Conditioning, template: str) -> Messages:
     """The caller's conversation with the memory added by `template`."""
     out = load_template(template).render(messages=messages, experiences=_context(conditioning.experiences),
-                                         lessons=conditioning.lessons, answers=conditioning.answers)
+                                         lessons=conditioning.lessons, answers=conditioning.answers,
+                                         facts=conditioning.facts)
     rendered = json.loads(out)
     if not isinstance(rendered, list):
         raise ConfigError(f"template {template!r} must render a JSON list of messages")
