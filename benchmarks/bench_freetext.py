@@ -40,6 +40,7 @@ from tqdm import tqdm  # noqa: E402
 logger = logging.getLogger("bench_freetext")
 FULL = {"n": 0, "options": "before,top,margin0.1,margin0.1+note,reuse,default"}
 QUICK = {"n": 8, "options": "before,default"}
+RISKS = [0.0, 0.02, 0.05, 0.1, 0.2]  # reuse_risk values whose calibrated rule is measured on the questions
 # option -> GeneratorConfig fields (what differs from the shipped default)
 OPTIONS: dict[str, dict[str, Any]] = {
     "before": {"focus_margin": None, "fact_note": False, "reuse": False},  # every hit that fits (before issue 32)
@@ -49,6 +50,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "margin0.15": {"focus_margin": 0.15, "fact_note": False, "reuse": False},
     "margin0.1+note": {"focus_margin": 0.1, "fact_note": True, "reuse": False},  # their answers in the note too
     "reuse": {"focus_margin": None, "fact_note": False, "reuse": True},  # reuse where calibrated, else every hit
+    "default+risk0.1": {"reuse_risk": 0.1},  # the default with a looser reuse margin
     "default": {},  # GeneratorConfig() as shipped
 }
 
@@ -70,6 +72,24 @@ def retrieval(memory: Any, items: list[dict[str, Any]], k: int) -> list[dict[str
         right = [r for r, i in enumerate(ranked) if contains_reference(hits[i].response, [item["reference"]])]
         out.append({"first": bool(right) and right[0] == 0, "in_k": bool(right)})
     return out
+
+
+def reuse_curve(memory: Any, items: list[dict[str, Any]], risks: list[float]) -> list[dict[str, Any]]:
+    """For each `reuse_risk`: the margin calibrated on the held-out experiences, and on the questions the share the
+    rule answers by reuse and the share of those that hold the right value (no model: retrieval alone)."""
+    from logmem.model.config import GeneratorConfig
+    from logmem.model.reuse import calibrate
+    from logmem.model.scoring import contains_reference
+
+    rows = []
+    for risk in risks:
+        config = GeneratorConfig(reuse_risk=risk)
+        rule = calibrate(memory, "default", config)
+        picked = [(rule.pick(memory.search(it["messages"][-1]["content"], config.k)), it) for it in items]
+        fired = [contains_reference(h.response, [it["reference"]]) for h, it in picked if h is not None]
+        rows.append({"risk": risk, **rule.to_json(), "questions_reused": len(fired) / max(len(items), 1),
+                     "questions_precision": sum(fired) / len(fired) if fired else None})
+    return rows
 
 
 def answer(generator: Any, items: list[dict[str, Any]], batch: int, tokens: int) -> list[dict[str, Any]]:
@@ -125,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mine = [f for f, it in zip(found, items) if it["taught"] == taught]
             results[f"retrieval_{taught}"] = {"first": sum(f["first"] for f in mine) / max(len(mine), 1),
                                               "in_k": sum(f["in_k"] for f in mine) / max(len(mine), 1)}
+        results["reuse_curve"] = reuse_curve(memory, items, RISKS)
         options, answers = {}, {}
         for name in args.options.split(","):
             generator = MemoryGenerator(model, tokenizer, memory, config=GeneratorConfig(**OPTIONS[name]))
@@ -136,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 options[name]["reuse_rule"] = generator.reuse_rule().to_json()
             answers[name] = [r["text"] for r in rows]
             logger.warning("%s: %s", name, {k: v for k, v in options[name].items() if k != "config"})
-            (Path(args.out) / "freetext.partial.json").write_text(json.dumps({"options": options,
+            (Path(args.out) / f"{args.name}.partial.json").write_text(json.dumps({"options": options,
                                                                                  "answers": answers}, indent=1))
         results.update(ingest=ingest, options=options, answers=answers,
                        defaults={k: v for k, v in vars(GeneratorConfig()).items()})
@@ -153,8 +174,9 @@ def markdown(result: dict[str, Any]) -> str:
         "# Free-text answers that say what memory found", "",
         f"{result['options'][next(iter(result['options']))]['n']} questions of {a['eval']} (each fact taught once "
         f"in {a['logs']}, by a like or a correction, asked in other words), answered greedily ({a['tokens']} new "
-        f"tokens at most) by the bundled model (float32) on {a['threads']} thread(s); {result['environment']['cores']} "
-        f"cores, load average {result['load_avg_start']:.2f} at start, {result['load_avg_end']:.2f} at end"
+        f"tokens at most) by the bundled model (float32; generation on `GeneratorConfig.threads`, the embedder on "
+        f"{a['threads']} thread(s)); {result['environment']['cores']} cores, load average "
+        f"{result['load_avg_start']:.2f} at start, {result['load_avg_end']:.2f} at end"
         f"{result['mode']}.", "",
         f"Retrieval (k = {result['defaults']['k']}): right experience first {rl['first']:.2f} (likes) / "
         f"{rc['first']:.2f} (corrections); among the k {rl['in_k']:.2f} / {rc['in_k']:.2f}.", "",
@@ -167,6 +189,14 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{pct(o['contains_correction'])} | {pct(o['contains_right_first'])} "
                      f"(n={o['n_right_first']}) | {pct(o['reused'])} | {o['exchanges']:.1f} | "
                      f"{o['prompt_tokens']:.0f} | {o['seconds']:.0f} |")
+    lines += ["", "Reuse alone, by `reuse_risk` (the margin calibrated on the held-out experiences, each searched with "
+              "itself left out; on the questions, the share answered by reuse and how many of those hold the right "
+              "value; no model):", "",
+              "| reuse_risk | margin | held-out reused (wrong) | questions reused | their precision |",
+              "|---|---|---|---|---|"]
+    for r in result["reuse_curve"]:
+        lines.append(f"| {r['risk']} | {r['margin']:.3f} | {r['reused']} ({r['wrong']}) of {r['held_out']} | "
+                     f"{r['questions_reused']:.2f} | {pct(r['questions_precision'])} |")
     return "\n".join(lines + [""])
 
 
@@ -194,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logs", default="data/freetext/logs.jsonl")
     p.add_argument("--eval", default="data/freetext/dev.eval.jsonl")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default="freetext", help="file stem of the results (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help=f"CI sizes: {QUICK}")
     p.add_argument("--n", type=int, help="questions (0: all)")
     p.add_argument("--options", help=f"comma list of {', '.join(OPTIONS)}")
@@ -214,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     result.update({"args": vars(args), "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
                    "mode": " (--quick)" if args.quick else "",
                    "environment": {"python": platform.python_version(), "cores": os.cpu_count()}})
-    (out / "freetext.json").write_text(json.dumps(result, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     text = markdown(result)
-    (out / "freetext.md").write_text(text)
-    plot(out / "freetext.png", result)
+    (out / f"{args.name}.md").write_text(text)
+    plot(out / f"{args.name}.png", result)
     print(text)
     return 0
 
