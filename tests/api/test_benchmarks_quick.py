@@ -147,3 +147,26 @@ def test_bench_limits_quick(tmp_path: Path, smollm_folder: Path) -> None:
     assert all(s["n"] == 3 and s["p50_ms"] > 0 for s in result["refusals"].values())
     assert set(result["abandoned"]) == {"whole", "streamed"}
     assert [s["cancelled"] for s in result["sigterm"]] == [True]  # the stream ended with the cancellation
+
+
+def test_make_freetext_and_bench_freetext_quick(tmp_path: Path, smollm_folder: Path) -> None:
+    """The free-text set is the same for the same seed, teaches each fact once (half by corrections) and asks in
+    other words; the benchmark answers a few of its questions before and with the default conditioning."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for folder in ("a", "b"):
+        subprocess.run([sys.executable, str(BENCHMARKS / "make_freetext.py"), "--out", str(tmp_path / folder),
+                        "--seed", "3", "--offices", "4", "--products", "4"], env=env, check=True, capture_output=True)
+    logs, questions = (tmp_path / "a" / "logs.jsonl"), (tmp_path / "a" / "dev.eval.jsonl")
+    assert logs.read_bytes() == (tmp_path / "b" / "logs.jsonl").read_bytes()
+    records = [json.loads(line) for line in logs.read_text().splitlines()]
+    items = [json.loads(line) for line in questions.read_text().splitlines()]
+    kinds = [f["kind"] for r in records for f in r["feedback"]]
+    assert kinds.count("correction") == 12 and len(items) == 2 * 24 and len({i["reference"] for i in items}) == 24
+    asked = {m["content"] for r in records for m in r["messages"] if m["role"] == "user"}
+    assert not asked & {i["messages"][0]["content"] for i in items}
+    run("bench_freetext.py", "--logs", str(logs), "--eval", str(questions), "--out", str(tmp_path),
+        "--model", str(smollm_folder), "--tokens", "12")
+    result = json.loads((tmp_path / "freetext.json").read_text())
+    assert (tmp_path / "freetext.md").is_file() and (tmp_path / "freetext.png").is_file()
+    assert set(result["options"]) == {"before", "default"} and result["options"]["before"]["exchanges"] == 8
+    assert result["options"]["default"]["exchanges"] < 8 and len(result["reuse_curve"]) == 5
