@@ -103,8 +103,10 @@ class ConsolidationConfig:
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
-    max_seconds: float = 600.0  # the job's training stops after the step that passes this many seconds since the
-    # job started (0: no bound); the gate's measurement after it adds a few minutes
+    max_seconds: float = 3600.0  # the job's training stops after the step that passes this many seconds since the
+    # job started (0: no bound); the gate's measurement after it adds minutes. A bound against a job that never ends,
+    # not a training budget: the early stop ends a job that has learned (600 s cut NFCats' default job on a loaded
+    # machine to 1 of 79 steps, after the gate's 35 minutes of held-out measurement: rejected; job_time.md)
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
