@@ -2,7 +2,13 @@
 process's main thread, a server's request thread and a fresh thread can each run the same forward pass with a
 different count and a different speed. On 2 busy cores, two spinning threads in the caller's thread made one forward
 pass ~3x slower than in a fresh thread (`benchmarks/bench_generation.py`), so a generation sets the count where it
-runs, for its own duration, as a search does for faiss (`logmem.memory.index.faiss_index.omp_threads`)."""
+runs, for its own duration, as a search does for faiss (`logmem.memory.index.faiss_index.omp_threads`).
+
+Measured here (`benchmarks/results/generation.md`, load 3-4): with torch's 2 threads an answer ran at 12.9 tokens/s
+in the main thread, 8.4 in a request thread, 9.8 in a fresh one and 8.0 streamed; with one thread (auto on 2 cores)
+7.0-7.2 wherever it was asked. At load 9 two threads in the main thread fell to 0.6 tokens/s against 2.1 with one.
+Auto trades the best case on an idle machine for the same speed in every thread and under load; set
+`generation_threads` to the cores on a machine that does nothing else."""
 
 from __future__ import annotations
 

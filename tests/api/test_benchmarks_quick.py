@@ -149,6 +149,15 @@ def test_bench_limits_quick(tmp_path: Path, smollm_folder: Path) -> None:
     assert [s["cancelled"] for s in result["sigterm"]] == [True]  # the stream ended with the cancellation
 
 
+def test_bench_generation_quick(tmp_path: Path, smollm_folder: Path) -> None:
+    run("bench_generation.py", "--out", str(tmp_path), "--model", str(smollm_folder))
+    result = json.loads((tmp_path / "generation.json").read_text())
+    assert (tmp_path / "generation.md").is_file() and (tmp_path / "generation.png").is_file()
+    places = {"main", "request thread", "fresh thread", "stream"}
+    assert {(r["threads"], r["place"]) for r in result["rows"]} == {(n, p) for n in (os.cpu_count(), 0) for p in places}
+    assert all(r["tokens_per_s"] > 0 for r in result["rows"])
+
+
 def test_make_freetext_and_bench_freetext_quick(tmp_path: Path, smollm_folder: Path) -> None:
     """The free-text set is the same for the same seed, teaches each fact once (half by corrections) and asks in
     other words; the benchmark answers a few of its questions before and with the default conditioning."""
