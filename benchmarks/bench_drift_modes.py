@@ -58,6 +58,7 @@ def main() -> None:
                    "the choice was made on)")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=1, help="ConsolidationConfig.epochs (--max-steps caps the steps)")
     p.add_argument("--holdout", type=float, default=0.2, help="ConsolidationConfig.holdout")
     p.add_argument("--k", type=int, default=4, help="experiences in a memory prompt: the jobs' teacher_k and the "
                    "served generator's k (4, not 8: half the prompt, for 2 shared CPU cores)")
@@ -85,7 +86,8 @@ def main() -> None:
         topics.reverse()
     (first, first_logs, first_items), (second, second_logs, second_items) = topics
     items = {first: first_items, second: second_items}
-    params = {"method": "sft", "max_steps": args.max_steps, "batch_size": args.batch_size, "holdout": args.holdout,
+    params = {"method": "sft", "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
+              "holdout": args.holdout,
               "teacher_k": args.k, "seed": args.seed}
     data: dict[str, Any] = {"topics": [first, second], "logs_per_topic": args.topic_size,
                             "eval_per_topic": args.eval_per_topic, "params": params, "seed": args.seed,
