@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as home, \
             VectorMemory(home, embedder=default_embedder(threads=args.threads, query_cache=0)) as memory:
         memory.ingest(lines[:args.logs_max or None])
-        with_memory = MemoryGenerator(model, tokenizer, memory, config=GeneratorConfig(choose="off"))
-        without = MemoryGenerator(model, tokenizer, memory, config=GeneratorConfig(choose="off", k=0))
+        # every answer generated (reuse off: a reused answer runs no model), so both sides decode the same tokens
+        with_memory = MemoryGenerator(model, tokenizer, memory, config=GeneratorConfig(choose="off", reuse=False))
+        without = MemoryGenerator(model, tokenizer, memory, config=GeneratorConfig(choose="off", k=0, reuse=False))
         for generator in (with_memory, without):  # warm: first-call setup is not what a request waits for
             answer(generator, items[0].messages, args.tokens)
         pairs = []
