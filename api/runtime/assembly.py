@@ -63,10 +63,7 @@ class Assembly:
         elif settings.db is None and not path.is_file():
             raise StoreError(f"no memory in {settings.home} (no {path.name}); ingest logs first, or pass --home or "
                              "--db")
-        runtime._store = Store(settings.db_url)
-        runtime._store.key_cache_seconds = settings.key_cache_seconds
-        runtime._store.state_cache_seconds = settings.state_cache_seconds
-        runtime._store.adapter_home = settings.home / "adapters"  # its copies of adapters other hosts trained
+        runtime._store = _tuned(Store(settings.db_url), settings)
         return runtime
 
     @cached_property
@@ -79,8 +76,7 @@ class Assembly:
         embedder = self._embedder or default_embedder(path=s.embedder, home=s.home, runtime=s.embedder_runtime)
         memory = VectorMemory(self.settings.home, embedder=embedder, db_url=self.settings.db_url,
                               config=MemoryConfig(index_kind=s.index_kind, shared_index=s.shared_index))
-        memory.store.key_cache_seconds = s.key_cache_seconds
-        memory.store.state_cache_seconds = s.state_cache_seconds
+        _tuned(memory.store, s)
         return memory
 
     @property
@@ -157,3 +153,12 @@ class Assembly:
     @property
     def tokenizer(self) -> Any:
         return self._model_parts()[2]
+
+
+def _tuned(store: Store, settings: Settings) -> Store:
+    """`store` with what the settings say of it: how long keys and a tenant's serving state are trusted, and where
+    this home keeps its copies of adapters other hosts trained."""
+    store.key_cache_seconds = settings.key_cache_seconds
+    store.state_cache_seconds = settings.state_cache_seconds
+    store.adapter_home = settings.home / "adapters"
+    return store
