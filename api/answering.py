@@ -123,7 +123,7 @@ class Conditioner(Protocol):
     def memory(self) -> VectorMemory: ...
 
     def condition(self, caller: Caller, messages: Any, *, with_adapter: bool = True,
-                  interaction_id: str | None = None) -> Any: ...
+                  interaction_id: str | None = None, user: str | None = None) -> Any: ...
 
     def active_version(self, caller: Caller) -> str | None: ...
 
@@ -245,7 +245,7 @@ class UpstreamBackend:
             raise UnknownModelError(f"the model {ask.model!r} does not exist")
         cond, active, loaded = await asyncio.gather(  # one thread hop: the adapter is read with the conditioning
             run_in_threadpool(runtime.condition, caller, ask.messages, with_adapter=served,
-                              interaction_id=ask.interaction_id) if ask.use_memory else _none(),
+                              interaction_id=ask.interaction_id, user=ask.user) if ask.use_memory else _none(),
             run_in_threadpool(runtime.active_version, caller) if served and not ask.use_memory else _none(),
             upstream.loaded())
         active = cond.active if cond is not None else active
@@ -292,8 +292,11 @@ class _UpstreamCall:
                       retrieval_ms=cond.condition_ms if cond else 0.0, prompt_ms=0.0, model_ms=model_ms,
                       completion_tokens=completion, finish_reason=finish, mode=mode)
         if cond is not None:
+            arm = cond.canary
+            if arm is not None and arm["arm"] == "canary" and self.adapter != arm["version"]:
+                arm = None  # the upstream lacks the canary's weights (not pushed): its answer is not the canary's
             log_reply(self.runtime.memory, reply, tenant=self.caller.tenant, messages=cond.messages,
-                      user=ask.user, adapter=self.adapter, upstream=self.target)
+                      user=ask.user, adapter=self.adapter, upstream=self.target, canary=arm)
         return Answer(reply, self.adapter, ask.model, completion, finish, self.server_timing)
 
 

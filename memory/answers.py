@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .canaries import Canaries
 from .config import MemoryConfig
 from .distill import agree, distill, normalize, text_hash, thread_hash
 from .indexes import TenantIndexes
@@ -20,6 +21,7 @@ from .logs import parse_record, stored_record
 from .outcome import explicit_signal, judge
 from .search import Hit
 from .store import AnswerData, ExperienceData, Store, Tx
+from .store.canaries import add_outcome
 
 Judgement = Callable[[Tx, AnswerData, dict[str, Any]], dict[str, Any] | None]
 
@@ -37,6 +39,7 @@ class FeedbackResult:
     conflicts: int = 0  # candidates that contradicted a near-duplicate's answer
     status: str = "answered"  # the interaction's status after it: answered, experience, merged or filtered
     duplicate: bool = False  # the event was seen before (a retry): nothing changed
+    canary: int | None = None  # the canary whose arm the outcome counted for (the answer was served under one)
 
     def to_json(self) -> dict[str, object]:
         return dict(vars(self))
@@ -46,9 +49,9 @@ class Answers:
     """Logs and judges a memory's served answers. `lock` is the memory's (a judgement changes a tenant's index)."""
 
     def __init__(self, *, store: Store, indexes: TenantIndexes, config: MemoryConfig, ingestor: Ingestor,
-                 instructions: SharedInstructions, lock: threading.RLock) -> None:
+                 instructions: SharedInstructions, lock: threading.RLock, canaries: Canaries) -> None:
         self.store, self.indexes, self.config, self.ingestor = store, indexes, config, ingestor
-        self.instructions, self.lock = instructions, lock
+        self.instructions, self.lock, self.canaries = instructions, lock, canaries
 
     def log_answer(self, *, tenant: str, interaction_id: str, messages: Sequence[dict[str, str]], answer: str,
                    hits: Sequence[Hit], user: str | None = None, session: str | None = None,
@@ -98,7 +101,8 @@ class Answers:
             result.credited = self.store.record_outcome(tx, tenant=tenant, ids=used, success=success) if used else 0
             return {"turn": turn, **event}
 
-        return self.store.retry_on_conflict(lambda: self._rejudge(interaction_id, tenant, judge_it, result))
+        return self._decided(self.store.retry_on_conflict(
+            lambda: self._rejudge(interaction_id, tenant, judge_it, result)), tenant)
 
     def follow_up(self, messages: Sequence[dict[str, str]], *, tenant: str = "default") -> FeedbackResult | None:
         """Judge the served answer that a new request continues, as ingested logs are judged: `messages`
@@ -125,7 +129,14 @@ class Answers:
                                                             weight=outcome.confidence)
             return None
 
-        return self.store.retry_on_conflict(lambda: self._rejudge(found, tenant, judge_it, result))
+        return self._decided(self.store.retry_on_conflict(lambda: self._rejudge(found, tenant, judge_it, result)),
+                             tenant)
+
+    def _decided(self, result: FeedbackResult, tenant: str) -> FeedbackResult:
+        """After an outcome counted for a canary's arm: what the canary's outcomes decide now, applied."""
+        if result.canary is not None:
+            self.canaries.decide(tenant)
+        return result
 
     def _rejudge(self, interaction_id: str, tenant: str, change: Judgement, result: FeedbackResult) -> FeedbackResult:
         """In one transaction: lock the served answer, let `change` update its record (and return the feedback
@@ -149,6 +160,11 @@ class Answers:
             feedback_row = change(tx, answer, record)
             if result.duplicate:
                 return result
+            arm = answer.served.get("canary")
+            if arm is not None:  # served under a canary: the outcome counts for the arm that answered, once a rating
+                add_outcome(tx, canary_id=int(arm["id"]), conversation=str(arm["conversation"]), arm=str(arm["arm"]),
+                            outcome=result.success)
+                result.canary = int(arm["id"])
             now = time.time()
             taught = {c.content_hash for c in distill(parse_record(before, format="native"), self.config, now=now)
                       } if answer.status != "answered" else set()

@@ -15,6 +15,7 @@ import numpy as np
 
 from .answers import Answers, FeedbackResult
 from .archive import ImportReport, export_tenant, import_tenant
+from .canaries import Canaries, promote
 from .config import MemoryConfig
 from .embedding import Embedder
 from .errors import DimensionMismatchError, NotFoundError
@@ -71,8 +72,9 @@ class VectorMemory:
         self.instructions = SharedInstructions(store, cfg)
         self.ingestor = Ingestor(store=store, indexes=indexes, config=cfg, embedder=embedder,
                                  instructions=self.instructions, lock=lock)
+        self.canaries = Canaries(store)
         self.answers = Answers(store=store, indexes=indexes, config=cfg, ingestor=self.ingestor,
-                               instructions=self.instructions, lock=lock)
+                               instructions=self.instructions, lock=lock, canaries=self.canaries)
         self.searcher = Searcher(store=store, indexes=indexes, config=cfg, embedder=embedder,
                                  instructions=self.instructions, lock=lock)
 
@@ -291,6 +293,11 @@ class VectorMemory:
     def activate_adapter(self, version: str, *, tenant: str = "default", force: bool = False) -> AdapterData:
         """Make `version` active (a rejected one never, a stale one only with `force`)."""
         return self.store.activate_adapter(tenant=tenant, version=version, force=force)
+
+    def promote_adapter(self, version: str, *, tenant: str = "default") -> AdapterData:
+        """Activate the promoted adapter `version`, mark what it was trained on consolidated in it and serve it in
+        the mode its job measured best (what a job's promotion, and a canary's, do)."""
+        return promote(self.store, tenant, version)
 
     def rollback_adapter(self, tenant: str = "default") -> str | None:
         """Back to the adapter active before (None: the base model)."""

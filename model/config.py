@@ -142,6 +142,9 @@ class ConsolidationConfig:
     serve_bound: float = 0.05  # an earlier slice's served figure may fall by this fraction (accuracy down, NLL up)
     # unless the tenant's combined figure rises (the drift benchmark asks an old topic to keep >= 95%)
     serve_traffic: int = 1000  # the tenant's latest-used experiences whose nearest slices weigh the slices
+    # A promoted adapter first serves this share of the tenant's conversations as its canary, until the users'
+    # outcomes promote or roll it back (memory/canary.py; 0: off, promoted adapters serve everyone at once)
+    canary_share: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -175,5 +178,6 @@ class ConsolidationConfig:
             ("forget_max", self.forget_max >= 1, ">= 1"),
             ("serve_bound", self.serve_bound >= 0.0, ">= 0"),
             ("serve_traffic", self.serve_traffic >= 1, ">= 1"),
+            ("canary_share", 0.0 <= self.canary_share < 1.0, "in [0, 1) (0: no canary)"),
         ]
         check_fields(self, checks)

@@ -54,11 +54,13 @@ class Reply:
 
 
 def log_reply(memory: VectorMemory, reply: Reply, *, tenant: str, messages: Messages, user: str | None,
-              adapter: str | None, choose: str | None = None, upstream: str | None = None) -> None:
+              adapter: str | None, choose: str | None = None, upstream: str | None = None,
+              canary: dict[str, Any] | None = None) -> None:
     """Keep a served answer in SQL, as every front end and backend keeps one (the one place its served record is
     built): the conversation, the experiences that conditioned it with their score parts, the adapter that answered,
     and the mode, timings and token counts. `choose`: the generator's setting (local answers); `upstream`: the model
-    an OpenAI-compatible server answered with."""
+    an OpenAI-compatible server answered with; `canary`: the canary arm it was served on (`served_as`), whose
+    feedback counts for that arm."""
     details: dict[str, Any] = {"timings": {"retrieval_ms": reply.retrieval_ms, "prompt_ms": reply.prompt_ms,
                                            "model_ms": reply.model_ms},
                                "chosen_by": reply.chosen_by, "mode": reply.mode}
@@ -67,6 +69,8 @@ def log_reply(memory: VectorMemory, reply: Reply, *, tenant: str, messages: Mess
     details.update(prompt_tokens=reply.prompt_tokens, memory_tokens=reply.memory_tokens)
     if upstream is not None:
         details["upstream"] = upstream
+    if canary is not None:
+        details["canary"] = canary
     memory.log_answer(tenant=tenant, interaction_id=reply.interaction_id, messages=messages, answer=reply.text,
                       hits=reply.experiences, user=user, adapter=adapter, details=details)
 
@@ -275,7 +279,8 @@ class MemoryGenerator:
     def chat_many(self, conversations: Sequence[Messages], *, tenant: str | None = None, user: str | None = None,
                   max_new_tokens: int = 128, log: bool = True, adapter: str | None = None,
                   stop: Sequence[str] = (), interaction_ids: Sequence[str] | None = None,
-                  mode: ServedMode | None = None, **kwargs: Any) -> list[Reply]:
+                  mode: ServedMode | None = None, canary: Sequence[dict[str, Any] | None] | None = None,
+                  **kwargs: Any) -> list[Reply]:
         """Answer several conversations with memory in one batched generation (left-padded). A reply's
         `model_ms` is its share of the batch's generation time.
 
@@ -284,7 +289,8 @@ class MemoryGenerator:
         `feedback` can reach it from any process, later; a request that continues an earlier logged answer's
         conversation judges that answer first (`VectorMemory.follow_up`). `log=False` answers and keeps nothing
         (evaluation). Generation ends at any of the `stop` strings, which the answer does not include. `mode`: the
-        mode the caller resolved for `tenant` and `adapter` (default: `self.mode(tenant, adapter)`)."""
+        mode the caller resolved for `tenant` and `adapter` (default: `self.mode(tenant, adapter)`); `canary`: per
+        conversation, the canary arm the caller routed it to (logged with its answer)."""
         tenant = tenant or self.tenant
         # the text boundary (logmem.memory.text), as for every front end: the tokenizer never sees text it did not pass
         conversations = [[{**m, "content": clean_text(m["content"])} for m in messages] for messages in conversations]
@@ -349,15 +355,16 @@ class MemoryGenerator:
         model_ms = (time.perf_counter() - t2) * 1e3 / max(len(prompts), 1)
         replies = []
         ids = list(interaction_ids) if interaction_ids is not None else [uuid.uuid4().hex for _ in conversations]
-        for iid, messages, prompt, n_tokens, cond, text, how, r_ms, (n_out, finish) in zip(
-                ids, conversations, prompts, lengths, conds, texts, chosen_by, retrieval_ms, counts):
+        arms = list(canary) if canary is not None else [None] * len(conversations)
+        for iid, messages, prompt, n_tokens, cond, text, how, r_ms, (n_out, finish), arm in zip(
+                ids, conversations, prompts, lengths, conds, texts, chosen_by, retrieval_ms, counts, arms):
             reply = Reply(text=str(text), interaction_id=iid, experiences=cond.experiences, prompt=prompt,
                           prompt_tokens=n_tokens, memory_tokens=cond.memory_tokens, retrieval_ms=r_ms,
                           prompt_ms=prompt_ms, model_ms=model_ms, chosen_by=how, completion_tokens=n_out,
                           finish_reason=finish, mode=mode.mode)
             if log and self.memory is not None:
                 log_reply(self.memory, reply, tenant=tenant, messages=messages, user=user, adapter=adapter,
-                          choose=self.gen_config.choose)
+                          choose=self.gen_config.choose, canary=arm)
             replies.append(reply)
         return replies
 

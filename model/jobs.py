@@ -1,5 +1,6 @@
 """The work of a consolidation job: train, gate, save the adapter, register it, and when the gate promotes it,
-activate it and mark the experiences it covers. Where and when a job runs is the job runner's (`logmem.api.jobs`)."""
+activate it and mark the experiences it covers (or, with `canary_share`, start it as the tenant's canary). Where and
+when a job runs is the job runner's (`logmem.api.jobs`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 from typing import Any
 
 from logmem.memory import VectorMemory
-from logmem.memory.vocabulary import tenant_key
+from logmem.memory.vocabulary import ADAPTER_MODES, tenant_key
 
 from .config import ConsolidationConfig
 from .lineage import plan_job
@@ -56,18 +57,21 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
     version = memory.register_adapter(tenant=tenant, base_model=base_model, method=config.method, seed=config.seed,
                                       promoted=promoted, metrics=outcome.metrics, covered=outcome.covered,
                                       path=str(folder), parent=outcome.parent, holdout=outcome.holdout)
-    if promoted:
-        memory.activate_adapter(version, tenant=tenant)
-        memory.mark_consolidated(outcome.covered, version=version, tenant=tenant)
+    mode = serving["mode"] if serving else None
+    if promoted and config.canary_share > 0 and mode in (None, *ADAPTER_MODES):  # the users judge it on a share first
+        canary = memory.canaries.start(version, tenant=tenant, share=config.canary_share, mode=mode)
+        outcome.metrics["canary"] = {"id": canary.id, "share": canary.share, "mode": canary.mode}
+    elif promoted:
+        memory.promote_adapter(version, tenant=tenant)  # active, its experiences marked, served as measured
         if outcome.erase:  # the stale adapters' weights hold forgotten experiences: erase them too
             for old in memory.adapters(tenant):
                 if old.status == "stale":
                     memory.erase_adapter_weights(old.version, tenant=tenant)
-    if serving:  # the mode measured best, with the adapter that is active now (this one when promoted)
-        active = memory.active_adapter(tenant)
+    elif serving:  # the mode measured best, with the adapter that stays active
         memory.record_serving_mode(tenant=tenant, mode=serving["mode"], metric=serving["metric"],
-                                   adapter=active.version if active is not None else None,
+                                   adapter=before.version if before is not None else None,
                                    figures=serving["figures"], reason=serving["reason"], job_version=version)
+    if serving and not outcome.metrics.get("canary"):
         logger.info("tenant %r is served %s from now on (%s)", tenant, serving["mode"], serving["reason"])
     metrics = {**outcome.metrics, "version": version, "holdout_ids": outcome.holdout}
     return ("succeeded" if promoted else "rejected"), metrics

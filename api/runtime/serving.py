@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from logmem.memory import Hit, NotFoundError
+from logmem.memory.canaries import served_as
 from logmem.memory.errors import AdapterError, ConfigError, GenerationCancelled, PromptTooLongError, UnknownModelError
 from logmem.memory.text import clean_text
 from logmem.memory.vocabulary import ADAPTER_MODES, AUTO, SERVING_MODES
@@ -39,6 +40,7 @@ class Conditioned:
     memory_tokens: int
     condition_ms: float  # all of it: the follow-up judgment, embedding, search, selection, templating
     active: str | None  # the adapter version that answers the caller (None: the base model, or not asked for)
+    canary: dict[str, Any] | None = None  # the live canary's arm that answers its conversation (`served_as`)
 
 
 class Serving(MemoryOps):
@@ -75,9 +77,6 @@ class Serving(MemoryOps):
     def answer_all(self, caller: Caller, asks: Sequence[Ask], *, streamer: Any = None) -> list[Answer]:
         """`answer` for several asks of one model, mode and generation settings in one batched generation (`logmem
         eval`); a streamer takes one ask only."""
-        from logmem.model.cancel import Cancel
-        from transformers import StoppingCriteriaList
-
         ask = asks[0]
         if any(_batched(a) != _batched(ask) for a in asks) or (streamer is not None and len(asks) > 1):
             raise ValueError("asks answered together share their model, mode and generation settings (and a streamer "
@@ -87,7 +86,37 @@ class Serving(MemoryOps):
             raise UnknownModelError(f"the model {ask.model!r} does not exist; expected one of {', '.join(models)}")
         generator, bare, _, pool = self._model_parts()
         generator = generator if ask.use_memory else bare
-        version, path, pooled, mode = self._route(caller, ask.model, generator, ask.mode)
+        arms = self._arms(caller, asks)
+        answers: list[Answer | None] = [None] * len(asks)
+        for arm in ("current", "canary"):  # a live canary's conversations apart from the others': its own route
+            todo = [i for i, found in enumerate(arms) if (found[1] if found else "current") == arm]
+            if not todo:
+                continue
+            canary = arms[todo[0]][0] if arm == "canary" else None  # type: ignore[index]
+            route = self._route(caller, ask.model, generator, ask.mode, canary)
+            logged = [served_as(*arms[i]) if arms[i] is not None else None for i in todo]  # type: ignore[misc]
+            for i, answer in zip(todo, self._generate(caller, [asks[i] for i in todo], generator, pool, route, logged,
+                                                      streamer)):
+                answers[i] = answer
+        return [a for a in answers if a is not None]
+
+    def _arms(self, caller: Caller, asks: Sequence[Ask]) -> list[tuple[Any, str, str] | None]:
+        """Per ask, (the tenant's live canary, the arm that answers its conversation, the conversation's key); None
+        where no canary applies: none is live, or the ask names a model or mode, or is a comparison (not logged)."""
+        ask = asks[0]
+        if ask.model != SERVED_MODEL or ask.mode is not None or not ask.log or not ask.use_memory:
+            return [None] * len(asks)
+        return [self.memory.canaries.arm(caller.tenant, a.messages, a.user) for a in asks]
+
+    def _generate(self, caller: Caller, asks: Sequence[Ask], generator: Any, pool: Any,
+                  route: tuple[str | None, str | None, str | None, Any], canary: list[dict[str, Any] | None],
+                  streamer: Any) -> list[Answer]:
+        """The batched generation of asks sharing one route."""
+        from logmem.model.cancel import Cancel
+        from transformers import StoppingCriteriaList
+
+        ask = asks[0]
+        version, path, pooled, mode = route
         kwargs: dict[str, Any] = {
             "stopping_criteria": StoppingCriteriaList([Cancel([self.stopping, *(a.cancel for a in asks)])])}
         if ask.temperature:
@@ -101,21 +130,28 @@ class Serving(MemoryOps):
                 replies = generator.chat_many([list(a.messages) for a in asks], tenant=caller.tenant, user=ask.user,
                                               max_new_tokens=ask.max_tokens, adapter=version, stop=ask.stop,
                                               interaction_ids=[a.interaction_id for a in asks], mode=mode,
-                                              log=ask.log, **kwargs)
+                                              log=ask.log, canary=canary, **kwargs)
             except GenerationCancelled:
                 logger.info("a generation for tenant %r was cancelled (%s); nothing logged", caller.tenant,
                             "the server is stopping" if self.stopping.is_set() else "its client went away")
                 raise
         return [Answer(reply, version, ask.model, reply.completion_tokens, reply.finish_reason) for reply in replies]
 
-    def _route(self, caller: Caller, model: str, generator: Any,
-               asked: str | None = None) -> tuple[str | None, str | None, str | None, Any]:
+    def _route(self, caller: Caller, model: str, generator: Any, asked: str | None = None,
+               canary: Any = None) -> tuple[str | None, str | None, str | None, Any]:
         """(the adapter version that answers, its folder, its key in the adapter pool, the serving mode), resolved
         once per request: a LoRA loaded by name answers as itself; the served model answers with the tenant's active
         adapter, under the default `choose` only where the tenant's serving mode uses it (or in the mode `asked`,
-        an evaluation's); the base model bare."""
+        an evaluation's; or, on a live `canary`'s arm, with the canary's adapter in its mode); the base model bare."""
         if asked is not None and model == SERVED_MODEL:
             return self._asked_route(caller, asked)
+        if canary is not None:
+            from logmem.model.modes import ServedMode
+
+            found = self.memory.store.get_adapter(version=canary.version)
+            mode = (ServedMode(canary.mode, canary.version, "canary", f"the canary arm of adapter {canary.version}")
+                    if self.settings.choose == "default" else generator.mode(caller.tenant, canary.version))
+            return canary.version, found.path, canary.version, mode
         if (caller.tenant, model) in self._loras:
             return (model, str(self._loras[caller.tenant, model]), _lora_key(caller.tenant, model),
                     generator.mode(caller.tenant, model))
@@ -195,17 +231,21 @@ class Serving(MemoryOps):
         return self._prompt_limits
 
     def condition(self, caller: Caller, messages: Sequence[dict[str, str]], *, with_adapter: bool = True,
-                  interaction_id: str | None = None) -> Conditioned:
+                  interaction_id: str | None = None, user: str | None = None) -> Conditioned:
         """Condition a request for the upstream as `chat` conditions it for the local model: the answer it
         continues is judged first (`follow_up`), then the memory's exchanges and lessons note join the messages.
-        With `with_adapter`, also the adapter version that answers the caller (`active_version`)."""
+        With `with_adapter`, also the adapter version that answers the caller (`active_version`; a live canary's
+        on its arm, as `answer_all` routes)."""
         messages = [dict(m) for m in messages]
         t0 = time.perf_counter()
         self.memory.follow_up(messages, tenant=caller.tenant)
         cond, conversation = self.conditioner().messages_for(messages, tenant=caller.tenant)
-        active = self.active_version(caller) if with_adapter else None
+        found = self.memory.canaries.arm(caller.tenant, messages, user) if with_adapter else None
+        arm = served_as(*found) if found is not None else None
+        active = (found[0].version if found is not None and found[1] == "canary" else
+                  self.active_version(caller) if with_adapter else None)
         return Conditioned(interaction_id or uuid.uuid4().hex, messages, conversation, cond.experiences,
-                           cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active)
+                           cond.memory_tokens, (time.perf_counter() - t0) * 1e3, active, arm)
 
     def active_version(self, caller: Caller) -> str | None:
         """The adapter version that answers the caller (None: the base model): its active one, and under the default

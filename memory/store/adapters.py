@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from ..errors import AdapterError, NotFoundError
 from ..vocabulary import METHODS, SERVING_MODES
+from .canaries import end_live_canary
 from .engine import StoreBase
 from .records import AdapterData, adapter_data
-from .schema import AdapterFileRow, AdapterRow, ExperienceRow, ServingModeRow
+from .schema import AdapterFileRow, AdapterRow, CanaryRow, ExperienceRow, ServingModeRow
 from .sql import plain, rowcount
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class ServingModeData:
 LINEAGE_COLUMNS = {"parent": "VARCHAR(64)", "holdout": "TEXT"}
 
 
-STATE_TABLES = (AdapterRow.__tablename__, ServingModeRow.__tablename__)  # what serves a tenant: cached while unchanged
+# what serves a tenant, cached while unchanged (a canary's outcome rows are not: they change with every rating)
+STATE_TABLES = (AdapterRow.__tablename__, ServingModeRow.__tablename__, CanaryRow.__tablename__)
 
 
 class AdapterStore(StoreBase):
@@ -218,7 +220,8 @@ class AdapterStore(StoreBase):
             return row.path
 
     def activate_adapter(self, *, tenant: str, version: str, force: bool = False) -> AdapterData:
-        """Make `version` the tenant's active adapter; the one it replaces becomes its `previous`.
+        """Make `version` the tenant's active adapter; the one it replaces becomes its `previous`. A live canary of
+        another adapter ends (stopped: an operator chose).
 
         Raises:
             NotFoundError: no such version in this tenant.
@@ -242,15 +245,18 @@ class AdapterStore(StoreBase):
                     current.active = False
                     tx.flush()  # the one-active index is checked row by row: switch the old one off first
                 row.active, row.previous = True, current.version if current is not None else None
+            end_live_canary(tx, tenant=tenant, status="stopped", reason=f"adapter {version} was activated",
+                            unless=version)
             activated = adapter_data(row)
         return self._here(activated)
 
     def rollback_adapter(self, *, tenant: str) -> str | None:
         """Re-activate the active adapter's `previous` (its own `previous` kept, so rollbacks walk back the
         chain); with none, deactivate all (the base model). Stale or rejected ones on the way are passed over.
-        Returns the version now active, or None for the base model."""
+        Returns the version now active, or None for the base model. A live canary ends (stopped)."""
         with self.transaction() as tx:
             self._lock_adapters(tx, tenant=tenant)
+            end_live_canary(tx, tenant=tenant, status="stopped", reason="the tenant's adapter was rolled back")
             current = tx.scalar(select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.active.is_(True)))
             if current is None:
                 return None
@@ -353,6 +359,8 @@ class AdapterStore(StoreBase):
             row.stale_at = row.stale_at or now
             logger.warning("adapter %s of tenant %r was trained on forgotten experiences: marked stale%s",
                            row.version, row.tenant, " (it is still active)" if row.active else "")
+            end_live_canary(tx, tenant=row.tenant, status="stopped", only=row.version,  # it stops serving at once
+                            reason=f"adapter {row.version} was trained on forgotten experiences")
 
 
 def _note_state_write(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:

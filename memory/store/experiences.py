@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, StoreError
 from .adapters import AdapterStore
+from .canaries import CanaryStore
 from .changes import ChangeLog
 from .jobs import JobStore
 from .keys import KeyStore
@@ -60,7 +61,7 @@ _CANDIDATES = select(ExperienceRow.id, ExperienceRow.alpha, ExperienceRow.beta, 
 _GENERATION = select(IndexStateRow.generation).where(IndexStateRow.tenant == bindparam("tenant"))
 
 
-class Store(AdapterStore, JobStore, KeyStore, AnswerStore, ChangeLog, TransferStore):
+class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLog, TransferStore):
     """Repository over the SQL database. Write methods take the open transaction `tx` first."""
 
     # --- meta -------------------------------------------------------------------------------

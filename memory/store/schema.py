@@ -234,3 +234,41 @@ class ApiKeyRow(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
+class CanaryRow(Base):
+    """A promoted adapter serving a share of its tenant's conversations (the canary arm) while the rest keep the
+    active adapter and serving mode (the current arm), until the users' outcomes decide (memory/canary.py)."""
+
+    __tablename__ = "canaries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[str] = mapped_column(String(64), ForeignKey("adapters.version", ondelete="CASCADE"))
+    mode: Mapped[str] = mapped_column(String(20))  # the serving mode the canary arm answers in
+    current: Mapped[str | None] = mapped_column(String(64))  # the active adapter when it started (None: the base)
+    share: Mapped[float] = mapped_column(Float)  # of the tenant's conversations, by a hash of each
+    config: Mapped[str] = mapped_column(Text)  # JSON: CanaryConfig's fields (error rates, minimum, budget)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # live | promoted | rolled_back | stopped
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # an operator holds it live: no automatic decision
+    reason: Mapped[str] = mapped_column(Text, default="")  # why it started, then why it ended
+    decision: Mapped[str | None] = mapped_column(Text)  # JSON: the last Decision (figures, e-values, verdict)
+    started_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float | None] = mapped_column(Float)
+
+
+# At most one live canary per tenant.
+Index("one_live_canary_per_tenant", CanaryRow.tenant, unique=True, sqlite_where=CanaryRow.status == "live",
+      postgresql_where=CanaryRow.status == "live")
+
+
+class CanaryOutcomeRow(Base):
+    """One conversation's rated outcomes under a canary: their sum and number (the conversation counts once, as the
+    mean of its outcomes: two ratings in one conversation are not independent), on the arm that answered it."""
+
+    __tablename__ = "canary_outcomes"
+    canary_id: Mapped[int] = mapped_column(ForeignKey("canaries.id", ondelete="CASCADE"), primary_key=True)
+    conversation: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(10))  # current | canary
+    total: Mapped[float] = mapped_column(Float)  # the sum of its outcomes in [0, 1]
+    n: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[float] = mapped_column(Float)  # when its first outcome came (the inspector's time axis)

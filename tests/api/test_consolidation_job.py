@@ -91,3 +91,18 @@ def test_rebuild_after_forgetting_leaves_the_forgotten_experience_out(memory, ti
     assert forgotten not in seen
     assert seen == {e.id for e in memory.store.iter_experiences(tenant="default")}  # all that remain
     assert not Path(old.path).exists()  # the weights that held the forgotten experience are gone
+
+
+def test_with_a_canary_share_a_promoted_adapter_starts_as_the_canary(memory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    job, _ = _run(memory, tiny_lm, lr=3e-2, epochs=15, batch_size=4, holdout=0.25, probe_bound=10.0,
+                  gate_reference="base", canary_share=0.25)
+    assert job.status == "succeeded", job.error or job.metrics["gate"]
+    version, mode = job.metrics["version"], "memory+adapter"  # no mode measured (gate_reference base): the adapter's
+    canary = memory.canaries.live("default")
+    assert canary is not None and (canary.version, canary.share, canary.mode) == (version, 0.25, mode)
+    assert job.metrics["canary"] == {"id": canary.id, "share": 0.25, "mode": mode}
+    assert memory.active_adapter("default") is None  # the current arm keeps serving the rest
+    assert all(e.consolidated_in is None for e in memory.store.iter_experiences(tenant="default"))
+    memory.canaries.promote("default")  # what the users' outcomes (or an operator) decide applies the job's choice
+    assert memory.active_adapter("default").version == version
+    assert len([e for e in memory.store.iter_experiences(tenant="default") if e.consolidated_in == version]) == 12
