@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deps import GenerationLimit
 from .metrics import Message, Metrics, Scope
-from .routes import chat, consolidation, health, inspector, inspector_api, interactions, lora, memory, tenants
+from .routes import canaries, chat, consolidation, health, inspector, inspector_api, interactions, lora, memory, tenants
 from .runtime import Runtime
 from .settings import Settings
 from .upstream import UpstreamError
@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.metrics = metrics = Metrics(runtime)
     app.state.generation_limit = GenerationLimit(runtime.settings.max_concurrent)
     for router in (chat.router, interactions.router, memory.router, consolidation.jobs, consolidation.adapters,
-                   health.router, inspector_api.router, inspector.router, lora.router, tenants.router):
+                   canaries.router, health.router, inspector_api.router, inspector.router, lora.router,
+                   tenants.router):
         app.include_router(router)
     _handle_errors(app)
     app.add_middleware(_BodyLimit, limit=runtime.settings.max_body_bytes,

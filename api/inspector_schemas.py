@@ -1,6 +1,6 @@
 """Bodies of the routes the inspector page needs beyond the rest of the API (`routes/inspector_api.py`): served
 answers newest first, activity over time, an experience's history, the prompt a request would get, an answer
-without memory, the users of a tenant. Requests and responses are kept apart."""
+without memory, the users of a tenant, a canary's arms over time. Requests and responses are kept apart."""
 
 from __future__ import annotations
 
@@ -124,3 +124,16 @@ class UserOut(BaseModel):
     experiences: int
     last_seen_at: float
 
+
+
+class ArmSeries(BaseModel):
+    """One arm's cumulative good-outcome rate after each of its rated conversations (thinned to a few hundred)."""
+
+    at: list[float]  # when the conversation's first outcome came (epoch seconds)
+    n: list[int]  # the arm's rated conversations by then
+    rate: list[float]  # the arm's good-outcome rate by then
+
+
+class CanaryTimeline(BaseModel):
+    canary: ArmSeries
+    current: ArmSeries

@@ -1,6 +1,6 @@
 """Prometheus metrics of the service (`GET /metrics`): requests and latency by route, retrieval and generation
 latency, tokens, feedback by kind, jobs by state, experiences in memory; and, for an admin (tenant names are
-not everyone's to read), memory size per tenant while tenants are few."""
+not everyone's to read), memory size per tenant and each live canary's arms and e-values while tenants are few."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from logmem.memory.vocabulary import JOB_STATUSES
+from logmem.memory.vocabulary import CANARY_ARMS, JOB_STATUSES
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .runtime import Runtime
+from .runtime import CanaryView, Runtime
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,7 +102,8 @@ class _StoreCollector(Collector):
 
 
 class _TenantCollector(Collector):
-    """Read at scrape time from SQL: experiences per tenant, while tenants are few (label cardinality)."""
+    """Read at scrape time from SQL, while tenants are few (label cardinality): experiences per tenant; per live
+    canary, each arm's rated conversations and the sum of their outcomes, and the e-value in each direction."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -114,3 +115,25 @@ class _TenantCollector(Collector):
             for tenant, n in sizes.items():
                 size.add_metric([tenant], n)
             yield size
+            yield from _canary_series(self.runtime.live_canaries(sorted(sizes)))
+
+
+def _canary_series(live: list[CanaryView]) -> Any:
+    """The live canaries' series: a good-outcome rate is good / outcomes; the verdict needs an e-value at its
+    threshold (1 / alpha: 20 by default)."""
+    outcomes = GaugeMetricFamily("logmem_canary_outcomes", "rated conversations of a live canary's arm",
+                                 labels=["tenant", "arm"])
+    good = GaugeMetricFamily("logmem_canary_good", "the sum of the outcomes (in [0, 1]) of a live canary's arm",
+                             labels=["tenant", "arm"])
+    evalue = GaugeMetricFamily("logmem_canary_evalue", "a live canary's e-value against 'not better' (better) and "
+                               "'not worse' (worse)", labels=["tenant", "direction"])
+    for view in live:
+        tenant = view.canary.tenant
+        for arm in CANARY_ARMS:
+            counts = view.canary.arms.get(arm, {})
+            outcomes.add_metric([tenant, arm], counts.get("n", 0.0))
+            good.add_metric([tenant, arm], counts.get("good", 0.0))
+        decision = view.decision or {}
+        evalue.add_metric([tenant, "better"], decision.get("e_better", 1.0))
+        evalue.add_metric([tenant, "worse"], decision.get("e_worse", 1.0))
+    yield from (outcomes, good, evalue)

@@ -14,7 +14,15 @@ from logmem.memory.logs import (
     check_feedback_value,
 )
 from logmem.memory.text import check_identifier, clean_text, require_text
-from logmem.memory.vocabulary import RATING_MAX, RATING_MIN, FeedbackKind, LogFormat, Method
+from logmem.memory.vocabulary import (
+    RATING_MAX,
+    RATING_MIN,
+    CanaryStatus,
+    CanaryVerdict,
+    FeedbackKind,
+    LogFormat,
+    Method,
+)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -157,9 +165,18 @@ class ConsolidationIn(BaseModel):
     rebuild: bool = False
     # the gate's reference: "served" (default) what the tenant is served now; "base" the bare base model's NLL
     gate_reference: Literal["served", "base"] | None = None
+    # a promoted adapter first answers this share of the tenant's conversations as its canary (None or 0: off)
+    canary_share: float | None = Field(None, ge=0, lt=1)
 
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+
+class CanaryPinIn(BaseModel):
+    """POST /v1/canaries/pin: hold the live canary at its share with no automatic decision (false: release it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pinned: bool
 
 
 class LoadLoraIn(BaseModel):
@@ -362,3 +379,63 @@ class AdapterOut(BaseModel):
 
 class ActiveOut(BaseModel):
     active: str | None
+
+
+class PushedOut(BaseModel):
+    """What a push to the `push_to` server did."""
+
+    tenant: str
+    active: str | None  # the tenant's active adapter version (None: the base model)
+    name: str | None  # the name it is served under there
+    loaded: bool  # loaded now (False: it was there already, or there is none)
+    unloaded: list[str]  # the tenant's other versions taken out
+    canary: str | None = None  # the name its live canary is served under there (None: none is live)
+
+
+class CanaryArmOut(BaseModel):
+    n: int  # rated conversations (each counts once: the mean of its rated answers)
+    good: float  # the sum of their outcomes in [0, 1]
+    rate: float | None  # the good-outcome rate (None before any outcome)
+
+
+class ArmCountsOut(BaseModel):
+    good: float
+    n: float
+
+
+class CanaryDecisionOut(BaseModel):
+    """What the arms' outcomes decide (memory/canary.py): an e-value per direction against its threshold."""
+
+    verdict: CanaryVerdict
+    reason: str
+    canary: ArmCountsOut
+    current: ArmCountsOut
+    e_better: float  # against "the canary is not better": promotes at promote_threshold (1 / alpha_promote)
+    e_worse: float  # against "the canary is not worse": rolls back at rollback_threshold
+    promote_threshold: float
+    rollback_threshold: float
+    min_outcomes: int
+    budget: int
+    rated: int
+    canary_rate: float | None
+    current_rate: float | None
+
+
+class CanaryOut(BaseModel):
+    """A canary: the adapter answering a share of the tenant's conversations, its arms' counts, its decision (live:
+    what its outcomes decide now; ended: the one it ended with, None where an activation, rollback or erasure ended
+    it)."""
+
+    id: int
+    version: str
+    mode: str
+    current: str | None  # the active adapter when it started
+    share: float
+    status: CanaryStatus
+    pinned: bool
+    reason: str
+    started_at: float
+    decided_at: float | None
+    arms: dict[str, CanaryArmOut]  # "canary" and "current"
+    decision: CanaryDecisionOut | None
+    pushed: PushedOut | None = None  # a promotion with the push_to setting: what that server serves now

@@ -1,6 +1,6 @@
 """The routes the inspector page needs beyond the rest of the API, each scoped to the caller's tenant like every
 /v1 route: served answers newest first, activity over time, a text filter over the experiences, an experience's
-history, the prompt a request would get, an answer without memory, the users."""
+history, the prompt a request would get, an answer without memory, the users, a canary's arms over time."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..inspector_schemas import (
     AnswerPage,
     BaselineIn,
     BaselineOut,
+    CanaryTimeline,
     ExperienceHistory,
     PromptOut,
     UserOut,
@@ -95,6 +96,13 @@ async def baseline(body: BaselineIn, request: Request, runtime: RuntimeDep, call
 def users(runtime: RuntimeDep, caller: CallerDep) -> Any:
     """The caller's users (named by an interaction or an experience), most recently seen first."""
     return [vars(u) for u in runtime.users(caller)]
+
+
+@router.get("/canaries/{canary_id}/timeline", response_model=CanaryTimeline, responses={404: {"model": ErrorOut}})
+def canary_timeline(canary_id: RowId, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    """Both arms' cumulative good-outcome rate over time, one point per rated conversation (the canary's
+    Consolidation panel plots them)."""
+    return runtime.canary_timeline(caller, canary_id)
 
 
 def _answer(answer: AnswerData) -> dict[str, Any]:

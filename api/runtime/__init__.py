@@ -3,7 +3,8 @@ with the operations both front ends need. The CLI and the HTTP routes only trans
 
 One module per concept, each a part of the one `Runtime`: `assembly` (what is built, and `Caller`), `memory_ops`
 (logs in, feedback, search, erasure), `serving` (answers with the local model, LoRAs by name), `admin` (adapters,
-keys), `consolidation` (jobs and the worker), `inspection` (the inspector page's reads)."""
+keys), `canaries` (canary adapters: their arms' counts and decisions; promote, stop, pin), `consolidation` (jobs
+and the worker), `inspection` (the inspector page's reads)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from ..answering import SERVED_MODEL, Answer, Backend, Caller, LocalBackend, Ups
 from ..push import Pushed
 from .admin import AdapterChange
 from .assembly import LoadModel
+from .canaries import CanaryOps, CanaryView
 from .consolidation import POLICY_MARK, Consolidation
 from .inspection import Inspection, turn_view
 from .serving import Conditioned, Serving
 
 # the store's records the front ends read are re-exported here: no front end imports a store module
-__all__ = ["POLICY_MARK", "SERVED_MODEL", "AdapterChange", "AdapterData", "Answer", "AnswerData", "Caller",
-           "Conditioned", "ExperienceData", "JobData", "KeyData", "LoadModel", "Pushed", "Runtime", "turn_view"]
+__all__ = ["POLICY_MARK", "SERVED_MODEL", "AdapterChange", "AdapterData", "Answer", "AnswerData", "CanaryView",
+           "Caller", "Conditioned", "ExperienceData", "JobData", "KeyData", "LoadModel", "Pushed", "Runtime",
+           "turn_view"]
 
 
-class Runtime(Serving, Consolidation, Inspection):
+class Runtime(Serving, Consolidation, Inspection, CanaryOps):
     """Everything one logmem process serves from, assembled lazily and once (`Assembly`), with every operation
     the CLI and the HTTP routes need."""
 
