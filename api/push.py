@@ -1,7 +1,7 @@
 """`push`: load a tenant's active adapter into an OpenAI-compatible server with runtime LoRA updating (vLLM started
 with `--enable-lora` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or a logmem server), under the immutable name
-`<tenant>-<version>`, and unload the tenant's other versions there. A proxy in front of that server then names it
-in `model` for the tenant's requests. Rolling back and pushing again loads the previous version the same way.
+`<tenant>-<version>` (its live canary too, under its own), and unload the tenant's other versions there. A proxy in
+front of that server then names it in `model` for the tenant's requests. Rolling back and pushing again loads the previous version the same way.
 
 `activate` and `rollback` do both at once (a service with `push_to` set activates and rolls back this way): an
 adapter is loaded there before it becomes active, so a failed load leaves the tenant as it was."""
@@ -31,6 +31,7 @@ class Pushed:
     name: str | None  # the name it is served under there
     loaded: bool  # it was loaded now (False: it was already there, or there is none)
     unloaded: list[str] = field(default_factory=list)  # the tenant's other versions taken out
+    canary: str | None = None  # the name its live canary is served under there (None: no live canary)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,13 +60,15 @@ def push(store: Store, tenant: str, url: str, *, key: str | None = None, as_tena
         AdapterError: the adapter's base model is not the server's.
         UpstreamError: the server is unreachable or refused a load or unload.
     """
-    active = store.active_adapter(tenant=tenant)
+    active, canary = store.active_adapter(tenant=tenant), store.live_canary(tenant=tenant)
     with _client(url, as_tenant or tenant, key, timeout) as http:
         names = _names(http)
         result = Pushed(tenant, active.version if active else None, None, False)
         if active is not None:
             result.name, result.loaded = _load(http, names, tenant, active)
-        result.unloaded = _unload_others(http, names, store, tenant, keep=result.name)
+        if canary is not None:  # its share of conversations names it too (a proxy routes them there once listed)
+            result.canary, _ = _load(http, names, tenant, store.get_adapter(version=canary.version))
+        result.unloaded = _unload_others(http, names, store, tenant, keep={result.name, result.canary})
     return result
 
 
@@ -94,7 +97,7 @@ def activate(store: Store, tenant: str, version: str, url: str, *, key: str | No
                 _post(http, "/unload_lora_adapter", {"lora_name": name})
                 logger.info("unloaded %s from %s: its activation failed", name, url)
             raise
-        result = Pushed(tenant, version, name, loaded, _unload_others(http, names, store, tenant, keep=name))
+        result = Pushed(tenant, version, name, loaded, _unload_others(http, names, store, tenant, keep={name}))
     return active, result
 
 
@@ -144,11 +147,12 @@ def _load(http: httpx.Client, names: ModelNames, tenant: str, adapter: AdapterDa
     return name, True
 
 
-def _unload_others(http: httpx.Client, names: ModelNames, store: Store, tenant: str, keep: str | None) -> list[str]:
-    """Unload the tenant's versions loaded there (by the model list read before), all but `keep`."""
+def _unload_others(http: httpx.Client, names: ModelNames, store: Store, tenant: str,
+                   keep: set[str | None]) -> list[str]:
+    """Unload the tenant's versions loaded there (by the model list read before), all but those in `keep`."""
     ours = {lora_name(tenant, a.version) for a in store.adapters(tenant=tenant)}
     unloaded = []
-    for name in sorted(ours & set(names.loras) - {keep}):
+    for name in sorted(ours & set(names.loras) - keep):
         _post(http, "/unload_lora_adapter", {"lora_name": name})
         unloaded.append(name)
         logger.info("unloaded %s from %s", name, http.base_url)

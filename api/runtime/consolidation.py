@@ -102,14 +102,15 @@ class Consolidation(Admin):
         """Queue the consolidation jobs the settings' policy asks for; returns their ids.
 
         A tenant is due when it has no job queued or running and it learned `consolidate_after` experiences
-        since its last policy job, or learned any and its last job is `consolidate_every_hours` old."""
+        since its last policy job, or learned any and its last job is `consolidate_every_hours` old. A tenant whose
+        last adapter is still its live canary waits until its users' outcomes decide."""
         s, now = self.settings, time.time() if now is None else now
         if not (s.consolidate_after or s.consolidate_every_hours):
             return []
         queued = []
         for tenant in self.store.tenants():
             jobs = self.store.jobs(tenant=tenant)
-            if any(j.status in ("queued", "running") for j in jobs):
+            if any(j.status in ("queued", "running") for j in jobs) or self.memory.canaries.live(tenant) is not None:
                 continue
             last = next((j for j in reversed(jobs) if POLICY_MARK in j.params), None)
             new, newest = self.store.experiences_after(tenant=tenant, after_id=last.params[POLICY_MARK] if last else 0)

@@ -116,6 +116,36 @@ def test_a_pushed_adapter_answers_its_tenant_through_the_proxy(pushed: dict[str,
     assert ask(pushed, "acme")["choices"][0]["message"]["content"] == want[v1]
 
 
+def test_a_pushed_canary_answers_its_share_of_conversations_through_the_proxy(
+        pushed: dict[str, Any], upstream: dict[str, Any], wordy_lm: tuple[Any, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM_ADMIN", UPSTREAM_ADMIN)
+    v1, v2 = pushed["versions"]
+    memory = pushed["runtime"].memory
+    memory.activate_adapter(v1, tenant="acme")
+    memory.canaries.start(v2, tenant="acme", share=0.5, mode="memory+adapter")
+    try:
+        assert push(pushed, upstream, "push", "--to", upstream["url"]) == EXIT_OK
+        names = served(upstream)
+        assert f"acme-{v1}" in names and f"acme-{v2}" in names  # the canary is loaded beside the active adapter
+        arms = set()
+        for i in range(8):
+            question = f"Name the capital of country number {i}."
+            r = httpx.post(f"{pushed['url']}/v1/chat/completions", timeout=120,
+                           headers={"Authorization": f"Bearer {pushed['keys']['acme']}"},
+                           json={"model": "default", "max_tokens": 4,
+                                 "messages": [{"role": "user", "content": question}]})
+            assert r.status_code == 200, r.text
+            logged = memory.answer(r.json()["id"], tenant="acme")
+            arm = logged.served["canary"]["arm"]
+            arms.add(arm)
+            assert arm == memory.canaries.arm("acme", [{"role": "user", "content": question}])[1]
+            assert r.json()["logmem"]["adapter"] == logged.adapter == (v2 if arm == "canary" else v1)
+        assert arms == {"canary", "current"}
+    finally:
+        memory.canaries.stop("acme")
+
+
 def test_an_adapter_of_another_base_model_is_refused_before_any_load(
         pushed: dict[str, Any], upstream: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

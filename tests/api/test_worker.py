@@ -38,6 +38,17 @@ def test_the_policy_queues_after_n_new_experiences_once(tmp_path: Path, runtime_
     assert len(runtime.queue_due()) == 1
 
 
+def test_the_policy_waits_while_the_tenants_canary_is_live(tmp_path: Path, runtime_for: Any) -> None:
+    runtime = runtime_for(tmp_path / "h", consolidate_after=2)
+    runtime.ingest([liked(i, t) for i, t in enumerate(THINGS[:4])], tenant="acme")
+    version = runtime.store.add_adapter(tenant="acme", base_model="tiny", method="sft", seed=0, status="promoted",
+                                        metrics={}, covered=[], path=str(tmp_path / "nowhere"))
+    runtime.memory.canaries.start(version, tenant="acme", share=0.1)
+    assert runtime.queue_due() == []  # its users have not judged the last adapter yet
+    runtime.memory.canaries.stop("acme")
+    assert len(runtime.queue_due()) == 1
+
+
 def test_the_policy_queues_every_h_hours_only_with_something_new(tmp_path: Path, runtime_for: Any) -> None:
     runtime = runtime_for(tmp_path / "h", consolidate_every_hours=24)
     assert runtime.queue_due() == []  # nothing learned at all
