@@ -32,6 +32,7 @@ from .schema import (
     SCHEMA_VERSION,
     AdapterRow,
     AuthorRow,
+    CanaryRow,
     ConflictRow,
     ExperienceRow,
     FeedbackRow,
@@ -349,6 +350,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
                 n_int = rowcount(tx.execute(delete(InteractionRow).where(InteractionRow.tenant == tenant)))
                 tx.execute(delete(InstructionRow).where(InstructionRow.tenant == tenant))
                 tx.execute(delete(ServingModeRow).where(ServingModeRow.tenant == tenant))  # its figures, its pin
+                tx.execute(delete(CanaryRow).where(CanaryRow.tenant == tenant))  # its canaries and their outcomes
                 counts, by_tenant = {"experiences": len(gone), "interactions": int(n_int)}, {tenant: gone}
             else:
                 raise ValueError("forget needs an experience id, a user or a tenant")

@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from logmem.memory import Embedder, VectorMemory
 from logmem.memory.canaries import conversation_key, served_as
 from logmem.memory.canary import CanaryConfig
 from logmem.memory.errors import AdapterError, NotFoundError
+from logmem.memory.store.schema import CanaryOutcomeRow
 
 SERVING = {"mode": "memory+adapter", "metric": "accuracy", "figures": {"memory+adapter": 0.9, "vote": 0.7},
            "reason": "memory+adapter measured best"}
@@ -196,3 +199,17 @@ def test_a_canary_survives_a_restart(tmp_path: Path, embedder: Embedder, db_url:
         assert live is not None and (live.version, live.share, live.config["budget"]) == (version, 0.25, 300)
         assert again.canaries.arm("t", [{"role": "user", "content": "question number 1"}])[1] == arm  # type: ignore
         assert again.store.get_canary(tenant="t", canary_id=live.id).arms[arm]["n"] == 1
+
+
+def test_forgetting_a_tenant_removes_its_canaries_and_their_outcomes(memory: VectorMemory) -> None:
+    canary = memory.canaries.start(adapter(memory), tenant="t", share=0.5)
+    iid, _ = served(memory, "t", 1)
+    memory.feedback(iid, "like", tenant="t")
+    other = memory.canaries.start(adapter(memory, tenant="u"), tenant="u", share=0.5)
+    memory.forget(tenant="t")
+    assert memory.store.canaries(tenant="t") == [] and memory.canaries.live("t") is None
+    with pytest.raises(NotFoundError):
+        memory.store.canary_timeline(tenant="t", canary_id=canary.id)
+    assert memory.canaries.live("u").id == other.id  # type: ignore[union-attr]
+    with Session(memory.store.engine) as s:
+        assert s.scalar(select(func.count()).select_from(CanaryOutcomeRow)) == 0
