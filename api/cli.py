@@ -19,7 +19,7 @@ from logmem.memory.errors import ConfigError
 
 from . import cli_parser
 from .demo import DEMO_TENANT, one_line, run_demo
-from .runtime import SERVED_MODEL, AdapterData, Caller, JobData, KeyData, Pushed, Runtime
+from .runtime import SERVED_MODEL, AdapterData, Caller, CanaryView, JobData, KeyData, Pushed, Runtime
 from .settings import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
@@ -268,6 +268,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
               "eval_every": args.eval_every, "patience": args.patience, "min_gain": args.min_gain,
               "max_seconds": args.max_seconds,
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
+              **({"canary_share": args.canary_share} if args.canary_share else {}),
               **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}
     with closing(_runtime(args)) as runtime:
         runtime.recover_jobs()  # a dead process's running job would hold the tenant
@@ -331,6 +332,59 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     if done is not None and to:
         _emit(args, done.to_json(), lambda: _print_pushed(done, to))
     return EXIT_OK
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """The tenant's canary: its arms' outcomes and the decision (and the canaries that ended), or promote, stop, pin
+    or unpin the live one."""
+    target = {"push_to": args.push_to, "push_key": _key_from(args.key_env) if args.push_to else None,
+              "push_as_tenant": args.as_tenant}
+    with closing(_operations(args, **target)) as runtime:
+        caller = _operator(args.tenant)
+        if args.action == "status":
+            views = runtime.canaries(caller)
+            _emit(args, {"tenant": args.tenant, "canaries": [v.to_json() for v in views]},
+                  lambda: _print_canaries(args.tenant, views))
+            return EXIT_OK
+        acts: dict[str, Callable[[Caller], CanaryView]] = {
+            "promote": runtime.promote_canary, "stop": runtime.stop_canary,
+            "pin": lambda c: runtime.pin_canary(c, True), "unpin": lambda c: runtime.pin_canary(c, False)}
+        view = acts[args.action](caller)
+    _emit(args, view.to_json(), lambda: _print_canary(view))
+    if view.pushed is not None and not args.json:
+        _print_pushed(view.pushed, args.push_to)
+    return EXIT_OK
+
+
+def _print_canaries(tenant: str, views: list[CanaryView]) -> None:
+    live = [v for v in views if v.canary.status == "live"]
+    if not live:
+        print(f"{tenant}: no live canary")
+    for view in live:
+        _print_canary(view)
+    ended = [v.canary for v in views if v.canary.status != "live"]
+    if ended:
+        print(f"ended ({len(ended)}):")
+    for c in ended:
+        print(f"  {c.id:>4}  {c.version:<8} {c.status:<11} {_when(c.started_at)} to {_when(c.decided_at)}  "
+              f"{one_line(c.reason, 80)}")
+
+
+def _print_canary(view: CanaryView) -> None:
+    c, shown, d = view.canary, view.to_json(), view.decision
+    state = c.status + (", pinned" if c.pinned else "")
+    print(f"{c.tenant}: canary {c.id}, adapter {c.version} ({state}): {c.share:.0%} of conversations in {c.mode}, "
+          f"against {f'adapter {c.current}' if c.current else 'the base model'}; started {_when(c.started_at)}")
+    for arm, counts in shown["arms"].items():
+        rate = f"{counts['rate']:.3f}" if counts["rate"] is not None else "-"
+        print(f"  {arm:<8} {counts['n']:>6} rated conversations, good-outcome rate {rate}")
+    if d:
+        print(f"  e-values: better {d['e_better']:.3g} (promotes at {d['promote_threshold']:g}), worse "
+              f"{d['e_worse']:.3g} (rolls back at {d['rollback_threshold']:g})")
+        said = "verdict" if c.status == "live" else "its outcomes said, when it ended:"
+        print(f"  {said} {d['verdict']}: {d['reason']}")
+    if c.status != "live":
+        print(f"  {c.status} {_when(c.decided_at)}: {c.reason}")
 
 
 def _key_from(variable: str | None) -> str | None:
@@ -447,7 +501,8 @@ COMMANDS = {  # subcommand -> what runs it
     "ingest": cmd_ingest, "search": cmd_search, "stats": cmd_stats, "mode": cmd_mode, "forget": cmd_forget,
     "export": cmd_export, "import": cmd_import,
     "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "demo": cmd_demo, "consolidate": cmd_consolidate,
-    "jobs": cmd_jobs, "serve": cmd_serve, "worker": cmd_worker, "keys": cmd_keys, "adapters": cmd_adapters
+    "jobs": cmd_jobs, "serve": cmd_serve, "worker": cmd_worker, "keys": cmd_keys, "adapters": cmd_adapters,
+    "canary": cmd_canary,
 }
 
 

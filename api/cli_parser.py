@@ -162,6 +162,9 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=ConsolidationConfig.seed)
     p.add_argument("--rebuild", action="store_true",
                    help="retrain what stale adapters covered, without the forgotten experiences, and delete them")
+    p.add_argument("--canary-share", type=float, default=ConsolidationConfig.canary_share,
+                   help="a promoted adapter first answers this share of the tenant's conversations as its canary, "
+                        "until the users' outcomes promote or roll it back (`logmem canary`; 0: off)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands["consolidate"])
 
@@ -172,8 +175,27 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=commands["jobs"])
 
     _adapters_parser(sub, commands)
+    _canary_parser(sub, commands)
     _service_parsers(sub, commands)
     return parser
+
+
+CANARY_ACTIONS = ("status", "promote", "stop", "pin", "unpin")
+
+
+def _canary_parser(sub: Any, commands: Commands) -> None:
+    p = sub.add_parser("canary", help="the tenant's canary adapter: status (each arm's outcomes, the e-values, the "
+                                      "verdict; and the canaries that ended), promote, stop, pin or unpin it")
+    p.add_argument("action", nargs="?", default="status", choices=CANARY_ACTIONS,
+                   help="status (default); promote or stop the live canary now; pin: hold it at its share with no "
+                        "automatic decision; unpin: let its outcomes decide again")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--push-to", default=None, metavar="URL",
+                   help="promote: then push the tenant's active adapter to this server, as `adapters activate` does")
+    p.add_argument("--key-env", default=None, metavar="VAR", help="the environment variable holding its key")
+    p.add_argument("--as-tenant", default=None, metavar="T", help=AS_TENANT)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands["canary"])
 
 
 AS_TENANT = ("a logmem server: the tenant it knows the proxy as, which owns what is loaded there (default: the "
