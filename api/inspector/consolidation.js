@@ -1,7 +1,9 @@
 // Consolidation: jobs with live progress, their gate's figures and how their training stopped (steps run of those
 // planned; converged, patience, wall_time or max_steps; the step whose weights were kept); adapters to activate or
-// roll back; stale adapters (trained on data since erased) and the rebuild that replaces them.
+// roll back; the canary (canary.js: a promoted adapter on a share of the conversations, judged by its users' outcomes);
+// stale adapters (trained on data since erased) and the rebuild that replaces them.
 import {get, post} from "./api.js";
+import {canaryViews} from "./canary.js";
 import {confirmButton, h, num, section, short} from "./dom.js";
 
 export const title = "Consolidation";
@@ -11,13 +13,16 @@ const GATE = [["gate", "gate"], ["base_nll", "held-out NLL, base"], ["student_nl
   ["stop", "stopped by"], ["best_step", "weights of step"], ["seconds", "seconds"]];
 
 export async function render(root, params, ctx) {
-  const jobs = h("div", {id: "jobs"}), adapters = h("div", {id: "adapters"});
-  root.append(section("Jobs", startForm(ctx, () => refresh()), jobs), section("Adapters", adapters));
+  const jobs = h("div", {id: "jobs"}), adapters = h("div", {id: "adapters"}), canaries = h("div", {id: "canaries"});
+  root.append(section("Jobs", startForm(ctx, () => refresh()), jobs), section("Adapters", adapters),
+    section("Canary", canaries));
   let busy = false;
   const refresh = async () => {
-    const [jobList, adapterList] = await Promise.all([get("/v1/consolidations"), get("/v1/adapters")]);
+    const [jobList, adapterList, canaryList] = await Promise.all([get("/v1/consolidations"), get("/v1/adapters"),
+      get("/v1/canaries")]);
     jobs.replaceChildren(jobsTable(jobList));
     adapters.replaceChildren(...adapterViews(adapterList, ctx, refresh));
+    canaries.replaceChildren(...await canaryViews(canaryList, ctx, refresh));
     busy = jobList.some((j) => j.status === "queued" || j.status === "running");
   };
   await refresh();

@@ -1,4 +1,5 @@
-// Small SVG plots drawn here (no library): stacked bars over days, a histogram, outcomes over time, score parts.
+// Small SVG plots drawn here (no library): stacked bars over days, a histogram, outcomes over time, score parts, a
+// canary's arms' good-outcome rates over time.
 import {day, h, s, when} from "./dom.js";
 
 export const KINDS = ["like", "copy", "rating", "dislike", "regenerate", "correction"];
@@ -86,6 +87,33 @@ export function outcomes(uses) {
       s("text", {x: W - 4, y: H - 6, class: "tick end"}, when(t1)));
   }
   return h("figure", {}, svg, legend([["dot-explicit", "explicit feedback"], ["dot-implicit", "next turn (implicit)"]]));
+}
+
+/** A canary's two arms: each arm's good-outcome rate so far after each of its rated conversations, over time. */
+export function armRates(timeline) {
+  const W = 960, H = 200, L = 34, B = 22, T = 10;
+  const svg = frame(W, H, "each arm's good-outcome rate so far, after each rated conversation, over time");
+  const arms = ["canary", "current"].filter((arm) => timeline[arm].at.length);
+  const times = arms.flatMap((arm) => timeline[arm].at);
+  const t0 = Math.min(...times), t1 = Math.max(...times);
+  const x = (t) => (t1 > t0 ? L + ((t - t0) * (W - L - 12)) / (t1 - t0) : (L + W) / 2);
+  const y = (v) => H - B - v * (H - B - T);
+  for (const v of [0, 0.5, 1]) {
+    svg.append(s("line", {x1: L, x2: W - 4, y1: y(v), y2: y(v), class: "grid"}),
+      s("text", {x: L - 4, y: y(v) + 4, class: "tick end"}, String(v)));
+  }
+  for (const arm of arms) {
+    const {at, n, rate} = timeline[arm], last = at.length - 1;
+    const points = at.map((t, i) => `${x(t)},${y(rate[i])}`).join(" ");
+    svg.append(s("polyline", {points, class: `rate arm-${arm}`, "data-arm": arm}),
+      s("circle", {cx: x(at[last]), cy: y(rate[last]), r: 4, class: `end arm-${arm}`},
+        s("title", {}, `${arm}: ${rate[last].toFixed(3)} after ${n[last]} rated conversations`)));
+  }
+  if (times.length) {
+    svg.append(s("text", {x: L, y: H - 6, class: "tick"}, when(t0)),
+      s("text", {x: W - 4, y: H - 6, class: "tick end"}, when(t1)));
+  }
+  return h("figure", {id: "canary-rates"}, svg, legend([["arm-canary", "canary arm"], ["arm-current", "current arm"]]));
 }
 
 /** The parts of a hit's score as one bar: sim, util and rec from zero (a negative util goes left). */

@@ -1,8 +1,9 @@
 """The inspector page in a real browser (Debian's headless Chromium, driven by playwright) against the real service
 (uvicorn on a loopback port, the real embedder, faiss and SQLite, the tiny model): every view opens on a tenant's
-data; search, sorting and paging; rating and correcting an answer; activating and rolling back adapters; forgetting a
-user; memory text that looks like markup stays text. With LOGMEM_SCREENSHOTS=<folder> each view is saved there as a
-PNG (the README's come from `LOGMEM_SCREENSHOTS=docs/inspector`)."""
+data; search, sorting and paging; rating and correcting an answer; activating and rolling back adapters; a canary's
+panel (both arms, the decision, pin, promote); forgetting a user; memory text that looks like markup stays text. With
+LOGMEM_SCREENSHOTS=<folder> each view is saved there as a PNG (the README's come from
+`LOGMEM_SCREENSHOTS=docs/inspector`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from logmem.api.answering import Ask
 from logmem.api.app import create_app
 from logmem.api.runtime import Caller, Runtime
 from servers import serving
@@ -322,6 +324,40 @@ def test_activate_and_roll_back_an_adapter(page: Any, site: dict[str, Any]) -> N
     expect(page.locator("#serving")).to_have_text("the base model")
     assert runtime.memory.active_adapter("acme") is None
     assert page.is_disabled("#rollback")
+
+
+def test_the_canary_panel_shows_both_arms_and_promotes(page: Any, site: dict[str, Any]) -> None:
+    runtime, (first, second) = site["runtime"], site["adapters"]
+    canary = runtime.memory.canaries.start(second, tenant="acme", share=0.5)
+    rated = {"canary": 0, "current": 0}
+    for i in range(12):  # real answers, rated: liked on the canary's arm, disliked on the current one
+        answer = runtime.answer(Caller("acme", None), Ask([{"role": "user", "content": f"Reset device {i}?"}],
+                                                          max_tokens=4))
+        iid = answer.reply.interaction_id
+        arm = runtime.memory.answer(iid, tenant="acme").served["canary"]["arm"]
+        runtime.feedback(Caller("acme", None), iid, "like" if arm == "canary" else "dislike")
+        rated[arm] += 1
+    assert rated["canary"] and rated["current"]
+    sign_in(page, site, "consolidation")
+    arms = {r[0]: r for r in rows(page, "#canary-arms")}
+    assert arms["canary"][1:] == [second, str(rated["canary"]), str(rated["canary"]), "100.0 %"]
+    assert arms["current"][1:] == [first, str(rated["current"]), "0", "0.0 %"]
+    assert page.text_content("#canary-verdict") == "continue"
+    assert "waiting for 50 rated outcomes" in page.text_content("#canary-reason")
+    assert page.text_content("#e-better").strip().endswith("of 20")
+    assert page.locator("#canary-rates polyline").count() == 2  # both arms' rates over time
+    shot(page, "consolidation-canary")
+
+    page.click("#canary-pin")
+    expect(page.locator("#canary-pin")).to_have_text("Unpin")
+    assert runtime.memory.canaries.live("acme").pinned
+    page.click("#canary-promote")
+    expect(page.locator("#serving")).to_have_text(f"adapter {second}")
+    assert runtime.memory.active_adapter("acme").version == second
+    assert runtime.store.get_canary(tenant="acme", canary_id=canary.id).status == "promoted"
+    (ended,) = rows(page, "#canary-history")
+    assert ended[:3] == [str(canary.id), second, "promoted"] and ended[-1] == "promoted by an operator"
+    assert page.locator("#no-canary").count() == 1
 
 
 # --- erasure -------------------------------------------------------------------------------------------------
