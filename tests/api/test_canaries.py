@@ -109,6 +109,7 @@ def test_the_timeline_has_each_arms_rate_over_time(service: Service, acme: dict[
     assert current["n"] == list(range(1, len(arms["current"]) + 1)) and set(current["rate"]) == {0.0}
     assert canary["at"] == sorted(canary["at"])
     assert client.get(f"/v1/canaries/{cid}/timeline", headers=service["globex"]).status_code == 404
+    assert client.get(f"/v1/canaries/{cid}/timeline").status_code == 401
 
 
 def test_metrics_export_both_arms_and_the_e_values_for_an_admin(service: Service, acme: dict[str, Any]) -> None:

@@ -249,6 +249,42 @@ def test_with_push_to_activation_and_rollback_push_the_adapter(auto: dict[str, A
         assert ask(auto, "initech")["logmem"]["adapter"] is None
 
 
+def test_with_push_to_promoting_a_canary_pushes_it(auto: dict[str, Any], upstream: dict[str, Any]) -> None:
+    v1, v2 = auto["versions"]
+    runtime = auto["runtime"]
+    headers = {"Authorization": f"Bearer {auto['keys']['initech']}"}
+    with httpx.Client(base_url=f"{auto['url']}/v1", headers=headers, timeout=120) as client:
+        assert client.post(f"/adapters/{v1}/activate").status_code == 200
+        runtime.memory.canaries.start(v2, tenant="initech", share=0.5)
+        promoted = client.post("/canaries/promote")
+        assert promoted.status_code == 200, promoted.text
+        assert (promoted.json()["status"], promoted.json()["pushed"]["name"]) == ("promoted", f"initech-{v2}")
+        names = served(upstream)
+        assert f"initech-{v2}" in names and f"initech-{v1}" not in names  # as an activation pushes
+        assert runtime.memory.active_adapter("initech").version == v2
+        for _ in range(2):  # back to the base model, nothing of initech left
+            assert client.post("/adapters/rollback").status_code == 200
+    assert not [n for n in served(upstream) if n.startswith("initech-")]
+
+
+def test_with_push_to_an_unreachable_server_a_promoted_canary_stays_promoted(
+        tmp_path: Path, embedder: Any, wordy_lm: tuple[Any, Any], tiny_folder: Path) -> None:
+    from servers import free_port
+
+    runtime = make_runtime(tmp_path / "home", embedder, wordy_lm, model=str(tiny_folder),
+                           push_to=f"http://127.0.0.1:{free_port()}/v1")
+    version = runtime.memory.register_adapter(tenant="initech", base_model=runtime.base_model, method="sft", seed=0,
+                                              promoted=True, metrics={}, covered=[],
+                                              path=str(lora(wordy_lm[0], 7, tmp_path / "lora")))
+    runtime.memory.canaries.start(version, tenant="initech", share=0.5)
+    key = runtime.store.create_key(tenant="initech")[0]
+    with TestClient(create_app(runtime=runtime)) as client:
+        r = client.post("/v1/canaries/promote", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    assert "was promoted, but pushing it to" in r.json()["error"]["message"]  # the promotion stands, and says so
+    assert runtime.memory.active_adapter("initech").version == version
+
+
 def test_with_push_to_an_unreachable_server_activates_nothing(tmp_path: Path, embedder: Any,
                                                               wordy_lm: tuple[Any, Any], tiny_folder: Path) -> None:
     from servers import free_port
