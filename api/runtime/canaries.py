@@ -67,8 +67,9 @@ class CanaryOps(Admin):
 
     def live_canaries(self, tenants: list[str]) -> list[CanaryView]:
         """The live canary of each of `tenants` that has one (the operator's, for /metrics)."""
-        found = [self.store.live_canary(tenant=t) for t in tenants]
-        return [self._view(self.store.get_canary(tenant=c.tenant, canary_id=c.id)) for c in found if c is not None]
+        found = [self.store.live_canary(tenant=t) for t in tenants]  # (read through the state cache)
+        views = [self._view(self.store.get_canary(tenant=c.tenant, canary_id=c.id)) for c in found if c is not None]
+        return [v for v in views if v.canary.status == "live"]  # one that ended since the cache read it: not live
 
     def promote_canary(self, caller: Caller) -> CanaryView:
         """Promote the caller's live canary now: its adapter active, in the mode it answered in; with `push_to`,
