@@ -1,7 +1,8 @@
 """`push`: load a tenant's active adapter into an OpenAI-compatible server with runtime LoRA updating (vLLM started
 with `--enable-lora` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or a logmem server), under the immutable name
 `<tenant>-<version>` (its live canary too, under its own), and unload the tenant's other versions there. A proxy in
-front of that server then names it in `model` for the tenant's requests. Rolling back and pushing again loads the previous version the same way.
+front of that server then names it in `model` for the tenant's requests. Rolling back and pushing again loads the
+previous version the same way.
 
 `activate` and `rollback` do both at once (a service with `push_to` set activates and rolls back this way): an
 adapter is loaded there before it becomes active, so a failed load leaves the tenant as it was."""
