@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from logmem.memory import Embedder, VectorMemory
 from logmem.memory.canaries import conversation_key, served_as
 from logmem.memory.canary import CanaryConfig
 from logmem.memory.errors import AdapterError, NotFoundError
 from logmem.memory.store.schema import CanaryOutcomeRow
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 SERVING = {"mode": "memory+adapter", "metric": "accuracy", "figures": {"memory+adapter": 0.9, "vote": 0.7},
            "reason": "memory+adapter measured best"}
