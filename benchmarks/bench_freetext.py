@@ -9,7 +9,8 @@ question of `--eval` (a fact asked in words the logs never used) is answered by 
 `MemoryGenerator.chat_many` with nothing logged, once per option: the conditioning before this benchmark (every hit
 that fits the budgets), the prompt kept to the hits within a score margin of the best (`focus_margin`: 0 is the
 best hit alone), and the reuse of a trusted experience's answer (`reuse`, its threshold calibrated per tenant on
-held-out experiences). The default option is `GeneratorConfig()` as shipped, the tenant's serving mode resolved as
+held-out experiences), and where the kept answers are stated (`fact_place`: after the question, or in the system
+note). The default option is `GeneratorConfig()` as shipped, the tenant's serving mode resolved as
 for a request that names none.
 
 Figures per option: the share of answers that contain the taught value (`contains_reference`), overall, by how the
@@ -38,7 +39,8 @@ from common import save_figure, sized  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("bench_freetext")
-FULL = {"n": 0, "options": "before,top,margin0.1,margin0.1+note,reuse,default"}
+FULL = {"n": 0, "options": "before,margin0.1,margin0.1+system-note,margin0.1+note,reuse,default+system-note,"
+                           "default+margin0.05,default"}
 QUICK = {"n": 8, "options": "before,default"}
 RISKS = [0.0, 0.02, 0.05, 0.1, 0.2]  # reuse_risk values whose calibrated rule is measured on the questions
 # option -> GeneratorConfig fields (what differs from the shipped default)
@@ -48,7 +50,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "margin0.05": {"focus_margin": 0.05, "fact_note": False, "reuse": False},  # the hits near the best
     "margin0.1": {"focus_margin": 0.1, "fact_note": False, "reuse": False},
     "margin0.15": {"focus_margin": 0.15, "fact_note": False, "reuse": False},
-    "margin0.1+note": {"focus_margin": 0.1, "fact_note": True, "reuse": False},  # their answers in the note too
+    "margin0.1+note": {"focus_margin": 0.1, "fact_note": True, "reuse": False},  # their answers after the question
+    "margin0.1+system-note": {"focus_margin": 0.1, "fact_note": True, "fact_place": "system", "reuse": False},
+    "default+system-note": {"fact_place": "system"},  # the default before the note followed the question
+    "default+margin0.05": {"focus_margin": 0.05},
     "reuse": {"focus_margin": None, "fact_note": False, "reuse": True},  # reuse where calibrated, else every hit
     "default+risk0.1": {"reuse_risk": 0.1},  # the default with a looser reuse margin
     "default": {},  # GeneratorConfig() as shipped

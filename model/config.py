@@ -41,7 +41,11 @@ class GeneratorConfig:
     focus_margin: float | None = 0.1  # free generation where the tenant's answers do not repeat (free text): an
     # experience whose score trails the best one's by more than this stays out of the prompt, so a dominating hit
     # conditions alone and the model does not copy a neighbouring fact (None: every hit that fits the budgets)
-    fact_note: bool = True  # ... and the answers of the hits it keeps are stated in the system note too
+    fact_note: bool = True  # ... and the answers of the hits it keeps are stated in a note too
+    fact_place: str = "question"  # where that note goes: "question", after the question in its own turn (on
+    # the free-text set the bundled model's answers held the fact for 0.94 of the questions whose right experience
+    # came first, against 0.82 with the note in the system turn: benchmarks/results/freetext.md); "system": the
+    # system note, with the lessons
     reuse: bool = True  # free generation on a free-text tenant: a request whose best hit leads every other answer by
     # the tenant's calibrated margin is answered with that hit's answer verbatim (model/reuse.py), no model run
     reuse_risk: float = 0.02  # the margin is the smallest at which held-out requests get another answer by reuse at
@@ -68,6 +72,7 @@ class GeneratorConfig:
              "False unless constrain=True (it scores those answers)"),
             ("calibrate_warmup", self.calibrate_warmup >= 0, ">= 0"),
             ("focus_margin", self.focus_margin is None or self.focus_margin >= 0.0, ">= 0 (or None)"),
+            ("fact_place", self.fact_place in ("question", "system"), "'question' or 'system'"),
             ("reuse_risk", 0.0 <= self.reuse_risk < 1.0, "in [0, 1)"),
             ("reuse_held_out", self.reuse_held_out >= 0, ">= 0"),
             ("reuse_min_cos", -1.0 <= self.reuse_min_cos <= 1.0, "in [-1, 1]"),

@@ -48,6 +48,8 @@ class Conditioning:
     facts: list[str] = field(default_factory=list)  # under focus with `fact_note`: the kept experiences' answers,
     # best first, for the template's note (a small model reading them there copies them more often than from an
     # exchange alone: benchmarks/results/freetext.md)
+    fact_place: str = "question"  # where the template states `facts` (`GeneratorConfig.fact_place`): after the
+    # question in its own turn (where there is one), or in the system note
 
 
 def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focus: bool = False) -> Conditioning:
@@ -57,7 +59,8 @@ def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focu
 
     `focus` (free generation on a tenant whose answers do not repeat): hits whose score trails the best by more than
     `focus_margin` stay out (`focused`), so a hit that dominates conditions the answer alone; with `fact_note` the
-    kept answers are also stated in the note (`facts`), and a lesson that only repeats one of them is left out."""
+    kept answers are also stated in a note (`facts`, after the question or in the system note: `fact_place`), and a
+    lesson that only repeats one of them is left out."""
     chosen: list[Hit] = []
     used = 0
     ranked = [h for h in sorted(hits, key=lambda h: h.score, reverse=True) if h.score >= config.min_score]
@@ -95,7 +98,7 @@ def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focu
     if focus and config.fact_note:
         facts = list(dict.fromkeys(h.response.strip() for h in chosen))
         lessons = [lesson for lesson in lessons if lesson.strip() not in facts]
-    return Conditioning(ordered, lessons, used + spent, answers, facts)
+    return Conditioning(ordered, lessons, used + spent, answers, facts, config.fact_place)
 
 
 def focused(ranked: Sequence[Hit], margin: float | None) -> list[Hit]:
@@ -111,7 +114,7 @@ def render_messages(messages: Messages, conditioning: Conditioning, template: st
     """The caller's conversation with the memory added by `template`."""
     out = load_template(template).render(messages=messages, experiences=_context(conditioning.experiences),
                                          lessons=conditioning.lessons, answers=conditioning.answers,
-                                         facts=conditioning.facts)
+                                         facts=conditioning.facts, fact_place=conditioning.fact_place)
     rendered = json.loads(out)
     if not isinstance(rendered, list):
         raise ConfigError(f"template {template!r} must render a JSON list of messages")

@@ -74,9 +74,10 @@ def test_the_proxy_answers_through_the_upstream_with_memory_as_local_mode_does(
     want = local_answer(runtime, wordy_lm, "acme", QUESTION, 12)
     assert want.experiences, "the memory must condition the question"
     _, conversation = runtime.conditioner().messages_for([{"role": "user", "content": QUESTION}], tenant="acme")
-    # the note with the remembered answer (a free-text tenant), the remembered exchange, then the question
-    assert [m["role"] for m in conversation] == ["system", "user", "assistant", "user"]
-    assert conversation[2]["content"] in conversation[0]["content"]
+    # the remembered exchange, then the question followed by the remembered answer (a free-text tenant's fact note)
+    assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
+    question = conversation[-1]["content"]
+    assert question.startswith(QUESTION) and conversation[1]["content"] in question
     with http(proxy) as client:
         r = client.post("/v1/chat/completions", json={"model": "default", "max_tokens": 12,
                                                       "messages": [{"role": "user", "content": QUESTION}]})

@@ -1,6 +1,7 @@
 """Answers that use what was retrieved (issue 32): on a free-text tenant a dominating hit conditions the answer alone
-(`focus_margin`), and a trusted experience's answer is reused verbatim only where the tenant's calibrated margin, the
-hit's nearness and its confirmed utility allow (model/reuse.py); a label-like tenant keeps every hit."""
+(`focus_margin`), the kept answers follow the question (`fact_note`), and a trusted experience's answer is reused
+verbatim only where the tenant's calibrated margin, the hit's nearness and its confirmed utility allow
+(model/reuse.py); a label-like tenant keeps every hit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from logmem.memory import Hit, VectorMemory
+from logmem.memory import ConfigError, Hit, VectorMemory
 from logmem.model.config import GeneratorConfig
 from logmem.model.generator import MemoryGenerator
 from logmem.model.prompting import focused, render_messages, select
@@ -66,16 +67,29 @@ def test_a_dominating_hit_conditions_alone_and_close_ones_stay(tiny_lm) -> None:
     assert [h.id for h in focused([], 0.1)] == []
 
 
-def test_the_kept_answers_are_stated_in_the_note_and_a_lesson_that_repeats_one_is_not(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+def test_the_kept_answers_follow_the_question_and_a_lesson_that_repeats_one_is_not(tiny_lm) -> None:  # type: ignore[no-untyped-def]
     _, tok = tiny_lm
     right = "The door code of the Lisbon office is 4471."
     hits = [replace(hit(1, 0.8, right), lesson=right), replace(hit(2, 0.75, "Ghent: 1234."), lesson="Ask first."),
             hit(3, 0.4, "Porto: 9999.")]
     cond = select(hits, tok, GeneratorConfig(focus_margin=0.1), focus=True)
     assert cond.facts == [right, "Ghent: 1234."] and cond.lessons == ["Ask first."]
-    system = render_messages([{"role": "user", "content": "Lisbon door?"}], cond, "exchanges")[0]
-    assert system["role"] == "system" and system["content"].index("Ask first.") < system["content"].index(right)
-    assert "Porto" not in str(render_messages([], cond, "exchanges"))
+    asked = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Lisbon door?"}]
+    system, *exchanges, question = render_messages(asked, cond, "exchanges")
+    # the lesson in the system note; the kept answers in the question's own turn, after it, best first
+    assert system["content"].startswith("Be brief.") and "Ask first." in system["content"]
+    assert right not in system["content"] and [m["role"] for m in exchanges] == ["user", "assistant"] * 2
+    assert question["role"] == "user" and question["content"].startswith("Lisbon door?\n\n")
+    assert question["content"].index(right) < question["content"].index("Ghent: 1234.")
+    spliced = render_messages([], cond, "exchanges")  # no question to follow: the system note states them
+    assert spliced[0]["role"] == "system" and right in spliced[0]["content"] and "Porto" not in str(spliced)
+    unfocused = render_messages(asked[1:], select(hits, tok, GeneratorConfig()), "exchanges")
+    assert unfocused[-1] == asked[1]  # no focus (label-like tenants): the question as the caller asked it
+    in_system = render_messages(asked, select(hits, tok, GeneratorConfig(fact_place="system"), focus=True),
+                                "exchanges")
+    assert right in in_system[0]["content"] and in_system[-1] == asked[1]  # the note in the system turn instead
+    with pytest.raises(ConfigError, match="fact_place must be 'question' or 'system', got 'answer'"):
+        GeneratorConfig(fact_place="answer")
     plain = select(hits, tok, GeneratorConfig(focus_margin=0.1, fact_note=False), focus=True)
     assert plain.facts == [] and plain.lessons == [right, "Ask first."]
     assert select(hits, tok, GeneratorConfig()).facts == []  # no focus (label-like tenants): no such note
@@ -90,8 +104,12 @@ def test_the_generator_focuses_free_text_tenants_only(tiny_lm, memory) -> None: 
     best = max(h.score for h in hits)
     assert reply.experiences and all(best - h.score <= 0.05 for h in reply.experiences)
     assert len(reply.experiences) < len(hits)  # the other offices' facts trail the Lisbon door code
-    upstream = gen.messages_for(question, tenant="offices")[0].experiences  # what an upstream is sent: the same
-    assert [h.id for h in upstream] == [h.id for h in reply.experiences]
+    cond, sent = gen.messages_for(question, tenant="offices")  # what an upstream is sent: the same
+    assert [h.id for h in cond.experiences] == [h.id for h in reply.experiences]
+    top = max(reply.experiences, key=lambda h: h.score).response
+    asked = sent[-1]["content"]  # the kept answers follow the question, in its turn
+    assert sent[-1]["role"] == "user" and asked.startswith(question[0]["content"]) and top in asked
+    assert reply.prompt.rindex(question[0]["content"]) < reply.prompt.rindex(top)
     labels = gen.chat([{"role": "user", "content": "Classify request number 3 about Ghent"}], tenant="labels",
                       max_new_tokens=2, log=False, mode=replace(gen.mode("labels"), mode="memory"))
     assert len(labels.experiences) == 6  # answers repeat: every neighbour stays

@@ -125,7 +125,8 @@ def test_chat_prompt_orders_best_experience_last_and_respects_budget(tiny_lm, me
     gen = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=3))
     reply = gen.chat([{"role": "user", "content": "launch code of Zephyr?"}], max_new_tokens=4)
     assert [h.response for h in reply.experiences][-1] == FACTS[0][1]
-    assert reply.prompt.rindex("7421") < reply.prompt.rindex("launch code of Zephyr?")
+    # the best exchange just before the question (its answer stated again after it, on a free-text tenant)
+    assert reply.prompt.index("7421") < reply.prompt.rindex("launch code of Zephyr?")
     scores = [h.score for h in reply.experiences]
     assert scores == sorted(scores)
     # a budget that fits one experience keeps only the best one
