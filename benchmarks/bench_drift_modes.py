@@ -1,13 +1,18 @@
 """Does a tenant keep what it was served on an old topic after a job on a new one? Two topics whose best modes differ.
 
-    python benchmarks/bench_drift_modes.py --out benchmarks/results
+    python benchmarks/bench_drift_modes.py --topics products,intents --topic-size 120 --eval-per-topic 24 \
+        --max-steps 60 --epochs 3 --threads 1 --out benchmarks/results
 
-Topic 1 is NFCats (its 8 question categories: `--topic-size` logged interactions, seeded), on which a
-memory+adapter student beats the memory's vote; topic 2 is a generated intent task (`benchmarks/intents.py`: 12
-banking intents, templated paraphrases, seeded; generated, not collected), whose requests of one intent lie near
-each other, so the vote does well, and whose labels are new to an adapter trained on topic 1. Job 1 consolidates
-topic 1's logs; topic 2's are ingested into the same tenant; job 2 consolidates them (training on from job 1's
-adapter with replay, the default). Both are default jobs capped at `--max-steps`.
+`--topics` names the two topics, in order, among: `nfcats` (NFCats' 8 question categories, `--logs` and `--eval`),
+and three tasks generated here (`benchmarks/intents.py`, seeded; not collected): `intents`, 12 banking intents of
+templated paraphrases, whose requests of one intent lie near each other, so the vote does well; `products`, 6 shop
+departments sharing the same message templates, whose nearest logged requests are often another department's;
+`flights`, the destination of a trip between two of 6 cities, which a sentence embedder hardly tells from the
+origin, so the vote is near a coin toss between the two while the answer follows from the words around each
+city. Each topic is
+`--topic-size` logged interactions (seeded). Job 1 consolidates topic 1's logs; topic 2's are ingested into the
+same tenant; job 2 consolidates them (training on from job 1's adapter with replay, the default). Both are
+default jobs capped at `--max-steps`.
 
 After each job every mode is scored on `--eval-per-topic` new questions of each topic (the adapter modes with the
 adapter active then), and the default served mode is read off them: the mode the job chose over every live
@@ -34,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_drift import opened, write_jsonl  # noqa: E402
-from intents import intent_task  # noqa: E402
+from intents import generated_task  # noqa: E402
 from logmem.api.jobs import JobRunner, consolidation_job  # noqa: E402
 from logmem.memory import VectorMemory  # noqa: E402
 from logmem.memory.vocabulary import NEW_SLICE, SERVING_MODES  # noqa: E402
@@ -44,7 +49,8 @@ from logmem.model.loading import load_generator  # noqa: E402
 from logmem.model.slices import nearest_slice  # noqa: E402
 
 logger = logging.getLogger("bench_drift_modes")
-NFCATS, INTENTS = "NFCats", "intents (generated)"
+TOPICS = {"nfcats": "NFCats", "intents": "intents (generated)", "products": "products (generated)",
+          "flights": "flights (generated)"}
 
 
 def main() -> None:
@@ -62,8 +68,8 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="ConsolidationConfig.holdout")
     p.add_argument("--k", type=int, default=4, help="experiences in a memory prompt: the jobs' teacher_k and the "
                    "served generator's k (4, not 8: half the prompt, for 2 shared CPU cores)")
-    p.add_argument("--intents-first", action="store_true",
-                   help="topic 1 is the generated intent task, topic 2 NFCats (default: NFCats first)")
+    p.add_argument("--topics", default="nfcats,intents",
+                   help=f"topic 1 and topic 2, two of {', '.join(TOPICS)} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="of the samples, the generated topic and the jobs")
     p.add_argument("--name", default="drift_modes")
     p.add_argument("--max-new-tokens", type=int, default=10)
@@ -74,16 +80,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    records = [json.loads(line) for line in Path(args.logs).read_text(encoding="utf-8").splitlines() if line.strip()]
-    nfcats_logs = sorted(random.Random(args.seed).sample(records, args.topic_size), key=lambda r: r["timestamp"])
-    nfcats_items = random.Random(args.seed).sample(read_eval(args.eval), args.eval_per_topic)
-    start = min(r["timestamp"] for r in nfcats_logs) - args.topic_size - 1 if args.intents_first \
-        else max(r["timestamp"] for r in nfcats_logs) + 1  # the second topic's logs come after the first's
-    intent_logs, intent_raw = intent_task(args.topic_size, max(args.eval_per_topic, 1), args.seed, start=start)
-    topics = [(NFCATS, nfcats_logs, nfcats_items),
-              (INTENTS, intent_logs, [EvalItem(r["id"], r["messages"], r["reference"]) for r in intent_raw])]
-    if args.intents_first:
-        topics.reverse()
+    names = args.topics.split(",")
+    if len(names) != 2 or len(set(names)) != 2 or not set(names) <= set(TOPICS):
+        p.error(f"--topics: two different topics of {', '.join(TOPICS)}, got {args.topics!r}")
+    topics, start = [], 1_760_000_000.0  # the second topic's logs come after the first's
+    for name in names:
+        logs, eval_items = topic(args, name, start)
+        topics.append((TOPICS[name], logs, eval_items))
+        start = max(r["timestamp"] for r in logs) + 1
     (first, first_logs, first_items), (second, second_logs, second_items) = topics
     items = {first: first_items, second: second_items}
     params = {"method": "sft", "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
@@ -111,6 +115,19 @@ def main() -> None:
         data["rows"].append(run_job(args, memory, "job 2 (topic 2's logs)", params, items))
         save()
     print((Path(args.out) / f"{args.name}.md").read_text())
+
+
+def topic(args: argparse.Namespace, name: str, start: float) -> tuple[list[dict[str, Any]], list[EvalItem]]:
+    """`name`'s `--topic-size` logged interactions (timestamped from `start`) and `--eval-per-topic` new questions."""
+    if name == "nfcats":
+        lines = Path(args.logs).read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        logs = sorted(random.Random(args.seed).sample(records, args.topic_size), key=lambda r: r["timestamp"])
+        shift = start - min(r["timestamp"] for r in logs)
+        logs = [{**r, "timestamp": r["timestamp"] + shift} for r in logs]
+        return logs, random.Random(args.seed).sample(read_eval(args.eval), args.eval_per_topic)
+    logs, raw = generated_task(name, args.topic_size, max(args.eval_per_topic, 1), args.seed, start=start)
+    return logs, [EvalItem(r["id"], r["messages"], r["reference"]) for r in raw][:args.eval_per_topic]
 
 
 def run_job(args: argparse.Namespace, memory: VectorMemory, name: str, params: dict[str, Any],
@@ -216,7 +233,8 @@ def markdown(data: dict[str, Any]) -> str:
                 "each topic's figures are its held-out slice's, measured by the jobs (new questions to the adapters, "
                 "each one's own experience left out of its retrieval; the figures the choice was made on)")
              + f"; seed {data['seed']} (samples, the generated topic, the jobs); jobs: "
-             f"{json.dumps(data['params'])}. Topic 2 is generated (benchmarks/intents.py), not collected.", "",
+             f"{json.dumps(data['params'])}. The topics marked generated are made by benchmarks/intents.py, not "
+             "collected.", "",
              f"Topic 1: {data['topics'][0]}; topic 2: {data['topics'][1]}.", "",
              "| after | job | served by default (every slice) | newest slice alone | topic | " +
              " | ".join(SERVING_MODES) + " | default | newest-slice default | per topic (not served) |",

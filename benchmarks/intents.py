@@ -1,7 +1,18 @@
-"""A generated intent-classification task (a second topic for the drift benchmarks): a bank's chat requests, each
-one of 12 intents, made from per-intent templates and shared slot fillers, seeded. Generated here, not collected:
-its utterances are templated paraphrases, so that requests of one intent lie near each other (the memory's vote
-does well on it), and its labels are new to a model trained on NFCats' question categories."""
+"""Generated classification tasks (topics for the drift benchmarks), made here from templates and slot fillers,
+seeded; not collected.
+
+- `intents`: a bank's chat requests, each one of 12 intents, from per-intent templates. Requests of one intent are
+  paraphrases of each other and lie near each other, so the memory's vote does well on it, and its labels are new
+  to a model trained on NFCats' question categories.
+- `products`: a shop's customer messages, each about one product, asked which of 6 departments sells it. Every
+  department shares the same 10 message templates (delivery, damage, returns, payment, ...), so a request's
+  nearest logged requests are mostly the same template about another department's product: the vote is often
+  wrong, while the answer follows from the product's name (36 products, 6 a department), which a model can learn.
+- `flights`: a travel desk's requests, each naming two of 6 cities, asked which city the traveller flies to. A
+  request from A to B reads almost as one from B to A to a sentence embedder, so a request's nearest logged
+  requests answer A about as often as B and the vote is near a coin toss between them, while the answer follows
+  from the words around each city ("from", "to", "leaving", "arriving in"), which a model can learn.
+"""
 
 from __future__ import annotations
 
@@ -52,38 +63,95 @@ FILLERS: dict[str, list[str]] = {
     "city": ["Paris", "Tokyo", "Lisbon", "Toronto", "Berlin", "Mexico City"],
     "merchant": ["Netflix", "the electric company", "Amazon", "a gas station", "Spotify", "the phone company"],
 }
+PRODUCT_INSTRUCTION = "Which department sells the product this customer writes about? Answer with one of: {labels}."
+PRODUCTS: dict[str, list[str]] = {
+    "KITCHEN": ["blender", "toaster", "frying pan", "kettle", "coffee maker", "saucepan"],
+    "CLOTHING": ["sweater", "rain jacket", "pair of jeans", "wool scarf", "winter coat", "hoodie"],
+    "ELECTRONICS": ["laptop", "pair of headphones", "tablet", "smartphone", "computer monitor", "digital camera"],
+    "GARDEN": ["lawn mower", "garden hose", "pair of pruning shears", "wheelbarrow", "leaf blower", "garden rake"],
+    "TOYS": ["teddy bear", "jigsaw puzzle", "toy train set", "doll house", "kite", "set of building blocks"],
+    "BOOKS": ["novel", "atlas", "dictionary", "biography", "poetry collection", "travel guide"],
+}
+ORDER_TEMPLATES = [
+    "I ordered a {product} on {day} and it still has not arrived, can you check the delivery status of my order",
+    "the {product} I received yesterday was damaged in the box, how do I get a replacement sent to me",
+    "is the {product} in stock at the moment, and how soon could it be delivered to my address in {city}",
+    "I would like to return the {product} I bought two weeks ago, it is not what I expected",
+    "do you offer gift wrapping for the {product}? It is a birthday present for {person}",
+    "can I pay for the {product} in three monthly installments instead of all at once",
+    "the price of the {product} dropped the day after I bought it, can I get the difference refunded",
+    "I was sent a {product} but the invoice lists a different item, what should I do now",
+    "my order with the {product} was charged twice on my card on {day}, please fix this",
+    "could you hold the {product} for me until {day} so I can pick it up at the store in {city}",
+]
+PRODUCT_FILLERS = {**FILLERS, "day": ["Monday", "Friday", "the weekend", "the 3rd", "the 17th", "Tuesday"]}
+# each department's templates: the shared ones, about each of its products
+PRODUCT_TEMPLATES = {label: [t.replace("{product}", p) for p in products for t in ORDER_TEMPLATES]
+                     for label, products in PRODUCTS.items()}
+FLIGHT_INSTRUCTION = "Which city does this traveller want to fly to? Answer with one of: {labels}."
+CITIES = ["Cairo", "Chicago", "Madrid", "Oslo", "Rome", "Sydney"]
+FLIGHT_TEMPLATES = [
+    "book me a flight from {a} to {b}", "I need a ticket to {b}, I'm leaving from {a}",
+    "flying out of {a} on {day}, what's the cheapest way into {b}", "my trip starts in {a} and ends in {b}",
+    "can you find me a seat to {b} departing {a}", "I'm in {a} and have to be in {b} by {day}",
+    "get me from {a} to {b} on {day}", "one way to {b}, departing from {a}",
+    "arriving in {b}, coming from {a}, are there direct flights", "I want to fly into {b}, my home airport is {a}",
+]
+# each destination's templates: the shared ones, from each other city
+FLIGHT_TEMPLATES_BY_CITY = {b.upper(): [t.replace("{a}", a).replace("{b}", b) for a in CITIES if a != b
+                                        for t in FLIGHT_TEMPLATES] for b in CITIES}
+# task -> (its instruction, label -> templates, slot -> fillers)
+TASKS: dict[str, tuple[str, dict[str, list[str]], dict[str, list[str]]]] = {
+    "intents": (INSTRUCTION, TEMPLATES, FILLERS), "products": (PRODUCT_INSTRUCTION, PRODUCT_TEMPLATES, PRODUCT_FILLERS),
+    "flights": (FLIGHT_INSTRUCTION, FLIGHT_TEMPLATES_BY_CITY, PRODUCT_FILLERS)}
 OPENINGS = ["", "hi, ", "hello, ", "hey there, ", "quick question: ", "good morning, ", "sorry to bother you, "]
 CLOSINGS = ["", " please", " thanks", ", thank you", "?", " asap", "."]
 
 
-def utterances(seed: int) -> list[tuple[str, str]]:
-    """Every distinct (utterance, intent) the templates make, in a seeded order."""
+def utterances(seed: int, task: str = "intents") -> list[tuple[str, str]]:
+    """Every distinct (utterance, label) `task`'s templates make (40 fillings of each where a label has 5 templates,
+    at least 3 where it has more), in a seeded order."""
+    _, templates, fillers = TASKS[task]
     rng = random.Random(seed)
+    per_template = max(3, 200 // max(len(ts) for ts in templates.values()))
     out: dict[str, str] = {}
-    for intent, templates in TEMPLATES.items():
-        for template in templates:
-            for _ in range(40):
-                text = template.format(**{k: rng.choice(v) for k, v in FILLERS.items()})
-                out.setdefault(rng.choice(OPENINGS) + text + rng.choice(CLOSINGS), intent)
+    for label, ts in templates.items():
+        for template in ts:
+            for _ in range(per_template):
+                text = template.format(**{k: rng.choice(v) for k, v in fillers.items()})
+                out.setdefault(rng.choice(OPENINGS) + text + rng.choice(CLOSINGS), label)
     pairs = sorted(out.items())
     rng.shuffle(pairs)
     return pairs
 
 
-def prompt(utterance: str) -> str:
-    return INSTRUCTION.format(labels=", ".join(sorted(TEMPLATES))) + "\n\n" + utterance
+def prompt(utterance: str, task: str = "intents") -> str:
+    instruction, templates, _ = TASKS[task]
+    return instruction.format(labels=", ".join(sorted(templates))) + "\n\n" + utterance
+
+
+def generated_task(task: str, n_logs: int, n_eval: int, seed: int, start: float, user: str | None = None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`task`'s (`n_logs` logged interactions, each a liked right answer, timestamped from `start`; `n_eval` new
+    requests with their reference label, none of them logged), in the log schema and `read_eval`'s format."""
+    if task not in TASKS:
+        raise ValueError(f"unknown generated task {task!r}: expected one of {sorted(TASKS)}")
+    pairs = utterances(seed, task)
+    if n_logs + n_eval > len(pairs):
+        raise ValueError(f"the {task} templates make {len(pairs)} utterances; {n_logs} + {n_eval} asked for")
+    user = user or task
+    logs = [{"id": f"{task}-{i}", "timestamp": start + i, "user": f"{user}{i % 50}",
+             "messages": [{"role": "user", "content": prompt(u, task)}, {"role": "assistant", "content": label}],
+             "feedback": [{"turn": 1, "kind": "like"}]} for i, (u, label) in enumerate(pairs[:n_logs])]
+    items = [{"id": f"{task}-test-{i}", "messages": [{"role": "user", "content": prompt(u, task)}],
+              "reference": [label]} for i, (u, label) in enumerate(pairs[n_logs:n_logs + n_eval])]
+    return logs, items
 
 
 def intent_task(n_logs: int, n_eval: int, seed: int, start: float, user: str = "intent"
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(`n_logs` logged interactions, each a liked right answer, timestamped from `start`; `n_eval` new requests with
-    their reference intent, none of them logged), in the log schema and `read_eval`'s format."""
-    pairs = utterances(seed)
-    if n_logs + n_eval > len(pairs):
-        raise ValueError(f"the templates make {len(pairs)} utterances; {n_logs} + {n_eval} asked for")
-    logs = [{"id": f"intent-{i}", "timestamp": start + i, "user": f"{user}{i % 50}",
-             "messages": [{"role": "user", "content": prompt(u)}, {"role": "assistant", "content": intent}],
-             "feedback": [{"turn": 1, "kind": "like"}]} for i, (u, intent) in enumerate(pairs[:n_logs])]
-    items = [{"id": f"intent-test-{i}", "messages": [{"role": "user", "content": prompt(u)}], "reference": [intent]}
-             for i, (u, intent) in enumerate(pairs[n_logs:n_logs + n_eval])]
+    """The intents task (`generated_task`), its ids as before."""
+    logs, items = generated_task("intents", n_logs, n_eval, seed, start, user)
+    for r in logs + items:
+        r["id"] = r["id"].replace("intents-", "intent-")
     return logs, items
