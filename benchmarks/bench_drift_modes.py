@@ -1,6 +1,6 @@
 """Does a tenant keep what it was served on an old topic after a job on a new one? Two topics whose best modes differ.
 
-    python benchmarks/bench_drift_modes.py --topics products,intents --topic-size 120 --eval-per-topic 24 \
+    python benchmarks/bench_drift_modes.py --topics flights,intents --topic-size 120 --eval-per-topic 24 \
         --max-steps 60 --epochs 3 --threads 1 --out benchmarks/results
 
 `--topics` names the two topics, in order, among: `nfcats` (NFCats' 8 question categories, `--logs` and `--eval`),
