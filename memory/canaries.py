@@ -7,8 +7,8 @@ and the users' outcomes on both arms decide (the rule and its error bounds: `mem
   arm that answered it, in the transaction that judges it; the decision is taken after each, from SQL, so every
   process and worker counts and decides alike.
 - Promoting makes the canary the active adapter with the serving mode its job measured (`promote`: the same step a
-  job's promotion takes without a canary); rolling back, stopping and an operator's activation leave the current
-  arm serving everyone; an erasure that taints the canary's adapter stops it (`Store._mark_stale`).
+  job's promotion takes without a canary); rolling back, no decision within the budget, stopping and an operator's
+  activation leave the current arm serving everyone; an erasure that taints the canary's adapter stops it (`Store._mark_stale`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from .vocabulary import ADAPTER_MODES, CanaryArm
 
 logger = logging.getLogger(__name__)
 
-VERDICT_STATUS = {"promote": "promoted", "rollback": "rolled_back", "no_decision": "promoted"}
+# Undecided at the budget, the canary ends and the current arm keeps serving: the adapter stays what the offline gate
+# made it (promoted, not active; an operator may activate it). Promoting it there instead would promote most of the
+# slightly worse adapters, whose rollback the budget is too small to prove (benchmarks/results/canary_arms.md).
+VERDICT_STATUS = {"promote": "promoted", "rollback": "rolled_back", "no_decision": "undecided"}
 
 
 def conversation_key(messages: Sequence[dict[str, str]], user: str | None = None) -> str:

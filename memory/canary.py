@@ -7,7 +7,8 @@ the mean of its outcomes. The decision is a sequential test that may be looked a
 
 - **Promote** when the e-value against "the canary is not better" (p_canary <= p_current) reaches 1/alpha_promote.
 - **Roll back** when the e-value against "the canary is not worse" (p_canary >= p_current) reaches 1/alpha_rollback.
-- **No decision** once the canary arm has `budget` rated outcomes without either: the offline gate's verdict stands.
+- **No decision** once the canary arm has `budget` rated outcomes without either: the canary ends, the current arm
+  keeps serving, and the adapter stays as the offline gate left it (promoted, not active).
 - Otherwise **continue** (also while either arm has fewer than `min_outcomes`).
 
 The e-value (universal inference, Wasserman, Ramdas & Balakrishnan 2020, PNAS 117(29)) is the Beta-Binomial marginal
@@ -54,7 +55,7 @@ class CanaryConfig:
     alpha_promote: float = 0.05  # the bound on promoting a canary that is no better, under continuous monitoring
     alpha_rollback: float = 0.05  # the bound on rolling back a canary that is no worse
     min_outcomes: int = 50  # rated outcomes each arm needs before any decision (early outcomes carry novelty effects)
-    budget: int = 1500  # rated canary outcomes after which, undecided, the offline gate's verdict stands
+    budget: int = 1500  # rated canary outcomes after which, undecided, it ends and the current arm keeps serving
     prior: float = 1.0  # Beta(prior, prior) mixture over each arm's rate (1: uniform)
 
     def __post_init__(self) -> None:
@@ -231,8 +232,9 @@ def _reason(verdict: str, canary: ArmCounts, current: ArmCounts, e_better: float
                 f"{config.rollback_threshold:g} (a canary no worse is rolled back with probability <= "
                 f"{config.alpha_rollback:g})")
     if verdict == "no_decision":
-        return (f"no decision after the budget of {config.budget} rated canary outcomes: the offline gate's verdict "
-                f"stands ({rates}; e-values {e_better:.2f} better, {e_worse:.2f} worse)")
+        return (f"no decision after the budget of {config.budget} rated canary outcomes: the current arm keeps "
+                f"serving, and the adapter stays as the offline gate left it, promoted but not active ({rates}; "
+                f"e-values {e_better:.2f} better, {e_worse:.2f} worse)")
     if min(canary.n, current.n) < config.min_outcomes:
         return (f"waiting for {config.min_outcomes} rated outcomes on each arm: the canary has {canary.n:.0f}, the "
                 f"current arm {current.n:.0f}")

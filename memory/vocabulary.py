@@ -65,8 +65,9 @@ CanaryArm = Literal["current", "canary"]
 CANARY_ARMS: tuple[str, ...] = get_args(CanaryArm)
 CanaryVerdict = Literal["continue", "promote", "rollback", "no_decision"]
 CANARY_VERDICTS: tuple[str, ...] = get_args(CanaryVerdict)
-# A canary's state: live until its users' outcomes promote or roll it back, or an operator (or an erasure) stops it
-CanaryStatus = Literal["live", "promoted", "rolled_back", "stopped"]
+# A canary's state: live until its users' outcomes promote or roll it back or spend its budget undecided, or an
+# operator (or an erasure) stops it
+CanaryStatus = Literal["live", "promoted", "rolled_back", "undecided", "stopped"]
 CANARY_STATUSES: tuple[str, ...] = get_args(CanaryStatus)
 
 # Listing experiences (the memory and inspector routes, the store's page of experiences)

@@ -68,7 +68,7 @@ def test_at_the_budget_without_a_decision_the_gate_stands() -> None:
     config = CanaryConfig(budget=1500)
     assert decide(ArmCounts(1049, 1499), ArmCounts(7000, 10000), config).verdict == "continue"
     d = decide(ArmCounts(1050, 1500), ArmCounts(7000, 10000), config)
-    assert d.verdict == "no_decision" and "offline gate's verdict stands" in d.reason
+    assert d.verdict == "no_decision" and "current arm keeps serving" in d.reason
     assert decide(ArmCounts(1500, 1500), ArmCounts(7000, 10000), config).verdict == "promote"  # evidence first
 
 

@@ -213,3 +213,22 @@ def test_forgetting_a_tenant_removes_its_canaries_and_their_outcomes(memory: Vec
     assert memory.canaries.live("u").id == other.id  # type: ignore[union-attr]
     with Session(memory.store.engine) as s:
         assert s.scalar(select(func.count()).select_from(CanaryOutcomeRow)) == 0
+
+
+def test_a_canary_undecided_at_its_budget_ends_and_the_current_arm_keeps_serving(memory: VectorMemory) -> None:
+    before = adapter(memory)
+    memory.activate_adapter(before, tenant="t")
+    version = adapter(memory)
+    canary = memory.canaries.start(version, tenant="t", share=0.5,
+                                   config=CanaryConfig(share=0.5, min_outcomes=5, budget=12))
+    i = 0
+    while memory.store.get_canary(tenant="t", canary_id=canary.id).status == "live":
+        iid, _ = served(memory, "t", i)
+        memory.feedback(iid, "like" if i % 2 else "dislike", tenant="t")  # both arms alike
+        i += 1
+        assert i < 200, "no end"
+    ended = memory.store.get_canary(tenant="t", canary_id=canary.id)
+    assert ended.status == "undecided" and ended.decision["verdict"] == "no_decision"  # type: ignore[index]
+    assert "current arm keeps serving" in ended.reason
+    assert memory.active_adapter("t").version == before  # type: ignore[union-attr]
+    assert memory.store.get_adapter(version=version).status == "promoted"  # as the gate left it: activatable
