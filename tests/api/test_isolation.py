@@ -24,7 +24,8 @@ EXPECTED_OPERATIONS = {  # a floor: the enumeration must find at least these (ne
     ("GET", "/v1/memory/experiences/{experience_id}"), ("DELETE", "/v1/memory/experiences/{experience_id}"),
     ("DELETE", "/v1/memory/users/{user}"), ("POST", "/v1/consolidations"), ("GET", "/v1/consolidations"),
     ("GET", "/v1/consolidations/{job_id}"), ("GET", "/v1/adapters"), ("POST", "/v1/adapters/rollback"),
-    ("POST", "/v1/adapters/{version}/activate"),
+    ("POST", "/v1/adapters/{version}/activate"), ("GET", "/v1/canaries"), ("POST", "/v1/canaries/promote"),
+    ("POST", "/v1/canaries/stop"), ("POST", "/v1/canaries/pin"), ("GET", "/v1/canaries/{canary_id}/timeline"),
 }
 
 
