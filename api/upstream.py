@@ -19,6 +19,7 @@ from logmem.memory.errors import LogmemError
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # the upstream may answer the same request a moment later
+DRAIN_SECONDS = 1.0  # how long a stream's body may go on after its [DONE] before its connection is dropped
 
 
 class UpstreamError(LogmemError):
@@ -225,11 +226,13 @@ class UpstreamStream:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         try:
-            async for line in self._response.aiter_lines():
+            lines = self._response.aiter_lines()
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue  # blank separators, comments, event names
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    await _drained(lines)
                     return
                 yield _chunk(data)
             raise UpstreamError("the upstream's stream ended before [DONE]", code="upstream_stream")
@@ -239,6 +242,18 @@ class UpstreamStream:
         except httpx.TransportError as exc:
             raise UpstreamError(f"the upstream's stream broke: {type(exc).__name__}: {exc}",
                                 code="upstream_stream") from None
+
+
+async def _drained(lines: AsyncIterator[str]) -> None:
+    """Read the stream past its `[DONE]` to the body's end, so that its connection goes back to the client's pool: one
+    closed unread is dropped, and every next request paid a new TCP connection to the upstream (~1 ms of the proxy's
+    hop here). An upstream that keeps the body open longer than DRAIN_SECONDS after [DONE] loses the connection."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.TransportError):
+        pass
 
 
 def _chunk(data: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ and the users' outcomes on both arms decide (the rule and its error bounds: `mem
   process and worker counts and decides alike.
 - Promoting makes the canary the active adapter with the serving mode its job measured (`promote`: the same step a
   job's promotion takes without a canary); rolling back, no decision within the budget, stopping and an operator's
-  activation leave the current arm serving everyone; an erasure that taints the canary's adapter stops it (`Store._mark_stale`).
+  activation leave the current arm serving everyone; an erasure that taints the canary's adapter stops it
+  (`Store._mark_stale`).
 """
 
 from __future__ import annotations

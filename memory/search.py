@@ -1,6 +1,6 @@
 """Search: the experiences that best answer a request. The tenant's index gives candidates by cosine, the Numba
-kernels score them (similarity, utility, recency) and pick a diverse `k` (MMR), and only the picked rows' texts are
-read."""
+kernels score them (similarity, utility, recency) and pick a diverse `k` (MMR), all from one read of the
+candidates' rows."""
 
 from __future__ import annotations
 
@@ -95,23 +95,22 @@ class Searcher:
     def _search_in(self, index: Index, xq: np.ndarray, k: int, tenant: str, now: float | None) -> list[Hit]:
         cfg = self.config
         D, I = index.search(np.asarray(xq, dtype=np.float32)[None, :], max(cfg.fetch_k, k))
-        # Score from the candidates' columns; load whole rows (the texts) only for the k picked.
-        cols = self.store.candidates(tenant=tenant, ids=[int(i) for i in I[0] if i >= 0])
-        found = [(float(s), cols[i]) for s, i in zip(D[0], I[0])
-                 if i in cols and (cfg.retrieve_consolidated or not cols[i].consolidated)]
+        # One read of the candidates' rows (scoring columns and texts: at fetch_k rows, one statement costs less
+        # than two); another tenant's id, or one forgotten since the index was read, is not among them.
+        rows = self.store.get_experiences(tenant=tenant, ids=[int(i) for i in I[0] if i >= 0])
+        found = [(float(s), rows[i]) for s, i in zip(D[0], I[0])
+                 if i in rows and (cfg.retrieve_consolidated or rows[i].consolidated_in is None)]
         if not found:
             return []
         now = time.time() if now is None else now
         cos = np.array([s for s, _ in found], dtype=np.float32)
-        util = np.array([c.utility for _, c in found], dtype=np.float32)
-        age = np.array([(now - c.last_seen_at) / DAY for _, c in found], dtype=np.float32)
+        util = np.array([r.utility for _, r in found], dtype=np.float32)
+        age = np.array([(now - r.last_seen_at) / DAY for _, r in found], dtype=np.float32)
         scores = kernels.combined_score(cos, util, age, cfg.w_sim, cfg.w_util, cfg.w_rec, cfg.half_life_days,
                                         cfg.min_sim)
-        xb = np.frombuffer(b"".join(c.vector for _, c in found), dtype=np.float32).reshape(len(found), -1)
+        xb = np.stack([r.vector for _, r in found])
         picked = kernels.mmr_select(scores, xb, k, cfg.mmr_lambda)
-        rows = self.store.get_experiences(tenant=tenant, ids=[found[j][1].id for j in picked])
-        return [self._hit(rows[found[j][1].id], float(cos[j]), float(age[j]), float(scores[j]))
-                for j in picked if found[j][1].id in rows]  # one forgotten in between is left out
+        return [self._hit(found[j][1], float(cos[j]), float(age[j]), float(scores[j])) for j in picked]
 
     def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
         """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""

@@ -60,6 +60,32 @@ class StoreBase:
             self.engine.dispose()
             raise StoreError(_unreachable(self.engine.url, exc)) from exc
 
+    def driver_sql(self, sql: str) -> str:
+        """`sql`, written with `?` for each parameter, in the driver's own paramstyle, for `exec_driver_sql`:
+        SQLAlchemy compiles nothing then (on a search, compiling took twice what SQLite took to answer)."""
+        style = self.engine.dialect.dbapi.paramstyle if self.engine.dialect.dbapi else "qmark"
+        if style == "qmark":
+            return sql
+        if style in ("format", "pyformat"):
+            return sql.replace("%", "%%").replace("?", "%s")
+        raise StoreError(f"the database driver's paramstyle {style!r} is not supported: use sqlite or psycopg")
+
+    def driver_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of a read given in the driver's own SQL (`driver_sql`), through a pooled connection's
+        cursor: no compiling and no row objects (a search's reads, every request, cost ~3x less than as Core
+        selects), and nothing but plain driver values back."""
+        with self.engine.connect() as c:
+            cursor = c.connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def quote(self, name: str) -> str:
+        """A column or table name as the dialect quotes it (`user` and `trigger` are reserved words)."""
+        return str(self.engine.dialect.identifier_preparer.quote(name))
+
     def ping(self) -> None:
         """Raise unless the database answers."""
         with self.engine.connect() as conn:

@@ -11,6 +11,8 @@ faiss index is rebuilt from SQL without re-embedding anything.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, StoreError
@@ -27,7 +29,7 @@ from .canaries import CanaryStore
 from .changes import ChangeLog
 from .jobs import JobStore
 from .keys import KeyStore
-from .records import Candidate, ExperienceData, experience_data
+from .records import ExperienceData, experience_data
 from .schema import (
     SCHEMA_VERSION,
     AdapterRow,
@@ -53,13 +55,16 @@ Tally = Callable[[dict[str, Any]], dict[str, int]]  # an interaction record -> t
 Tx = Session  # an open transaction, as `Store.transaction()` yields it (other modules name it without SQLAlchemy)
 VECTOR_TABLE = "experience_vectors"  # pgvector's table (`store.vectors`), where a memory of that kind made it
 
-# The statements a search runs, built once: building a select costs more than SQLite takes to answer it.
-_ROWS = select(ExperienceRow.__table__).where(ExperienceRow.tenant == bindparam("tenant"),
-                                              ExperienceRow.id.in_(bindparam("ids", expanding=True)))
-_CANDIDATES = select(ExperienceRow.id, ExperienceRow.alpha, ExperienceRow.beta, ExperienceRow.last_seen_at,
-                     ExperienceRow.consolidated_in.is_not(None), ExperienceRow.vector).where(
-    ExperienceRow.tenant == bindparam("tenant"), ExperienceRow.id.in_(bindparam("ids", expanding=True)))
-_GENERATION = select(IndexStateRow.generation).where(IndexStateRow.tenant == bindparam("tenant"))
+ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(ExperienceData))  # an experience's columns, in its order
+
+
+def _experience(row: tuple[Any, ...]) -> ExperienceData:
+    """An experience from the driver's row of ROW_COLUMNS."""
+    (id_, tenant, user, instruction, trigger, response, lesson, rejected, vector, alpha, beta, support, uses,
+     created_at, last_seen_at, consolidated_in) = row
+    return ExperienceData(id_, tenant, user, instruction, trigger, response, lesson, rejected,
+                          np.frombuffer(vector, dtype=np.float32), alpha, beta, support, uses, created_at,
+                          last_seen_at, consolidated_in)
 
 
 class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLog, TransferStore):
@@ -215,23 +220,24 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
 
     def get_experiences(self, tx: Session | None = None, *, tenant: str,
                         ids: Iterable[int]) -> dict[int, ExperienceData]:
+        """The tenant's experiences among `ids`, by id (an unknown id, or another tenant's, is left out). Outside
+        a transaction (a search reads its candidates this way, every request) one statement in the driver's
+        own SQL, written once per count of ids: no ORM objects, nothing compiled."""
         ids = [int(i) for i in ids]
         if not ids:
             return {}
-        if tx is None:  # plain rows, no ORM objects: a search reads its hits this way
-            with self.engine.connect() as c:
-                return {r.id: experience_data(r) for r in c.execute(_ROWS, {"tenant": tenant, "ids": ids})}
+        if tx is None:
+            return {r[0]: _experience(r) for r in self.driver_rows(self._rows_sql(len(ids)), (tenant, *ids))}
         rows = tx.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids)))
         return {r.id: experience_data(r) for r in rows}
 
-    def candidates(self, *, tenant: str, ids: Sequence[int]) -> dict[int, Candidate]:
-        """What scoring reads of search candidates, by id: utility, last seen, consolidated or not, and the
-        vector (for MMR); their texts stay in SQL until the few that are picked are loaded."""
-        if not ids:
-            return {}
-        with self.engine.connect() as c:
-            rows = c.execute(_CANDIDATES, {"tenant": tenant, "ids": [int(i) for i in ids]})
-            return {r[0]: Candidate(r[0], r[1] / (r[1] + r[2]), r[3], bool(r[4]), r[5]) for r in rows}
+    @functools.cached_property
+    def _rows_head(self) -> str:
+        columns = ", ".join(self.quote(c) for c in ROW_COLUMNS)
+        return f"SELECT {columns} FROM experiences WHERE tenant = ? AND id IN ("
+
+    def _rows_sql(self, n: int) -> str:
+        return self.driver_sql(self._rows_head + ", ".join("?" * n) + ")")
 
     def iter_experiences(self, *, tenant: str, batch: int = 10_000) -> Iterator[ExperienceData]:
         with Session(self.engine) as s:
@@ -308,8 +314,12 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
         return row.generation
 
     def generation(self, *, tenant: str) -> int:
-        with self.engine.connect() as c:  # every search asks: one prepared Core select, no ORM session
-            return c.execute(_GENERATION, {"tenant": tenant}).scalar() or 0
+        rows = self.driver_rows(self._generation_sql, (tenant,))  # every search asks: nothing compiled
+        return int(rows[0][0]) if rows else 0
+
+    @functools.cached_property
+    def _generation_sql(self) -> str:
+        return self.driver_sql("SELECT generation FROM index_state WHERE tenant = ?")
 
     def tenants(self) -> list[str]:
         with Session(self.engine) as s:

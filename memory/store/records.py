@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -35,16 +35,6 @@ class ExperienceData:
     @property
     def utility(self) -> float:
         return self.alpha / (self.alpha + self.beta)
-
-
-class Candidate(NamedTuple):
-    """A search candidate's scoring columns (`Store.candidates`)."""
-
-    id: int
-    utility: float
-    last_seen_at: float
-    consolidated: bool
-    vector: bytes  # float32, unit norm
 
 
 def experience_data(row: Any) -> ExperienceData:

@@ -34,7 +34,8 @@ def logs(tmp_path: Path) -> Path:
 
 def _predictions(path: Path) -> dict[tuple[str, str], tuple[str, list[int]]]:
     """(mode, item id) -> (the answer, the experiences that conditioned it)."""
-    return {(r["mode"], r["id"]): (r["output"], r["experiences"]) for r in map(json.loads, path.read_text().splitlines())}
+    rows = map(json.loads, path.read_text().splitlines())
+    return {(r["mode"], r["id"]): (r["output"], r["experiences"]) for r in rows}
 
 
 def test_eval_answers_as_the_answer_operation(runtime_for: Any, logs: Path, tmp_path: Path) -> None:

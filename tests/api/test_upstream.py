@@ -135,6 +135,36 @@ def test_a_stream_through_the_proxy_is_the_non_streamed_answer_and_is_logged(pro
     assert timings[1]["condition"] == pytest.approx(finals[0]["logmem"]["retrieval_ms"], abs=0.01)
 
 
+def connections_to(url: str) -> set[int]:
+    """The local ports of this machine's TCP sockets to `url`'s port on loopback, in any state (a closed one stays in
+    TIME_WAIT for a minute), from /proc/net/tcp: each is one connection opened to it."""
+    port = httpx.URL(url).port
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote = line.split()[1:3]
+        if int(remote.split(":")[1], 16) == port:
+            ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's table of TCP sockets")
+def test_streamed_answers_reuse_the_proxys_connection_to_the_upstream(proxy: dict[str, Any],
+                                                                      upstream: dict[str, Any]) -> None:
+    body = {"model": "default", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": SKY}]}
+    with http(proxy, "globex") as client:
+        for _ in range(2):  # the proxy's connection to the upstream opened (and the client's to the proxy)
+            with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                assert events(r)[-1] == "[DONE]"
+        before = connections_to(upstream["url"])
+        for i in range(5):
+            with client.stream("POST", "/v1/chat/completions",
+                               json={**body, "messages": [{"role": "user", "content": f"{SKY} ({i})"}]}) as r:
+                assert events(r)[-1] == "[DONE]"
+        opened = connections_to(upstream["url"]) - before
+    # a stream closed before its body's end drops its connection: each answer would open a new one (5 here)
+    assert len(opened) <= 1, f"{len(opened)} new connections to the upstream for 5 streamed answers"
+
+
 def timing(response: httpx.Response) -> dict[str, float]:
     """A response's Server-Timing header as {name: ms}."""
     parts = (p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
