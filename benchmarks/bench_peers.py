@@ -182,6 +182,12 @@ class Logmem:
     def search(self, text: str) -> int:
         return len(self.memory.search(text, K, tenant="bench"))
 
+    def embedded(self, text: str) -> str:
+        """What logmem embeds of a query: the request without the shared instruction it opens with."""
+        from logmem.memory.text import clean_text
+
+        return self.memory.instructions.split("bench", clean_text(text))[1]
+
     def close(self) -> None:
         self.memory.close()
 
@@ -227,6 +233,9 @@ class Chroma:
     def search(self, text: str) -> int:
         return len(self.collection.query(query_texts=[text], n_results=K)["ids"][0])
 
+    def embedded(self, text: str) -> str:
+        return text
+
     def close(self) -> None:
         pass
 
@@ -254,6 +263,9 @@ class Mem0:
     def search(self, text: str) -> int:
         found = self.memory.search(text, filters={"user_id": "bench"}, top_k=K)
         return len(found["results"] if isinstance(found, dict) else found)
+
+    def embedded(self, text: str) -> str:
+        return text
 
     def close(self) -> None:
         pass
@@ -294,7 +306,9 @@ def measure_ingest(system: str, records: list[dict[str, Any]], embedder: Any, ro
     return {"seconds": seconds, "stages": stages, "folder": folder, "store": store}
 
 
-def query_latencies(store: Any, queries: list[str], warm: bool = True) -> list[float]:
+def query_latencies(store: Any, queries: list[str], warm: bool = True, embedder: Any = None) -> list[float]:
+    """ms per query; with `embedder`, each query's search is followed by the embedder alone on what the system
+    embeds of it (`embedded`), whose ms go to `store.embed_ms` (paired with the searches, in order)."""
     for q in queries[:5] if warm else []:  # first-call setup is not what a user waits for on every request
         store.search(q + " (warm-up)")
     out, hits = [], 0
@@ -302,10 +316,27 @@ def query_latencies(store: Any, queries: list[str], warm: bool = True) -> list[f
         start = time.perf_counter()
         hits += store.search(q)
         out.append((time.perf_counter() - start) * 1e3)
+        if embedder is not None:
+            text = store.embedded(q)
+            start = time.perf_counter()
+            embedder.encode([text])
+            store.embed_ms.append((time.perf_counter() - start) * 1e3)
     # logmem may rightly find nothing for one query (a similarity floor), never for all of several
     if not hits and len(queries) > 1:
         raise RuntimeError(f"{store.name} found nothing for any query: the store is empty or broken")
     return out
+
+
+def search_row(system: str, size: int, memory: str, latencies: list[float], embed_ms: list[float]) -> dict[str, Any]:
+    """A text -> hits row: p50/p95, and beside them the embedder alone (on what the system embeds) and the
+    median of each query's search minus its embedding (the system's own time)."""
+    row: dict[str, Any] = {"system": system, "size": size, "memory": memory, "queries": len(latencies),
+                           "p50_ms": float(np.percentile(latencies, 50)),
+                           "p95_ms": float(np.percentile(latencies, 95)), "latencies_ms": latencies}
+    if embed_ms:
+        row.update(embed_p50_ms=float(np.percentile(embed_ms, 50)), embed_ms=embed_ms,
+                   beyond_p50_ms=float(np.median(np.array(latencies) - np.array(embed_ms))))
+    return row
 
 
 def grown_memory(size: int, real: int, cache: Path, answers: list[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -338,16 +369,16 @@ def measure_grown(args: argparse.Namespace, embedder: Any, root: Path, answers: 
             for store in stores.values():
                 query_latencies(store, queries[:5])  # warm, and a check that it finds anything at all
             latencies: dict[str, list[float]] = {system: [] for system in stores}
+            for store in stores.values():
+                store.embed_ms = []
             for q in queries:
                 for system, store in stores.items():
-                    latencies[system] += query_latencies(store, [q], warm=False)
+                    latencies[system] += query_latencies(store, [q], warm=False, embedder=embedder)
         finally:
             for store in stores.values():
                 store.close()
         for system, ms in latencies.items():
-            rows.append({"system": system, "size": size, "memory": "grown", "fill_s": fill_s[system],
-                         "queries": len(ms), "p50_ms": float(np.percentile(ms, 50)),
-                         "p95_ms": float(np.percentile(ms, 95)), "latencies_ms": ms})
+            rows.append({**search_row(system, size, "grown", ms, stores[system].embed_ms), "fill_s": fill_s[system]})
     return rows
 
 
@@ -366,6 +397,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sharegpt, queries = sharegpt_records(biggest, seed=0)
         queries = queries[:args.queries]
         sets = [(Path(args.logs).parent.name, nfcats)] + [(f"sharegpt-{n}", sharegpt[:n]) for n in args.sizes]
+        asking = Path(args.logs).parent / "dev.eval.jsonl"  # the logs' own held-out questions, where they exist
+        own_queries = ([r["messages"][-1]["content"] for r in read_logs(asking)][:args.queries]
+                       if asking.exists() else [])
         for label, records in sets:
             for system in systems:
                 if system == "mem0" and len(records) > args.mem0_max:
@@ -376,13 +410,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in tqdm(range(repeats), desc=f"{system} ingest {label}", unit="run"):
                     got = measure_ingest(system, records, embedder, root)
                     runs.append(got)
-                    if label.startswith("sharegpt") and len(runs) == repeats:
-                        latencies = query_latencies(got["store"], queries)
-                        result["search"].append({"system": system, "size": len(records), "memory": "ingested",
-                                                 "queries": len(latencies),
-                                                 "p50_ms": float(np.percentile(latencies, 50)),
-                                                 "p95_ms": float(np.percentile(latencies, 95)),
-                                                 "latencies_ms": latencies})
+                    asked = queries if label.startswith("sharegpt") else own_queries
+                    if asked and len(runs) == repeats:
+                        got["store"].embed_ms = []
+                        latencies = query_latencies(got["store"], asked, embedder=embedder)
+                        result["search"].append(search_row(system, len(records), label, latencies,
+                                                           got["store"].embed_ms))
                     got["store"].close()
                     shutil.rmtree(got["folder"], ignore_errors=True)
                 seconds = [r["seconds"] for r in runs]
@@ -414,7 +447,9 @@ def ratios(rows: list[dict[str, Any]], key: str, group: str, higher_better: bool
 def write(out: Path, result: dict[str, Any]) -> str:
     ing, srch = result["ingest"], result["search"]
     ri = ratios(ing, "per_s", "data", higher_better=True)
-    rs = ratios(srch, "p50_ms", "size", higher_better=False)
+    for r in srch:
+        r["set"] = f"{r['memory']}-{r['size']}"
+    rs = ratios(srch, "p50_ms", "set", higher_better=False)
     lines = ["# logmem and its peers, measured in the same run", "",
              f"{result['environment']['cores']} cores, python {result['environment']['python']}; every system gets "
              "logmem's ONNX all-MiniLM-L6-v2 (1 thread, no query cache); logmem and mem0 on faiss, chromadb on its "
@@ -435,17 +470,23 @@ def write(out: Path, result: dict[str, Any]) -> str:
             lines.append(f"| {r['data']} | " + " | ".join(
                 f"{r['stages_s'].get(s, 0.0):.2f} s ({r['stages_s'].get(s, 0.0) / total:.0%})" for s in STAGES) + " |")
     lines += ["", f"## Text -> hits (one query per call, k={K}: embedding + search + what each system does after)", "",
-              "| memories | filled by | system | queries | p50 ms | p95 ms | logmem's speed-up (p50) |",
-              "|---|---|---|---|---|---|---|"]
+              "| memories | filled by | system | queries | p50 ms | p95 ms | embedder alone p50 ms | "
+              "beyond the embedding p50 ms | logmem's speed-up (p50) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in srch:
-        ratio = rs.get((r["size"], r["system"]))
+        ratio = rs.get((r["set"], r["system"]))
+        alone = f"{r['embed_p50_ms']:.2f}" if "embed_p50_ms" in r else "-"
+        beyond = f"{r['beyond_p50_ms']:.2f}" if "beyond_p50_ms" in r else "-"
         lines.append(f"| {r['size']} | {r['memory']} | {r['system']} | {r['queries']} | {r['p50_ms']:.2f} | "
-                     f"{r['p95_ms']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+                     f"{r['p95_ms']:.2f} | {alone} | {beyond} | {f'{ratio:.2f}x' if ratio else '-'} |")
     lines += ["", "mem0 stores each message of an interaction as its own memory (`infer=False`), so it embeds two "
               "texts per interaction where chromadb embeds one document and logmem the request of each experience; "
               f"mem0 runs only up to {result['args']['mem0_max']} interactions (one `add` per interaction). "
               f"'grown': {result['args']['real']:,} real ShareGPT turns and their vectors, grown with synthetic "
-              "vectors inside their neighbourhoods, written to each system in bulk (no embedding at fill).", ""]
+              "vectors inside their neighbourhoods, written to each system in bulk (no embedding at fill). "
+              "Embedder alone: after each search, the same embedder on what that system embeds of the query (logmem: "
+              "the request without its shared instruction; the others: the whole text); beyond the embedding: the "
+              "median over queries of the search's time minus that embedding's.", ""]
     text = "\n".join(lines)
     (out / "peers.md").write_text(text)
     return text

@@ -84,12 +84,22 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
                                      "use the same embedder or a new home")
 
     # --- interactions -----------------------------------------------------------------------
-    def known_interactions(self, tx: Session, *, tenant: str, ext_ids: Sequence[str]) -> set[str]:
+    def known_interactions(self, tx: Session | None, *, tenant: str, ext_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
-        for i in range(0, len(ext_ids), 500):
-            chunk = list(ext_ids[i:i + 500])
-            found.update(tx.scalars(select(InteractionRow.ext_id).where(
-                InteractionRow.tenant == tenant, InteractionRow.ext_id.in_(chunk))))
+        with self._reader(tx) as s:
+            for i in range(0, len(ext_ids), 500):
+                chunk = list(ext_ids[i:i + 500])
+                found.update(s.scalars(select(InteractionRow.ext_id).where(
+                    InteractionRow.tenant == tenant, InteractionRow.ext_id.in_(chunk))))
+        return found
+
+    def stored_hashes(self, tx: Session | None = None, *, tenant: str, hashes: Sequence[str]) -> set[str]:
+        """Which of `hashes` the tenant's experiences have (each experience's `content_hash`)."""
+        found: set[str] = set()
+        with self._reader(tx) as s:
+            for i in range(0, len(hashes), 500):
+                found.update(s.scalars(select(ExperienceRow.content_hash).where(
+                    ExperienceRow.tenant == tenant, ExperienceRow.content_hash.in_(list(hashes[i:i + 500])))))
         return found
 
     def add_interaction(self, tx: Session, *, record: dict[str, Any], status: str) -> int:
@@ -138,7 +148,13 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
         return out
 
     def set_status(self, tx: Session, *, interaction_id: int, status: str) -> None:
-        tx.get_one(InteractionRow, interaction_id).status = status
+        self.set_statuses(tx, {interaction_id: status})
+
+    def set_statuses(self, tx: Session, statuses: dict[int, str]) -> None:
+        """Interactions' statuses by primary key, in one statement (not each row loaded again: the rows
+        `add_interaction` made are gone from the session by then)."""
+        if statuses:
+            tx.execute(update(InteractionRow), [{"id": i, "status": s} for i, s in statuses.items()])
 
     # --- experiences ------------------------------------------------------------------------
     def experience_by_hash(self, tx: Session, *, tenant: str, content_hash: str) -> int | None:
@@ -295,6 +311,16 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
             row = created_locked(tx, InstructionRow, {"tenant": tenant, "content_hash": h, "text": text, "count": 0})
             row.count += n
         tx.flush()
+
+    def instruction_counts(self, *, tenant: str, hashes: Sequence[str]) -> dict[str, int]:
+        """The tenant's tally of the leading paragraphs `hashes` (those never counted are left out)."""
+        counts: dict[str, int] = {}
+        with Session(self.engine) as s:
+            for i in range(0, len(hashes), 500):
+                rows = s.execute(select(InstructionRow.content_hash, InstructionRow.count).where(
+                    InstructionRow.tenant == tenant, InstructionRow.content_hash.in_(list(hashes[i:i + 500]))))
+                counts.update((h, int(n)) for h, n in rows)
+        return counts
 
     def instructions(self, *, tenant: str, min_count: int, tx: Session | None = None) -> set[str]:
         with self._reader(tx) as s:

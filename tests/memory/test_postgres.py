@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from logmem.memory import MemoryConfig, VectorMemory
+from logmem.memory.ingest import AHEAD_BATCHES
 from logmem.memory.store import Store
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
@@ -242,22 +243,25 @@ class FailingEmbedder:
 
 
 def test_failed_batch_leaves_no_partial_rows(tmp_path: Path, embedder: Any, pg_db: str, sql: Engine) -> None:
-    # the second batch's requests share an instruction paragraph: its tally is written before the crash
+    # the last two requests share an instruction paragraph: none of its tally is written
     shared = "You answer questions about geography.\n\n"
     places = [("Where is Lima?", "Lima is in Peru."), ("Where is Oslo?", "Oslo is in Norway.")]
     logs = LOGS[:2] + [chat(f"b{i}", "acme", "frank", shared + q, a, like=1, at=10 + i)
                        for i, (q, a) in enumerate(places)]
-    config = MemoryConfig(batch_size=2)  # one transaction (and one embedding call) per two records
+    # one transaction per record; the requests embedded a window at a time ahead of them (AHEAD_BATCHES): the
+    # first window is the first two records, the second window's embedding crashes
+    config = MemoryConfig(batch_size=1)
+    assert AHEAD_BATCHES // 2 == 2
     with VectorMemory(tmp_path / "home", embedder=FailingEmbedder(embedder, 2), db_url=pg_db,
                       config=config) as vm:
         with pytest.raises(RuntimeError, match="embedder crashed"):
             vm.ingest(logs)
 
-        assert rows(sql, "interactions") == 2  # the first batch committed, the second left nothing
+        assert rows(sql, "interactions") == 2  # the first window committed, the second left nothing
         assert count(sql, 'SELECT count(*) FROM interactions WHERE "user" = :u', u="frank") == 0
         assert rows(sql, "experiences") == 2 and rows(sql, "feedback") == 2
         assert rows(sql, "instructions") == 0
-        assert generation(sql, "acme") == 1
+        assert generation(sql, "acme") == 2
         assert vm.stats("acme").index["acme"]["size"] == 2
 
         report = vm.ingest(logs)  # the embedder works again: only the lost batch is new
