@@ -26,7 +26,6 @@ from .distill import (
     agree,
     content_hash,
     distill,
-    leading_paragraph,
     plan_merge,
     split_instruction,
     text_hash,
@@ -34,7 +33,7 @@ from .distill import (
 from .embedding import Embedder
 from .errors import DimensionMismatchError, LogFormatError
 from .indexes import Pending, TenantIndexes
-from .instructions import SharedInstructions
+from .instructions import SharedInstructions, count_heads
 from .logs import Interaction, Rejected, parse_record, read_jsonl, write_rejected
 from .store import Store, Tx
 
@@ -335,12 +334,7 @@ class Lookahead:
         known = ing.instructions.known(tenant)
         if not ing.config.strip_shared_instructions:
             return known
-        heads: dict[str, tuple[str, int]] = {}
-        for c in cands:
-            head = leading_paragraph(c.trigger)
-            if head is not None:
-                h = text_hash(head)
-                heads[h] = (head, heads.get(h, (head, 0))[1] + 1)
+        heads = count_heads(cands)
         unread = [h for h in heads if (tenant, h) not in self.counts]
         if unread:
             stored = ing.store.instruction_counts(tenant=tenant, hashes=unread)

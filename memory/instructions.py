@@ -33,12 +33,7 @@ class SharedInstructions:
         """Count the leading paragraphs of `cands` in the tenant's tally, in the transaction `tx`."""
         if not self.config.strip_shared_instructions:
             return
-        counts: dict[str, tuple[str, int]] = {}
-        for c in cands:
-            head = leading_paragraph(c.trigger)
-            if head is not None:
-                h = text_hash(head)
-                counts[h] = (head, counts.get(h, (head, 0))[1] + 1)
+        counts = count_heads(cands)
         if counts:
             self.store.count_instructions(tx, tenant=tenant, counts=counts)
             self._known[tenant] = self.store.instructions(tenant=tenant, min_count=self.config.shared_min_count,
@@ -58,3 +53,14 @@ class SharedInstructions:
             if head is not None:
                 counts[text_hash(head)] = counts.get(text_hash(head), 0) + 1
         return counts
+
+
+def count_heads(cands: Sequence[Candidate]) -> dict[str, tuple[str, int]]:
+    """The leading paragraphs of `cands`' triggers: hash -> (the paragraph, how many open with it)."""
+    counts: dict[str, tuple[str, int]] = {}
+    for c in cands:
+        head = leading_paragraph(c.trigger)
+        if head is not None:
+            h = text_hash(head)
+            counts[h] = (head, counts.get(h, (head, 0))[1] + 1)
+    return counts
