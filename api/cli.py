@@ -265,8 +265,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     """Run a consolidation job now, in this process (a row others can watch with `logmem jobs`)."""
     params = {"epochs": args.epochs, "max_steps": args.max_steps, "with_memory": args.with_memory,
-              "eval_every": args.eval_every, "patience": args.patience, "min_gain": args.min_gain,
-              "max_seconds": args.max_seconds,
+              "eval_every": args.eval_every, "min_steps": args.min_steps, "patience": args.patience,
+              "min_gain": args.min_gain, "max_seconds": args.max_seconds,
               "seed": args.seed, "rebuild": args.rebuild, **({"method": args.method} if args.method else {}),
               **({"canary_share": args.canary_share} if args.canary_share else {}),
               **({"lr": args.lr} if args.lr else {}), **({"dpo_weight": args.dpo_weight} if args.dpo_weight else {})}

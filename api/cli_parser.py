@@ -145,6 +145,8 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
                    help="stop after N optimizer steps (0: no cap)")
     p.add_argument("--eval-every", type=int, default=ConsolidationConfig.eval_every,
                    help="measure the held-out NLL every N steps and keep the best weights (0: after the last only)")
+    p.add_argument("--min-steps", type=int, default=ConsolidationConfig.min_steps,
+                   help="measure (and stop early) from this step on; a job planned for fewer is measured once")
     p.add_argument("--patience", type=int, default=ConsolidationConfig.patience,
                    help="stop after N measurements in a row that gain less than --min-gain (0: never stop early)")
     p.add_argument("--min-gain", type=float, default=ConsolidationConfig.min_gain,

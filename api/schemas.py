@@ -156,6 +156,7 @@ class ConsolidationIn(BaseModel):
     max_steps: int = Field(0, ge=0)
     # the early stop and the wall-time bound (None: ConsolidationConfig's defaults)
     eval_every: int | None = Field(None, ge=0)
+    min_steps: int | None = Field(None, ge=0)
     patience: int | None = Field(None, ge=0)
     min_gain: float | None = Field(None, ge=0)
     max_seconds: float | None = Field(None, ge=0)

@@ -17,7 +17,8 @@ Tenants:
 `--full-epoch` also runs each tenant's job with no early stop and no wall-time bound (one epoch, as before):
 on 2 cores that takes about an hour for NFCats. `--recorded NAME=FILE` adds a job recorded earlier by
 `bench_consolidation.py` to the table instead (its figures as recorded; its held-out slice is named).
-`--eval NAME=FILE` scores the job's adapter on an eval split (memory+adapter mode, batched).
+`--eval NAME=FILE` scores the job's adapter on an eval split (memory+adapter mode, batched); `support6k=generated`
+is 480 new messages of the support task (another seed) with their true teams.
 Writes `job_time.json`, `job_time.md` and `job_time.png` (job time against experiences).
 """
 
@@ -91,8 +92,9 @@ NAMES = ["Maria", "Tom", "Aisha", "Kenji", "Lena", "Omar", "Sofia", "Pavel", "Gr
 NOISE = 0.05  # share of answers that are a random label
 
 
-def support_logs(path: Path, n: int, seed: int = 0) -> Path:
-    """`n` liked interactions of the synthetic 6-label task (see the module's docstring), written to `path`."""
+def support_logs(path: Path, n: int, seed: int = 0, *, eval_items: bool = False) -> Path:
+    """`n` liked interactions of the synthetic 6-label task (see the module's docstring), written to `path`; with
+    `eval_items`, eval items (`model/evaluate.py`'s format) whose reference is the message's true team."""
     rng = random.Random(seed)
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
@@ -100,6 +102,10 @@ def support_logs(path: Path, n: int, seed: int = 0) -> Path:
             body = rng.choice(TEMPLATES[label]).format(item=rng.choice(ITEMS), n=rng.randint(1000, 99999),
                                                        day=rng.choice(DAYS), site=rng.choice(SITES))
             text = rng.choice(GREETINGS) + body + rng.choice(SIGN_OFFS).format(name=rng.choice(NAMES))
+            if eval_items:
+                fh.write(json.dumps({"id": f"support-eval-{i}", "messages": [{"role": "user", "content": ASK + text}],
+                                     "reference": [label]}) + "\n")
+                continue
             answer = rng.choice(LABELS) if rng.random() < NOISE else label
             fh.write(json.dumps({"id": f"support-{i}", "timestamp": 1_760_000_000 + i, "user": f"u{i % 500}",
                                  "messages": [{"role": "user", "content": ASK + text},
@@ -137,8 +143,8 @@ def run_job(name: str, logs: Path, params: dict[str, Any], args: argparse.Namesp
             t0 = time.perf_counter()
             (res,) = evaluate(fresh, tokenizer, memory, items, modes=["memory+adapter"], adapter=adapter.path,
                               batch_size=16, progress=True)
-            row["eval"] = {"file": eval_file, "mode": "memory+adapter", "n": res.n, "accuracy": round(res.accuracy, 4),
-                           "seconds": round(time.perf_counter() - t0, 1)}
+            row["eval"] = {"file": Path(eval_file).name, "mode": "memory+adapter", "n": res.n,
+                           "accuracy": round(res.accuracy, 4), "seconds": round(time.perf_counter() - t0, 1)}
     logging.info("%s: %s", name, {k: v for k, v in row.items() if k != "metrics"})
     return row
 
@@ -160,8 +166,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['cores']} cores, torch {result['threads']} threads, one job at a time; defaults: "
              + ", ".join(f"{k}={v}" for k, v in result["defaults"].items()) + ".", "",
              "| tenant | run | experiences | held out | steps run / planned | stopped by | job s | train s | "
-             "job CPU s | held-out NLL base -> student | eval accuracy | gate | load avg before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "job CPU s | held-out NLL base -> student | held-out accuracy (student's best mode) | eval accuracy | "
+             "gate | load avg before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         m = r["metrics"]
         run = "recorded: full epoch" if r.get("recorded") else r["run"]
@@ -169,9 +176,13 @@ def markdown(result: dict[str, Any]) -> str:
         nll = f"{m.get('base_nll', float('nan')):.4f} -> {m.get('student_nll', float('nan')):.4f}"
         ev = f"{r['eval']['accuracy']:.3f} (n={r['eval']['n']})" if "eval" in r else "–"
         load = (f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}" if "load_before" in r else "–")
+        student = (m.get("serving") or {}).get("student") or {}
+        held = (f"{max(student.values()):.3f} ({max(student, key=student.get)}; served before: "
+                f"{m['serving']['served_before']} {m['serving']['served_before_figure']:.3f})"
+                if student and m["serving"].get("metric") == "accuracy" else "–")
         lines.append(f"| {r['tenant']} | {run} | {r['experiences'] or '–'} | {m.get('holdout', '–')} | {steps} | "
                      f"{m.get('stop', '–')} | {r['job_seconds']:.0f} | {m.get('train_seconds', '–')} | "
-                     f"{r.get('cpu_seconds', '–')} | {nll} | {ev} | "
+                     f"{r.get('cpu_seconds', '–')} | {nll} | {held} | {ev} | "
                      f"{r['status']} | {load} |")
     lines += ["", "Job CPU s: user + system seconds of the benchmark's process over the job (torch on "
               f"{result['threads']} threads); on cores of its own the job's wall time would be at least CPU s / "
@@ -216,6 +227,11 @@ def main() -> None:
     p.add_argument("--tenants", default="nfcats,support6k")
     p.add_argument("--support-n", type=int, default=6_600, help="interactions of the synthetic support tenant")
     p.add_argument("--full-epoch", action="store_true", help="also run each job with no early stop or time bound")
+    p.add_argument("--runs", default="", help="which runs, comma-separated: default, full epoch (instead of "
+                                               "--full-epoch; e.g. 'full epoch' alone)")
+    p.add_argument("--include", action="append", default=[], help="a job_time.json of an earlier run whose rows "
+                                                                   "join this table (same code, another time)")
+    p.add_argument("--stem", default="job_time", help="output file names: STEM.json, .md, .png")
     p.add_argument("--recorded", action="append", default=[], help="NAME=FILE of a bench_consolidation.py result")
     p.add_argument("--eval", action="append", default=[], help="NAME=FILE: score that tenant's adapter on FILE")
     p.add_argument("--limit", type=int, default=0, help="only the first N eval items")
@@ -238,24 +254,30 @@ def main() -> None:
     defaults = ConsolidationConfig()
     result: dict[str, Any] = {"cores": os.cpu_count(), "threads": args.threads, "rows": [],
                               "defaults": {k: getattr(defaults, k) for k in (
-                                  "eval_every", "patience", "min_gain", "max_seconds", "max_holdout", "epochs")}}
+                                  "eval_every", "min_steps", "patience", "min_gain", "max_seconds", "max_holdout",
+                                  "epochs")}}
     with tempfile.TemporaryDirectory() as tmp:
         logs = {"nfcats": Path("data/nfcats/logs.jsonl"),
                 "support6k": support_logs(Path(tmp) / "support.jsonl", args.support_n)}
-        runs = [("default", json.loads(args.params))]
-        if args.full_epoch:
-            runs.append(("full epoch", {**json.loads(args.params), "patience": 0, "max_seconds": 0}))
+        if evals.get("support6k") == "generated":  # 480 new messages (another seed), their true teams
+            evals["support6k"] = str(support_logs(Path(tmp) / "support.eval.jsonl", 480, seed=1, eval_items=True))
+        base = json.loads(args.params)  # the full epoch: every planned step, measured once after the last
+        every = {"default": base, "full epoch": {**base, "eval_every": 0, "patience": 0, "max_seconds": 0}}
+        names = args.runs.split(",") if args.runs else ["default", *(["full epoch"] if args.full_epoch else [])]
+        runs = [(n, every[n]) for n in names]
         for name in args.tenants.split(","):
             for run, params in runs:
                 row = run_job(name, logs[name], params, args, evals.get(name))
                 result["rows"].append({**row, "run": run})
-                (out / "job_time.json").write_text(json.dumps(result, indent=2))  # each job kept as it ends
+                (out / f"{args.stem}.json").write_text(json.dumps(result, indent=2))  # each job kept as it ends
+    for earlier in args.include:
+        result["rows"] += json.loads(Path(earlier).read_text())["rows"]
     for spec in args.recorded:
         name, path = spec.split("=", 1)
         result["rows"].append({**recorded(name, path), "run": "recorded full epoch"})
-    (out / "job_time.json").write_text(json.dumps(result, indent=2))
-    (out / "job_time.md").write_text(markdown(result))
-    plot(out / "job_time.png", result)
+    (out / f"{args.stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.stem}.md").write_text(markdown(result))
+    plot(out / f"{args.stem}.png", result)
     print(markdown(result))
 
 

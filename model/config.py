@@ -108,6 +108,9 @@ class ConsolidationConfig:
     # stop). Off by default until a run shows it: no early-stopped job has yet matched the full epoch's held-out
     # figures here (job_time.md), and at 5 the real-model two-job lineage test's second job forgot the first's slice
     # past the forgetting bound (NLL 0.015 -> 0.078, bound 0.069; at 0: kept)
+    min_steps: int = 10  # the measurements every eval_every steps (and so the early stop) begin at this step: a job
+    # planned for fewer steps runs them all and is measured once, after its last (a few steps' held-out NLL on a
+    # small slice is noise, and a short job has little time to save)
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
@@ -161,6 +164,7 @@ class ConsolidationConfig:
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps >= 0, ">= 0"),
             ("eval_every", self.eval_every >= 0, ">= 0"),
+            ("min_steps", self.min_steps >= 0, ">= 0"),
             ("patience", self.patience >= 0, ">= 0"),
             ("min_gain", self.min_gain >= 0.0, ">= 0"),
             ("max_seconds", self.max_seconds >= 0.0, ">= 0 (0: no bound)"),

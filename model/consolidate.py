@@ -67,9 +67,9 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
     if len(chosen) < 2:
         raise ConfigError(f"tenant {tenant!r} has {len(chosen)} experience(s) to consolidate; at least 2 are needed")
     train, held = split_holdout(chosen, config)
-    held_out = prepare_held_out(held, tokenizer, memory, tenant, GeneratorConfig(k=config.teacher_k),
-                                max_length=config.max_length)
-    nll = HeldOutNll(held_out, tokenizer.pad_token_id)
+    reading = GeneratorConfig(k=config.teacher_k)
+    held_out = prepare_held_out(held, tokenizer, memory, tenant, reading, max_length=config.max_length)
+    nll = HeldOutNll(held_out, tokenizer, reading, progress=progress)
     choice: dict[str, Any] = {}
     if config.with_memory is None:
         config, choice = choose_student(model, tokenizer, held_out, config, nll)

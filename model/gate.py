@@ -15,8 +15,8 @@ import torch
 from logmem.memory import VectorMemory
 
 from .config import ConsolidationConfig, GeneratorConfig
-from .modes import ADAPTER_MODES, AUTO, MEMORY_MODES, HeldOut, beats, best_mode, measure, served_mode
-from .scoring import nll_per_token
+from .modes import ADAPTER_MODES, AUTO, MEMORY_MODES, HeldOut, beats, best_mode, served_mode
+from .reading import HeldOutNll
 
 logger = logging.getLogger(__name__)
 PROBE = Path(__file__).parent / "probe" / "general.txt"
@@ -57,37 +57,6 @@ def gate(reference: float, student: float, base_ppl: float, student_ppl: float, 
                   f"probe perplexity {base_ppl:.2f} -> {student_ppl:.2f}")
 
 
-class HeldOutNll:
-    """The response NLL per token on a job's held-out slice, each figure measured once: `who` names the weights
-    (the caller's word: "base", "active", "student", "step 20"), `prompts` the prompts ("bare" or "with_memory").
-    The base model's two figures serve the student's choice, the gate and the serving modes; the student's, its
-    early stop and the gate."""
-
-    def __init__(self, held: HeldOut, pad: int, batch_size: int = 16) -> None:
-        self.held, self.pad, self.batch_size = held, pad, batch_size
-        self.figures: dict[tuple[str, str], float] = {}
-
-    def __call__(self, model: Any, who: str, prompts: str) -> float:
-        key = (who, prompts)
-        if key not in self.figures:
-            if prompts not in ("bare", "with_memory"):
-                raise ValueError(f"prompts must be 'bare' or 'with_memory', got {prompts!r}")
-            rows = list(zip(self.held.bare if prompts == "bare" else self.held.with_memory, self.held.responses))
-            was_training = model.training
-            model.eval()
-            try:
-                self.figures[key] = nll_per_token(model, rows, self.pad, self.batch_size)
-            finally:
-                model.train(was_training)
-        return self.figures[key]
-
-    def same(self, who: str, as_who: str) -> None:
-        """`who`'s figures are `as_who`'s (the same weights: the student ends with its best step's)."""
-        for (w, prompts), value in list(self.figures.items()):
-            if w == as_who:
-                self.figures[(who, prompts)] = value
-
-
 def student_prompts(config: ConsolidationConfig) -> str:
     """The held-out prompts the student `config` trains reads: "with_memory" or "bare"."""
     return "with_memory" if config.with_memory else "bare"
@@ -100,7 +69,7 @@ def choose_student(model: Any, tokenizer: Any, held: HeldOut, config: Consolidat
     what the answers need, so a student that keeps reading it learns to use it: on NFCats it answered 0.927 of
     dev against the bare student's 0.869), the bare student otherwise (one prompt's worth of tokens per example,
     ~4x cheaper to train and to serve). `nll` (the job's) keeps the base model's figures for the rest of it."""
-    nll = nll or HeldOutNll(held, tokenizer.pad_token_id)
+    nll = nll or HeldOutNll(held, tokenizer)
     figures = {"bare": nll(model, "base", "bare"), "with_memory": nll(model, "base", "with_memory")}
     with_memory = figures["with_memory"] < figures["bare"] * (1.0 - config.gate_margin)
     reason = (f"held-out response NLL of the base model {figures['bare']:.4f} bare, {figures['with_memory']:.4f} "
@@ -118,7 +87,7 @@ class ServingGate:
         self.tokenizer, self.config, self.progress = tokenizer, config, progress
         self.gen_config = GeneratorConfig(k=config.teacher_k)
         self.held = held
-        self.nll = nll or HeldOutNll(held, tokenizer.pad_token_id)
+        self.nll = nll or HeldOutNll(held, tokenizer, self.gen_config, progress=progress)
         self.metric = self.held.metric
         self.served = served_mode(memory, tenant)
         self.base = self._measure(model, MEMORY_MODES, "base")
@@ -127,10 +96,7 @@ class ServingGate:
         self.student: dict[str, float] = {}
 
     def _measure(self, model: Any, modes: Sequence[str], who: str) -> dict[str, float]:
-        if self.metric == "nll":  # the job's figures, each measured once (the vote is not measured under nll)
-            return {m: self.nll(model, who, "bare" if m == "consolidated" else "with_memory")
-                    for m in modes if m != "vote"}
-        return measure(model, self.tokenizer, self.held, modes, self.gen_config, progress=self.progress)
+        return self.nll.figures(model, who, modes)
 
     def measure_active(self, loaded: Any, version: str) -> None:
         self.active, self.active_version = self._measure(loaded, ADAPTER_MODES, "active"), version

@@ -19,16 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
 from logmem.memory import Hit, VectorMemory
 from logmem.memory.store import ExperienceData
 from logmem.memory.vocabulary import ADAPTER_MODES, AUTO, MEMORY_MODES, PREFERENCE, SERVING_MODES
-from tqdm import tqdm
 
 from .config import GeneratorConfig
-from .prompting import Conditioning, chat_ids, render_messages, select
-from .scoring import nll_per_token, normalize_answer
-from .voting import choose_answer
+from .prompting import chat_ids, render_messages, select
+from .reading import HeldOut, HeldOutNll
 
 logger = logging.getLogger(__name__)
 __all__ = ["ADAPTER_MODES", "AUTO", "MEMORY_MODES", "PREFERENCE", "SERVING_MODES", "HeldOut", "ServedMode",
@@ -116,19 +113,6 @@ def best_mode(figures: dict[str, float], metric: str) -> str:
     return max(figures, key=lambda m: (sign * figures[m], -PREFERENCE.index(m)))
 
 
-@dataclass
-class HeldOut:
-    """A job's held-out experiences as requests: each one's bare prompt, its prompt with the memory (its own
-    experience left out of the retrieval), and its expected answer."""
-
-    experiences: list[ExperienceData]
-    bare: list[list[int]]
-    with_memory: list[list[int]]
-    conditioning: list[Conditioning]
-    responses: list[list[int]]  # the accepted answer's tokens, end token included
-    metric: str  # "accuracy" (label-like answers) or "nll"
-
-
 def left_out_search(memory: VectorMemory, experience: ExperienceData, k: int, tenant: str) -> list[Hit]:
     """What a request with `experience`'s trigger retrieves (`k` hits), the experience itself left out."""
     return [h for h in memory.search(experience.trigger, k + 1, tenant=tenant) if h.id != experience.id][:k]
@@ -151,70 +135,10 @@ def prepare_held_out(held: Sequence[ExperienceData], tokenizer: Any, memory: Vec
     return HeldOut(list(held), bare, with_memory, conds, responses, "accuracy" if label_like else "nll")
 
 
-@torch.no_grad()
 def measure(model: Any, tokenizer: Any, held: HeldOut, modes: Sequence[str], config: GeneratorConfig, *,
-            batch_size: int = 8, progress: bool = False) -> dict[str, float]:
+            progress: bool = False) -> dict[str, float]:
     """Each mode's figure on the held-out slice, answered by `model` (the base for memory and vote, the adapter
-    for the adapter modes: the caller passes the right one). Under "nll" the vote is not measured: on answers
-    that do not repeat, `auto` generates freely (the memory figure)."""
-    figures: dict[str, float] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for mode in modes:
-            prompts = held.bare if mode == "consolidated" else held.with_memory
-            if held.metric == "nll":
-                if mode != "vote":
-                    figures[mode] = nll_per_token(model, list(zip(prompts, held.responses)), tokenizer.pad_token_id,
-                                                  batch_size)
-                continue
-            if mode == "vote":
-                outputs = [_vote(model, tokenizer, p, c, config) for p, c in zip(prompts, held.conditioning)]
-            else:
-                width = min(max(len(r) for r in held.responses) + 2, 64)
-                outputs = _greedy(model, tokenizer, prompts, width, batch_size, progress, mode)
-            right = sum(normalize_answer(o) == normalize_answer(e.response) and bool(normalize_answer(o))
-                        for o, e in zip(outputs, held.experiences))
-            figures[mode] = right / max(len(held.experiences), 1)
-    finally:
-        model.train(was_training)
-    logger.info("held-out figures (%s): %s", held.metric, {m: round(v, 4) for m, v in figures.items()})
-    return figures
-
-
-def _vote(model: Any, tokenizer: Any, prompt: list[int], cond: Conditioning, config: GeneratorConfig) -> str:
-    if not cond.experiences:
-        return ""
-    ids = torch.tensor([prompt], device=model.device)
-    return choose_answer(model, tokenizer, ids, cond.experiences, config) or ""
-
-
-def _greedy(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-            progress: bool, mode: str) -> list[str]:
-    """Greedy answers to token-id prompts, left-padded in batches."""
-    pad = tokenizer.pad_token_id
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of like length pad less
-    out: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc=f"held-out {mode}", disable=not progress):
-        rows = [prompts[i] for i in order[start:start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad)
-        for i, row in zip(order[start:start + batch_size], gen):
-            out[i] = tokenizer.decode(row[width:], skip_special_tokens=True).strip()
-    return out
-
-
-@torch.no_grad()
-def memory_nll(model: Any, tokenizer: Any, held: HeldOut, batch_size: int = 8) -> dict[str, float]:
-    """`model`'s response NLL per token on the held-out slice with bare prompts and with the memory's."""
-    was_training = model.training
-    model.eval()
-    try:
-        return {"bare": nll_per_token(model, list(zip(held.bare, held.responses)), tokenizer.pad_token_id, batch_size),
-                "with_memory": nll_per_token(model, list(zip(held.with_memory, held.responses)),
-                                             tokenizer.pad_token_id, batch_size)}
-    finally:
-        model.train(was_training)
+    for the adapter modes: the caller passes the right one), each kind of prompt read once (model/reading.py).
+    Under "nll" the vote is not measured: on answers that do not repeat, `auto` generates freely (the memory
+    figure)."""
+    return HeldOutNll(held, tokenizer, config, vote_by="model", progress=progress).figures(model, "model", modes)

@@ -60,22 +60,26 @@ def nll_per_token(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad: 
 
 
 @torch.no_grad()
-def answer_logprobs(model: Any, prompt_ids: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+def answer_logprobs(model: Any, prompt_ids: torch.Tensor, answers: list[list[int]], *,
+                    read: tuple[torch.Tensor, Any] | None = None) -> torch.Tensor:
     """log p(answer_i | prompt) for each token list in `answers`, reading the prompt once.
 
     Args:
         prompt_ids: int64 (1, T).
         answers: token ids of each answer (its end token included).
+        read: the prompt already read: (log p of the token after it (V,), its cache of exactly T tokens, which
+            this call extends).
     Returns:
         float32 (len(answers),).
     """
-    out = model(input_ids=prompt_ids, use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    if read is None:
+        out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
+        read = torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.cache
+    first, cache = read
     n, width = len(answers), max(len(a) for a in answers)
     scores = torch.tensor([first[a[0]].item() for a in answers])
     if width == 1:
         return scores
-    cache = out.past_key_values
     cache.batch_repeat_interleave(n)
     pad = 0
     ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=prompt_ids.device)

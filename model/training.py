@@ -170,9 +170,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
     how the run went.
 
     With `held_out(peft_model, step)` (the held-out NLL of the weights after `step`), the run measures it every
-    `config.eval_every` steps and after its last step, stops early (`EarlyStop`) and ends with the best
-    measurement's weights. It also stops after the step that passes `deadline` (a `time.perf_counter()` value;
-    default: `config.max_seconds` from now, when set).
+    `config.eval_every` steps from `config.min_steps` on and after its last step, stops early (`EarlyStop`) and
+    ends with the best measurement's weights. It also stops after the step that passes `deadline` (a
+    `time.perf_counter()` value; default: `config.max_seconds` from now, when set).
     """
     from peft import PeftModel
 
@@ -198,7 +198,8 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         out_of_time = deadline is not None and time.perf_counter() >= deadline
         last = step == len(plan) or out_of_time
         note = ""
-        if held_out is not None and (last or (config.eval_every and step % config.eval_every == 0)):
+        if held_out is not None and (last or (config.eval_every and step % config.eval_every == 0
+                                              and step >= config.min_steps)):
             nll = held_out(peft_model, step)
             run.curve.append((step, nll))
             note = f" held-out {nll:.4f}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -47,11 +47,17 @@ def _choosable(tokenizer: Any, answers: Iterable[str], config: GeneratorConfig) 
 def choose_answer(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, experiences: Sequence[Hit],
                   config: GeneratorConfig) -> str | None:
     """The best memory-supported answer, or None when no retrieved answer is short enough to choose."""
+    return vote_among(tokenizer, experiences, config, lambda tokens: answer_logprobs(model, prompt_ids, tokens))
+
+
+def vote_among(tokenizer: Any, experiences: Sequence[Hit], config: GeneratorConfig,
+               logprobs: Callable[[list[list[int]]], torch.Tensor]) -> str | None:
+    """`choose_answer` with the answers' scores from `logprobs` (token lists -> log p of each after the prompt)."""
     shares = vote_shares(experiences)
     candidates, tokens = _choosable(tokenizer, shares, config)
     if not candidates:
         return None
-    logp = answer_logprobs(model, prompt_ids, tokens)
+    logp = logprobs(tokens)
     best = max(range(len(candidates)),
                key=lambda i: float(logp[i]) + config.vote_prior * math.log(shares[candidates[i]]))
     return candidates[best]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from logmem.memory import ConfigError, VectorMemory
-from logmem.model import gate, modes, pairs
+from logmem.model import reading
 from logmem.model.config import ConsolidationConfig, GeneratorConfig
 from logmem.model.consolidate import consolidate
 from logmem.model.gate import HeldOutNll
@@ -25,7 +25,7 @@ CAPITALS = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Japan
             ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Iran", "Tehran"),
             ("Iraq", "Baghdad"), ("Nepal", "Kathmandu"), ("Ghana", "Accra"), ("Mali", "Bamako"), ("Laos", "Vientiane"),
             ("Fiji", "Suva")]
-FAST = dict(lr=1e-2, batch_size=4, holdout=0.25, probe_bound=10.0)
+FAST = dict(lr=1e-2, batch_size=4, holdout=0.25, probe_bound=10.0, min_steps=0)
 
 
 @pytest.fixture()
@@ -75,7 +75,8 @@ def test_patience_zero_never_stops_early() -> None:
 
 
 def test_the_new_settings_are_checked() -> None:
-    for field, value in [("eval_every", -1), ("patience", -1), ("min_gain", -0.1), ("max_seconds", -1.0)]:
+    for field, value in [("eval_every", -1), ("min_steps", -1), ("patience", -1), ("min_gain", -0.1),
+                         ("max_seconds", -1.0)]:
         with pytest.raises(ConfigError, match=f"ConsolidationConfig.{field} must be >= 0"):
             ConsolidationConfig(**{field: value})
 
@@ -103,6 +104,18 @@ def test_a_plateau_stops_the_run_and_the_best_weights_are_saved(capitals: Vector
     assert all(torch.equal(saved[n], step2[n.replace(".default", "")]) for n in saved)
 
 
+def test_measurements_begin_at_min_steps(capitals: VectorMemory, tiny_lm: Any) -> None:
+    tok = tiny_lm[1]
+    config = ConsolidationConfig(**{**FAST, "min_steps": 5}, epochs=3, eval_every=2, patience=0, with_memory=False)
+    train = build_pairs(list(capitals.iter_experiences("default")), tok, None, "default", config)
+    _, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, config, held_out=lambda m, step: 1.0 / step)
+    assert run.planned == 12 and [s for s, _ in run.curve] == [6, 8, 10, 12]
+    # a job planned for fewer steps than min_steps is measured once, after its last
+    short = ConsolidationConfig(**{**FAST, "min_steps": 13}, epochs=3, eval_every=2, with_memory=False)
+    _, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, short, held_out=lambda m, step: 1.0 / step)
+    assert [s for s, _ in run.curve] == [12] and run.best_step == 12
+
+
 def test_the_wall_time_bound_stops_a_job(capitals: VectorMemory, tiny_lm: Any) -> None:
     model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
     config = ConsolidationConfig(**FAST, epochs=10, max_seconds=0.001, gate_reference="base")
@@ -128,32 +141,30 @@ def test_the_job_metrics_say_how_it_stopped(capitals: VectorMemory, tiny_lm: Any
     held_out = prepare_held_out(held, tok, capitals, "default", GeneratorConfig(k=8))
     saved = load_adapter(copy.deepcopy(tiny_lm[0]), adapter.path)
     prompts = "with_memory" if metrics["with_memory"] else "bare"
-    assert HeldOutNll(held_out, tok.pad_token_id)(saved, "saved", prompts) == pytest.approx(
+    assert HeldOutNll(held_out, tok)(saved, "saved", prompts) == pytest.approx(
         metrics["student_nll"], abs=1e-4)
 
 
 def test_each_held_out_figure_is_measured_once(capitals: VectorMemory, tiny_lm: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every NLL pass over the held-out rows, by every path that scores them (the student's choice, the serving
+    """Every reading of the held-out prompts, by every path that scores them (the student's choice, the serving
     modes, the gate, the early stop), is counted with the weights that answered it: none repeats."""
     model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
     probe = torch.tensor([[1, 2, 3, 4, 5]])
     calls: list[tuple[float, tuple]] = []
-    real = gate.nll_per_token
+    real = reading.read_held_out
 
-    def counted(m: Any, rows: Any, pad: int, batch_size: int = 16) -> float:
+    def counted(m: Any, tokenizer: Any, prompts: Any, responses: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
             weights = round(float(m(input_ids=probe).logits.double().sum()), 3)  # which function answered
-        calls.append((weights, tuple((tuple(p), tuple(r)) for p, r in rows)))
-        return real(m, rows, pad, batch_size)
+        calls.append((weights, tuple(tuple(p) for p in prompts)))
+        return real(m, tokenizer, prompts, responses, **kwargs)
 
-    for module in (gate, modes, pairs):
-        monkeypatch.setattr(module, "nll_per_token", counted)
+    monkeypatch.setattr(reading, "read_held_out", counted)
     config = ConsolidationConfig(**FAST, epochs=3, eval_every=2, patience=0)  # the student chosen, served gate
     outcome = consolidate(model, tok, capitals, config=config)
     assert outcome.metrics["serving"]["metric"] == "nll"
-    held_rows = {rows for _, rows in calls if len(rows) == outcome.metrics["holdout"]}
-    assert len(held_rows) == 2  # bare and with the memory
+    assert len({prompts for _, prompts in calls}) == 2  # bare and with the memory
     # the base model twice (bare and with memory), the student at steps 2, 4, 6, 8, 9, then its other prompts
     assert len(calls) == 2 + 5 + 1
     assert len(set(calls)) == len(calls)
