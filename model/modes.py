@@ -141,4 +141,4 @@ def measure(model: Any, tokenizer: Any, held: HeldOut, modes: Sequence[str], con
     for the adapter modes: the caller passes the right one), each kind of prompt read once (model/reading.py).
     Under "nll" the vote is not measured: on answers that do not repeat, `auto` generates freely (the memory
     figure)."""
-    return HeldOutNll(held, tokenizer, config, vote_by="model", progress=progress).figures(model, "model", modes)
+    return HeldOutNll(held, tokenizer, config, progress=progress).figures(model, "model", modes)

@@ -57,28 +57,32 @@ class Reading:
 class HeldOutNll:
     """A job's readings of its held-out slice (model/reading.py), each (weights, prompts) read once: `who` names
     the weights (the caller's word: "base", "active", "student", "step 20"), `prompts` the prompts ("bare" or
-    "with_memory"). A reading gives the response NLL per token and, where answers are label-like, the greedy
-    answers, and the vote's where `vote_by`'s weights read the memory's prompts. The base model's readings serve
-    the student's choice, the gate and the serving modes; the student's (its best step's, from the early stop),
-    the gate."""
+    "with_memory"). A reading gives the response NLL per token and, where answers are label-like, what the
+    weights' modes answer: the greedy answers, and for the `base` weights (which answer the memory modes) the
+    vote's on the memory's prompts and no answers on bare ones (the bare base model answers no mode). The base
+    model's readings serve the student's choice, the gate and the serving modes; the student's (its best step's,
+    from the early stop), the gate. A reading asked for something it was not read with is read again."""
 
-    def __init__(self, held: HeldOut, tokenizer: Any, config: GeneratorConfig | None = None, *, vote_by: str = "base",
+    def __init__(self, held: HeldOut, tokenizer: Any, config: GeneratorConfig | None = None, *, base: str = "base",
                  progress: bool = False) -> None:
         self.held, self.tokenizer, self.config = held, tokenizer, config or GeneratorConfig()
-        self.vote_by, self.progress = vote_by, progress
+        self.base, self.progress = base, progress
         self.readings: dict[tuple[str, str], Reading] = {}
 
-    def reading(self, model: Any, who: str, prompts: str) -> Reading:
+    def reading(self, model: Any, who: str, prompts: str, *, answers: bool = False, votes: bool = False) -> Reading:
+        if prompts not in ("bare", "with_memory"):
+            raise ValueError(f"prompts must be 'bare' or 'with_memory', got {prompts!r}")
         key = (who, prompts)
-        if key not in self.readings:
-            if prompts not in ("bare", "with_memory"):
-                raise ValueError(f"prompts must be 'bare' or 'with_memory', got {prompts!r}")
+        have = self.readings.get(key)
+        if have is None or (answers and not have.answers) or (votes and not have.votes):
             labels = self.held.metric == "accuracy"
-            vote = labels and prompts == "with_memory" and who == self.vote_by
+            memory = prompts == "with_memory"
+            answers = answers or (labels and (memory or who != self.base))
+            votes = votes or (labels and memory and who == self.base)
             self.readings[key] = read_held_out(
-                model, self.tokenizer, self.held.bare if prompts == "bare" else self.held.with_memory,
-                self.held.responses, answers=labels, votes=self.held.conditioning if vote else None,
-                config=self.config, progress=self.progress, desc=f"held-out {who} {prompts}")
+                model, self.tokenizer, self.held.with_memory if memory else self.held.bare, self.held.responses,
+                answers=answers, votes=self.held.conditioning if votes else None, config=self.config,
+                progress=self.progress, desc=f"held-out {who} {prompts}")
         return self.readings[key]
 
     def __call__(self, model: Any, who: str, prompts: str) -> float:
@@ -93,17 +97,14 @@ class HeldOutNll:
     def figures(self, model: Any, who: str, modes: Sequence[str]) -> dict[str, float]:
         """Each of `modes`' figure on the slice with `who`'s weights (`model`): accuracy of the answers where they
         are label-like, else the NLL (the vote is not measured under NLL: `auto` generates freely there)."""
-        out: dict[str, float] = {}
-        for mode in modes:
-            if self.held.metric == "nll" and mode == "vote":
-                continue
-            reading = self.reading(model, who, "bare" if mode == "consolidated" else "with_memory")
-            if self.held.metric == "nll":
-                out[mode] = reading.nll
-            else:
-                if mode == "vote" and not reading.votes:
-                    raise ValueError(f"the vote is read with {self.vote_by!r}'s weights, not {who!r}'s")
-                out[mode] = accuracy(reading.votes if mode == "vote" else reading.answers, self.held)
+        labels = self.held.metric == "accuracy"
+        modes = [m for m in modes if labels or m != "vote"]
+        kind = {m: "bare" if m == "consolidated" else "with_memory" for m in modes}
+        readings = {k: self.reading(model, who, k, answers=labels and any(m != "vote" for m in modes if kind[m] == k),
+                                    votes=labels and any(m == "vote" for m in modes if kind[m] == k))
+                    for k in set(kind.values())}  # each kind of prompt read once, for every mode it answers
+        out = {m: (accuracy(readings[kind[m]].votes if m == "vote" else readings[kind[m]].answers, self.held)
+                   if labels else readings[kind[m]].nll) for m in modes}
         logger.info("held-out figures of %s (%s): %s", who, self.held.metric, {m: round(v, 4) for m, v in out.items()})
         return out
 

@@ -5,14 +5,17 @@ later), and the vote's choice."""
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from logmem.memory import Hit
+from logmem.model import reading
 from logmem.model.config import GeneratorConfig
+from logmem.model.modes import measure
 from logmem.model.prompting import Conditioning, chat_ids
-from logmem.model.reading import answer_width, read_held_out
+from logmem.model.reading import HeldOut, answer_width, read_held_out
 from logmem.model.scoring import nll_per_token
 from logmem.model.voting import choose_answer
 
@@ -79,3 +82,31 @@ def test_the_reading_votes_as_the_vote_does(smollm: Any, rows: Any) -> None:
 def test_an_empty_slice_is_an_error(smollm: Any) -> None:
     with pytest.raises(ValueError, match="no held-out prompts"):
         read_held_out(smollm[0], smollm[1], [], [])
+
+
+def test_a_job_reads_each_kind_of_prompt_once_for_every_mode_it_answers(smollm: Any, rows: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = smollm
+    prompts, responses = rows
+    conds = [Conditioning([_hit("Paris", 0.9), _hit("no", 0.5)], [], 0) for _ in prompts]
+    held = HeldOut([SimpleNamespace(response=tok.decode(r[:-1])) for r in responses], prompts, prompts, conds,
+                   responses, "accuracy")
+    calls: list[tuple[bool, bool]] = []
+    real = reading.read_held_out
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append((kwargs["answers"], kwargs["votes"] is not None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reading, "read_held_out", counted)
+    nll = reading.HeldOutNll(held, tok)
+    nll(model, "base", "bare"), nll(model, "base", "with_memory")  # the student's choice reads these first
+    assert calls == [(False, False), (True, True)]  # the bare base model answers no mode; its memory prompts do
+    base = nll.figures(model, "base", ["memory", "vote"])
+    assert len(calls) == 2
+    assert base["memory"] == reading.accuracy(real(model, tok, prompts, responses, answers=True).answers, held)
+    student = nll.figures(model, "student", ["consolidated", "memory+adapter"])
+    assert calls[2:] == [(True, False), (True, False)] and set(student) == {"consolidated", "memory+adapter"}
+    calls.clear()
+    assert measure(model, tok, held, ["memory", "vote"], GeneratorConfig()) == base  # one reading for both
+    assert calls == [(True, True)]
