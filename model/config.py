@@ -94,7 +94,7 @@ class ConsolidationConfig:
     holdout: float = 0.1  # share of the selected experiences kept out of training, for the gate
     max_holdout: int = 64  # at most this many: every mode the gate measures reads each one (on 2 CPU cores one pass
     # over 132 NFCats prompts with memory took ~2 min, and a job makes several: 200 left a 15-minute job no time to
-    # train; benchmarks/results/job_time.md)
+    # train; an earlier benchmarks/results/job_time.md, before the single reading)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -115,7 +115,7 @@ class ConsolidationConfig:
     max_seconds: float = 7200.0  # the job's training stops after the step that passes this many seconds since the
     # job started (0: no bound); the gate's measurement after it adds minutes. A bound against a job that never ends,
     # not a training budget (NFCats' full-epoch job took 54 min; 600 s cut its default job on a loaded machine to 1
-    # of 79 steps, after the gate's 35 minutes of held-out measurement: rejected; job_time.md)
+    # of 79 steps, after the gate's 35 minutes of held-out measurement: rejected; an earlier job_time.md)
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
