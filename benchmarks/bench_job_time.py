@@ -14,8 +14,10 @@ Tenants:
   (5% of the answers a random label: logs are noisy). It stands in for the issue's 6,600-interaction tenant, which
   is not in the repository; its messages are far more regular than real ones.
 
-`--full-epoch` also runs each tenant's job with no early stop and no wall-time bound (one epoch, as before):
-on 2 cores that takes about an hour for NFCats. `--recorded NAME=FILE` adds a job recorded earlier by
+`--full-epoch` also runs each tenant's job with no early stop and no wall-time bound (one epoch, measured once after
+its last step): on 2 cores that takes about an hour for NFCats. `--runs` names the runs instead ("default", "full
+epoch"), `--include FILE` joins the rows of an earlier run's JSON (the full epoch run at another time, say).
+`--recorded NAME=FILE` adds a job recorded earlier by
 `bench_consolidation.py` to the table instead (its figures as recorded; its held-out slice is named).
 `--eval NAME=FILE` scores the job's adapter on an eval split (memory+adapter mode, batched); `support6k=generated`
 is 480 new messages of the support task (another seed) with their true teams.
