@@ -9,7 +9,8 @@ prompt is read once with its reference response after it (teacher forcing), and 
 - the vote's choice among the retrieved experiences' answers (`model/voting.py`), scored from the same cache cut
   back to the prompt.
 On 2 CPU cores a memory prompt of NFCats (~355 tokens) takes ~0.5 s to read, the same per token alone as in a
-batch of 16; reading it once instead of once per figure took a job's held-out measurement from ~5 min to ~1.
+batch of 16; reading it once instead of once per figure took NFCats' job from 3 min 15 s to 2 min 3 s between the
+generator loaded and the first training step (docs/benchmarks/consolidation.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from .config import GeneratorConfig
 from .prompting import Conditioning
-from .scoring import answer_logprobs, normalize_answer
+from .scoring import answer_logprobs, is_correct
 from .voting import vote_among
 
 logger = logging.getLogger(__name__)
@@ -111,9 +112,7 @@ class HeldOutNll:
 
 def accuracy(answers: Sequence[str], held: HeldOut) -> float:
     """The share of `answers` that match their held-out experience's answer (normalised, non-empty)."""
-    right = sum(normalize_answer(o) == normalize_answer(e.response) and bool(normalize_answer(o))
-                for o, e in zip(answers, held.experiences))
-    return right / max(len(held.experiences), 1)
+    return sum(is_correct(o, [e.response]) for o, e in zip(answers, held.experiences)) / max(len(held.experiences), 1)
 
 
 def answer_width(responses: Sequence[Sequence[int]]) -> int:
