@@ -98,17 +98,19 @@ class ConsolidationConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float | None = None  # AdamW learning rate; None: 5e-4 for a bare student, 2.5e-4 for a memory+adapter one
-    # (its prompts are ~4x longer; on NFCats at 5e-4 its probe perplexity rose 6.3%, at 2.5e-4 0.8%, and it
-    # answered 0.896 of the test split: README, benchmarks/results/consolidation_summary.md)
+    lr: float | None = None  # AdamW learning rate; None: 5e-4 (both students: on NFCats the memory+adapter student at
+    # 2.5e-4 on prompts of 8 experiences reached a held-out NLL of 0.105 at step 25 and 0.054 after its 79; at 5e-4 on
+    # prompts of `student_k` 4, 0.079 at step 25 and 0.054 at step 30: benchmarks/results/job_time.md)
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
     eval_every: int = 5  # measure the held-out NLL every this many steps (and after the last): the job keeps the
     # best measurement's weights, and stops early by `patience` (0: only after the last step, no early stop). Each
-    # measurement reads the held-out prompts once (~35 s for NFCats' 64 on 2 CPU cores, a step ~23 s)
-    min_steps: int = 10  # the measurements every eval_every steps (and so the early stop) begin at this step: a job
+    # measurement reads the held-out prompts once, for their NLL alone (~40 s for NFCats' 64 on 2 CPU cores, a
+    # step ~14 s)
+    min_steps: int = 20  # the measurements every eval_every steps (and so the early stop) begin at this step: a job
     # planned for fewer steps runs them all and is measured once, after its last (a few steps' held-out NLL on a
-    # small slice is noise, and a short job has little time to save)
+    # small slice is noise, and a short job has little time to save; on NFCats and the 6-label support tenant the
+    # measurements at steps 10 and 15 only ever gained, ~45 s each: benchmarks/results/job_time.md)
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
@@ -125,7 +127,10 @@ class ConsolidationConfig:
     temperature: float = 1.0  # distillation temperature
     dpo_weight: float = 0.0  # weight of a DPO term on experiences with a rejected answer (corrections); 0: off
     dpo_beta: float = 0.1  # DPO's beta: how far from the base model the preference may pull
-    teacher_k: int = 8  # experiences in the teacher's (and memory+adapter student's) prompt
+    teacher_k: int = 8  # experiences in the teacher's prompt (and the held-out prompts the gate reads, as served)
+    student_k: int = 4  # experiences in the memory+adapter student's training prompts, the best of the teacher's
+    # (0: all teacher_k): served with teacher_k, it learns as well from fewer, and a step of NFCats' shorter prompts
+    # (~220 tokens against ~377) took 14 s against 23 on 2 cores
     gate_reference: str = "served"  # "served": promote only if a mode the adapter enables beats what the tenant
     # is served now (its mode, with its active adapter if any) on the held-out slice (model/modes.py); "base": only
     # if its held-out response NLL beats the bare base model's (a reference nearly any adapter beats)
@@ -158,6 +163,7 @@ class ConsolidationConfig:
             ("min_utility", 0.0 <= self.min_utility <= 1.0, "in [0, 1]"),
             ("holdout", 0.0 < self.holdout < 1.0, "in (0, 1)"),
             ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("student_k", self.student_k >= 0, ">= 0 (0: teacher_k)"),
             ("lr", self.lr is None or self.lr >= 0.0, ">= 0 (or None)"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps >= 0, ">= 0"),

@@ -86,7 +86,7 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
         if config.gate_reference == "served" else None
     model, reference = _reference(model, plan, slices, config, pad, modes)
     adapter, run = train_adapter(model, tokenizer, train_pairs, config, report, progress,
-                                 held_out=lambda m, step: nll(m, f"step {step}", prompts),
+                                 held_out=lambda m, step: nll.during(m, f"step {step}", prompts),
                                  deadline=started + config.max_seconds if config.max_seconds else None)
     nll.same("student", f"step {run.best_step or run.steps}")
     student_nll, student_ppl = nll(adapter, "student", prompts), probe_perplexity(adapter, tokenizer)

@@ -50,6 +50,7 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
     each request in `extra[experience id]` (other requests that used it and went well). With a DPO term,
     the trigger's pair also carries the answer its correction rejected."""
     gen_config = GeneratorConfig(k=config.teacher_k)
+    few = config.student_k or config.teacher_k
     need_teacher = config.method != "sft" or bool(config.with_memory)
     extra = extra or {}
     pairs, cut = [], 0
@@ -66,11 +67,15 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
             question = [{"role": "user", "content": request}]
             bare = chat_ids(tokenizer, question)
             teacher = bare
+            student = bare
             if need_teacher and memory is not None:
                 hits = [h for h in memory.search(request, config.teacher_k + 1, tenant=tenant) if h.id != e.id]
                 cond = select(hits[: config.teacher_k], tokenizer, gen_config)
                 teacher = chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
-            student = teacher if config.with_memory else bare
+                if config.with_memory:
+                    best = sorted(hits[: config.teacher_k], key=lambda h: h.score, reverse=True)[:few]
+                    student = teacher if few >= config.teacher_k else chat_ids(tokenizer, render_messages(
+                        question, select(best, tokenizer, gen_config), gen_config.template))
             cut += len(teacher) > keep or len(student) > keep
             pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response, rejected if n == 0 else None))
     if cut:

@@ -89,6 +89,13 @@ class HeldOutNll:
     def __call__(self, model: Any, who: str, prompts: str) -> float:
         return self.reading(model, who, prompts).nll
 
+    def during(self, model: Any, who: str, prompts: str) -> float:
+        """The response NLL alone with the weights of a training step (the early stop's measure: no answers)."""
+        rows = self.held.with_memory if prompts == "with_memory" else self.held.bare
+        self.readings[(who, prompts)] = read_held_out(model, self.tokenizer, rows, self.held.responses,
+                                                      progress=self.progress, desc=f"held-out {who} {prompts}")
+        return self.readings[(who, prompts)].nll
+
     def same(self, who: str, as_who: str) -> None:
         """`who`'s readings are `as_who`'s (the same weights: the student ends with its best step's)."""
         for (w, prompts), value in list(self.readings.items()):

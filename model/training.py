@@ -228,7 +228,5 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
 
 
 def learning_rate(config: ConsolidationConfig) -> float:
-    """`config.lr`, or by default 5e-4 for a bare student and 2.5e-4 for a memory+adapter one."""
-    if config.lr is not None:
-        return config.lr
-    return 2.5e-4 if config.with_memory else 5e-4
+    """`config.lr`, or by default 5e-4."""
+    return config.lr if config.lr is not None else 5e-4

@@ -80,8 +80,23 @@ def test_pairs_keep_the_experience_out_of_its_teacher_prompt(memory: VectorMemor
         teacher, student = tok.decode(p.teacher), tok.decode(p.student)
         assert teacher.count(e.trigger) == 1 and student.count(e.trigger) == 1
         assert len(p.teacher) > len(p.student) and "BLUE" in teacher
-    with_memory = build_pairs(chosen, tok, memory, "default", ConsolidationConfig(with_memory=True))
-    assert all(p.student == p.teacher for p in with_memory)
+    with_memory = build_pairs(chosen, tok, memory, "default", ConsolidationConfig(with_memory=True, student_k=0))
+    assert all(p.student == p.teacher for p in with_memory)  # student_k 0: the teacher's whole prompt
+
+
+def test_the_memory_students_prompts_hold_the_best_student_k_experiences(memory: VectorMemory, tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    chosen = plan_job(memory, "default", ConsolidationConfig()).new[:3]
+    config = ConsolidationConfig(with_memory=True, teacher_k=4)
+    full = build_pairs(chosen, tok, memory, "default", config)
+    few = build_pairs(chosen, tok, memory, "default", replace(config, student_k=2))
+    for e, f, p in zip(chosen, full, few):
+        assert p.teacher == f.teacher == f.student and p.response == f.response
+        shown = tok.decode(p.student)
+        assert shown.count("Which colour") == 3 and shown.count(e.trigger) == 1
+        # the student's two are the teacher's last two (the best ones, nearest the question), in the same order
+        assert tok.decode(f.teacher).endswith(shown.split("<|im_end|>", 1)[1])
+    assert all(len(p.student) < len(p.teacher) for p in few)
 
 
 def test_long_prompts_lose_their_start_and_say_so(memory: VectorMemory, tiny_lm, caplog) -> None:  # type: ignore[no-untyped-def]

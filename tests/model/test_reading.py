@@ -110,3 +110,28 @@ def test_a_job_reads_each_kind_of_prompt_once_for_every_mode_it_answers(smollm: 
     calls.clear()
     assert measure(model, tok, held, ["memory", "vote"], GeneratorConfig()) == base  # one reading for both
     assert calls == [(True, True)]
+
+
+
+def test_a_training_step_is_measured_by_its_nll_alone(smollm: Any, rows: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = smollm
+    prompts, responses = rows
+    held = HeldOut([SimpleNamespace(response=tok.decode(r[:-1])) for r in responses], prompts, prompts,
+                   [Conditioning([], [], 0) for _ in prompts], responses, "accuracy")
+    calls: list[bool] = []
+    real = reading.read_held_out
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(bool(kwargs.get("answers")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reading, "read_held_out", counted)
+    nll = reading.HeldOutNll(held, tok)
+    step = nll.during(model, "step 5", "with_memory")
+    assert calls == [False] and step == pytest.approx(real(model, tok, prompts, responses).nll, rel=1e-6)
+    nll.same("student", "step 5")  # the student ends with step 5's weights: its NLL is that reading's
+    assert nll(model, "student", "with_memory") == step and calls == [False]
+    figures = nll.figures(model, "student", ["memory+adapter"])
+    assert calls == [False, True]  # its answers need one reading with them
+    assert figures["memory+adapter"] == reading.accuracy(real(model, tok, prompts, responses, answers=True).answers,
+                                                         held)
