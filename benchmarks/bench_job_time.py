@@ -16,7 +16,9 @@ Tenants:
 
 `--full-epoch` also runs each tenant's job with no early stop and no wall-time bound (one epoch, measured once after
 its last step): on 2 cores that takes about an hour for NFCats. `--runs` names the runs instead ("default", "full
-epoch"), `--include FILE` joins the rows of an earlier run's JSON (the full epoch run at another time, say).
+epoch"), `--include FILE` joins the rows of an earlier run's JSON (the full epoch run at another time, say; a row
+whose `run` names other settings, "full epoch (earlier defaults: ...)", says so in the table). `--note` adds a
+sentence to the table's footer.
 `--recorded NAME=FILE` adds a job recorded earlier by
 `bench_consolidation.py` to the table instead (its figures as recorded; its held-out slice is named).
 `--eval NAME=FILE` scores the job's adapter on an eval split (memory+adapter mode, batched); `support6k=generated`
@@ -48,6 +50,7 @@ from logmem.model.config import ConsolidationConfig  # noqa: E402
 from logmem.model.embedding import default_embedder  # noqa: E402
 from logmem.model.evaluate import evaluate, read_eval  # noqa: E402
 from logmem.model.loading import load_generator  # noqa: E402
+from logmem.model.training import learning_rate  # noqa: E402
 
 LABELS = ["BILLING", "SHIPPING", "RETURNS", "ACCOUNT", "TECHNICAL", "CANCELLATION"]
 ASK = ("Which team should handle this customer message? Answer with one of: " + ", ".join(LABELS) + ".\n\n")
@@ -205,7 +208,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for run, marker in (("default", "o"), ("full epoch", "s")):
-        rows = sorted((r for r in result["rows"] if r.get("run") == run and r["experiences"]),
+        rows = sorted((r for r in result["rows"] if r.get("run", "").startswith(run) and r["experiences"]),
                       key=lambda r: r["experiences"])
         if rows:
             ax.plot([r["experiences"] for r in rows], [r["job_seconds"] / 60 for r in rows], marker=marker,
@@ -241,6 +244,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--model-home", default=os.environ.get("LOGMEM_MODEL_CACHE", ".logmem"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--note", default="", help="a sentence for the table's footer (what ran beside, what differs)")
     p.add_argument("--render", default="", help="only write the table and plot of this saved job_time.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -256,8 +260,9 @@ def main() -> None:
     defaults = ConsolidationConfig()
     result: dict[str, Any] = {"cores": os.cpu_count(), "threads": args.threads, "rows": [],
                               "defaults": {k: getattr(defaults, k) for k in (
-                                  "eval_every", "min_steps", "patience", "min_gain", "max_seconds", "max_holdout",
-                                  "epochs")}}
+                                  "student_k", "teacher_k", "eval_every", "min_steps", "patience", "min_gain",
+                                  "max_seconds", "max_holdout", "epochs")}, "note": args.note}
+    result["defaults"]["lr"] = learning_rate(defaults)
     with tempfile.TemporaryDirectory() as tmp:
         logs = {"nfcats": Path("data/nfcats/logs.jsonl"),
                 "support6k": support_logs(Path(tmp) / "support.jsonl", args.support_n)}

@@ -114,10 +114,11 @@ class ConsolidationConfig:
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
-    max_seconds: float = 7200.0  # the job's training stops after the step that passes this many seconds since the
-    # job started (0: no bound); the gate's measurement after it adds minutes. A bound against a job that never ends,
-    # not a training budget (NFCats' full-epoch job took 54 min; 600 s cut its default job on a loaded machine to 1
-    # of 79 steps, after the gate's 35 minutes of held-out measurement: rejected; an earlier job_time.md)
+    max_seconds: float = 720.0  # the job's training stops after the step that passes this many seconds since the job
+    # started (0: no bound), keeping its best measured weights; the measurement after that step and the gate add ~2-3
+    # minutes. What it did not reach stays uncovered, and the next job teaches it. On 2 CPU cores a job's training
+    # outlasts its early stop: NFCats' default job stopped by patience after 19.9 min and the 6-label support
+    # tenant's was still gaining at 16 min (benchmarks/results/job_time.md); 720 s holds a job to ~15 minutes
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)

@@ -42,7 +42,8 @@ class Outcome:
 
     promoted: bool
     metrics: dict[str, Any]
-    covered: list[int]  # experience ids this job trained on (new and replayed)
+    covered: list[int]  # experience ids the adapter was trained on (new and replayed; not those its steps after the
+    # kept one, or after an early stop, would have taught)
     holdout: list[int]
     adapter: Any = field(repr=False, default=None)  # the peft model (base + trained adapter)
     parent: str | None = None  # the adapter version it was trained on from (None: the base model)
@@ -101,16 +102,17 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
     if modes is not None:
         serving = modes.winner(promoted)
     parent = plan.parent.version if plan.parent is not None else None
+    covered = [e.id for e in taught if e.id in run.taught]  # what the job did not reach, the next one teaches
     metrics = {"method": config.method, "with_memory": config.with_memory, "dpo_weight": config.dpo_weight,
                "parent": parent, "start": config.start, "restart": plan.restart,
-               "train": len(train), "replay": len(replay), "train_pairs": len(train_pairs),
+               "train": len(train), "replay": len(replay), "train_pairs": len(train_pairs), "covered": len(covered),
                "holdout": len(held), "base_nll": base_nll, "student_nll": student_nll,
                "lr": learning_rate(config), **({"student_choice": choice} if choice else {}), **run.to_json(),
                "base_probe_ppl": base_ppl, "student_probe_ppl": student_ppl, "forgetting": forgetting,
                "gate": reason, "seconds": round(time.perf_counter() - started, 1), "seed": config.seed,
                **({"serving": serving} if serving else {})}
     logger.info("consolidation %s: %s", "promoted" if promoted else "rejected", reason)
-    return Outcome(promoted, metrics, [e.id for e in taught], [e.id for e in held], adapter, parent, plan.erase)
+    return Outcome(promoted, metrics, covered, [e.id for e in held], adapter, parent, plan.erase)
 
 
 def _lineage_kind(memory: VectorMemory, tenant: str, config: ConsolidationConfig) -> ConsolidationConfig:

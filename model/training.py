@@ -112,7 +112,8 @@ def attach_adapter(model: Any, config: ConsolidationConfig, start: str | Path | 
 
 @dataclass
 class Training:
-    """How `train_adapter` went: the steps it ran of those planned, why it stopped, and the held-out curve."""
+    """How `train_adapter` went: the steps it ran of those planned, why it stopped, the held-out curve, and which
+    experiences the weights it ends with were trained on."""
 
     planned: int  # optimizer steps the epochs planned (capped by max_steps)
     steps: int = 0  # optimizer steps run
@@ -121,6 +122,8 @@ class Training:
     best_step: int = 0  # the step whose weights the adapter keeps (0: nothing measured; the last step's are kept)
     best_nll: float | None = None  # the held-out NLL at best_step
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out NLL) of each measurement
+    taught: set[int] = field(default_factory=set)  # experiences with a pair in the steps the kept weights ran (a job
+    # that stops early leaves the rest to the next one)
 
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "steps_planned": self.planned, "stop": self.stop,
@@ -220,6 +223,7 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         logger.info("kept the weights of step %d (held-out NLL %.4f), not those of step %d", early.best_step,
                     early.best, run.steps)
     run.best_step, run.best_nll = early.best_step, (early.best if early.best_step else None)
+    run.taught = {p.experience_id for batch in plan[: run.best_step or run.steps] for p in batch}
     run.seconds = time.perf_counter() - started
     logger.info("trained %d of %d planned steps in %.1f s: stopped by %s", run.steps, run.planned, run.seconds,
                 run.stop)
