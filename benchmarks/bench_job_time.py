@@ -213,12 +213,14 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         if rows:
             ax.plot([r["experiences"] for r in rows], [r["job_seconds"] / 60 for r in rows], marker=marker,
                     label=f"{run} job")
+    label: str | None = "full epoch, extrapolated from the job's pace"
     for r in result["rows"]:
         if r["run"] == "default" and r["metrics"].get("steps"):
             m = r["metrics"]  # what the whole plan would take at this job's pace (steps only, not measured)
             pace = m["train_seconds"] / m["steps"]
             ax.scatter([r["experiences"]], [(r["job_seconds"] + pace * (m["steps_planned"] - m["steps"])) / 60],
-                       marker="x", color="grey", label="full epoch, extrapolated from the job's pace")
+                       marker="x", color="grey", label=label)
+            label = None  # one legend entry
     ax.axhline(15, color="red", linestyle=":", label="15 minutes")
     ax.set_xlabel("experiences in the tenant")
     ax.set_ylabel("job wall time (minutes)")
