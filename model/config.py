@@ -100,7 +100,7 @@ class ConsolidationConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lr: float | None = None  # AdamW learning rate; None: 5e-4 (both students: on NFCats the memory+adapter student at
     # 2.5e-4 on prompts of 8 experiences reached a held-out NLL of 0.105 at step 25 and 0.054 after its 79; at 5e-4 on
-    # prompts of `student_k` 4, 0.079 at step 25 and 0.054 at step 30: benchmarks/results/job_time.md)
+    # prompts of `student_k` 4, 0.062 at step 25 and 0.051 at step 35: docs/benchmarks/consolidation.md, job time)
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
     eval_every: int = 5  # measure the held-out NLL every this many steps (and after the last): the job keeps the
