@@ -72,10 +72,11 @@ def build_pairs(experiences: Sequence[ExperienceData], tokenizer: Any, memory: V
                 hits = [h for h in memory.search(request, config.teacher_k + 1, tenant=tenant) if h.id != e.id]
                 cond = select(hits[: config.teacher_k], tokenizer, gen_config)
                 teacher = chat_ids(tokenizer, render_messages(question, cond, gen_config.template))
-                if config.with_memory:
+                student = teacher if config.with_memory else bare
+                if config.with_memory and few < config.teacher_k:  # the best by score (search order is MMR's)
                     best = sorted(hits[: config.teacher_k], key=lambda h: h.score, reverse=True)[:few]
-                    student = teacher if few >= config.teacher_k else chat_ids(tokenizer, render_messages(
-                        question, select(best, tokenizer, gen_config), gen_config.template))
+                    student = chat_ids(tokenizer, render_messages(question, select(best, tokenizer, gen_config),
+                                                                  gen_config.template))
             cut += len(teacher) > keep or len(student) > keep
             pairs.append(Pair(e.id, student[-keep:], teacher[-keep:], response, rejected if n == 0 else None))
     if cut:
