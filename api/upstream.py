@@ -294,8 +294,11 @@ class Response(Protocol):
     """A whole HTTP answer, as `parse_models` and `refused` read it: an httpx `Response` (the push's client) or a
     `Reply` (the proxy's)."""
 
-    status_code: int
-    url: Any
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def url(self) -> Any: ...
 
     @property
     def headers(self) -> Any: ...
