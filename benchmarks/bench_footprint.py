@@ -397,10 +397,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a folder of memories a run left (<kind>/ each): search them again, update --out's results")
     args = p.parse_args(argv)
     from logmem.memory import MemoryConfig
+    from logmem.memory.indexes import ef_search_for
 
     args.sizes = args.sizes or ("5000" if args.quick else "100000,1000000")
     args.queries = args.queries or (100 if args.quick else 500)
-    args.ef = args.ef or MemoryConfig().hnsw_ef_search
+    args.ef = args.ef or ef_search_for(1_000_000, MemoryConfig())  # the 1M beam, as the results were measured
     args.sq8_m = args.sq8_m or MemoryConfig().hnsw_sq8_m
     args.ef_sweep = [int(e) for e in args.ef_sweep.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

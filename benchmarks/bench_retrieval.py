@@ -43,7 +43,7 @@ from data import (  # benchmarks/ is on sys.path when run as a script
 from logmem.memory import kernels
 from logmem.memory.config import MemoryConfig
 from logmem.memory.index import ExactIndex, FlatIndex, HNSWIndex, make_index
-from logmem.memory.indexes import index_settings
+from logmem.memory.indexes import ef_search_for, index_settings
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -341,7 +341,7 @@ def ef_of(row: SearchRow) -> int | None:
 
 def search_table(rows: list[SearchRow], ef: int | None) -> list[str]:
     sizes = sorted({r.size for r in rows})
-    default_ef = MemoryConfig().hnsw_ef_search
+    default_ef = ef_search_for(1_000_000, MemoryConfig())  # the beam by size at 1M
     keep = [r for r in rows if ef_of(r) in (None, default_ef, ef)]
     names = list(dict.fromkeys((r.backend, r.params) for r in keep))
     head = "| backend | params | " + " | ".join(f"{s:,}: p50 / p95 ms, recall@{K}" for s in sizes) + " |"
@@ -422,7 +422,7 @@ def plot(rows: list[SearchRow], ef: int | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    default_ef = MemoryConfig().hnsw_ef_search
+    default_ef = ef_search_for(1_000_000, MemoryConfig())  # the beam by size at 1M
     for name, params in dict.fromkeys((r.backend, r.params) for r in rows if ef_of(r) in (None, default_ef, ef)):
         pts = sorted((r.size, r.p50_ms) for r in rows if (r.backend, r.params) == (name, params))
         label = (f"{name} efSearch={params.rsplit('=', 1)[1]}" if "efSearch=" in params

@@ -54,7 +54,9 @@ class MemoryConfig:
     hnsw_m: int = 32  # HNSW graph degree
     hnsw_sq8_m: int = 32  # graph degree of hnsw_sq8 (at 1M, 16 saves 120 MiB but loses recall: 0.926 vs 0.963)
     hnsw_ef_construction: int = 64  # HNSW build beam
-    hnsw_ef_search: int = 384  # HNSW search beam: recall@10 0.963 at 0.64 ms on 1M (benchmarks/results/retrieval.md)
+    # HNSW search beam; 0: by the tenant's size (`indexes.ef_search_for`: 128 up to 100k, ~sqrt-growing to 384 at
+    # 1M; benchmarks/results/retrieval.md: recall@10 0.985 at 0.26 ms on 100k with 128, 0.963 at 0.64 ms on 1M with 384)
+    hnsw_ef_search: int = 0
     search_threads: int = 1  # faiss OpenMP threads for one query (more is slower on 2 cores)
 
     # Ingest
@@ -87,7 +89,7 @@ class MemoryConfig:
             ("hnsw_m", self.hnsw_m >= 4, ">= 4"),
             ("hnsw_sq8_m", self.hnsw_sq8_m >= 4, ">= 4"),
             ("hnsw_ef_construction", self.hnsw_ef_construction >= 1, ">= 1"),
-            ("hnsw_ef_search", self.hnsw_ef_search >= 1, ">= 1"),
+            ("hnsw_ef_search", self.hnsw_ef_search >= 0, ">= 0 (0: by size)"),
             ("search_threads", self.search_threads >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("checkpoint_changes", self.checkpoint_changes >= 1, ">= 1"),

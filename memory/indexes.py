@@ -102,10 +102,23 @@ def resolve_kind(config: MemoryConfig, engine: Any) -> str:
     return "auto"
 
 
+EF_SEARCH_FLOOR, EF_SEARCH_CEILING = 128, 512
+
+
+def ef_search_for(n: int, config: MemoryConfig) -> int:
+    """The HNSW search beam for a tenant of `n` vectors: the configured one, or by size (`hnsw_ef_search` 0): 384 at
+    1M, scaled by sqrt(n / 1M), within [128, 512] (128 up to ~110k). The beam recall@10 >= 0.95 needs grew about so on
+    the grown ShareGPT sets (benchmarks/results/retrieval.md: 64 at 100k, 384 at 1M); 128 holds 0.985 at 100k."""
+    if config.hnsw_ef_search:
+        return config.hnsw_ef_search
+    return int(min(EF_SEARCH_CEILING, max(EF_SEARCH_FLOOR, round(384 * (n / 1_000_000) ** 0.5))))
+
+
 def index_settings(config: MemoryConfig) -> dict[str, Any]:
-    """The registry's keyword settings from a config (each backend takes those it knows)."""
+    """The registry's keyword settings from a config (each backend takes those it knows). A beam by size starts as
+    the 1M one (384): `TenantIndexes` sets each faiss index's own by its size; pgvector keeps this one."""
     return {"m": config.hnsw_m, "sq8_m": config.hnsw_sq8_m, "ef_construction": config.hnsw_ef_construction,
-            "ef_search": config.hnsw_ef_search, "threads": config.search_threads}
+            "ef_search": ef_search_for(1_000_000, config), "threads": config.search_threads}
 
 
 def is_empty(index: Index) -> bool:
@@ -208,6 +221,7 @@ class TenantIndexes:
             found = self._rebuild(tenant)
             self._saved[tenant] = (-1, float("-inf"))  # a rebuild is worth keeping: due at the next checkpoint
         self._indexes[tenant] = found
+        self._beam(found[0])
         return found
 
     def loaded(self) -> dict[str, Index]:
@@ -243,7 +257,13 @@ class TenantIndexes:
             ids, xb = pending.added()
             if len(ids):
                 cached[0].add(ids, xb)
+                self._beam(cached[0])
             self._indexes[pending.tenant] = (cached[0], generation)
+
+    def _beam(self, index: Index) -> None:
+        """An HNSW index's search beam for its size (`ef_search_for`), unless one is configured."""
+        if not self.config.hnsw_ef_search and hasattr(index, "ef_search"):
+            index.ef_search = ef_search_for(len(index), self.config)  # type: ignore[attr-defined]
 
     def invalidate(self, tenant: str) -> None:
         """Forget the tenant's index in this process (the next `get` follows SQL)."""

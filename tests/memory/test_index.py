@@ -11,7 +11,7 @@ import pytest
 from logmem.memory import DimensionMismatchError, MemoryConfig
 from logmem.memory.errors import ConfigError
 from logmem.memory.index import KINDS, ExactIndex, Index, load_index, make_index
-from logmem.memory.indexes import choose_kind, index_settings
+from logmem.memory.indexes import choose_kind, ef_search_for, index_settings
 
 D_WIDTH = 16
 
@@ -240,6 +240,15 @@ def test_hnsw_keeps_its_settings_through_save_and_load(tmp_path: Path) -> None:
     loaded = load_index(tmp_path / "h", "hnsw", **index_settings(config))
 
     assert (loaded.m, loaded.ef_construction, loaded.ef_search) == (8, 40, 77)  # type: ignore[attr-defined]
+
+
+def test_the_hnsw_beam_by_size() -> None:
+    """`hnsw_ef_search` 0: 128 while small, 384 at 1M (sqrt-growing between), at most 512; a configured beam is
+    kept at any size; pgvector and a fresh faiss index start with the 1M one."""
+    auto = MemoryConfig()
+    assert [ef_search_for(n, auto) for n in (0, 100_000, 250_000, 1_000_000, 10**7)] == [128, 128, 192, 384, 512]
+    assert ef_search_for(10**6, MemoryConfig(hnsw_ef_search=77)) == 77
+    assert index_settings(auto)["ef_search"] == 384
 
 
 def test_choose_kind() -> None:

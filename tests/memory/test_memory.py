@@ -430,6 +430,21 @@ def test_reopen_gives_the_same_results_without_a_rebuild(home: Path, embedder: E
     assert "rebuilding" not in caplog.text
 
 
+@pytest.mark.parametrize(("beam", "want"), [(0, 128), (300, 300)])
+def test_a_tenants_hnsw_index_searches_with_the_beam_for_its_size(home: Path, embedder: Embedder, beam: int,
+                                                                  want: int) -> None:
+    """The beam by size is set on the index a search gets (rebuilt, grown by a write, or loaded from its file); a
+    configured one stays as configured."""
+    config = MemoryConfig(index_kind="hnsw", hnsw_ef_search=beam)
+    with VectorMemory(home, embedder=embedder, config=config) as m:
+        m.ingest([rec("a", REVERSE, SLICE)])
+        assert m.indexes.get("default").ef_search == want  # type: ignore[attr-defined]
+        m.ingest([rec("b", GIT, GIT_ANSWER)])
+        assert m.indexes.get("default").ef_search == want  # type: ignore[attr-defined]
+    with VectorMemory(home, embedder=embedder, config=config) as m:  # from the file
+        assert m.indexes.get("default").ef_search == want  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(("kind", "damage"), [
     ("flat", "missing"), ("flat", "corrupt"), ("flat", "truncated"), ("flat", "future"), ("flat", "bad meta"),
     ("exact", "truncated"), ("hnsw", "truncated"),
