@@ -61,6 +61,10 @@ class MemoryConfig:
 
     # Ingest
     batch_size: int = 256  # records per SQL transaction (and embedding call)
+    # threads an ingest embeds on at once, each its share of a window's requests; 0: the cores this process may use
+    # divided by the embedder's own `threads` (an embedder without that attribute: 1). On 2 cores with the default
+    # ONNX MiniLM (1 thread) 2: the embedding, ~90% of an ingest, otherwise leaves a core idle
+    embed_workers: int = 0
 
     # Index files (SQL is the truth; a file spares the next process a rebuild)
     checkpoint_changes: int = 64  # a tenant's index file is rewritten after this many writes to its vectors ...
@@ -92,6 +96,7 @@ class MemoryConfig:
             ("hnsw_ef_search", self.hnsw_ef_search >= 0, ">= 0 (0: by size)"),
             ("search_threads", self.search_threads >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("embed_workers", self.embed_workers >= 0, ">= 0 (0: by the cores)"),
             ("checkpoint_changes", self.checkpoint_changes >= 1, ">= 1"),
             ("checkpoint_seconds", self.checkpoint_seconds >= 0, ">= 0"),
             ("change_log_generations", self.change_log_generations >= 1, ">= 1"),

@@ -586,3 +586,28 @@ def test_forget_a_user_takes_their_leading_paragraphs_off_the_instruction_tally(
     memory.forget(user="alice")
     with sqlite3.connect(home / "memory.db") as db:  # bob and carol sent it too: it stays, counted twice
         assert db.execute("SELECT text, count FROM instructions").fetchall() == [(shared, 2)]
+
+
+def test_an_ingest_split_among_embedding_threads_stores_what_one_call_would(tmp_path: Path,
+                                                                           embedder: Embedder) -> None:
+    """`embed_workers` 2 embeds a window's requests in two shares at once: the same experiences, each with the vector
+    one call gives its request (to float rounding), in the same order of ids."""
+    from logmem.memory.ingest import MIN_SHARE, embed_workers
+
+    words = ["commit", "branch", "merge", "rebase", "stash", "tag", "remote", "fetch", "pull", "push", "diff", "log"]
+    records = [rec(f"r{i}", f"How do I {words[i % 12]} in git when {' '.join(words[: 1 + i % 11])} number {i}?",
+                   f"Use git {words[i % 12]} ({i}).") for i in range(3 * MIN_SHARE)]
+    stored, reports = {}, {}
+    for workers in (1, 2):
+        with VectorMemory(tmp_path / str(workers), embedder=embedder, config=MemoryConfig(embed_workers=workers)) as m:
+            assert m.ingestor.workers == workers
+            reports[workers] = m.ingest(records).to_json()
+            stored[workers] = m.store.get_experiences(tenant="default", ids=range(1, len(records) + 1))
+    one, two = stored[1], stored[2]
+    assert reports[1] == reports[2] and reports[1]["experiences"] > len(records) // 2
+    assert sorted(one) == sorted(two) and len(one) == reports[1]["experiences"]
+    for i in one:
+        assert one[i].trigger == two[i].trigger
+        np.testing.assert_allclose(one[i].vector, two[i].vector, atol=1e-5)
+    assert embed_workers(embedder) >= 1
+    assert embed_workers(object()) == 1  # type: ignore[arg-type]  # no `threads`: one call
