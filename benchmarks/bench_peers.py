@@ -312,10 +312,9 @@ def write(out: Path, result: dict[str, Any]) -> str:
               "vectors inside their neighbourhoods, written to each system in bulk (no embedding at fill). "
               "Embedder alone: after each search, the same embedder on what that system embeds of the query (logmem: "
               "the request without its shared instruction; the others: the whole text); beyond the embedding alone: "
-              "the median over queries of the search's time minus that embedding's (the same text embedded again right "
-              "after runs warmer than inside the search, so this overstates a system's own time); embedding inside "
-              "the search: the time the search itself spent in the embedder; beyond its own embedding: the median "
-              "over queries of the search's time minus that.", ""]
+              "the median over queries of the search's time minus that embedding's; embedding inside the search: the "
+              "time the search itself spent in the embedder; beyond its own embedding: the median over queries of "
+              "the search's time minus that.", ""]
     text = "\n".join(lines)
     (out / "peers.md").write_text(text)
     return text
