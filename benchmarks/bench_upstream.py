@@ -28,9 +28,13 @@ import argparse
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from common import logmem_server, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+from common import free_port, logmem_server, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
 
 TENANT = "acme"
 INSERT_BATCH = 5_000
@@ -144,6 +148,36 @@ def server(env: dict[str, str], log: Path, timeout: float = 600.0) -> Any:
     return logmem_server(env, log, timeout)
 
 
+@contextmanager
+def bare_relay(upstream: str, key: str, log: Path, timeout: float = 60.0) -> Iterator[str]:
+    """`bare_relay.py` (the floor of a Python proxy's hop) in its own uvicorn process in front of `upstream`; yields
+    its base URL once it answers, stops it after."""
+    port = free_port()
+    env = {**os.environ, "LOGMEM_RELAY_UPSTREAM": upstream, "LOGMEM_RELAY_KEY": key}
+    cmd = [sys.executable, "-m", "uvicorn", "bare_relay:app", "--app-dir", str(Path(__file__).parent), "--host",
+           "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    with log.open("a") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the bare relay did not start:\n{log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def new_key(db: Path, tenant: str) -> str:
     from logmem.memory.store import Store
 
@@ -207,14 +241,15 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conversations: list[Any],
-            questions: list[str], max_tokens: int, empty_key: str) -> dict[str, Any]:
+            questions: list[str], max_tokens: int, empty_key: str, relay: str | None = None) -> dict[str, Any]:
     """Interleaved pairs: each question through the proxy and straight to the upstream with its conditioning. Then
     the hop alone: the bare question through the proxy for a tenant with no memory (`empty_key`; nothing to
-    condition with) and straight to the upstream, streamed, in a second interleaved pair."""
+    condition with) and straight to the upstream, streamed, in a second interleaved pair; with `relay` (a
+    `bare_relay` in front of the same upstream), through it too, in turn."""
     rows: dict[str, list[float]] = {k: [] for k in ("proxy_ttft", "direct_ttft", "added_ttft", "proxy_stream",
                                                     "direct_stream", "added_stream", "proxy_whole", "direct_whole",
                                                     "added_whole", "condition", "forward", "hop_ttft",
-                                                    "hop_forward")}
+                                                    "hop_forward", "relay_ttft")}
     proxy_call = (f"{proxy}/v1/chat/completions", proxy_key)
     direct_call = (f"{upstream}/v1/chat/completions", upstream_key)
     empty_call = (f"{proxy}/v1/chat/completions", empty_key)
@@ -230,10 +265,15 @@ def measure(proxy: str, proxy_key: str, upstream: str, upstream_key: str, conver
             took = {name: whole(client, *(proxy_call if name == "proxy" else direct_call), body)
                     for name in first for body in [again if name == "proxy" else theirs]}
             bare = {**mine, "messages": [{"role": "user", "content": question + "  "}]}
-            hop = {name: streamed(client, *(empty_call if name == "proxy" else direct_call), bare) for name in first}
+            calls = {"proxy": empty_call, "direct": direct_call, "relay": (f"{relay}/v1/chat/completions", "-")}
+            three = ["proxy", "direct", "relay"]
+            order = first if relay is None else three[i % 3:] + three[:i % 3]  # each goes first in turn
+            hop = {name: streamed(client, *calls[name], bare) for name in order}
             if i < WARMUP:
                 continue
             rows["hop_ttft"].append(hop["proxy"][0] - hop["direct"][0])
+            if relay is not None:
+                rows["relay_ttft"].append(hop["relay"][0] - hop["direct"][0])
             rows["hop_forward"].append(hop["proxy"][3].get("forward", float("nan")))
             (p_first, p_end, final, timing), (d_first, d_end, _, _) = got["proxy"], got["direct"]
             for name, value in (("proxy_ttft", p_first), ("direct_ttft", d_first), ("added_ttft", p_first - d_first),
@@ -355,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                         "LOGMEM_EMBEDDER_RUNTIME": args.embedder_runtime},
                        work / "proxy.log") as proxy:
             print(f"measuring {args.pairs} pairs ...", flush=True)
-            figures = measure(proxy, proxy_key, upstream, upstream_key, conversations, questions, args.max_tokens,
-                              empty_key)
+            with bare_relay(upstream, upstream_key, work / "relay.log") as relay:
+                figures = measure(proxy, proxy_key, upstream, upstream_key, conversations, questions,
+                                  args.max_tokens, empty_key, relay)
 
     result = {"question": "the proxy's added latency over calling the upstream directly",
               "size": fill["experiences"], "real_experiences": fill["real_experiences"],
@@ -425,7 +466,11 @@ def table(result: dict[str, Any]) -> str:
               f"question straight to the upstream, streamed): {f['hop_ttft']['p50_ms']:+.1f} ms p50, "
               f"{f['hop_ttft']['p95_ms']:+.1f} ms p95 before the first token (its `forward`: "
               f"{f['hop_forward']['p50_ms']:.1f} ms p50): what the proxy's HTTP hop, route and logging cost with "
-              f"nothing to retrieve.", "",
+              f"nothing to retrieve." + (
+                  f" A bare relay in front of the same upstream (`benchmarks/bare_relay.py`: uvicorn and aiohttp, "
+                  f"the bytes passed through, nothing parsed or logged), in the same interleaved turns: "
+                  f"{f['relay_ttft']['p50_ms']:+.1f} ms p50, {f['relay_ttft']['p95_ms']:+.1f} ms p95: what any "
+                  f"Python proxy adds here at least." if f.get("relay_ttft", {}).get("n") else ""), "",
               "The same conditioning in one process on the same memory, stage by stage (no HTTP):", "",
               "| stage | p50 | p95 |", "|---|---|---|"]
     for name, figure in result["conditioning_in_process"].items():

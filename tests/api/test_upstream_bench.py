@@ -46,4 +46,7 @@ def test_bench_upstream_quick(tmp_path: Path, model_home: Path, smollm_folder: P
     hop = result["figures"]["hop_ttft"]  # the proxy with nothing to retrieve, against the upstream
     assert hop["n"] == result["pairs"] and hop["p50_ms"] == hop["p50_ms"]
     assert result["figures"]["hop_forward"]["p50_ms"] < result["figures"]["forward"]["p50_ms"]  # no conditioning
+    relay = result["figures"]["relay_ttft"]  # the bare relay's hop, beside the proxy's
+    assert relay["n"] == result["pairs"] and relay["p50_ms"] == relay["p50_ms"]
+    assert "bare relay" in (tmp_path / "out" / "upstream.md").read_text()
     assert result["exchanges_per_request"] > 0  # the memory conditioned the requests
