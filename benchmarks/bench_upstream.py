@@ -28,8 +28,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from common import free_port, logmem_server, sized  # noqa: E402  # benchmarks/ is on sys.path when run as a script
+from common import logmem_server, sized, uvicorn_process  # noqa: E402  # benchmarks/ is on sys.path when run as a script
 
 TENANT = "acme"
 INSERT_BATCH = 5_000
@@ -152,30 +150,9 @@ def server(env: dict[str, str], log: Path, timeout: float = 600.0) -> Any:
 def bare_relay(upstream: str, key: str, log: Path, timeout: float = 60.0) -> Iterator[str]:
     """`bare_relay.py` (the floor of a Python proxy's hop) in its own uvicorn process in front of `upstream`; yields
     its base URL once it answers, stops it after."""
-    port = free_port()
     env = {**os.environ, "LOGMEM_RELAY_UPSTREAM": upstream, "LOGMEM_RELAY_KEY": key}
-    cmd = [sys.executable, "-m", "uvicorn", "bare_relay:app", "--app-dir", str(Path(__file__).parent), "--host",
-           "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    with log.open("a") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the bare relay did not start:\n{log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
+    with uvicorn_process(["bare_relay:app", "--app-dir", str(Path(__file__).parent)], env, log, timeout) as (_, base):
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def new_key(db: Path, tenant: str) -> str:

@@ -52,11 +52,21 @@ def logmem_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[st
 @contextmanager
 def logmem_process(env: dict[str, str], log: Path, timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`logmem_server`, yielding the process too (to signal it); one that has exited by itself is left as it is."""
+    with uvicorn_process(["logmem.api.app:create_app", "--factory"], env, log, timeout) as found:
+        yield found
+
+
+@contextmanager
+def uvicorn_process(app: list[str], env: dict[str, str], log: Path,
+                    timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """uvicorn serving `app` (its arguments: the app, and `--factory` or `--app-dir` where needed) in its own process
+    on a free loopback port, with exactly `env`; yields (the process, its base URL) once /healthz answers, and stops
+    it cleanly (SIGINT) after."""
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "logmem.api.app:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+           "--log-level", "warning"]
     with log.open("a") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
