@@ -267,22 +267,23 @@ class Ingestor:
         if not texts:
             return {}
         workers = min(self.workers, len(texts) // MIN_SHARE)
-        if workers > 1:
-            by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            shares = [by_length[w::workers] for w in range(workers)]
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logmem-embed-share") as pool:
-                parts = list(pool.map(lambda share: self.embedder.encode([texts[i] for i in share]), shares))
-            xb = np.empty((len(texts), self.d), dtype=np.float32)
-            for share, part in zip(shares, parts):
-                if part.shape != (len(share), self.d):
-                    raise DimensionMismatchError(f"embedder returned shape {part.shape}, expected ({len(share)}, "
-                                                 f"{self.d})")
-                xb[share] = part
-        else:
-            xb = self.embedder.encode(texts)
+        if workers < 2:
+            return dict(zip(texts, self._embedded(texts)))
+        by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        shares = [by_length[w::workers] for w in range(workers)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logmem-embed-share") as pool:
+            parts = list(pool.map(lambda share: self._embedded([texts[i] for i in share]), shares))
+        xb = np.empty((len(texts), self.d), dtype=np.float32)
+        for share, part in zip(shares, parts):
+            xb[share] = part
+        return dict(zip(texts, xb))
+
+    def _embedded(self, texts: list[str]) -> np.ndarray:
+        """The embedder's vectors of `texts` (one call), checked for their shape."""
+        xb = self.embedder.encode(texts)
         if xb.shape != (len(texts), self.d):
             raise DimensionMismatchError(f"embedder returned shape {xb.shape}, expected ({len(texts)}, {self.d})")
-        return dict(zip(texts, np.asarray(xb, dtype=np.float32)))
+        return np.asarray(xb, dtype=np.float32)
 
     def _place(self, tx: Tx, tenant: str, index: Pending, c: Candidate, vectors: dict[str, np.ndarray],
                interaction_id: int) -> str:
