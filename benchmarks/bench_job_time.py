@@ -36,6 +36,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +265,8 @@ def main() -> None:
                               "defaults": {k: getattr(defaults, k) for k in (
                                   "student_k", "teacher_k", "eval_every", "min_steps", "patience", "min_gain",
                                   "max_seconds", "max_holdout", "epochs")}, "note": args.note}
-    result["defaults"]["lr"] = learning_rate(defaults)
+    result["defaults"]["lr"] = (f"{learning_rate(replace(defaults, with_memory=True)):g} (memory+adapter) / "
+                                f"{learning_rate(replace(defaults, with_memory=False)):g} (bare)")
     with tempfile.TemporaryDirectory() as tmp:
         logs = {"nfcats": Path("data/nfcats/logs.jsonl"),
                 "support6k": support_logs(Path(tmp) / "support.jsonl", args.support_n)}

@@ -98,9 +98,10 @@ class ConsolidationConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float | None = None  # AdamW learning rate; None: 5e-4 (both students: on NFCats the memory+adapter student at
-    # 2.5e-4 on prompts of 8 experiences reached a held-out NLL of 0.105 at step 25 and 0.054 after its 79; at 5e-4 on
-    # prompts of `student_k` 4, 0.062 at step 25 and 0.051 at step 35: docs/benchmarks/consolidation.md, job time)
+    lr: float | None = None  # AdamW learning rate; None: 1e-3 for the memory+adapter student, 5e-4 for the bare one
+    # (on NFCats the memory+adapter student at 2.5e-4 on prompts of 8 experiences reached a held-out NLL of 0.105 at
+    # step 25 and 0.054 after its 79; on prompts of `student_k` 4, 0.062 at step 25 at 5e-4, 0.045 at 1e-3; a linear
+    # decay of 5e-4 to 0 by the time bound, 0.078: docs/benchmarks/consolidation.md, job time)
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
     eval_every: int = 5  # measure the held-out NLL every this many steps (and after the last): the job keeps the
@@ -114,11 +115,13 @@ class ConsolidationConfig:
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
-    max_seconds: float = 720.0  # the job's training stops after the step that passes this many seconds since the job
-    # started (0: no bound), keeping its best measured weights; the measurement after that step and the gate add ~2-3
-    # minutes. What it did not reach stays uncovered, and the next job teaches it. On 2 CPU cores a job's training
-    # outlasts its early stop: NFCats' default job stopped by patience after 19.9 min and the 6-label support
-    # tenant's was still gaining at 16 min (benchmarks/results/job_time.md); 720 s holds a job to ~15 minutes
+    max_seconds: float = 760.0  # the job's training, with its last measurement, ends by this many seconds since the
+    # job started (0: no bound): a step runs only where, at the pace of the steps and measurements so far, it and the
+    # measurement after it end in time; the best measured weights are kept, and the student's readings and the gate
+    # after it add ~2 minutes (NFCats). What it did not reach stays uncovered, and the next job teaches it. On 2 CPU
+    # cores a job's training outlasts its early stop: NFCats' default job stopped by patience after 19.9 min and the
+    # 6-label support tenant's was still gaining at 16 min (benchmarks/results/job_time.md); 760 s holds a job to
+    # ~15 minutes
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)

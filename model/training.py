@@ -110,6 +110,26 @@ def attach_adapter(model: Any, config: ConsolidationConfig, start: str | Path | 
                                             target_modules=modules, task_type="CAUSAL_LM"))
 
 
+class _Pace:
+    """How long a run's steps and measurements take: what one more step and the measurement after it would cost."""
+
+    def __init__(self) -> None:
+        self.steps, self.step_seconds, self.reading = 0, 0.0, 0.0
+        self.last_measured = 0  # the last step measured (0: none)
+
+    def stepped(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_seconds += seconds
+
+    def measured(self, step: int, seconds: float) -> None:
+        self.last_measured, self.reading = step, seconds
+
+    def ahead(self, measuring: bool) -> float:
+        """Seconds for one more step (the mean so far) and, when the run measures, the measurement after it (as
+        long as the last one; none yet: nothing)."""
+        return self.step_seconds / max(self.steps, 1) + (self.reading if measuring else 0.0)
+
+
 @dataclass
 class Training:
     """How `train_adapter` went: the steps it ran of those planned, why it stopped, the held-out curve, and which
@@ -174,8 +194,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
 
     With `held_out(peft_model, step)` (the held-out NLL of the weights after `step`), the run measures it every
     `config.eval_every` steps from `config.min_steps` on and after its last step, stops early (`EarlyStop`) and
-    ends with the best measurement's weights. It also stops after the step that passes `deadline` (a
-    `time.perf_counter()` value; default: `config.max_seconds` from now, when set).
+    ends with the best measurement's weights. With a `deadline` (a `time.perf_counter()` value; default:
+    `config.max_seconds` from now, when set) it runs a step only where, at the pace of its steps and measurements
+    so far, that step and the measurement after it end by then; the first step always runs.
     """
     from peft import PeftModel
 
@@ -191,32 +212,44 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         plan = plan[: config.max_steps]
     pad = tokenizer.pad_token_id
     run, early = Training(planned=len(plan)), EarlyStop(config)
+    pace = _Pace()
     peft_model.train()
+
+    def measure(step: int) -> str:
+        """Measure the weights after `step`; returns the note for the progress report."""
+        assert held_out is not None
+        began = time.perf_counter()
+        nll = held_out(peft_model, step)
+        pace.measured(step, time.perf_counter() - began)
+        run.curve.append((step, nll))
+        stop = early.record(peft_model, step, nll)
+        if stop is not None:
+            run.stop = stop
+        return f" held-out {nll:.4f}"
+
     bar = tqdm(plan, desc=f"consolidate ({config.method})", unit="step", disable=not progress)
     for step, batch in enumerate(bar, start=1):
+        if step > 1 and deadline is not None and time.perf_counter() + pace.ahead(held_out is not None) > deadline:
+            run.stop = "wall_time"
+            break
+        began = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = step_gradients(peft_model, batch, config, pad)
         optimizer.step()
+        pace.stepped(time.perf_counter() - began)
         run.steps = step
-        out_of_time = deadline is not None and time.perf_counter() >= deadline
-        last = step == len(plan) or out_of_time
         note = ""
-        if held_out is not None and (last or (config.eval_every and step % config.eval_every == 0
-                                              and step >= config.min_steps)):
-            nll = held_out(peft_model, step)
-            run.curve.append((step, nll))
-            note = f" held-out {nll:.4f}"
-            stop = early.record(peft_model, step, nll)
-            if stop is not None:
-                run.stop = stop
-                last = True
-        if out_of_time and run.stop == "max_steps" and step < len(plan):
-            run.stop = "wall_time"
+        if held_out is not None and (step == len(plan) or (config.eval_every and step % config.eval_every == 0
+                                                           and step >= config.min_steps)):
+            note = measure(step)
         bar.set_postfix(loss=f"{loss:.3f}")
         if report is not None:
             report(step / len(plan), f"step {step}/{len(plan)} loss {loss:.4f}{note}")
-        if last:
+        if run.stop != "max_steps":
             break
+    if held_out is not None and pace.last_measured != run.steps:  # stopped by the clock between measurements
+        measure(run.steps)
+        run.stop = "wall_time"
     bar.close()
     if early.best_step and early.best_step != run.steps:
         early.restore(peft_model)
@@ -232,5 +265,7 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
 
 
 def learning_rate(config: ConsolidationConfig) -> float:
-    """`config.lr`, or by default 5e-4."""
-    return config.lr if config.lr is not None else 5e-4
+    """`config.lr`, or by default 1e-3 for the memory+adapter student and 5e-4 for the bare one."""
+    if config.lr is not None:
+        return config.lr
+    return 1e-3 if config.with_memory else 5e-4

@@ -5,6 +5,7 @@ weights kept; each held-out figure measured once; the job's metrics say how it s
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,22 @@ def test_the_wall_time_bound_stops_a_job(capitals: VectorMemory, tiny_lm: Any) -
     assert m["curve"] == [[1, round(m["student_nll"], 5)]]  # measured after the step that passed the bound
     # the adapter covers what its one step taught (a batch of 4); the rest is left to the next job
     assert 1 <= len(outcome.covered) == m["covered"] <= 4 < m["train"]
+
+
+def test_no_step_starts_that_would_end_past_the_bound(capitals: VectorMemory, tiny_lm: Any) -> None:
+    """A step and the measurement after it must end by the deadline: after a measurement of 1 s, a run with 1.5 s
+    stops rather than start a second step (it used to run on past its bound, measuring again)."""
+    tok = tiny_lm[1]
+    config = ConsolidationConfig(**FAST, epochs=10, eval_every=1, patience=0, with_memory=False)
+    train = build_pairs(list(capitals.iter_experiences("default")), tok, None, "default", config)
+
+    def slow(m: Any, step: int) -> float:
+        time.sleep(1.0)
+        return 1.0 / step
+
+    _, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, config, held_out=slow,
+                           deadline=time.perf_counter() + 1.5)
+    assert (run.steps, run.stop, [s for s, _ in run.curve]) == (1, "wall_time", [1])
 
 
 def test_the_job_metrics_say_how_it_stopped(capitals: VectorMemory, tiny_lm: Any) -> None:

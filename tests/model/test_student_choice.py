@@ -50,7 +50,7 @@ def test_a_model_that_reads_its_memory_gets_the_memory_student(smollm: Any, code
     assert config.with_memory is True and choice["with_memory_student"] is True
     assert choice["with_memory"] < 0.5 * choice["bare"]  # the codes are read off the neighbours, not guessed
     assert "memory+adapter" in choice["reason"]
-    assert learning_rate(config) == 5e-4
+    assert learning_rate(config) == 1e-3
 
 
 def test_a_model_the_memory_does_not_help_gets_the_bare_student(tiny_lm: Any, codes: VectorMemory) -> None:
