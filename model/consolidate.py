@@ -54,10 +54,10 @@ def consolidate(model: Any, tokenizer: Any, memory: VectorMemory, *, tenant: str
                 config: ConsolidationConfig | None = None, report: Report | None = None,
                 progress: bool = False, experiences: Sequence[ExperienceData] | None = None) -> Outcome:
     """Plan (model/lineage.py), split, train on from the active adapter, gate. Training measures the student on the
-    held-out slice as it goes, keeps its best weights and stops when they stop improving or the job has run
-    `config.max_seconds` (`train_adapter`); each held-out NLL figure is measured once (`HeldOutNll`). `model` is
-    changed in place (the adapter is injected into it). The caller saves and registers the adapter
-    (`Outcome.adapter`).
+    held-out slice as it goes, keeps its best weights and stops when they stop improving or one more step and its
+    measurement would end past `config.max_seconds` since the job started (`train_adapter`); each held-out NLL
+    figure is measured once (`HeldOutNll`). `model` is changed in place (the adapter is injected into it). The
+    caller saves and registers the adapter (`Outcome.adapter`).
 
     `experiences` replaces the plan's new experiences (the lineage still gives the parent and the replay).
     """
