@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Boolean, Float, Integer, insert, select
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .engine import StoreBase
+from .records import AdapterData
 from .schema import (
     AdapterRow,
     AnswerRow,
@@ -94,6 +95,11 @@ class Written:
 
 class TransferStore(StoreBase):
     """A tenant read whole (an export's snapshot) and written whole (an import, in the caller's transaction)."""
+
+    if TYPE_CHECKING:  # AdapterStore's, beside this one in `Store`
+        def adapters(self, *, tenant: str | None) -> list[AdapterData]: ...
+
+        def _here(self, adapter: AdapterData, *, write: bool = True) -> AdapterData: ...
 
     def read_tenant(self, *, tenant: str, d: int) -> TenantRows:
         """Every row of `tenant` as one snapshot: one read transaction (PostgreSQL: repeatable read), so an export
