@@ -29,6 +29,9 @@ class MemoryConfig:
     fetch_k: int = 32  # candidates taken from the index before scoring (at least k)
 
     retrieve_consolidated: bool = True  # False: experiences an adapter holds leave the prompt
+    # experience rows a process keeps of what its searches read (texts, vectors, utility), each tenant's while SQL
+    # says none of them changed (one small read a search makes anyway); 0: every search reads its candidates' rows
+    held_rows: int = 10_000
 
     # Filtering: which assistant turns become experiences
     min_success: float = 0.7  # estimated success probability a turn needs
@@ -83,6 +86,7 @@ class MemoryConfig:
             ("min_sim", -1.0 <= self.min_sim <= 1.0, "in [-1, 1]"),
             ("mmr_lambda", 0.0 <= self.mmr_lambda <= 1.0, "in [0, 1]"),
             ("fetch_k", self.fetch_k >= 1, ">= 1"),
+            ("held_rows", self.held_rows >= 0, ">= 0 (0: none)"),
             ("min_success", 0.0 <= self.min_success <= 1.0, "in [0, 1]"),
             ("min_confidence", 0.0 <= self.min_confidence <= 1.0, "in [0, 1]"),
             ("dup_threshold", 0.0 < self.dup_threshold <= 1.0, "in (0, 1]"),

@@ -184,11 +184,11 @@ class TenantIndexes:
                               f"not {source.engine.dialect.name!r}")
 
     # --- reading --------------------------------------------------------------------------
-    def get(self, tenant: str) -> Index:
-        """The tenant's index as of SQL's current generation."""
+    def get(self, tenant: str, *, generation: int | None = None) -> Index:
+        """The tenant's index as of SQL's current generation (or `generation`, just read from SQL by the caller)."""
         if self.durable:
             return self._durable(tenant)
-        return self.current(tenant)[0]
+        return self.current(tenant, generation=generation)[0]
 
     def held(self, tenant: str) -> Index | None:
         """The tenant's index as this process holds it, without asking SQL whether it is current."""
@@ -202,10 +202,12 @@ class TenantIndexes:
             self._indexes[tenant] = (index, -1)  # always current: it is the database
         return self._indexes[tenant][0]
 
-    def current(self, tenant: str) -> tuple[Index, int]:
-        """(index, generation) for the tenant at SQL's generation: the one in memory or the tenant's file,
-        brought forward by the logged changes; rebuilt from SQL when neither can be."""
-        generation = self.source.generation(tenant=tenant)
+    def current(self, tenant: str, *, generation: int | None = None) -> tuple[Index, int]:
+        """(index, generation) for the tenant at SQL's generation (or `generation`, just read from SQL by the
+        caller): the one in memory or the tenant's file, brought forward by the logged changes; rebuilt from SQL
+        when neither can be."""
+        if generation is None:
+            generation = self.source.generation(tenant=tenant)
         if self.durable:
             return self._durable(tenant), generation
         cached = self._indexes.get(tenant)

@@ -228,6 +228,7 @@ class VectorMemory:
                                             tally=self.instructions.tally)
         for t in changed:
             self.instructions.drop(t)
+            self.searcher.rows.forget(t)  # no forgotten text kept in this process either
             self.indexes.get(t)
         self.save()
         return counts

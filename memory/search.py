@@ -1,11 +1,12 @@
 """Search: the experiences that best answer a request. The tenant's index gives candidates by cosine, the Numba
-kernels score them (similarity, utility, recency) and pick a diverse `k` (MMR), all from one read of the
-candidates' rows."""
+kernels score them (similarity, utility, recency) and pick a diverse `k` (MMR), all from the candidates' rows: held
+by the process while SQL's counters say they are unchanged (`HeldRows`), else read in one statement."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,66 @@ class Hit:
                 "cos": self.cos, "utility": self.utility}
 
 
+Stamp = tuple[int, int]  # a tenant's (generation, version) as SQL gave it (`Store.search_state`)
+
+
+class HeldRows:
+    """The experience rows this process's searches read, per tenant, kept while the tenant's stamp in SQL is the one
+    they were read at: a search asks SQL only for the stamp (one small read it makes anyway, for its index) and for
+    the candidates it does not hold. Any change to what a search reads of an experience, in any process, moves the
+    stamp (the generation with the vectors, the version with the rest: `Store.touched`), and a tenant's rows go
+    whole when it moves, forgotten text with them. At most `limit` rows in all (the oldest read go first); 0 holds
+    none. Not thread-safe: searches use it under the memory's lock."""
+
+    def __init__(self, store: Store, limit: int) -> None:
+        self.store, self.limit = store, limit
+        self._tenants: dict[str, tuple[Stamp, OrderedDict[int, ExperienceData]]] = {}
+        self._count = 0
+        self.reads = 0  # statements sent to SQL for rows
+
+    def get(self, tenant: str, stamp: Stamp, ids: list[int]) -> dict[int, ExperienceData]:
+        """The tenant's experiences among `ids`, by id, as of `stamp` or later (an unknown id, or another tenant's,
+        is left out)."""
+        held = self._tenants.get(tenant)
+        if held is None or held[0] != stamp:
+            self._count -= len(held[1]) if held is not None else 0
+            held = self._tenants[tenant] = (stamp, OrderedDict())
+        rows = held[1]
+        found = {i: rows[i] for i in ids if i in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            read = self.store.get_experiences(tenant=tenant, ids=missing)  # as new as `stamp` at least: kept as it
+            self.reads += 1
+            found.update(read)
+            if self.limit:
+                rows.update(read)
+                self._count += len(read)
+                self._trim(keep=tenant)
+        return found
+
+    def held(self, tenant: str) -> list[int]:
+        """The ids of the tenant's rows held now."""
+        found = self._tenants.get(tenant)
+        return sorted(found[1]) if found is not None else []
+
+    def forget(self, tenant: str | None = None) -> None:
+        """Drop the rows held of `tenant` (None: of every tenant)."""
+        for t in [tenant] if tenant is not None else list(self._tenants):
+            held = self._tenants.pop(t, None)
+            self._count -= len(held[1]) if held is not None else 0
+
+    def _trim(self, keep: str) -> None:
+        """The oldest rows out while over the limit: other tenants' whole first, then `keep`'s oldest."""
+        for t in [t for t in self._tenants if t != keep]:
+            if self._count <= self.limit:
+                return
+            self.forget(t)
+        rows = self._tenants[keep][1]
+        while self._count > self.limit:
+            rows.popitem(last=False)
+            self._count -= 1
+
+
 class Searcher:
     """Searches a memory's per-tenant indexes. `lock` is the memory's: no search reads an index while another
     thread of the process changes it."""
@@ -65,6 +126,7 @@ class Searcher:
                  instructions: SharedInstructions, lock: threading.RLock) -> None:
         self.store, self.indexes, self.config, self.embedder = store, indexes, config, embedder
         self.instructions, self.lock = instructions, lock
+        self.rows = HeldRows(store, config.held_rows)
 
     def search(self, text: str, k: int = 5, *, tenant: str = "default", now: float | None = None) -> list[Hit]:
         """The `k` best experiences for a request: faiss candidates, Numba scoring, MMR diversity. The request passes
@@ -72,32 +134,39 @@ class Searcher:
         if k <= 0:
             return []
         text = clean_text(text)
-        with self.lock:  # brought up to SQL's generation once (one read), before embedding: none if empty
-            index = self.indexes.get(tenant)
+        with self.lock:  # brought up to SQL's stamp once (one read), before embedding: none if empty
+            index, stamp = self._current(tenant)
             if is_empty(index):
                 return []
         _, body = self.instructions.split(tenant, text)
         xq = self.embedder.encode([body])[0]
-        with self.lock:  # the index of a few ms ago, unless this process has replaced it meanwhile
+        with self.lock:  # the index and rows of a few ms ago, unless this process has replaced the index meanwhile
             if self.indexes.held(tenant) is not index:
-                index = self.indexes.get(tenant)
-            return self._search_in(index, xq, k, tenant, now)
+                index, stamp = self._current(tenant)
+            return self._search_in(index, stamp, xq, k, tenant, now)
 
     def search_vector(self, xq: np.ndarray, k: int = 5, *, tenant: str = "default",
                       now: float | None = None) -> list[Hit]:
         """`search` for an already embedded request `xq` (float32, (d,))."""
         with self.lock:
-            index = self.indexes.get(tenant)
+            index, stamp = self._current(tenant)
             if k <= 0 or is_empty(index):
                 return []
-            return self._search_in(index, xq, k, tenant, now)
+            return self._search_in(index, stamp, xq, k, tenant, now)
 
-    def _search_in(self, index: Index, xq: np.ndarray, k: int, tenant: str, now: float | None) -> list[Hit]:
+    def _current(self, tenant: str) -> tuple[Index, Stamp]:
+        """The tenant's index at SQL's generation, and its stamp (one read of SQL)."""
+        stamp = self.store.search_state(tenant=tenant)
+        return self.indexes.get(tenant, generation=stamp[0]), stamp
+
+    def _search_in(self, index: Index, stamp: Stamp, xq: np.ndarray, k: int, tenant: str,
+                   now: float | None) -> list[Hit]:
         cfg = self.config
         D, I = index.search(np.asarray(xq, dtype=np.float32)[None, :], max(cfg.fetch_k, k))
-        # One read of the candidates' rows (scoring columns and texts: at fetch_k rows, one statement costs less
-        # than two); another tenant's id, or one forgotten since the index was read, is not among them.
-        rows = self.store.get_experiences(tenant=tenant, ids=[int(i) for i in I[0] if i >= 0])
+        # The candidates' rows, held or read in one statement (scoring columns and texts: at fetch_k rows, one
+        # statement costs less than two); another tenant's id, or one forgotten since the index was read, is not
+        # among them.
+        rows = self.rows.get(tenant, stamp, [int(i) for i in I[0] if i >= 0])
         found = [(float(s), rows[i]) for s, i in zip(D[0], I[0])
                  if i in rows and (cfg.retrieve_consolidated or rows[i].consolidated_in is None)]
         if not found:

@@ -12,10 +12,12 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..errors import StoreError
-from .schema import Base
+from .schema import Base, ExperienceVersionRow
+from .sql import bump_counter
 
 T = TypeVar("T")
 RETRY_STATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
+TOUCHED = "logmem_touched"  # a transaction's info: the tenants whose experiences it changed (`StoreBase.touched`)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -109,10 +111,20 @@ class StoreBase:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One atomic unit of work: committed on success, rolled back on any exception."""
+        """One atomic unit of work: committed on success, rolled back on any exception. Just before it commits, the
+        version of each tenant whose experiences it `touched` goes up by one (last, so that the counter's row lock
+        is held for the commit alone: a transaction waiting for it holds every row lock it needs already)."""
         with Session(self.engine, expire_on_commit=False) as tx:
             with tx.begin():
                 yield tx
+                for tenant in sorted(tx.info.pop(TOUCHED, ())):
+                    bump_counter(tx, ExperienceVersionRow, {"tenant": tenant}, "version")
+
+    @staticmethod
+    def touched(tx: Session, *, tenant: str) -> None:
+        """Note that `tx` changes what a search reads of the tenant's experiences (not their vectors: those bump the
+        generation); its commit bumps the tenant's version (`transaction`)."""
+        tx.info.setdefault(TOUCHED, set()).add(tenant)
 
     @contextmanager
     def _reader(self, tx: Session | None) -> Iterator[Session]:

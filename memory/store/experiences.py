@@ -187,6 +187,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
             raise NotFoundError(f"no experience {experience_id}")
         if tx.get(SourceRow, (experience_id, interaction_id)) is not None:
             return
+        self.touched(tx, tenant=row.tenant)
         row.support += 1
         row.alpha += success
         row.beta += 1.0 - success
@@ -227,6 +228,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
                                              ConflictRow.response == response))
         for _ in range(row.support):
             tx.add(ConflictRow(experience_id=experience_id, interaction_id=None, response=row.response))
+        self.touched(tx, tenant=row.tenant)
         row.response, row.support = response, same
         if lesson is not None or rejected is not None:
             row.lesson, row.rejected = lesson, rejected
@@ -286,8 +288,10 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
                         beta=ExperienceRow.beta + weight * (1.0 - success))
                 .execution_options(synchronize_session=False))
         if tx is not None:
+            self.touched(tx, tenant=tenant)
             return rowcount(tx.execute(stmt))
         with self.transaction() as own:
+            self.touched(own, tenant=tenant)
             return rowcount(own.execute(stmt))
 
     def experiences_after(self, *, tenant: str, after_id: int) -> tuple[int, int]:
@@ -340,12 +344,24 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
         return row.generation
 
     def generation(self, *, tenant: str) -> int:
-        rows = self.driver_rows(self._generation_sql, (tenant,))  # every search asks: nothing compiled
+        rows = self.driver_rows(self._generation_sql, (tenant,))  # nothing compiled
         return int(rows[0][0]) if rows else 0
 
     @functools.cached_property
     def _generation_sql(self) -> str:
         return self.driver_sql("SELECT generation FROM index_state WHERE tenant = ?")
+
+    def search_state(self, *, tenant: str) -> tuple[int, int]:
+        """(generation, version) of the tenant, read by one statement: every search asks. The generation moves with
+        its vectors, the version with the rest of what a search reads of its experiences (`touched`)."""
+        rows = self.driver_rows(self._state_sql, (tenant, tenant))
+        generation, version = rows[0] if rows else (None, None)
+        return int(generation or 0), int(version or 0)
+
+    @functools.cached_property
+    def _state_sql(self) -> str:
+        return self.driver_sql("SELECT (SELECT generation FROM index_state WHERE tenant = ?), "
+                               "(SELECT version FROM experience_versions WHERE tenant = ?)")
 
     def tenants(self) -> list[str]:
         with Session(self.engine) as s:
@@ -437,6 +453,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
             if exp_id not in own_ids:
                 row = locked(tx, ExperienceRow, exp_id)
                 row.support = max(row.support - n, 1)
+                self.touched(tx, tenant=row.tenant)
         tx.execute(delete(ConflictRow).where(ConflictRow.interaction_id.in_(pks)))
         if own_ids:
             tx.execute(delete(ExperienceRow).where(ExperienceRow.id.in_(own_ids)))

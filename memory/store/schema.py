@@ -114,6 +114,16 @@ class IndexStateRow(Base):
     generation: Mapped[int] = mapped_column(Integer)
 
 
+class ExperienceVersionRow(Base):
+    """Per tenant, a counter bumped by every transaction that changes what a search reads of its experiences
+    (utility, support, times, answers, consolidation) without changing its vectors: with the generation, what a
+    process's rows held for searching are checked against (`Store.search_state`)."""
+
+    __tablename__ = "experience_versions"
+    tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
 class MetaRow(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)

@@ -41,3 +41,16 @@ def created_locked(tx: Session, model: type[Any], values: dict[str, Any]) -> Any
         tx.add(model(**values))
         tx.flush()
     return locked(tx, model, key)
+
+
+def bump_counter(tx: Session, model: type[Any], key: dict[str, Any], column: str) -> None:
+    """Add one to `column` of the row of `model` whose primary key is `key`, inserting it at 1 when absent: one
+    statement (`ON CONFLICT DO UPDATE`), which locks the row until commit under PostgreSQL."""
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(tx.get_bind().dialect.name)
+    if dialect is None:  # another dialect: no portable upsert
+        row = created_locked(tx, model, {**key, column: 0})
+        setattr(row, column, getattr(row, column) + 1)
+        tx.flush()
+        return
+    tx.execute(dialect.insert(model).values(**key, **{column: 1})
+               .on_conflict_do_update(index_elements=list(key), set_={column: getattr(model, column) + 1}))
