@@ -166,20 +166,23 @@ class Searcher:
         # The candidates' rows, held or read in one statement (scoring columns and texts: at fetch_k rows, one
         # statement costs less than two); another tenant's id, or one forgotten since the index was read, is not
         # among them.
-        rows = self.rows.get(tenant, stamp, [int(i) for i in I[0] if i >= 0])
-        found = [(float(s), rows[i]) for s, i in zip(D[0], I[0])
+        candidates = I[0].tolist()
+        ids = [i for i in candidates if i >= 0]
+        rows = self.rows.get(tenant, stamp, ids)
+        found = [rows[i] for i in ids
                  if i in rows and (cfg.retrieve_consolidated or rows[i].consolidated_in is None)]
         if not found:
             return []
         now = time.time() if now is None else now
-        cos = np.array([s for s, _ in found], dtype=np.float32)
-        util = np.array([r.utility for _, r in found], dtype=np.float32)
-        age = np.array([(now - r.last_seen_at) / DAY for _, r in found], dtype=np.float32)
+        at = {i: j for j, i in enumerate(candidates)}  # each id's place among the index's answers
+        cos = np.asarray(D[0], dtype=np.float32)[[at[r.id] for r in found]]
+        util = np.array([r.alpha / (r.alpha + r.beta) for r in found], dtype=np.float32)
+        age = ((now - np.array([r.last_seen_at for r in found])) / DAY).astype(np.float32)
         scores = kernels.combined_score(cos, util, age, cfg.w_sim, cfg.w_util, cfg.w_rec, cfg.half_life_days,
                                         cfg.min_sim)
-        xb = np.stack([r.vector for _, r in found])
+        xb = np.concatenate([r.vector for r in found]).reshape(len(found), -1)
         picked = kernels.mmr_select(scores, xb, k, cfg.mmr_lambda)
-        return [self._hit(found[j][1], float(cos[j]), float(age[j]), float(scores[j])) for j in picked]
+        return [self._hit(found[j], float(cos[j]), float(age[j]), float(scores[j])) for j in picked]
 
     def neighbours(self, text: str, k: int = 10, *, tenant: str = "default") -> list[Hit]:
         """The `k` nearest experiences by trigger cosine alone (no utility, recency or MMR): a plain kNN."""
@@ -196,8 +199,8 @@ class Searcher:
                     for s, i in zip(D[0], I[0]) if i in rows]
 
     def _hit(self, r: ExperienceData, cos: float, age: float, score: float) -> Hit:
-        cfg = self.config
-        return Hit(id=r.id, score=score, sim=cfg.w_sim * cos, util=cfg.w_util * (r.utility - 0.5),
-                   rec=cfg.w_rec * 2.0 ** (-max(age, 0.0) / cfg.half_life_days), cos=cos, utility=r.utility,
+        cfg, utility = self.config, r.utility
+        return Hit(id=r.id, score=score, sim=cfg.w_sim * cos, util=cfg.w_util * (utility - 0.5),
+                   rec=cfg.w_rec * 2.0 ** (-max(age, 0.0) / cfg.half_life_days), cos=cos, utility=utility,
                    trigger=r.trigger, response=r.response, lesson=r.lesson, rejected=r.rejected,
                    support=r.support, tenant=r.tenant, instruction=r.instruction)
