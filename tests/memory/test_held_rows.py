@@ -9,24 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from liked import QA, rec
 from logmem.memory import Embedder, MemoryConfig, VectorMemory
-
-T0 = 1_700_000_000.0
-QA = [
-    ("How do I reverse a list in Python?", "Use my_list[::-1] for a reversed copy, or my_list.reverse() in place."),
-    ("What is the capital of France?", "Paris is the capital of France."),
-    ("How many bytes are in a kibibyte?", "A kibibyte is 1024 bytes."),
-    ("How do I undo my last git commit but keep the changes?", "Run git reset --soft HEAD~1."),
-    ("Which planet is the largest in the solar system?", "Jupiter is the largest planet."),
-    ("How do I sort a dictionary by value in Python?", "sorted(d.items(), key=lambda kv: kv[1])."),
-]
-
-
-def rec(i: int, *, tenant: str = "acme") -> dict[str, Any]:
-    q, a = QA[i]
-    return {"id": f"r{i}", "tenant": tenant, "user": f"u{i}", "timestamp": T0 + i,
-            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-            "feedback": [{"turn": 1, "kind": "like"}]}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from liked import QA, rec
 from logmem.memory import ConfigError, Embedder, MemoryConfig, VectorMemory
 from logmem.memory.index import make_index
 from logmem.memory.store import vectors as _pgvector  # noqa: F401  (registers the pgvector kind)
@@ -17,20 +18,6 @@ from sqlalchemy import Engine, create_engine, func, select, text
 pytestmark = pytest.mark.postgres
 
 PGVECTOR = MemoryConfig(index_kind="pgvector")
-T0 = 1_700_000_000.0
-QA = [
-    ("How do I reverse a list in Python?", "Use my_list[::-1] for a reversed copy, or my_list.reverse() in place."),
-    ("What is the capital of France?", "Paris is the capital of France."),
-    ("How many bytes are in a kibibyte?", "A kibibyte is 1024 bytes."),
-    ("How do I undo my last git commit but keep the changes?", "Run git reset --soft HEAD~1."),
-]
-
-
-def rec(i: int, *, tenant: str = "acme", user: str | None = None) -> dict[str, Any]:
-    q, a = QA[i]
-    return {"id": f"r{i}", "tenant": tenant, "user": user or f"u{i}", "timestamp": T0 + i,
-            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-            "feedback": [{"turn": 1, "kind": "like"}]}
 
 
 @pytest.fixture
