@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Boolean, Integer, String, delete, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .engine import StoreBase
 from .schema import Base, ExperienceRow, IndexStateRow
-from .sql import locked
+from .sql import locked, upsert_dialect
 
 
 class ChangeRow(Base):
@@ -137,7 +136,7 @@ class ChangeLog(StoreBase):
     def _insert_floor(self, tx: Session, *, tenant: str, floor: int) -> None:
         """The tenant's floor row, inserted unless it exists (`ON CONFLICT DO NOTHING`: no unique-key error)."""
         values = {"tenant": tenant, "floor": floor}
-        dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(tx.get_bind().dialect.name)
+        dialect = upsert_dialect(tx)
         if dialect is not None:
             tx.execute(dialect.insert(ChangeFloorRow).values(**values).on_conflict_do_nothing())
         elif tx.get(ChangeFloorRow, tenant) is None:

@@ -28,12 +28,18 @@ def locked(tx: Session, model: type[Any], key: Any) -> Any:
     return tx.get(model, key, with_for_update=True, populate_existing=True)
 
 
+def upsert_dialect(tx: Session) -> Any:
+    """The SQLAlchemy dialect module whose `insert` has `ON CONFLICT` clauses for `tx`'s database (PostgreSQL,
+    SQLite), or None for another database."""
+    return {"postgresql": postgresql, "sqlite": sqlite}.get(tx.get_bind().dialect.name)
+
+
 def created_locked(tx: Session, model: type[Any], values: dict[str, Any]) -> Any:
     """The row of `model` whose primary key is in `values`, inserted with `values` when absent, then locked
     as `locked` does. The insert is `ON CONFLICT DO NOTHING`, so two transactions that create the same row
     at once (two processes writing a new tenant's first rows) wait for each other instead of one failing
     on the unique key."""
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(tx.get_bind().dialect.name)
+    dialect = upsert_dialect(tx)
     key = tuple(values[c.name] for c in model.__table__.primary_key.columns)
     if dialect is not None:
         tx.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())
@@ -46,7 +52,7 @@ def created_locked(tx: Session, model: type[Any], values: dict[str, Any]) -> Any
 def bump_counter(tx: Session, model: type[Any], key: dict[str, Any], column: str) -> None:
     """Add one to `column` of the row of `model` whose primary key is `key`, inserting it at 1 when absent: one
     statement (`ON CONFLICT DO UPDATE`), which locks the row until commit under PostgreSQL."""
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(tx.get_bind().dialect.name)
+    dialect = upsert_dialect(tx)
     if dialect is None:  # another dialect: no portable upsert
         row = created_locked(tx, model, {**key, column: 0})
         setattr(row, column, getattr(row, column) + 1)
