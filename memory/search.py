@@ -62,38 +62,62 @@ Stamp = tuple[int, int]  # a tenant's (generation, version) as SQL gave it (`Sto
 
 
 class HeldRows:
-    """The experience rows this process's searches read, per tenant, kept while the tenant's stamp in SQL is the one
-    they were read at: a search asks SQL only for the stamp (one small read it makes anyway, for its index) and for
-    the candidates it does not hold. Any change to what a search reads of an experience, in any process, moves the
-    stamp (the generation with the vectors, the version with the rest: `Store.touched`), and a tenant's rows go
-    whole when it moves, forgotten text with them. At most `limit` rows in all (the oldest read go first); 0 holds
-    none. Not thread-safe: searches use it under the memory's lock."""
+    """The experience rows this process's searches read, per tenant, kept while SQL says they are unchanged: a
+    search asks SQL for the tenant's stamp (one small read it makes anyway, for its index) and, when its version
+    moved, for the ids that changed since the version held (`Store.experience_changes`: only those go), then for
+    the candidates it does not hold. A tenant that fits is read whole at its first search (one statement). Every
+    change to what a search reads of an experience, in any process, forgotten rows included, logs its id under a
+    new version (`Store.touched`); a log that no longer reaches back drops the tenant's rows whole. At most
+    `limit` rows in all (the oldest read go first); 0 holds none. Not thread-safe: searches use it under the
+    memory's lock."""
 
     def __init__(self, store: Store, limit: int) -> None:
         self.store, self.limit = store, limit
-        self._tenants: dict[str, tuple[Stamp, OrderedDict[int, ExperienceData]]] = {}
+        self._tenants: dict[str, tuple[int, OrderedDict[int, ExperienceData]]] = {}  # tenant -> (version, rows)
         self._count = 0
         self.reads = 0  # statements sent to SQL for rows
 
-    def get(self, tenant: str, stamp: Stamp, ids: list[int]) -> dict[int, ExperienceData]:
+    def get(self, tenant: str, stamp: Stamp, ids: list[int], *, size: int = 0) -> dict[int, ExperienceData]:
         """The tenant's experiences among `ids`, by id, as of `stamp` or later (an unknown id, or another tenant's,
-        is left out)."""
-        held = self._tenants.get(tenant)
-        if held is None or held[0] != stamp:
-            self._count -= len(held[1]) if held is not None else 0
-            held = self._tenants[tenant] = (stamp, OrderedDict())
-        rows = held[1]
+        is left out). `size`: how many experiences the tenant has (its index's count), for reading it whole."""
+        if not self.limit:
+            self.reads += 1
+            return self.store.get_experiences(tenant=tenant, ids=ids)
+        rows = self._at(tenant, stamp[1], size)
         found = {i: rows[i] for i in ids if i in rows}
         missing = [i for i in ids if i not in found]
         if missing:
             read = self.store.get_experiences(tenant=tenant, ids=missing)  # as new as `stamp` at least: kept as it
             self.reads += 1
             found.update(read)
-            if self.limit:
-                rows.update(read)
-                self._count += len(read)
-                self._trim(keep=tenant)
+            rows.update(read)
+            self._count += len(read)
+            self._trim(keep=tenant)
         return found
+
+    def _at(self, tenant: str, version: int, size: int) -> OrderedDict[int, ExperienceData]:
+        """The rows held of the tenant, brought to `version`."""
+        held = self._tenants.get(tenant)
+        if held is not None and held[0] != version:
+            changed = self.store.experience_changes(tenant=tenant, after=held[0])
+            if changed is None:
+                self.forget(tenant)
+                held = None
+            else:
+                rows = held[1]
+                for i in changed:
+                    if rows.pop(i, None) is not None:
+                        self._count -= 1
+                held = self._tenants[tenant] = (version, rows)
+        if held is None:
+            rows = OrderedDict()
+            if 0 < size <= self.limit:
+                rows.update(self.store.all_experiences(tenant=tenant))
+                self.reads += 1
+                self._count += len(rows)
+            held = self._tenants[tenant] = (version, rows)
+            self._trim(keep=tenant)
+        return held[1]
 
     def held(self, tenant: str) -> list[int]:
         """The ids of the tenant's rows held now."""
@@ -168,7 +192,7 @@ class Searcher:
         # among them.
         candidates = I[0].tolist()
         ids = [i for i in candidates if i >= 0]
-        rows = self.rows.get(tenant, stamp, ids)
+        rows = self.rows.get(tenant, stamp, ids, size=len(index))
         found = [rows[i] for i in ids
                  if i in rows and (cfg.retrieve_consolidated or rows[i].consolidated_in is None)]
         if not found:

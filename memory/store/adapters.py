@@ -281,7 +281,7 @@ class AdapterStore(StoreBase):
             row = tx.get(AdapterRow, version)
             if row is None or row.tenant != tenant:
                 raise NotFoundError(f"no adapter {version!r} in tenant {tenant!r}")
-            self.touched(tx, tenant=tenant)
+            self.touched(tx, tenant=tenant, ids=ids)
             marked = 0
             for i in range(0, len(ids), 500):
                 marked += rowcount(tx.execute(update(ExperienceRow).where(

@@ -17,8 +17,8 @@ from sqlalchemy import Boolean, Integer, String, delete, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .engine import StoreBase
-from .schema import Base, ExperienceRow, IndexStateRow
-from .sql import locked, upsert_dialect
+from .schema import Base, ExperienceChangeRow, ExperienceRow, ExperienceVersionRow, IndexStateRow
+from .sql import locked, rowcount, upsert_dialect
 
 
 class ChangeRow(Base):
@@ -71,6 +71,7 @@ class ChangeLog(StoreBase):
         tx.execute(delete(ChangeRow).where(ChangeRow.tenant == tenant, ChangeRow.generation <= generation))
         self._insert_floor(tx, tenant=tenant, floor=generation)
         locked(tx, ChangeFloorRow, tenant).floor = generation
+        self.touched(tx, tenant=tenant, ids=None)
 
     def changes(self, *, tenant: str, after: int, d: int) -> Delta | None:
         """The delta from generation `after` to the tenant's current one, or None when the log does not cover
@@ -122,16 +123,19 @@ class ChangeLog(StoreBase):
         return generation, ids, xb
 
     def truncate_changes(self, *, tenant: str, keep: int) -> int:
-        """Keep the tenant's last `keep` generations of changes; returns the rows deleted."""
+        """Keep the tenant's last `keep` generations of changes, and its last `keep` versions of the experiences'
+        change log (`ExperienceChangeRow`); returns the rows deleted."""
         with self.transaction() as tx:
+            version = tx.scalar(select(ExperienceVersionRow.version).where(ExperienceVersionRow.tenant == tenant))
+            deleted = rowcount(tx.execute(delete(ExperienceChangeRow).where(
+                ExperienceChangeRow.tenant == tenant, ExperienceChangeRow.version <= (version or 0) - keep)))
             generation = tx.scalar(select(IndexStateRow.generation).where(IndexStateRow.tenant == tenant)) or 0
             row = locked(tx, ChangeFloorRow, tenant)
             if row is None or generation - keep <= row.floor:
-                return 0
+                return deleted
             row.floor = generation - keep
-            result = tx.execute(delete(ChangeRow).where(ChangeRow.tenant == tenant,
-                                                        ChangeRow.generation <= row.floor))
-            return int(getattr(result, "rowcount", 0) or 0)
+            return deleted + rowcount(tx.execute(delete(ChangeRow).where(ChangeRow.tenant == tenant,
+                                                                         ChangeRow.generation <= row.floor)))
 
     def _insert_floor(self, tx: Session, *, tenant: str, floor: int) -> None:
         """The tenant's floor row, inserted unless it exists (`ON CONFLICT DO NOTHING`: no unique-key error)."""

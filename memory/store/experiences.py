@@ -31,6 +31,7 @@ from .jobs import JobStore
 from .keys import KeyStore
 from .records import ExperienceData, experience_data
 from .schema import (
+    EVERY_EXPERIENCE,
     SCHEMA_VERSION,
     AdapterRow,
     AuthorRow,
@@ -187,7 +188,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
             raise NotFoundError(f"no experience {experience_id}")
         if tx.get(SourceRow, (experience_id, interaction_id)) is not None:
             return
-        self.touched(tx, tenant=row.tenant)
+        self.touched(tx, tenant=row.tenant, ids=[experience_id])
         row.support += 1
         row.alpha += success
         row.beta += 1.0 - success
@@ -228,7 +229,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
                                              ConflictRow.response == response))
         for _ in range(row.support):
             tx.add(ConflictRow(experience_id=experience_id, interaction_id=None, response=row.response))
-        self.touched(tx, tenant=row.tenant)
+        self.touched(tx, tenant=row.tenant, ids=[experience_id])
         row.response, row.support = response, same
         if lesson is not None or rejected is not None:
             row.lesson, row.rejected = lesson, rejected
@@ -282,16 +283,17 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def record_outcome(self, tx: Session | None = None, *, tenant: str, ids: Sequence[int], success: float,
                        weight: float = 1.0) -> int:
         """Credit an outcome to experiences: utility Beta(alpha, beta) gains weight * (success, 1 - success)."""
+        ids = [int(i) for i in ids]
         stmt = (update(ExperienceRow)
-                .where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_([int(i) for i in ids]))
+                .where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids))
                 .values(alpha=ExperienceRow.alpha + weight * success,
                         beta=ExperienceRow.beta + weight * (1.0 - success))
                 .execution_options(synchronize_session=False))
         if tx is not None:
-            self.touched(tx, tenant=tenant)
+            self.touched(tx, tenant=tenant, ids=ids)
             return rowcount(tx.execute(stmt))
         with self.transaction() as own:
-            self.touched(own, tenant=tenant)
+            self.touched(own, tenant=tenant, ids=ids)
             return rowcount(own.execute(stmt))
 
     def experiences_after(self, *, tenant: str, after_id: int) -> tuple[int, int]:
@@ -340,7 +342,9 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
         row = created_locked(tx, IndexStateRow, {"tenant": tenant, "generation": 0})
         row.generation += 1
         tx.flush()
+        removed = list(removed)
         self.log_changes(tx, tenant=tenant, generation=row.generation, added=added, removed=removed)
+        self.touched(tx, tenant=tenant, ids=removed)  # rows held of them go too (added ids were never held)
         return row.generation
 
     def generation(self, *, tenant: str) -> int:
@@ -354,7 +358,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def search_state(self, *, tenant: str) -> tuple[int, int]:
         """(generation, version) of the tenant, read by one statement: every search asks. The generation moves with
         its vectors, the version with the rest of what a search reads of its experiences (`touched`)."""
-        rows = self.driver_rows(self._state_sql, (tenant, tenant))
+        rows = self.driver_rows(self._state_sql, (tenant, tenant), held=True)
         generation, version = rows[0] if rows else (None, None)
         return int(generation or 0), int(version or 0)
 
@@ -362,6 +366,28 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def _state_sql(self) -> str:
         return self.driver_sql("SELECT (SELECT generation FROM index_state WHERE tenant = ?), "
                                "(SELECT version FROM experience_versions WHERE tenant = ?)")
+
+    def experience_changes(self, *, tenant: str, after: int) -> set[int] | None:
+        """The ids of the tenant's experiences changed by its versions after `after` (and any that committed since
+        the caller read its stamp), or None when every experience may have: the log no longer reaches back to
+        `after` (truncated, or older than the log), or a version changed them all."""
+        rows = self.driver_rows(self._changes_sql, (tenant, after))
+        if not rows or min(v for v, _ in rows) != after + 1:
+            return None
+        ids = {int(i) for _, i in rows}
+        return None if EVERY_EXPERIENCE in ids else ids
+
+    @functools.cached_property
+    def _changes_sql(self) -> str:
+        return self.driver_sql("SELECT version, experience_id FROM experience_changes WHERE tenant = ? AND version > ?")
+
+    def all_experiences(self, *, tenant: str) -> dict[int, ExperienceData]:
+        """Every experience of the tenant, by id, in one statement (a search holding a small tenant whole)."""
+        return {r[0]: _experience(r) for r in self.driver_rows(self._all_rows_sql, (tenant,))}
+
+    @functools.cached_property
+    def _all_rows_sql(self) -> str:
+        return self.driver_sql(self._rows_head.removesuffix(" AND id IN ("))
 
     def tenants(self) -> list[str]:
         with Session(self.engine) as s:
@@ -453,7 +479,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
             if exp_id not in own_ids:
                 row = locked(tx, ExperienceRow, exp_id)
                 row.support = max(row.support - n, 1)
-                self.touched(tx, tenant=row.tenant)
+                self.touched(tx, tenant=row.tenant, ids=[exp_id])
         tx.execute(delete(ConflictRow).where(ConflictRow.interaction_id.in_(pks)))
         if own_ids:
             tx.execute(delete(ExperienceRow).where(ExperienceRow.id.in_(own_ids)))

@@ -116,12 +116,26 @@ class IndexStateRow(Base):
 
 class ExperienceVersionRow(Base):
     """Per tenant, a counter bumped by every transaction that changes what a search reads of its experiences
-    (utility, support, times, answers, consolidation) without changing its vectors: with the generation, what a
-    process's rows held for searching are checked against (`Store.search_state`)."""
+    (utility, support, times, answers, consolidation, a row forgotten): what a process's rows held for searching
+    are checked against (`Store.search_state`)."""
 
     __tablename__ = "experience_versions"
     tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
+
+
+EVERY_EXPERIENCE = 0  # an `ExperienceChangeRow.experience_id` that stands for all the tenant's (no row has id 0)
+
+
+class ExperienceChangeRow(Base):
+    """The experience ids each version of a tenant changed (`EVERY_EXPERIENCE`: all of them), so that a process
+    holding rows of an older version drops those alone. Every version has at least one row; a version with none
+    was truncated (`Store.truncate_changes`). Only ids: no text or vector of a forgotten experience stays here."""
+
+    __tablename__ = "experience_changes"
+    tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experience_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # no foreign key: outlives the row
 
 
 class MetaRow(Base):

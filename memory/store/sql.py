@@ -49,14 +49,16 @@ def created_locked(tx: Session, model: type[Any], values: dict[str, Any]) -> Any
     return locked(tx, model, key)
 
 
-def bump_counter(tx: Session, model: type[Any], key: dict[str, Any], column: str) -> None:
+def bump_counter(tx: Session, model: type[Any], key: dict[str, Any], column: str) -> int:
     """Add one to `column` of the row of `model` whose primary key is `key`, inserting it at 1 when absent: one
-    statement (`ON CONFLICT DO UPDATE`), which locks the row until commit under PostgreSQL."""
+    statement (`ON CONFLICT DO UPDATE`), which locks the row until commit under PostgreSQL. Returns the new value."""
     dialect = upsert_dialect(tx)
     if dialect is None:  # another dialect: no portable upsert
         row = created_locked(tx, model, {**key, column: 0})
         setattr(row, column, getattr(row, column) + 1)
         tx.flush()
-        return
-    tx.execute(dialect.insert(model).values(**key, **{column: 1})
-               .on_conflict_do_update(index_elements=list(key), set_={column: getattr(model, column) + 1}))
+        return int(getattr(row, column))
+    counter = getattr(model, column)
+    return int(tx.execute(dialect.insert(model).values(**key, **{column: 1})
+                          .on_conflict_do_update(index_elements=list(key), set_={column: counter + 1})
+                          .returning(counter)).scalar_one())

@@ -1,9 +1,11 @@
-"""The rows a process's searches hold (`HeldRows`): read from SQL once while nothing changes, and never stale: what
-another process (another memory on the same database) changes of an experience, its utility, its consolidation or its
-existence, this one's next search sees; forgetting drops the held text at once. SQLite and a real PostgreSQL."""
+"""The rows a process's searches hold (`HeldRows`): read from SQL once while nothing changes (a small tenant whole, at
+its first search), and never stale: what another process (another memory on the same database) changes of an
+experience, its utility, its consolidation or its existence, this one's next search sees, re-reading those rows alone
+while the change log reaches back; forgetting drops the held text at once. SQLite and a real PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,11 @@ def top(vm: VectorMemory, i: int = 0) -> Any:
 
 def test_rows_are_read_once_while_nothing_changes(pair: tuple[VectorMemory, ...]) -> None:
     one, _ = pair
-    first = one.search(QA[0][0], 3, tenant="acme")
+    one.searcher.config = dataclasses.replace(one.config, fetch_k=2)  # two candidates: the tenant read whole anyway
+    first = one.search(QA[0][0], 2, tenant="acme")
     reads = one.searcher.rows.reads
-    assert reads == 1 and len(one.searcher.rows.held("acme")) == len(QA)  # fetch_k > 6: every row at once
-    again = one.search(QA[0][0], 3, tenant="acme")
+    assert reads == 1 and len(one.searcher.rows.held("acme")) == len(QA)
+    again = one.search(QA[0][0], 2, tenant="acme")
     assert one.searcher.rows.reads == reads  # the stamp read alone
     assert [h.to_json() for h in again] == [h.to_json() for h in first]
 
@@ -60,6 +63,51 @@ def test_what_another_process_changes_is_seen_at_the_next_search(pair: tuple[Vec
     other = top(one, 1)
     two.forget(id=other.id, tenant="acme")
     assert all(h.id != other.id for h in one.search(QA[1][0], 5, tenant="acme"))
+
+
+def test_another_process_changes_are_read_again_and_the_rest_is_kept(pair: tuple[VectorMemory, ...]) -> None:
+    one, two = pair
+    hit, other = top(one, 0), top(one, 1)
+    held = one.searcher.rows._tenants["acme"][1]
+    kept = held[other.id]
+    two.record_outcome([hit.id], False, tenant="acme")
+    reads = one.searcher.rows.reads
+    assert top(one, 0).utility < hit.utility  # the changed row, read again (one statement for it)
+    assert one.searcher.rows.reads == reads + 1 and held[other.id] is kept  # the others held as they were
+
+    gone = top(one, 2)
+    two.forget(id=gone.id, tenant="acme")  # its id logged under a version too: its held text goes
+    assert all(h.id != gone.id for h in one.search(QA[2][0], 5, tenant="acme"))
+    assert gone.id not in one.searcher.rows.held("acme") and held[other.id] is kept
+
+
+def test_a_log_that_no_longer_reaches_back_drops_the_rows_whole(pair: tuple[VectorMemory, ...]) -> None:
+    one, two = pair
+    hit = top(one)
+    kept = one.searcher.rows._tenants["acme"][1][top(one, 1).id]
+    for _ in range(3):
+        two.record_outcome([hit.id], False, tenant="acme")
+    assert two.store.truncate_changes(tenant="acme", keep=1) == 2  # versions 1 and 2 of the three go
+    fresh = two.store.get_experiences(tenant="acme", ids=[hit.id])[hit.id].utility
+    assert top(one).utility == pytest.approx(fresh)
+    assert one.searcher.rows._tenants["acme"][1][top(one, 1).id] is not kept  # every row read afresh
+
+
+@pytest.mark.postgres
+def test_the_process_reads_leave_no_transaction_open(tmp_path: Path, embedder: Embedder, pg_db: Any) -> None:
+    from sqlalchemy import create_engine, text
+
+    with VectorMemory(tmp_path / "m", embedder=embedder, db_url=str(pg_db)) as vm:
+        vm.ingest([rec(i) for i in range(len(QA))])
+        assert vm.search(QA[0][0], 2, tenant="acme")
+        watcher = create_engine(str(pg_db))
+        try:
+            with watcher.connect() as c:
+                stuck = c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                       "AND state LIKE 'idle in transaction%'")).scalar_one()
+        finally:
+            watcher.dispose()
+    assert stuck == 0  # the process's own connection reads in autocommit: nothing holds a snapshot open
 
 
 def test_forgetting_drops_the_held_text_at_once(pair: tuple[VectorMemory, ...]) -> None:
