@@ -76,7 +76,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             runtime.close()
 
     app = FastAPI(title="logmem", version="0.1.0", lifespan=lifespan,
-                  description="Memory and consolidation for a deployed language model, behind OpenAI's API.")
+                  description="Memory and consolidation for a deployed language model, behind OpenAI's API.",
+                  # FastAPI's native OpenTelemetry off: no provider lookups on every request (logmem's own metrics
+                  # are at /metrics)
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.runtime = runtime
     app.state.metrics = metrics = Metrics(runtime)
     app.state.generation_limit = GenerationLimit(runtime.settings.max_concurrent)

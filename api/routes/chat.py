@@ -11,14 +11,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import StreamingResponse
 from logmem.memory.errors import LogmemError, UnknownModelError
 from logmem.memory.vocabulary import ANSWER_TOKENS
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ..answering import Ask, Started
-from ..connection import once, until_gone
+from ..connection import Streamed, once, until_gone
 from ..deps import CallerDep, RuntimeDep
 from ..runtime import Answer
 from ..schemas import ChatCompletion, ChatRequest, ErrorOut, ModelCard, ModelList
@@ -85,8 +84,8 @@ async def chat_completions(body: ChatRequest, request: Request, response: Respon
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     headers = {"Cache-Control": "no-cache", **({"Server-Timing": started.server_timing} if started.server_timing
                                                else {})}
-    return StreamingResponse(_events(ask, items, include_usage, metrics), media_type="text/event-stream",
-                             headers=headers, background=BackgroundTask(items.aclose))
+    return Streamed(_events(ask, items, include_usage, metrics), media_type="text/event-stream", headers=headers,
+                    background=BackgroundTask(items.aclose))
 
 
 def completion(answer: Answer) -> dict[str, Any]:
