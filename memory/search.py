@@ -191,20 +191,24 @@ class Searcher:
         # statement costs less than two); another tenant's id, or one forgotten since the index was read, is not
         # among them.
         candidates = I[0].tolist()
-        ids = [i for i in candidates if i >= 0]
-        rows = self.rows.get(tenant, stamp, ids, size=len(index))
-        found = [rows[i] for i in ids
-                 if i in rows and (cfg.retrieve_consolidated or rows[i].consolidated_in is None)]
+        rows = self.rows.get(tenant, stamp, [i for i in candidates if i >= 0], size=len(index))
+        keep_consolidated = cfg.retrieve_consolidated
+        found, places = [], []  # the usable rows, and each one's place among the index's answers
+        for j, i in enumerate(candidates):
+            r = rows.get(i)
+            if r is not None and (keep_consolidated or r.consolidated_in is None):
+                found.append(r)
+                places.append(j)
         if not found:
             return []
         now = time.time() if now is None else now
-        at = {i: j for j, i in enumerate(candidates)}  # each id's place among the index's answers
-        cos = np.asarray(D[0], dtype=np.float32)[[at[r.id] for r in found]]
-        util = np.array([r.alpha / (r.alpha + r.beta) for r in found], dtype=np.float32)
-        age = ((now - np.array([r.last_seen_at for r in found])) / DAY).astype(np.float32)
+        n = len(found)
+        cos = D[0][places].astype(np.float32, copy=False)
+        util = np.fromiter((r.alpha / (r.alpha + r.beta) for r in found), dtype=np.float32, count=n)
+        age = ((now - np.fromiter((r.last_seen_at for r in found), dtype=np.float64, count=n)) / DAY).astype(np.float32)
         scores = kernels.combined_score(cos, util, age, cfg.w_sim, cfg.w_util, cfg.w_rec, cfg.half_life_days,
                                         cfg.min_sim)
-        xb = np.concatenate([r.vector for r in found]).reshape(len(found), -1)
+        xb = np.concatenate([r.vector for r in found]).reshape(n, -1)
         picked = kernels.mmr_select(scores, xb, k, cfg.mmr_lambda)
         return [self._hit(found[j], float(cos[j]), float(age[j]), float(scores[j])) for j in picked]
 
