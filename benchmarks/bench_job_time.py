@@ -264,7 +264,7 @@ def main() -> None:
     result: dict[str, Any] = {"cores": os.cpu_count(), "threads": args.threads, "rows": [],
                               "defaults": {k: getattr(defaults, k) for k in (
                                   "student_k", "teacher_k", "eval_every", "min_steps", "patience", "min_gain",
-                                  "max_seconds", "max_holdout", "epochs")}, "note": args.note}
+                                  "max_seconds", "average", "max_holdout", "epochs")}, "note": args.note}
     result["defaults"]["lr"] = (f"{learning_rate(replace(defaults, with_memory=True)):g} (memory+adapter) / "
                                 f"{learning_rate(replace(defaults, with_memory=False)):g} (bare)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -122,6 +122,8 @@ class ConsolidationConfig:
     # cores a job's training outlasts its early stop: NFCats' default job stopped by patience after 19.9 min and the
     # 6-label support tenant's was still gaining at 16 min (benchmarks/results/job_time.md); 760 s holds a job to
     # ~15 minutes
+    average: float = 0.8  # the run measures, keeps and ends with the exponential moving average of its steps'
+    # weights, this decay per step (~5 steps' window; 0: each step's own weights): model/training.py, WeightAverage
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
@@ -176,6 +178,7 @@ class ConsolidationConfig:
             ("patience", self.patience >= 0, ">= 0"),
             ("min_gain", self.min_gain >= 0.0, ">= 0"),
             ("max_seconds", self.max_seconds >= 0.0, ">= 0 (0: no bound)"),
+            ("average", 0.0 <= self.average < 1.0, "in [0, 1) (0: no average)"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("max_length", self.max_length >= 8, ">= 8"),
             ("max_tokens", self.max_tokens >= 1, ">= 1"),

@@ -7,7 +7,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,49 @@ class Training:
                 "curve": [[s, round(v, 5)] for s, v in self.curve]}
 
 
+class WeightAverage:
+    """An exponential moving average of the adapter's trainable weights over the run's steps (`decay` per step,
+    begun at the first step's weights): what the run measures and ends with. At a constant learning rate the
+    weights of one step bounce around the minimum they approach (NFCats' held-out NLL at steps 20, 25 and 30 read
+    0.077, 0.045 and 0.081); their average sits nearer to it (Polyak and Juditsky 1992; over the last checkpoints,
+    LAWA: Kaddour 2022, Sanyal et al. 2023), for a copy of the adapter's weights (a few MB) per step."""
+
+    def __init__(self, model: Any, decay: float) -> None:
+        self.decay = decay
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.mean: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Take in the weights of the step just run."""
+        if self.mean is None:
+            self.mean = {n: p.detach().clone() for n, p in self.params}
+            return
+        for n, p in self.params:
+            self.mean[n].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the model for the block, the step's own back after it (training goes on)."""
+        with torch.no_grad():
+            own = {n: p.detach().clone() for n, p in self.params}
+        self.apply()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params:
+                    p.copy_(own[n])
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """The averaged weights into the model (none yet: left as they are)."""
+        if self.mean is None:
+            return
+        for n, p in self.params:
+            p.copy_(self.mean[n])
+
+
 class EarlyStop:
     """Early stopping on the held-out NLL: each measurement below the best so far keeps its weights (the
     adapter's trainable tensors, copied); `patience` measurements in a row that gain less than `min_gain` nats
@@ -192,7 +236,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
     """Train `model`'s LoRA adapter on `pairs` (a plain model gets a fresh one first); returns the peft model and
     how the run went.
 
-    With `held_out(peft_model, step)` (the held-out NLL of the weights after `step`), the run measures it every
+    With `config.average`, the weights measured, kept and ended with are the moving average of the steps' weights
+    (`WeightAverage`). With `held_out(peft_model, step)` (the held-out NLL of the weights after `step`), the run
+    measures it every
     `config.eval_every` steps from `config.min_steps` on and after its last step, stops early (`EarlyStop`) and
     ends with the best measurement's weights. With a `deadline` (a `time.perf_counter()` value; default:
     `config.max_seconds` from now, when set) it runs a step only where, at the pace of its steps and measurements
@@ -212,6 +258,7 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         plan = plan[: config.max_steps]
     pad = tokenizer.pad_token_id
     run, early = Training(planned=len(plan)), EarlyStop(config)
+    average = WeightAverage(peft_model, config.average) if config.average else None
     pace = _Pace()
     peft_model.train()
 
@@ -219,10 +266,11 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         """Measure the weights after `step`; returns the note for the progress report."""
         assert held_out is not None
         began = time.perf_counter()
-        nll = held_out(peft_model, step)
+        with average.applied() if average is not None else nullcontext():
+            nll = held_out(peft_model, step)
+            stop = early.record(peft_model, step, nll)
         pace.measured(step, time.perf_counter() - began)
         run.curve.append((step, nll))
-        stop = early.record(peft_model, step, nll)
         if stop is not None:
             run.stop = stop
         return f" held-out {nll:.4f}"
@@ -236,6 +284,8 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         optimizer.zero_grad(set_to_none=True)
         loss = step_gradients(peft_model, batch, config, pad)
         optimizer.step()
+        if average is not None:
+            average.update()
         pace.stepped(time.perf_counter() - began)
         run.steps = step
         note = ""
@@ -251,7 +301,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         measure(run.steps)
         run.stop = "wall_time"
     bar.close()
-    if early.best_step and early.best_step != run.steps:
+    if average is not None:
+        average.apply()  # the run ends with the average (the best measured one, when measured: restored below)
+    if early.best_step and (early.best_step != run.steps or average is not None):
         early.restore(peft_model)
         logger.info("kept the weights of step %d (held-out NLL %.4f), not those of step %d", early.best_step,
                     early.best, run.steps)

@@ -1,11 +1,13 @@
 """A consolidation job that stops when it has learned: the held-out NLL measured every `eval_every` steps, the
 run stopped when it stops gaining (`patience`, `min_gain`) or the job passes `max_seconds`, the best measurement's
-weights kept; each held-out figure measured once; the job's metrics say how it stopped."""
+weights kept (the moving average of the steps' weights, `average`); each held-out figure measured once; the job's
+metrics say how it stopped."""
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,33 @@ def test_a_plateau_stops_the_run_and_the_best_weights_are_saved(capitals: Vector
     step2 = {n.replace(".default", ""): w for n, w in seen[2].items()}
     assert {n.replace(".default", "") for n in saved} == set(step2)
     assert all(torch.equal(saved[n], step2[n.replace(".default", "")]) for n in saved)
+
+
+def test_the_run_measures_and_keeps_the_moving_average_of_its_steps(capitals: VectorMemory, tiny_lm: Any) -> None:
+    tok = tiny_lm[1]
+    plain = ConsolidationConfig(**FAST, epochs=2, eval_every=1, patience=0, with_memory=False, average=0.0)
+    train = build_pairs(list(capitals.iter_experiences("default")), tok, None, "default", plain)
+    steps: dict[int, dict[str, torch.Tensor]] = {}
+    means: dict[int, dict[str, torch.Tensor]] = {}
+
+    def seen(into: dict[int, dict[str, torch.Tensor]]) -> Any:
+        def held_out(m: Any, step: int) -> float:
+            into[step] = _weights(m)
+            return 10.0 - step if step != 5 else 0.5  # step 5 measures best
+        return held_out
+
+    train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, plain, held_out=seen(steps))
+    averaged, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, replace(plain, average=0.5),
+                                  held_out=seen(means))
+    assert len(steps) == len(means) == run.steps == 8 and run.best_step == 5
+    # the steps' own weights are what they were without the average: the average is measured beside them
+    expected = steps[1]
+    for step in range(1, 9):
+        expected = {n: 0.5 * expected[n] + 0.5 * w for n, w in steps[step].items()} if step > 1 else steps[1]
+        assert all(torch.allclose(means[step][n], expected[n], atol=1e-6) for n in expected), step
+    assert not all(torch.allclose(means[8][n], steps[8][n]) for n in steps[8])  # it did differ from the step's own
+    kept = _weights(averaged)
+    assert all(torch.equal(kept[n], means[5][n]) for n in kept)  # the best measured average is what it ends with
 
 
 def test_measurements_begin_at_min_steps(capitals: VectorMemory, tiny_lm: Any) -> None:
