@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,9 +78,11 @@ class HeldRows:
         self._count = 0
         self.reads = 0  # statements sent to SQL for rows
 
-    def get(self, tenant: str, stamp: Stamp, ids: list[int], *, size: int = 0) -> dict[int, ExperienceData]:
+    def get(self, tenant: str, stamp: Stamp, ids: list[int], *,
+            size: Callable[[], int] | None = None) -> dict[int, ExperienceData]:
         """The tenant's experiences among `ids`, by id, as of `stamp` or later (an unknown id, or another tenant's,
-        is left out). `size`: how many experiences the tenant has (its index's count), for reading it whole."""
+        is left out). `size()`: how many experiences the tenant has (its index's count, asked only when the tenant
+        is not held yet), for reading it whole where it fits."""
         if not self.limit:
             self.reads += 1
             return self.store.get_experiences(tenant=tenant, ids=ids)
@@ -95,7 +98,7 @@ class HeldRows:
             self._trim(keep=tenant)
         return found
 
-    def _at(self, tenant: str, version: int, size: int) -> OrderedDict[int, ExperienceData]:
+    def _at(self, tenant: str, version: int, size: Callable[[], int] | None) -> OrderedDict[int, ExperienceData]:
         """The rows held of the tenant, brought to `version`."""
         held = self._tenants.get(tenant)
         if held is not None and held[0] != version:
@@ -111,7 +114,7 @@ class HeldRows:
                 held = self._tenants[tenant] = (version, rows)
         if held is None:
             rows = OrderedDict()
-            if 0 < size <= self.limit:
+            if size is not None and 0 < size() <= self.limit:
                 rows.update(self.store.all_experiences(tenant=tenant))
                 self.reads += 1
                 self._count += len(rows)
@@ -191,7 +194,7 @@ class Searcher:
         # statement costs less than two); another tenant's id, or one forgotten since the index was read, is not
         # among them.
         candidates = I[0].tolist()
-        rows = self.rows.get(tenant, stamp, [i for i in candidates if i >= 0], size=len(index))
+        rows = self.rows.get(tenant, stamp, [i for i in candidates if i >= 0], size=index.__len__)
         keep_consolidated = cfg.retrieve_consolidated
         found, places = [], []  # the usable rows, and each one's place among the index's answers
         for j, i in enumerate(candidates):

@@ -122,8 +122,10 @@ class ConsolidationConfig:
     # cores a job's training outlasts its early stop: NFCats' default job stopped by patience after 19.9 min and the
     # 6-label support tenant's was still gaining at 16 min (benchmarks/results/job_time.md); 760 s holds a job to
     # ~15 minutes
-    average: float = 0.8  # the run measures, keeps and ends with the exponential moving average of its steps'
-    # weights, this decay per step (~5 steps' window; 0: each step's own weights): model/training.py, WeightAverage
+    average: float = 0.0  # a decay in (0, 1): the run measures, keeps and ends with the moving average of its steps'
+    # weights (model/training.py, WeightAverage; 0.8: a window of ~5 steps). Off: in 760 s jobs on 2 CPU cores 0.8
+    # held out worse on NFCats (0.057 against 0.045 at step 25) and the support tenant (0.043 against 0.041):
+    # benchmarks/results/job_time.md
     batch_size: int = 16  # pairs per step, batched by length
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)

@@ -305,8 +305,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         average.apply()  # the run ends with the average (the best measured one, when measured: restored below)
     if early.best_step and (early.best_step != run.steps or average is not None):
         early.restore(peft_model)
-        logger.info("kept the weights of step %d (held-out NLL %.4f), not those of step %d", early.best_step,
-                    early.best, run.steps)
+        if early.best_step != run.steps:
+            logger.info("kept the weights of step %d (held-out NLL %.4f), not those of step %d", early.best_step,
+                        early.best, run.steps)
     run.best_step, run.best_nll = early.best_step, (early.best if early.best_step else None)
     run.taught = {p.experience_id for batch in plan[: run.best_step or run.steps] for p in batch}
     run.seconds = time.perf_counter() - started

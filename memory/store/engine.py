@@ -212,10 +212,9 @@ class _OwnConnection:
             fairy = self.engine.raw_connection()  # opened as the pool opens them (SQLite's pragmas)
             driver: Any = fairy.driver_connection
             fairy.detach()
-            if self.sqlite:
-                driver.rollback()  # no transaction left open: each read sees the latest commit
-            else:
-                driver.autocommit = True
+            driver.rollback()  # no transaction left open (the dialect's first queries may have begun one)
+            if not self.sqlite:
+                driver.autocommit = True  # each read sees the latest commit, and none holds a snapshot open
             self._fairy, self._conn, self._pid, self._data_version = fairy, driver, os.getpid(), None
             self._held.clear()
         return self._conn
