@@ -29,8 +29,9 @@ class MemoryConfig:
     fetch_k: int = 32  # candidates taken from the index before scoring (at least k)
 
     retrieve_consolidated: bool = True  # False: experiences an adapter holds leave the prompt
-    # experience rows a process keeps of what its searches read (texts, vectors, utility), each tenant's while SQL
-    # says none of them changed (one small read a search makes anyway); 0: every search reads its candidates' rows
+    # experience rows a process keeps of what its searches read (texts, vectors, utility; a tenant that fits, whole,
+    # at its first search), each row while SQL's change log says it is unchanged (one small read a search makes
+    # anyway, and the changed ids when the tenant's version moved); 0: every search reads its candidates' rows
     held_rows: int = 10_000
 
     # Filtering: which assistant turns become experiences
