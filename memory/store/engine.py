@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from ..errors import StoreError
 from .schema import EVERY_EXPERIENCE, Base, ExperienceChangeRow, ExperienceVersionRow
 from .sql import bump_counter
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_STATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 TOUCHED = "logmem_touched"  # a transaction's info: tenant -> the experience ids it changed (`StoreBase.touched`)
@@ -182,7 +184,7 @@ class _OwnConnection:
         self._held: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
 
     def rows(self, sql: str, params: tuple[Any, ...], *, held: bool) -> list[tuple[Any, ...]] | None:
-        """The read's rows, or None while another thread uses the connection."""
+        """The read's rows, or None while another thread uses the connection or when it failed."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -201,9 +203,10 @@ class _OwnConnection:
                     if held:
                         self._held[key] = got
                 return got
-            except Exception:
-                self._drop()  # a broken connection is not used again; the error is the caller's
-                raise
+            except Exception as exc:  # a connection the server dropped, or a bad read: this one goes, and the read
+                logger.debug("the process's own connection failed (%s): the read goes through the pool", exc)
+                self._drop()  # is asked again of a pooled connection, which raises a bad read's error itself
+                return None
         finally:
             self._lock.release()
 
@@ -220,11 +223,11 @@ class _OwnConnection:
         return self._conn
 
     def _drop(self) -> None:
-        fairy, self._fairy, self._conn, self._data_version = self._fairy, None, None, None
+        conn, self._fairy, self._conn, self._data_version = self._conn, None, None, None
         self._held.clear()
-        if fairy is not None and self._pid == os.getpid():
+        if conn is not None and self._pid == os.getpid():
             try:
-                fairy.close()
+                conn.close()  # the driver's own (the pool would log a closed one's failed reset as an error)
             except Exception:  # already broken: nothing more to release
                 pass
 

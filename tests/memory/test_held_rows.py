@@ -136,3 +136,14 @@ def test_held_rows_stay_within_their_limit_and_answer_the_same(tmp_path: Path, e
     finally:
         small.close()
         none.close()
+
+
+def test_a_broken_process_connection_is_replaced_and_no_read_is_lost(pair: tuple[VectorMemory, ...]) -> None:
+    one, two = pair
+    before = top(one)
+    own = one.store._own
+    broken = own._conn
+    broken.close()  # as a server restart leaves it: every use raises
+    two.record_outcome([before.id], False, tenant="acme")
+    assert top(one).utility < before.utility  # the failed read asked again of the pool, none lost
+    assert own._conn is not None and own._conn is not broken  # the broken one dropped, a new one of its own since
