@@ -156,8 +156,10 @@ class WeightAverage:
     """An exponential moving average of the adapter's trainable weights over the run's steps (`decay` per step,
     begun at the first step's weights): what the run measures and ends with. At a constant learning rate the
     weights of one step bounce around the minimum they approach (NFCats' held-out NLL at steps 20, 25 and 30 read
-    0.077, 0.045 and 0.081); their average sits nearer to it (Polyak and Juditsky 1992; over the last checkpoints,
-    LAWA: Kaddour 2022, Sanyal et al. 2023), for a copy of the adapter's weights (a few MB) per step."""
+    0.077, 0.045 and 0.081); their average can sit nearer to it (Polyak and Juditsky 1992; over the last checkpoints,
+    LAWA: Kaddour 2022, Sanyal et al. 2023), for a copy of the adapter's weights (a few MB) per step. In the 760 s
+    jobs on 2 CPU cores it did not (0.8 held out worse on both tenants: benchmarks/results/job_time.md), so it is
+    off by default (`ConsolidationConfig.average`)."""
 
     def __init__(self, model: Any, decay: float) -> None:
         self.decay = decay

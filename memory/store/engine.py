@@ -177,7 +177,7 @@ class _OwnConnection:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
         self._lock = threading.Lock()
-        self._fairy: Any = None  # the pool's wrapper, detached from it: closing it closes the driver's connection
+        self._fairy: Any = None  # the pool's wrapper, detached from it: kept with the connection it wraps
         self._conn: Any = None  # the driver's connection
         self._pid = 0
         self._data_version: int | None = None
