@@ -78,3 +78,49 @@ def mmr_select(scores: np.ndarray, xb: np.ndarray, k: int, lam: float) -> np.nda
                     max_sim[i] = _dot(xb, i, best)
                     seen[i] = 1
     return picked[:m]
+
+
+@numba.njit(cache=True)
+def pick_held(n: int, ids: np.ndarray, there: np.ndarray, kept: np.ndarray, utility: np.ndarray, seen: np.ndarray,
+              vectors: np.ndarray, answers: np.ndarray, cos: np.ndarray, consolidated: bool, now: float,
+              params: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """`combined_score` and `mmr_select` over an index's answers (`answers`: ids, -1: none; `cos`: their cosines)
+    among a tenant's experiences held as arrays in id order (the first `n` rows of each; `ids` sorted; `there`: still
+    the tenant's; `kept`: not
+    consolidated, which only `consolidated` lets through; `utility`, `seen`: last seen, epoch s; `vectors`), in one
+    call. `params`: w_sim, w_util, w_rec, half_life_days, min_sim, mmr_lambda. Returns the picks' rows (places in
+    the arrays), cosines, ages in days and scores, in pick order, and how many answers are not held at all (an index
+    newer than the rows: the caller reads them and asks again)."""
+    rows = np.empty(answers.shape[0], dtype=np.int64)
+    c = np.empty(answers.shape[0], dtype=np.float32)
+    m = 0
+    missing = 0
+    for j in range(answers.shape[0]):
+        a = answers[j]
+        if a < 0:
+            continue
+        lo, hi = 0, n
+        while lo < hi:  # the first place whose id is >= a
+            mid = (lo + hi) // 2
+            if ids[mid] < a:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == n or ids[lo] != a:
+            missing += 1
+        elif there[lo] and (consolidated or kept[lo]):
+            rows[m] = lo
+            c[m] = cos[j]
+            m += 1
+    c = c[:m]
+    u = np.empty(m, dtype=np.float32)
+    age = np.empty(m, dtype=np.float32)
+    xb = np.empty((m, vectors.shape[1]), dtype=np.float32)
+    for i in range(m):
+        r = rows[i]
+        u[i] = utility[r]
+        age[i] = (now - seen[r]) / 86_400.0
+        xb[i] = vectors[r]
+    scores = combined_score(c, u, age, params[0], params[1], params[2], params[3], params[4])
+    picked = mmr_select(scores, xb, k, params[5])
+    return rows[picked], c[picked], age[picked], scores[picked], missing

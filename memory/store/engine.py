@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -164,14 +165,37 @@ def _fetch(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any
         cursor.close()
 
 
+WAL_HEADERS = 96  # the two copies of the wal-index header at the start of a `-shm` file
+
+
+def _wal_index(conn: Any) -> mmap.mmap | None:
+    """The `-shm` file of SQLite connection `conn`'s database, mapped read-only, when it is in WAL mode (None: not
+    in WAL mode, in memory, or the file cannot be mapped: `PRAGMA data_version` then)."""
+    try:
+        conn.execute("PRAGMA data_version").fetchone()  # a read: the wal-index exists and is current from here on
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            return None
+        path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if not path:
+            return None
+        with open(f"{path}-shm", "rb") as fh:
+            return mmap.mmap(fh.fileno(), WAL_HEADERS, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        logger.debug("the wal-index cannot be mapped (%s): commits are seen through PRAGMA data_version", exc)
+        return None
+
+
 class _OwnConnection:
     """A connection of this process's own, outside the pool, for the small reads every request makes: it reads
     outside any transaction (autocommit), so each read sees what is committed when it runs. One thread at a time
     (the others take a pooled connection); a forked child opens its own; a connection the server dropped is
     replaced at the next read.
 
-    Under SQLite it also holds the answers of `held` reads while `PRAGMA data_version` (which moves when any other
-    connection, in any process, commits) has not moved: ~10 us instead of a read."""
+    Under SQLite it also holds the answers of `held` reads while no connection, in any process, has committed since:
+    in WAL mode, while both copies of the wal-index header in the `-shm` file (which every commit rewrites: its
+    change counter, last frame and checksums; https://www.sqlite.org/walformat.html, "The WAL-Index Header") read as
+    they did before the held read, mapped into this process (~1 us; the file stays while this connection is open);
+    else while `PRAGMA data_version` has not moved (~50 us cold: a read transaction begun and ended)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -180,7 +204,8 @@ class _OwnConnection:
         self._fairy: Any = None  # the pool's wrapper, detached from it: kept with the connection it wraps
         self._conn: Any = None  # the driver's connection
         self._pid = 0
-        self._data_version: int | None = None
+        self._data_version: int | bytes | None = None
+        self._shm: mmap.mmap | None = None  # the wal-index, mapped read-only (SQLite in WAL mode)
         self._held: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
 
     def rows(self, sql: str, params: tuple[Any, ...], *, held: bool) -> list[tuple[Any, ...]] | None:
@@ -192,7 +217,8 @@ class _OwnConnection:
                 conn = self._connection()
                 if not self.sqlite:
                     return _fetch(conn, sql, params)
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                version = (self._shm[:WAL_HEADERS] if self._shm is not None
+                           else conn.execute("PRAGMA data_version").fetchone()[0])
                 if version != self._data_version:
                     self._held.clear()
                     self._data_version = version
@@ -220,11 +246,16 @@ class _OwnConnection:
                 driver.autocommit = True  # each read sees the latest commit, and none holds a snapshot open
             self._fairy, self._conn, self._pid, self._data_version = fairy, driver, os.getpid(), None
             self._held.clear()
+            if self.sqlite:
+                self._shm = _wal_index(driver)
         return self._conn
 
     def _drop(self) -> None:
         conn, self._fairy, self._conn, self._data_version = self._conn, None, None, None
         self._held.clear()
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
         if conn is not None and self._pid == os.getpid():
             try:
                 conn.close()  # the driver's own (the pool would log a closed one's failed reset as an error)

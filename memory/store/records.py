@@ -36,6 +36,12 @@ class ExperienceData:
     def utility(self) -> float:
         return self.alpha / (self.alpha + self.beta)
 
+    def with_vector(self, vector: np.ndarray) -> ExperienceData:
+        """The same experience holding `vector` (a view of a matrix that holds it already: its own copy goes)."""
+        return ExperienceData(self.id, self.tenant, self.user, self.instruction, self.trigger, self.response,
+                              self.lesson, self.rejected, vector, self.alpha, self.beta, self.support, self.uses,
+                              self.created_at, self.last_seen_at, self.consolidated_in)
+
 
 def experience_data(row: Any) -> ExperienceData:
     return ExperienceData(row.id, row.tenant, row.user, row.instruction, row.trigger, row.response, row.lesson,

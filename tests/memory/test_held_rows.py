@@ -6,13 +6,17 @@ while the change log reaches back; forgetting drops the held text at once. SQLit
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from liked import QA, rec
 from logmem.memory import Embedder, MemoryConfig, VectorMemory
+from logmem.memory.held import Candidates, Columns, scoring_params
+from logmem.memory.store import ExperienceData
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -34,10 +38,11 @@ def top(vm: VectorMemory, i: int = 0) -> Any:
 def test_rows_are_read_once_while_nothing_changes(pair: tuple[VectorMemory, ...]) -> None:
     one, _ = pair
     one.searcher.config = dataclasses.replace(one.config, fetch_k=2)  # two candidates: the tenant read whole anyway
-    first = one.search(QA[0][0], 2, tenant="acme")
+    now = time.time()
+    first = one.search(QA[0][0], 2, tenant="acme", now=now)
     reads = one.searcher.rows.reads
     assert reads == 1 and len(one.searcher.rows.held("acme")) == len(QA)
-    again = one.search(QA[0][0], 2, tenant="acme")
+    again = one.search(QA[0][0], 2, tenant="acme", now=now)
     assert one.searcher.rows.reads == reads  # the stamp read alone
     assert [h.to_json() for h in again] == [h.to_json() for h in first]
 
@@ -68,29 +73,29 @@ def test_what_another_process_changes_is_seen_at_the_next_search(pair: tuple[Vec
 def test_another_process_changes_are_read_again_and_the_rest_is_kept(pair: tuple[VectorMemory, ...]) -> None:
     one, two = pair
     hit, other = top(one, 0), top(one, 1)
-    held = one.searcher.rows._tenants["acme"][1]
-    kept = held[other.id]
+    held = one.searcher.rows
+    kept = held.row("acme", other.id)
     two.record_outcome([hit.id], False, tenant="acme")
     reads = one.searcher.rows.reads
     assert top(one, 0).utility < hit.utility  # the changed row, read again (one statement for it)
-    assert one.searcher.rows.reads == reads + 1 and held[other.id] is kept  # the others held as they were
+    assert one.searcher.rows.reads == reads + 1 and held.row("acme", other.id) is kept  # the others held as they were
 
     gone = top(one, 2)
     two.forget(id=gone.id, tenant="acme")  # its id logged under a version too: its held text goes
     assert all(h.id != gone.id for h in one.search(QA[2][0], 5, tenant="acme"))
-    assert gone.id not in one.searcher.rows.held("acme") and held[other.id] is kept
+    assert gone.id not in one.searcher.rows.held("acme") and held.row("acme", other.id) is kept
 
 
 def test_a_log_that_no_longer_reaches_back_drops_the_rows_whole(pair: tuple[VectorMemory, ...]) -> None:
     one, two = pair
     hit = top(one)
-    kept = one.searcher.rows._tenants["acme"][1][top(one, 1).id]
+    kept = one.searcher.rows.row("acme", top(one, 1).id)
     for _ in range(3):
         two.record_outcome([hit.id], False, tenant="acme")
     assert two.store.truncate_changes(tenant="acme", keep=1) == 2  # versions 1 and 2 of the three go
     fresh = two.store.get_experiences(tenant="acme", ids=[hit.id])[hit.id].utility
     assert top(one).utility == pytest.approx(fresh)
-    assert one.searcher.rows._tenants["acme"][1][top(one, 1).id] is not kept  # every row read afresh
+    assert one.searcher.rows.row("acme", top(one, 1).id) is not kept  # every row read afresh
 
 
 @pytest.mark.postgres
@@ -129,13 +134,16 @@ def test_held_rows_stay_within_their_limit_and_answer_the_same(tmp_path: Path, e
 
     capped, small = searched(3, "small")
     plain, none = searched(0, "none")
+    whole, held = searched(100, "whole")
     try:
-        assert capped == plain
+        assert capped == plain == whole
+        assert sorted(held.searcher.rows.held("acme")) == sorted(held.store.all_experiences(tenant="acme"))
         assert sum(len(small.searcher.rows.held(t)) for t in ("acme", "globex")) <= 3
         assert none.searcher.rows.held("acme") == [] and none.searcher.rows.reads == len(QA) * 2
     finally:
         small.close()
         none.close()
+        held.close()
 
 
 def test_a_broken_process_connection_is_replaced_and_no_read_is_lost(pair: tuple[VectorMemory, ...]) -> None:
@@ -147,3 +155,80 @@ def test_a_broken_process_connection_is_replaced_and_no_read_is_lost(pair: tuple
     two.record_outcome([before.id], False, tenant="acme")
     assert top(one).utility < before.utility  # the failed read asked again of the pool, none lost
     assert own._conn is not None and own._conn is not broken  # the broken one dropped, a new one of its own since
+
+
+def _row(i: int, *, alpha: float = 1.0, consolidated: str | None = None) -> ExperienceData:
+    vector = np.random.default_rng(i).standard_normal(8).astype(np.float32)
+    return ExperienceData(i, "acme", None, None, f"t{i}", f"r{i}", None, None, vector / np.linalg.norm(vector), alpha,
+                          1.0, 1, 0, 0.0, 1000.0 * i, consolidated)
+
+
+@pytest.mark.parametrize("consolidated", [False, True])
+def test_a_tenant_held_as_arrays_picks_what_its_rows_pick(consolidated: bool) -> None:
+    """`Columns` (one kernel over arrays) and `Candidates` (row objects) score and pick the same, through puts (a
+    changed row, new rows above and below the highest id) and drops."""
+    rows = {i: _row(i, consolidated="v1" if i % 5 == 0 else None) for i in range(1, 40, 2)}
+    held = Columns(list(rows.values()))
+    config = MemoryConfig(min_sim=-1.0, retrieve_consolidated=consolidated)
+    rng = np.random.default_rng(0)
+
+    def same() -> None:
+        assert held.held() == sorted(rows) and held.live == len(rows)
+        for _ in range(20):
+            answers = rng.choice(np.arange(-1, 60), size=12, replace=False).astype(np.int64)
+            cos = rng.uniform(-1, 1, size=12).astype(np.float32)
+            got, missing = held.pick(answers, cos, consolidated, 50_000.0, scoring_params(config), 4)
+            want = Candidates.of(answers.tolist(), rows, consolidated).pick(cos, 50_000.0, config, 4)
+            assert [r.id for r in got.rows] == [r.id for r in want.rows]
+            assert np.array_equal(got.scores, want.scores) and np.array_equal(got.age, want.age)
+            in_arrays = set(held.ids[:held.n].tolist())  # those held, and the gone ones not yet built out
+            assert missing == sum(1 for a in answers.tolist() if a >= 0 and a not in in_arrays)
+            for r in got.rows:
+                assert np.array_equal(r.vector, rows[r.id].vector) and r.vector.base is held.vectors
+
+    same()
+    rows[3] = _row(3, alpha=9.0)  # changed
+    rows.update({i: _row(i) for i in range(41, 80, 2)})  # new, above the highest: the arrays grow
+    held.put([rows[3]] + [rows[i] for i in range(41, 80, 2)])
+    same()
+    held.drop([5, 7, 1000])  # forgotten (and one never held)
+    del rows[5], rows[7]
+    same()
+    rows[4] = _row(4)  # below the highest: the arrays built again
+    held.put([rows[4]])
+    same()
+
+
+def test_many_changes_read_a_whole_tenant_again_whole(pair: tuple[VectorMemory, ...],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two = pair
+    hit = top(one)
+    kept = one.searcher.rows.row("acme", top(one, 1).id)
+    monkeypatch.setattr("logmem.memory.held.REREAD_MAX", 0)  # one change is already too many to read by id
+    two.record_outcome([hit.id], False, tenant="acme")
+    reads = one.searcher.rows.reads
+    assert top(one).utility < hit.utility
+    assert one.searcher.rows.reads == reads + 1  # one statement, for the whole tenant
+    assert one.searcher.rows.row("acme", top(one, 1).id) is not kept
+    assert sorted(one.searcher.rows.held("acme")) == sorted(one.store.all_experiences(tenant="acme"))
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_a_held_stamp_moves_with_another_connections_commit(tmp_path: Path, embedder: Embedder, mapped: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under SQLite the stamp is held while no other connection commits: seen through the wal-index header mapped
+    from the `-shm` file, or through `PRAGMA data_version` where it cannot be mapped."""
+    if not mapped:
+        monkeypatch.setattr("logmem.memory.store.engine._wal_index", lambda conn: None)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with VectorMemory(tmp_path / "one", embedder=embedder, db_url=url) as one, \
+            VectorMemory(tmp_path / "two", embedder=embedder, db_url=url) as two:
+        two.ingest([rec(i) for i in range(3)])
+        first = one.store.search_state(tenant="acme")
+        assert (one.store._own._shm is not None) == mapped
+        assert one.store.search_state(tenant="acme") == first  # held: nothing committed since
+        for i in range(3, 6):
+            two.ingest([rec(i)])  # one commit of another connection at a time
+            now = one.store.search_state(tenant="acme")
+            assert now != first and now == two.store.search_state(tenant="acme")
+            first = now
