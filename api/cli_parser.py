@@ -157,8 +157,8 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
                    help="train the memory+adapter student (experiences stay in its prompt), or with "
                         "--no-with-memory the bare one (default: the job chooses by the held-out NLL)")
     p.add_argument("--lr", type=float, default=0.0,
-                   help="AdamW learning rate (default 0: ConsolidationConfig's, 1e-3 for the memory+adapter student, "
-                        "5e-4 for the bare one)")
+                   help="AdamW learning rate (default 0: ConsolidationConfig's, 5e-4 for the memory+adapter student, "
+                        "2.5e-4 for the bare one)")
     p.add_argument("--dpo-weight", type=float, default=0.0,
                    help="add a DPO term on corrected answers (accepted over rejected) with this weight (0: off)")
     p.add_argument("--seed", type=int, default=ConsolidationConfig.seed)

@@ -74,7 +74,7 @@ class Columns:
     """A tenant held whole, as arrays in id order: each experience's id, utility, last seen, whether it is
     consolidated and whether it is still there (a forgotten one stays, marked gone, until the arrays are built
     again), its vector in one matrix, and its row (whose vector is a view of that row of the matrix: held once). A
-    search's candidates are a few array lookups away (`candidates`), not a loop over row objects. New ids above the
+    search's picks are one kernel over the arrays away (`pick`), not a loop over row objects. New ids above the
     highest join at the end (room doubles as it fills); an id below it builds the arrays again."""
 
     def __init__(self, rows: Sequence[ExperienceData]) -> None:

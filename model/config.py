@@ -98,20 +98,20 @@ class ConsolidationConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float | None = None  # AdamW learning rate; None: 1e-3 for the memory+adapter student, 5e-4 for the bare one
-    # (on NFCats the memory+adapter student at 2.5e-4 on prompts of 8 experiences reached a held-out NLL of 0.105 at
-    # step 25 and 0.054 after its 79; on prompts of `student_k` 4, 0.062 at step 25 at 5e-4, 0.045 at 1e-3; a linear
-    # decay of 5e-4 to 0 by the time bound, 0.078: docs/benchmarks/consolidation.md, job time)
+    lr: float | None = None  # AdamW learning rate; None: 5e-4 for the memory+adapter student, 2.5e-4 for the bare one
+    # (at `batch_size` 8; at 16 they were 1e-3 and 5e-4, halved with the batch. On NFCats at batch 8, 1e-3 held out
+    # 0.043 at step 60 but took the probe perplexity up 21%, over the gate's 15%; 5e-4, 0.035 and +7.3%. At batch 16:
+    # 1e-3 0.045 at step 25, 5e-4 0.062; a linear decay to the time bound 0.078: benchmarks/results/job_time.md)
     epochs: int = 1  # passes over the training pairs
     max_steps: int = 0  # stop after this many optimizer steps (0: no cap)
-    eval_every: int = 5  # measure the held-out NLL every this many steps (and after the last): the job keeps the
+    eval_every: int = 10  # measure the held-out NLL every this many steps (and after the last): the job keeps the
     # best measurement's weights, and stops early by `patience` (0: only after the last step, no early stop). Each
     # measurement reads the held-out prompts once, for their NLL alone (~40 s for NFCats' 64 on 2 CPU cores, a
-    # step ~14 s)
-    min_steps: int = 20  # the measurements every eval_every steps (and so the early stop) begin at this step: a job
-    # planned for fewer steps runs them all and is measured once, after its last (a few steps' held-out NLL on a
-    # small slice is noise, and a short job has little time to save; on NFCats and the 6-label support tenant the
-    # measurements at steps 10 and 15 only ever gained, ~45 s each: benchmarks/results/job_time.md)
+    # step of 8 pairs ~8 s): every 80 pairs
+    min_steps: int = 40  # the measurements every eval_every steps (and so the early stop) begin at this step (the
+    # 320th pair): a job planned for fewer steps runs them all and is measured once, after its last (a few steps'
+    # held-out NLL on a small slice is noise, and a short job has little time to save; on NFCats and the 6-label
+    # support tenant the measurements at 160 and 240 pairs only ever gained, ~45 s each: benchmarks/results/job_time.md)
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
@@ -126,7 +126,8 @@ class ConsolidationConfig:
     # weights (model/training.py, WeightAverage; 0.8: a window of ~5 steps). Off: in 760 s jobs on 2 CPU cores 0.8
     # held out worse on NFCats (0.057 against 0.045 at step 25) and the support tenant (0.043 against 0.041):
     # benchmarks/results/job_time.md
-    batch_size: int = 16  # pairs per step, batched by length
+    batch_size: int = 8  # pairs per step, batched by length (8: twice the updates of 16 in a job's time: 60 steps
+    # in 760 s where 16 ran 25-30, and a lower held-out NLL on both tenants of benchmarks/results/job_time.md)
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
     # gradients add up to the whole step's (same update, less memory: 16 prompts of ~770 tokens took ~23 GB)
     max_length: int = 1024  # tokens per pair (prompt + response), prompts cut from the left (a warning says how

@@ -320,7 +320,7 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
 
 
 def learning_rate(config: ConsolidationConfig) -> float:
-    """`config.lr`, or by default 1e-3 for the memory+adapter student and 5e-4 for the bare one."""
+    """`config.lr`, or by default 5e-4 for the memory+adapter student and 2.5e-4 for the bare one."""
     if config.lr is not None:
         return config.lr
-    return 1e-3 if config.with_memory else 5e-4
+    return 5e-4 if config.with_memory else 2.5e-4

@@ -50,7 +50,7 @@ def test_a_model_that_reads_its_memory_gets_the_memory_student(smollm: Any, code
     assert config.with_memory is True and choice["with_memory_student"] is True
     assert choice["with_memory"] < 0.5 * choice["bare"]  # the codes are read off the neighbours, not guessed
     assert "memory+adapter" in choice["reason"]
-    assert learning_rate(config) == 1e-3
+    assert learning_rate(config) == 5e-4
 
 
 def test_a_model_the_memory_does_not_help_gets_the_bare_student(tiny_lm: Any, codes: VectorMemory) -> None:
@@ -58,7 +58,7 @@ def test_a_model_the_memory_does_not_help_gets_the_bare_student(tiny_lm: Any, co
     config, choice = choose_student(model, tokenizer, _held(codes, tokenizer), ConsolidationConfig())
     assert config.with_memory is False and choice["with_memory_student"] is False
     assert choice["with_memory"] >= choice["bare"] * (1 - ConsolidationConfig().gate_margin)
-    assert learning_rate(config) == 5e-4 and learning_rate(ConsolidationConfig(lr=1e-3)) == 1e-3
+    assert learning_rate(config) == 2.5e-4 and learning_rate(ConsolidationConfig(lr=1e-3)) == 1e-3
 
 
 def test_the_job_records_its_choice_and_a_later_job_keeps_the_active_kind(tiny_lm: Any,
