@@ -75,7 +75,8 @@ class Columns:
     consolidated and whether it is still there (a forgotten one stays, marked gone, until the arrays are built
     again), its vector in one matrix, and its row (whose vector is a view of that row of the matrix: held once). A
     search's picks are one kernel over the arrays away (`pick`), not a loop over row objects. New ids above the
-    highest join at the end (room doubles as it fills); an id below it builds the arrays again."""
+    highest join at the end (built with room for 1/8 more; it doubles as it fills); an id below it builds the arrays
+    again."""
 
     def __init__(self, rows: Sequence[ExperienceData]) -> None:
         self.n = self.live = 0  # rows in the arrays, and those still there
@@ -91,7 +92,7 @@ class Columns:
     def _build(self, rows: Sequence[ExperienceData]) -> None:
         rows = sorted(rows, key=lambda r: r.id)
         self.n = self.live = 0
-        self._room(max(2 * len(rows), 16), len(rows[0].vector) if rows else 0)
+        self._room(len(rows) + max(16, len(rows) // 8), len(rows[0].vector) if rows else 0)  # room for 1/8 more
         self._append(rows)
 
     def _room(self, capacity: int, d: int) -> None:
