@@ -13,7 +13,6 @@ from . import kernels
 from .config import MemoryConfig
 from .store import ExperienceData, Store
 
-DAY = 86_400.0
 REREAD_MAX = 500  # changed rows of a tenant held whole read again by id; more: the tenant read again whole
 
 
@@ -63,7 +62,7 @@ class Candidates(NamedTuple):
         """The `k` picks among the rows (`cos`: the cosines of every answer of the index): `combined_score`, then
         `mmr_select`."""
         c = cos[self.places].astype(np.float32, copy=False)
-        age = ((now - self.seen) / DAY).astype(np.float32)
+        age = ((now - self.seen) / kernels.DAY).astype(np.float32)
         scores = kernels.combined_score(c, self.utility, age, config.w_sim, config.w_util, config.w_rec,
                                         config.half_life_days, config.min_sim)
         picked = kernels.mmr_select(scores, self.vectors, k, config.mmr_lambda)
@@ -239,10 +238,10 @@ class HeldRows:
             read = self._read(tenant, missing_ids)  # as new as `stamp` at least: kept as it
             rows.update(read)
             self._count += len(read)
-            picked = Candidates.of(ids, rows, consolidated).pick(cos, now, config, k)
+        picked = Candidates.of(ids, rows, consolidated).pick(cos, now, config, k)
+        if missing_ids:
             self._trim(keep=tenant)
-            return picked
-        return Candidates.of(ids, rows, consolidated).pick(cos, now, config, k)
+        return picked
 
     def _read(self, tenant: str, ids: list[int]) -> dict[int, ExperienceData]:
         self.reads += 1

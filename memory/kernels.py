@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+DAY = 86_400.0  # seconds in a day: ages are in days
+
 
 @numba.njit(cache=True, fastmath=False)
 def combined_score(cos: np.ndarray, utility: np.ndarray, age_days: np.ndarray, w_sim: float, w_util: float,
@@ -119,7 +121,7 @@ def pick_held(n: int, ids: np.ndarray, there: np.ndarray, kept: np.ndarray, util
     for i in range(m):
         r = rows[i]
         u[i] = utility[r]
-        age[i] = (now - seen[r]) / 86_400.0
+        age[i] = (now - seen[r]) / DAY
         xb[i] = vectors[r]
     scores = combined_score(c, u, age, params[0], params[1], params[2], params[3], params[4])
     picked = mmr_select(scores, xb, k, params[5])

@@ -13,10 +13,11 @@ import numpy as np
 
 from .config import MemoryConfig
 from .embedding import Embedder
-from .held import DAY, HeldRows
+from .held import HeldRows
 from .index import Index
 from .indexes import TenantIndexes, is_empty
 from .instructions import SharedInstructions
+from .kernels import DAY
 from .store import ExperienceData, Store
 from .text import clean_text
 
