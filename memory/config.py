@@ -29,9 +29,9 @@ class MemoryConfig:
     fetch_k: int = 32  # candidates taken from the index before scoring (at least k)
 
     retrieve_consolidated: bool = True  # False: experiences an adapter holds leave the prompt
-    # experience rows a process keeps of what its searches read (texts, vectors, utility; a tenant that fits, whole,
-    # at its first search), each row while SQL's change log says it is unchanged (one small read a search makes
-    # anyway, and the changed ids when the tenant's version moved); 0: every search reads its candidates' rows
+    # experience rows (texts) a process keeps of what its searches picked (a tenant that fits, whole, at its first
+    # search), each while SQL's change log says it is unchanged; 0: every search reads its picks' rows. A searched
+    # tenant's scoring columns (~22 bytes an experience) are held whole whatever this is.
     held_rows: int = 10_000
 
     # Filtering: which assistant turns become experiences

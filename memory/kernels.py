@@ -83,17 +83,62 @@ def mmr_select(scores: np.ndarray, xb: np.ndarray, k: int, lam: float) -> np.nda
 
 
 @numba.njit(cache=True)
+def find_sorted(ids: np.ndarray, n: int, a: int) -> int:
+    """The place of `a` among the first `n` of `ids` (sorted, distinct), or -1. The search starts where `a` would be
+    were the ids evenly spread (SQL's ids nearly are), then widens by doubling steps and halves the last one: a few
+    reads of a large cold array where a binary search makes ~log2(n), each a cache miss."""
+    if n == 0 or a < ids[0] or a > ids[n - 1]:
+        return -1
+    span = ids[n - 1] - ids[0]
+    at = 0 if span == 0 else min(n - 1, int((a - ids[0]) * (n - 1) / span))
+    if ids[at] == a:
+        return at
+    step = 1
+    if ids[at] < a:  # a lies in (at, n): widen until ids[hi] >= a
+        lo = at
+        hi = min(at + 1, n - 1)
+        while ids[hi] < a:
+            lo = hi
+            step *= 2
+            hi = min(hi + step, n - 1)
+    else:  # a lies in [0, at): widen until ids[lo] <= a
+        hi = at
+        lo = max(at - 1, 0)
+        while ids[lo] > a:
+            hi = lo
+            step *= 2
+            lo = max(lo - step, 0)
+    while lo < hi:  # the first place in [lo, hi] whose id is >= a
+        mid = (lo + hi) // 2
+        if ids[mid] < a:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if ids[lo] == a else -1
+
+
+@numba.njit(cache=True)
+def find_all(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """`find_sorted` of each of `wanted` among all of `ids`."""
+    out = np.empty(wanted.shape[0], dtype=np.int64)
+    for j in range(wanted.shape[0]):
+        out[j] = find_sorted(ids, ids.shape[0], wanted[j])
+    return out
+
+
+@numba.njit(cache=True)
 def pick_held(n: int, ids: np.ndarray, there: np.ndarray, kept: np.ndarray, utility: np.ndarray, seen: np.ndarray,
-              vectors: np.ndarray, answers: np.ndarray, cos: np.ndarray, consolidated: bool, now: float,
-              params: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """`combined_score` and `mmr_select` over an index's answers (`answers`: ids, -1: none; `cos`: their cosines)
-    among a tenant's experiences held as arrays in id order (the first `n` rows of each; `ids` sorted; `there`: still
-    the tenant's; `kept`: not
-    consolidated, which only `consolidated` lets through; `utility`, `seen`: last seen, epoch s; `vectors`), in one
-    call. `params`: w_sim, w_util, w_rec, half_life_days, min_sim, mmr_lambda. Returns the picks' rows (places in
-    the arrays), cosines, ages in days and scores, in pick order, and how many answers are not held at all (an index
-    newer than the rows: the caller reads them and asks again)."""
+              answers: np.ndarray, cos: np.ndarray, keys: np.ndarray, table: np.ndarray, consolidated: bool,
+              now: float, params: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """`combined_score` and `mmr_select` over an index's answers (`answers`: ids, -1: none; `cos`: their cosines;
+    their vectors: the rows of `table` whose `keys`, sorted, are theirs) among a tenant's experiences held as arrays
+    in id order (the first `n` of each; `ids` sorted; `there`: still the tenant's; `kept`: not consolidated, which
+    only `consolidated` lets through; `utility`; `seen`: last seen, epoch s), in one call. `params`: w_sim, w_util,
+    w_rec, half_life_days, min_sim, mmr_lambda. Returns the picks' places in the arrays, cosines, ages in days and
+    scores, in pick order, and how many answers are not held at all (an index newer than the arrays: the caller
+    reads them and asks again; or, never from an index, an answer without a vector in `table`)."""
     rows = np.empty(answers.shape[0], dtype=np.int64)
+    src = np.empty(answers.shape[0], dtype=np.int64)
     c = np.empty(answers.shape[0], dtype=np.float32)
     m = 0
     missing = 0
@@ -101,28 +146,24 @@ def pick_held(n: int, ids: np.ndarray, there: np.ndarray, kept: np.ndarray, util
         a = answers[j]
         if a < 0:
             continue
-        lo, hi = 0, n
-        while lo < hi:  # the first place whose id is >= a
-            mid = (lo + hi) // 2
-            if ids[mid] < a:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == n or ids[lo] != a:
+        at = find_sorted(ids, n, a)
+        v = find_sorted(keys, keys.shape[0], a)
+        if at < 0 or v < 0:
             missing += 1
-        elif there[lo] and (consolidated or kept[lo]):
-            rows[m] = lo
+        elif there[at] and (consolidated or kept[at]):
+            rows[m] = at
+            src[m] = v
             c[m] = cos[j]
             m += 1
     c = c[:m]
     u = np.empty(m, dtype=np.float32)
     age = np.empty(m, dtype=np.float32)
-    xb = np.empty((m, vectors.shape[1]), dtype=np.float32)
+    xb = np.empty((m, table.shape[1]), dtype=np.float32)
     for i in range(m):
         r = rows[i]
         u[i] = utility[r]
         age[i] = (now - seen[r]) / DAY
-        xb[i] = vectors[r]
+        xb[i] = table[src[i]]
     scores = combined_score(c, u, age, params[0], params[1], params[2], params[3], params[4])
     picked = mmr_select(scores, xb, k, params[5])
     return rows[picked], c[picked], age[picked], scores[picked], missing

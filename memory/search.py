@@ -1,7 +1,7 @@
-"""Search: the experiences that best answer a request. The tenant's index gives candidates by cosine, the Numba
-kernels score them (similarity, utility, recency) and pick a diverse `k` (MMR), all from the candidates' rows: held
-by the process while SQL's counters say they are unchanged (`held.HeldRows`: a tenant that fits as arrays, scored and
-picked in one kernel), else read in one statement."""
+"""Search: the experiences that best answer a request. The tenant's index gives candidates by cosine and their
+vectors, and one Numba kernel scores them (similarity, utility, recency) and picks a diverse `k` (MMR) over the
+tenant's scoring columns, held whole by the process while SQL's counters say they are unchanged (`held.HeldRows`);
+the picks' rows (texts) are held too, or read in one statement."""
 
 from __future__ import annotations
 
@@ -104,11 +104,19 @@ class Searcher:
     def _search_in(self, index: Index, stamp: Stamp, xq: np.ndarray, k: int, tenant: str,
                    now: float | None) -> list[Hit]:
         cfg = self.config
-        D, I = index.search(np.asarray(xq, dtype=np.float32)[None, :], max(cfg.fetch_k, k))
-        # The candidates' rows and scoring columns, held or read in one statement (at fetch_k rows, one statement
-        # costs less than two); another tenant's id, or one forgotten since the index was read, is not among them.
-        got = self.rows.pick(tenant, stamp, I[0], D[0], now=time.time() if now is None else now, config=cfg, k=k,
-                             size=index.__len__)
+        xq = np.asarray(xq, dtype=np.float32)[None, :]
+        for attempt in range(2):
+            D, I = index.search(xq, max(cfg.fetch_k, k))
+            # Scored and picked over the tenant's columns held by the process, the candidates' vectors from the index
+            # that found them; the picks' rows held, or read in one statement. Another tenant's id, or one forgotten
+            # since the index was read, is not among them.
+            try:
+                got = self.rows.pick(tenant, stamp, I[0], D[0], index, now=time.time() if now is None else now,
+                                     config=cfg, k=k)
+                break
+            except KeyError:  # a database's index, changed by another process between the search and its vectors
+                if attempt:
+                    raise
         return [self._hit(r, float(c), float(a), float(s)) for r, c, a, s in zip(got.rows, got.cos.tolist(),
                                                                                  got.age.tolist(), got.scores.tolist())]
 

@@ -27,6 +27,11 @@ class Index(Protocol):
 
     def remove(self, ids: np.ndarray) -> int: ...
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids` (float32, (len(ids), d), in their order): what a search's scoring compares its
+        candidates by. An id the index does not hold raises KeyError."""
+        ...
+
     def __len__(self) -> int: ...
 
     def nbytes(self) -> int: ...
@@ -49,6 +54,26 @@ def check_ids(ids: np.ndarray, n: int) -> np.ndarray:
     if ids.shape[0] != n:
         raise DimensionMismatchError(f"got {ids.shape[0]} ids for {n} vectors")
     return np.ascontiguousarray(ids)
+
+
+class Places:
+    """Each id's row in an index's row -> id array, looked up in a sorted copy made at the first lookup after the
+    array was replaced (an index replaces it on every change); a repeated id gives its last row."""
+
+    def __init__(self) -> None:
+        self._of: np.ndarray | None = None  # the array the sorted copy was made from
+        self._sorted = self._order = np.empty(0, dtype=np.int64)
+
+    def rows(self, all_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if self._of is not all_ids:
+            self._order = np.argsort(all_ids, kind="stable")
+            self._sorted, self._of = all_ids[self._order], all_ids
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        at = np.searchsorted(self._sorted, ids, side="right") - 1
+        unknown = (at < 0) | (self._sorted[np.maximum(at, 0)] != ids) if len(self._sorted) else ids == ids
+        if unknown.any():
+            raise KeyError(f"the index holds no vector of id {int(ids[np.argmax(unknown)])}")
+        return self._order[at]
 
 
 def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import check_ids, check_vectors, empty_result
+from .base import Places, check_ids, check_vectors, empty_result
 from .faiss_index import omp_threads
 
 MAGIC = b"LMHNSWSQ8\x001\n"  # the format's name and version
@@ -129,6 +129,7 @@ class HNSWSQ8Index:
         self.trained_on = 0  # vectors the quantizer learnt its ranges from
         self._ids = np.empty(0, dtype=np.int64)  # row -> id (the graph's labels are rows)
         self._rows = _Rows(d)
+        self._places = Places()
         self._gone = np.empty(0, dtype=np.int64)  # removed rows still in the graph (sorted)
         self._keep: Any = None  # the selector that filters them out of searches (with what it references)
 
@@ -203,6 +204,9 @@ class HNSWSQ8Index:
             order = np.argsort(-scores, kind="stable")[:k]
             D[q, :len(order)], I[q, :len(order)] = scores[order], self._ids[rows[order]]
         return D, I
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self._rows.get(self._places.rows(self._ids, ids))
 
     # --- removing ---------------------------------------------------------------------------
     def remove(self, ids: np.ndarray) -> int:

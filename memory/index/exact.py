@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import check_ids, check_vectors, empty_result
+from .base import Places, check_ids, check_vectors, empty_result
 
 
 class ExactIndex:
@@ -19,6 +19,7 @@ class ExactIndex:
         self.d = d
         self._ids = np.empty(0, dtype=np.int64)
         self._xb = np.empty((0, d), dtype=np.float32)
+        self._places = Places()
 
     def add(self, ids: np.ndarray, xb: np.ndarray) -> None:
         xb = check_vectors(xb, self.d, "xb")
@@ -40,6 +41,9 @@ class ExactIndex:
         D[:, :kk] = np.take_along_axis(part, order, axis=1)
         I[:, :kk] = self._ids[np.take_along_axis(top, order, axis=1)]
         return D, I
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self._xb[self._places.rows(self._ids, ids)]
 
     def remove(self, ids: np.ndarray) -> int:
         keep = ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))

@@ -10,6 +10,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..kernels import find_all
 from .base import check_ids, check_vectors, empty_result
 
 
@@ -37,9 +38,11 @@ class _FaissIndex:
         self.d = d
         self._index = index
         self.threads = threads  # OpenMP threads for a search (1 is fastest for one query on a few cores)
+        self._view: tuple[tuple[np.ndarray, np.ndarray] | None] | None = None  # see `vector_table`
 
     def add(self, ids: np.ndarray, xb: np.ndarray) -> None:
         xb = check_vectors(xb, self.d, "xb")
+        self._view = None
         self._index.add_with_ids(xb, check_ids(ids, xb.shape[0]))
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +55,33 @@ class _FaissIndex:
         return D, I
 
     def remove(self, ids: np.ndarray) -> int:
+        self._view = None
         return int(self._index.remove_ids(np.asarray(ids, dtype=np.int64)))
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        table = self.vector_table()
+        if table is not None:
+            at = find_all(table[0], ids)
+            if (at >= 0).all():
+                return table[1][at]
+        try:
+            return self._index.reconstruct_batch(ids)  # `IndexIDMap2`: by id, through its reverse map
+        except RuntimeError as exc:  # faiss' own error for a key its map lacks
+            raise KeyError(f"the index holds no vector of one of ids {ids.tolist()}") from exc
+
+    def vector_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ids and vectors as faiss holds them, as arrays over its memory (no copy; made again after any change,
+        which may move it), where the ids are in increasing order (as SQL's ids are added): a candidate's vector is
+        then a search of a sorted array away (`kernels.find_sorted`), inside the kernel that scores the candidates,
+        where faiss' own lookup by id costs ~30 us cold. None where they are not (or the index is empty)."""
+        if self._view is None:
+            n, inner = self._index.ntotal, faiss.downcast_index(self._index.index)
+            flat: Any = faiss.downcast_index(getattr(inner, "storage", inner))
+            ids = faiss.rev_swig_ptr(self._index.id_map.data(), n) if n else np.empty(0, np.int64)
+            self._view = ((ids, faiss.rev_swig_ptr(flat.get_xb(), n * self.d).reshape(n, self.d))
+                          if n and isinstance(flat, faiss.IndexFlat) and (np.diff(ids) > 0).all() else None, )
+        return self._view[0]
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -62,6 +91,7 @@ class _FaissIndex:
 
     def save(self, path: Path) -> None:
         faiss.write_index(self._index, str(path))
+
 
 
 class FlatIndex(_FaissIndex):
@@ -149,7 +179,7 @@ class HNSWIndex(_FaissIndex):
                           threads=self.threads)
         if len(xb):
             fresh.add(ids[stay], xb)
-        self._index, self._gone, self._keep = fresh._index, np.empty(0, dtype=np.int64), None
+        self._index, self._gone, self._keep, self._view = fresh._index, np.empty(0, dtype=np.int64), None, None
 
     def __len__(self) -> int:
         return int(self._index.ntotal) - len(self._gone)

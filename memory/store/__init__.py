@@ -6,11 +6,12 @@ from .adapters import ServingModeData
 from .canaries import CanaryData
 from .experiences import Store, Tally, Tx
 from .keys import KeyData
-from .records import AdapterData, ExperienceData, JobData
+from .records import AdapterData, ExperienceData, JobData, ScoringColumns
 from .schema import SCHEMA_VERSION, AdapterRow
 from .served import AnswerData
 from .transfer import TenantRows, Written
 
 __all__ = ["ADAPTER_METHODS", "AnswerData", "CanaryData", "KeyData",
            "ADAPTER_STATUSES", "JOB_STATUSES", "SCHEMA_VERSION", "AdapterData", "AdapterRow",
-           "ExperienceData", "JobData", "ServingModeData", "Store", "Tally", "TenantRows", "Tx", "Written"]
+           "ExperienceData", "JobData", "ServingModeData", "Store", "ScoringColumns", "Tally", "TenantRows", "Tx",
+           "Written"]

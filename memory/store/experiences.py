@@ -29,7 +29,7 @@ from .canaries import CanaryStore
 from .changes import ChangeLog
 from .jobs import JobStore
 from .keys import KeyStore
-from .records import ExperienceData, experience_data
+from .records import ExperienceData, ScoringColumns, experience_data
 from .schema import (
     EVERY_EXPERIENCE,
     SCHEMA_VERSION,
@@ -388,6 +388,15 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     @functools.cached_property
     def _all_rows_sql(self) -> str:
         return self.driver_sql(self._rows_head.removesuffix(" AND id IN ("))
+
+    def scoring_columns(self, *, tenant: str) -> ScoringColumns:
+        """What a search scores the tenant's experiences by, in id order, in one statement: no text, no vector."""
+        return ScoringColumns.from_tuples(self.driver_rows(self._columns_sql, (tenant,)))
+
+    @functools.cached_property
+    def _columns_sql(self) -> str:
+        columns = ", ".join(self.quote(c) for c in ("id", "alpha", "beta", "last_seen_at", "consolidated_in"))
+        return self.driver_sql(f"SELECT {columns} FROM experiences WHERE tenant = ?")
 
     def tenants(self) -> list[str]:
         with Session(self.engine) as s:

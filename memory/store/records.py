@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +42,31 @@ class ExperienceData:
         return ExperienceData(self.id, self.tenant, self.user, self.instruction, self.trigger, self.response,
                               self.lesson, self.rejected, vector, self.alpha, self.beta, self.support, self.uses,
                               self.created_at, self.last_seen_at, self.consolidated_in)
+
+
+class ScoringColumns(NamedTuple):
+    """Experiences' scoring columns, in id order: id, utility (the Beta posterior mean), last seen (epoch s), and
+    kept (not consolidated)."""
+
+    ids: np.ndarray
+    utility: np.ndarray
+    seen: np.ndarray
+    kept: np.ndarray
+
+    @classmethod
+    def of(cls, rows: Iterable[ExperienceData]) -> ScoringColumns:
+        """Those of `rows`."""
+        return cls.from_tuples([(r.id, r.alpha, r.beta, r.last_seen_at, r.consolidated_in) for r in rows])
+
+    @classmethod
+    def from_tuples(cls, rows: Iterable[tuple[Any, ...]]) -> ScoringColumns:
+        """From (id, alpha, beta, last seen, consolidated in) tuples, in any order."""
+        rows = sorted(rows)
+        n = len(rows)
+        return cls(np.fromiter((r[0] for r in rows), np.int64, n),
+                   np.fromiter((r[1] / (r[1] + r[2]) for r in rows), np.float32, n),
+                   np.fromiter((r[3] for r in rows), np.float64, n),
+                   np.fromiter((r[4] is None for r in rows), np.bool_, n))
 
 
 def experience_data(row: Any) -> ExperienceData:

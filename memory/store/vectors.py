@@ -112,6 +112,16 @@ class PgVectorIndex:
                     D[q, j], I[q, j] = -negative, i
         return D, I
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        with self.engine.connect() as conn:
+            found = dict(conn.execute(select(self.table.c.experience_id, self.table.c.embedding).where(
+                self.table.c.tenant == self.tenant, self.table.c.experience_id.in_(wanted))).all())
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise KeyError(f"the index holds no vector of id {missing[0]}")
+        return np.array([found[i] for i in wanted], dtype=np.float32).reshape(len(wanted), self.d)
+
     def remove(self, ids: np.ndarray) -> int:
         wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
         removed = 0

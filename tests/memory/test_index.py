@@ -90,6 +90,22 @@ class TestContract:
         np.testing.assert_allclose(D, want, atol=1e-5)
         assert (np.diff(D, axis=1) <= 1e-6).all()
 
+    def test_gives_back_the_vectors_of_its_ids(self, kind: str, settings: dict, data: tuple,
+                                               tmp_path: Path) -> None:
+        ids, xb, _ = data
+        index = filled(kind, ids, xb, **settings)
+        order = np.random.default_rng(2).permutation(len(ids))[:40]
+
+        np.testing.assert_array_equal(index.vectors(ids[order]), xb[order])
+        with pytest.raises(KeyError):
+            index.vectors(np.array([ids[0], 123_456_789_012]))
+        index.remove(ids[:10])
+        index.add(ids[:3], xb[3:6])  # three ids come back, with other vectors
+        if kind != "pgvector":  # (pgvector's rows live in the database: saving writes only what the index is)
+            index.save(tmp_path / "index")
+            index = load_index(tmp_path / "index", kind, **settings)
+        np.testing.assert_array_equal(index.vectors(ids[[20, 0, 2, 11]]), np.vstack([xb[20], xb[3], xb[5], xb[11]]))
+
     def test_a_stored_vector_finds_itself(self, kind: str, settings: dict, data: tuple) -> None:
         ids, xb, _ = data
         index = filled(kind, ids, xb, **settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from logmem.memory.kernels import combined_score, mmr_select
+from logmem.memory.kernels import combined_score, find_all, find_sorted, mmr_select
 
 W_SIM, W_UTIL, W_REC, HALF_LIFE, MIN_SIM = 1.0, 0.2, 0.05, 30.0, 0.2
 
@@ -177,3 +177,19 @@ def test_mmr_on_combined_score_output_skips_dropped_rows() -> None:
     got = mmr_select(scores, np.eye(4, dtype=np.float32), 4, 0.7)
 
     assert got.tolist() == [1, 2]
+
+
+def test_find_sorted_finds_every_id_and_only_those() -> None:
+    """The search that starts where an id would be were the ids evenly spread finds what a plain lookup finds: dense
+    ids, gapped ones, a prefix of the array (`n`), ids out of range and absent ones."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        ids = np.unique(rng.choice(int(rng.integers(1, 2_000)), size=int(rng.integers(0, 300)))).astype(np.int64)
+        if trial % 4 == 0:
+            ids = np.arange(5, 5 + len(ids), dtype=np.int64)  # dense, as SQL's ids of one tenant
+        wanted = rng.integers(-5, 2_100, size=50).astype(np.int64)
+        place = {int(a): p for p, a in enumerate(ids.tolist())}
+        assert find_all(ids, wanted).tolist() == [place.get(int(a), -1) for a in wanted]
+        n = len(ids) // 2
+        assert [find_sorted(ids, n, a) for a in wanted] == [place[a] if place.get(a, n) < n else -1
+                                                            for a in wanted.tolist()]
