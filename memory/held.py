@@ -191,7 +191,7 @@ class HeldRows:
 
     def _read(self, tenant: str, ids: list[int]) -> dict[int, ExperienceData]:
         self.reads += 1
-        return self.store.get_experiences(tenant=tenant, ids=ids)
+        return self.store.get_experiences(tenant=tenant, ids=ids, vectors=False)  # the index holds those
 
     def _at(self, tenant: str, version: int, index: Index) -> tuple[Columns, OrderedDict[int, ExperienceData]]:
         """The columns and rows held of the tenant, brought to `version` (its index's size, asked only when nothing
@@ -216,7 +216,7 @@ class HeldRows:
         if held is None:
             if 0 < len(index) <= self.limit:
                 self.reads += 1
-                whole = self.store.all_experiences(tenant=tenant)
+                whole = self.store.all_experiences(tenant=tenant, vectors=False)
                 held = (version, Columns(ScoringColumns.of(whole.values())), OrderedDict(sorted(whole.items())))
                 self._count += len(whole)
             else:

@@ -237,26 +237,33 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
             row.content_hash = swap_hash
         return True
 
-    def get_experiences(self, tx: Session | None = None, *, tenant: str,
-                        ids: Iterable[int]) -> dict[int, ExperienceData]:
+    def get_experiences(self, tx: Session | None = None, *, tenant: str, ids: Iterable[int],
+                        vectors: bool = True) -> dict[int, ExperienceData]:
         """The tenant's experiences among `ids`, by id (an unknown id, or another tenant's, is left out). Outside
-        a transaction (a search reads its candidates this way, every request) one statement in the driver's
-        own SQL, written once per count of ids: no ORM objects, nothing compiled."""
+        a transaction (a search reads its picks this way) one statement in the driver's own SQL, written once per
+        count of ids: no ORM objects, nothing compiled; without `vectors`, each one's vector is left empty (a
+        search's rows: the index holds the vectors)."""
         ids = [int(i) for i in ids]
         if not ids:
             return {}
         if tx is None:
-            return {r[0]: _experience(r) for r in self.driver_rows(self._rows_sql(len(ids)), (tenant, *ids))}
+            sql = self.driver_sql(self._rows_head(vectors) + " AND id IN (" + ", ".join("?" * len(ids)) + ")")
+            return self._experiences(self.driver_rows(sql, (tenant, *ids)), vectors)
         rows = tx.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids)))
         return {r.id: experience_data(r) for r in rows}
 
-    @functools.cached_property
-    def _rows_head(self) -> str:
-        columns = ", ".join(self.quote(c) for c in ROW_COLUMNS)
-        return f"SELECT {columns} FROM experiences WHERE tenant = ? AND id IN ("
+    def _rows_head(self, vectors: bool) -> str:
+        return self._heads[vectors]
 
-    def _rows_sql(self, n: int) -> str:
-        return self.driver_sql(self._rows_head + ", ".join("?" * n) + ")")
+    @functools.cached_property
+    def _heads(self) -> dict[bool, str]:
+        return {v: f"SELECT {', '.join(self.quote(c) for c in ROW_COLUMNS if v or c != 'vector')} FROM experiences "
+                   "WHERE tenant = ?" for v in (True, False)}
+
+    @staticmethod
+    def _experiences(rows: list[tuple[Any, ...]], vectors: bool) -> dict[int, ExperienceData]:
+        at = ROW_COLUMNS.index("vector")
+        return {r[0]: _experience(r if vectors else (*r[:at], b"", *r[at:])) for r in rows}
 
     def iter_experiences(self, *, tenant: str, batch: int = 10_000) -> Iterator[ExperienceData]:
         with Session(self.engine) as s:
@@ -381,13 +388,10 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def _changes_sql(self) -> str:
         return self.driver_sql("SELECT version, experience_id FROM experience_changes WHERE tenant = ? AND version > ?")
 
-    def all_experiences(self, *, tenant: str) -> dict[int, ExperienceData]:
-        """Every experience of the tenant, by id, in one statement (a search holding a small tenant whole)."""
-        return {r[0]: _experience(r) for r in self.driver_rows(self._all_rows_sql, (tenant,))}
-
-    @functools.cached_property
-    def _all_rows_sql(self) -> str:
-        return self.driver_sql(self._rows_head.removesuffix(" AND id IN ("))
+    def all_experiences(self, *, tenant: str, vectors: bool = True) -> dict[int, ExperienceData]:
+        """Every experience of the tenant, by id, in one statement (a search holding a small tenant whole; without
+        `vectors`, as `get_experiences`)."""
+        return self._experiences(self.driver_rows(self.driver_sql(self._rows_head(vectors)), (tenant,)), vectors)
 
     def scoring_columns(self, *, tenant: str) -> ScoringColumns:
         """What a search scores the tenant's experiences by, in id order, in one statement: no text, no vector."""

@@ -24,7 +24,7 @@ class ExperienceData:
     response: str
     lesson: str | None
     rejected: str | None
-    vector: np.ndarray
+    vector: np.ndarray  # empty where read without it (`Store.get_experiences(vectors=False)`)
     alpha: float
     beta: float
     support: int

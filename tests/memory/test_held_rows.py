@@ -42,6 +42,10 @@ def test_rows_are_read_once_while_nothing_changes(pair: tuple[VectorMemory, ...]
     first = one.search(QA[0][0], 2, tenant="acme", now=now)
     reads = one.searcher.rows.reads
     assert reads == 1 and len(one.searcher.rows.held("acme")) == len(QA)
+    # the rows held for their texts: no vector (the index holds them), where the store's own read has one
+    held = [one.searcher.rows.row("acme", i) for i in one.searcher.rows.held("acme")]
+    assert all(r is not None and r.vector.size == 0 for r in held)
+    assert one.store.get_experiences(tenant="acme", ids=[first[0].id])[first[0].id].vector.size == one.embedder.dim
     again = one.search(QA[0][0], 2, tenant="acme", now=now)
     assert one.searcher.rows.reads == reads  # the stamp read alone
     assert [h.to_json() for h in again] == [h.to_json() for h in first]
