@@ -53,7 +53,9 @@ class MemoryConfig:
     # with auto: keep the vectors in PostgreSQL (pgvector) when the database is PostgreSQL and its server has pgvector
     # >= 0.8, so every process and host shares one index; else (or False) each process follows SQL with faiss
     shared_index: bool = False
-    approx_threshold: int = 50_000  # a tenant past this many experiences gets the approximate (HNSW) index
+    # a tenant past this many experiences gets the approximate (HNSW) index: where it turns faster than the exact scan
+    # cold after the embedder, at a recall of the exact top 5 of ~0.998 (benchmarks/bench_index_cold.py)
+    approx_threshold: int = 5_000
     compact_threshold: int = 500_000  # ... and past this many, hnsw_sq8 (0: never by itself)
     hnsw_m: int = 32  # HNSW graph degree
     hnsw_sq8_m: int = 32  # graph degree of hnsw_sq8 (at 1M, 16 saves 120 MiB but loses recall: 0.926 vs 0.963)

@@ -139,6 +139,17 @@ def test_bench_footprint_quick(tmp_path: Path) -> None:
     assert sq8["index_file_bytes_per_vector"] > 1536  # the float vectors are in its file, beside the codes
 
 
+def test_bench_index_cold_quick(tmp_path: Path) -> None:
+    """Flat against HNSW, each searched after the embedder ran, at two small sizes: the exact index is HNSW's truth."""
+    run("bench_index_cold.py", "--out", str(tmp_path), "--cache", str(tmp_path / "cache"))
+    result = json.loads((tmp_path / "index_cold.json").read_text())
+    assert (tmp_path / "index_cold.md").is_file() and (tmp_path / "index_cold.png").is_file()
+    assert [r["size"] for r in result["rows"]] == [300, 1_500]
+    for row in result["rows"]:
+        assert row["queries"] == 20 and row["flat_p50_ms"] > 0 and row["hnsw_p50_ms"] > 0
+        assert row["recall_top5"] >= 0.95 and row["recall_top32"] >= 0.9 and row["ef_search"] == 128
+
+
 def test_bench_limits_quick(tmp_path: Path, smollm_folder: Path) -> None:
     run("bench_limits.py", "--out", str(tmp_path), "--model", str(smollm_folder), "--new-tokens", "256")
     result = json.loads((tmp_path / "limits.json").read_text())
