@@ -40,6 +40,7 @@ wheel-smoke: setup  # the built wheel in a fresh venv outside the checkout: logm
 bench: setup  # every performance figure of the README, peers in the same runs (~4 h on 2 cores: run nothing else)
 	$(PY) benchmarks/bench_peers.py --logs $(LOGS) --out benchmarks/results
 	$(PY) benchmarks/bench_retrieval.py --out benchmarks/results
+	$(PY) benchmarks/bench_index_cold.py --out benchmarks/results
 	$(PY) benchmarks/bench_retrieval.py --sizes 10000,100000 --pgvector-sizes 10000,100000 --stem retrieval_pgvector \
 		--out benchmarks/results
 	$(PY) benchmarks/bench_pgvector_tenants.py --out benchmarks/results

@@ -165,11 +165,12 @@ class HeldRows:
             vectors = keys, index.vectors(keys) if len(keys) else np.empty((0, index.d), np.float32)
         args = (answers, cos, vectors, config.retrieve_consolidated, now, self._params, k)
         ids, c, age, scores, missing = columns.pick(*args)
+        grew = bool(missing)
         if missing:  # an index newer than the columns held: those experiences read (one not the tenant's stays out)
             read = self._read(tenant, columns.not_held(answers))
             columns.put(ScoringColumns.of(read.values()))
             self._hold(rows, read)
-            ids, c, age, scores, missing = columns.pick(*args)
+            ids, c, age, scores, _ = columns.pick(*args)
         wanted = [i for i in ids.tolist() if i not in rows]
         if wanted:  # the picks' rows not held, in one statement, as new as `stamp` at least: held as they are
             self._hold(rows, self._read(tenant, wanted))
@@ -177,7 +178,7 @@ class HeldRows:
         for r in got:
             if r is not None:
                 rows.move_to_end(r.id)
-        if wanted:
+        if wanted or grew:
             self._trim(keep=tenant)
         if None in got:  # forgotten since the stamp was read
             there = np.array([r is not None for r in got], dtype=np.bool_)
