@@ -90,9 +90,11 @@ class TestContract:
         np.testing.assert_allclose(D, want, atol=1e-5)
         assert (np.diff(D, axis=1) <= 1e-6).all()
 
-    def test_gives_back_the_vectors_of_its_ids(self, kind: str, settings: dict, data: tuple,
+    @pytest.mark.parametrize("order", ["shuffled", "increasing"])  # (as SQL adds them: looked up in place)
+    def test_gives_back_the_vectors_of_its_ids(self, kind: str, settings: dict, data: tuple, order: str,
                                                tmp_path: Path) -> None:
         ids, xb, _ = data
+        ids = np.sort(ids) if order == "increasing" else ids
         index = filled(kind, ids, xb, **settings)
         order = np.random.default_rng(2).permutation(len(ids))[:40]
 
