@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import DimensionMismatchError
+from ..kernels import find_all
 
 
 @runtime_checkable
@@ -57,23 +58,31 @@ def check_ids(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 class Places:
-    """Each id's row in an index's row -> id array, looked up in a sorted copy made at the first lookup after the
-    array was replaced (an index replaces it on every change); a repeated id gives its last row."""
+    """Each id's row in an index's row -> id array, made ready at the first lookup after the array was replaced (an
+    index replaces it on every change): looked up in place while its ids are increasing, as SQL adds them
+    (`kernels.find_all`), else in a sorted copy (a repeated id, one back before a compaction, gives its last row)."""
 
     def __init__(self) -> None:
-        self._of: np.ndarray | None = None  # the array the sorted copy was made from
-        self._sorted = self._order = np.empty(0, dtype=np.int64)
+        self._of: np.ndarray | None = None  # the array the lookup was made ready for
+        self._sorted = np.empty(0, dtype=np.int64)  # the ids in order
+        self._order: np.ndarray | None = None  # their rows (None: the array itself, increasing)
 
     def rows(self, all_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if self._of is not all_ids:
-            self._order = np.argsort(all_ids, kind="stable")
-            self._sorted, self._of = all_ids[self._order], all_ids
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        at = np.searchsorted(self._sorted, ids, side="right") - 1
-        unknown = (at < 0) | (self._sorted[np.maximum(at, 0)] != ids) if len(self._sorted) else ids == ids
+            increasing = bool((np.diff(all_ids) > 0).all())
+            self._order = None if increasing else np.argsort(all_ids, kind="stable")
+            self._sorted = all_ids if increasing else all_ids[self._order]
+            self._of = all_ids
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if self._order is None:
+            at = find_all(self._sorted, ids)
+            unknown = at < 0
+        else:
+            at = np.searchsorted(self._sorted, ids, side="right") - 1
+            unknown = (at < 0) | (self._sorted[np.maximum(at, 0)] != ids) if len(self._sorted) else ids == ids
         if unknown.any():
             raise KeyError(f"the index holds no vector of id {int(ids[np.argmax(unknown)])}")
-        return self._order[at]
+        return at if self._order is None else self._order[at]
 
 
 def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,6 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..kernels import find_all
 from .base import Places, check_ids, check_vectors, empty_result
 from .faiss_index import omp_threads
 
@@ -130,8 +129,7 @@ class HNSWSQ8Index:
         self.trained_on = 0  # vectors the quantizer learnt its ranges from
         self._ids = np.empty(0, dtype=np.int64)  # row -> id (the graph's labels are rows)
         self._rows = _Rows(d)
-        self._places = Places()  # where `_ids` is not increasing (an id back before a compaction)
-        self._increasing = True  # `_ids` strictly increasing, as SQL's ids are added: looked up in place
+        self._places = Places()
         self._gone = np.empty(0, dtype=np.int64)  # removed rows still in the graph (sorted)
         self._keep: Any = None  # the selector that filters them out of searches (with what it references)
 
@@ -160,8 +158,6 @@ class HNSWSQ8Index:
             self._new_graph(xb)
         self._graph.add(xb)
         self._rows.append(xb.copy())
-        self._increasing = self._increasing and bool((np.diff(ids) > 0).all()) and (
-            not len(self._ids) or bool(ids[0] > self._ids[-1]))
         self._ids = np.concatenate([self._ids, ids])
 
     def compact(self, *, retrain: bool = False) -> None:
@@ -185,10 +181,8 @@ class HNSWSQ8Index:
                 fresh._graph.add(xb)
                 fresh._rows.append(xb)
             fresh._ids = self._ids[live]
-            fresh._increasing = bool((np.diff(fresh._ids) > 0).all())
         self._rows.close()
         self._graph, self.trained_on, self._ids, self._rows = fresh._graph, fresh.trained_on, fresh._ids, fresh._rows
-        self._increasing = fresh._increasing
         self._gone, self._keep = np.empty(0, dtype=np.int64), None
 
     # --- searching --------------------------------------------------------------------------
@@ -212,12 +206,7 @@ class HNSWSQ8Index:
         return D, I
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        if not self._increasing:  # (a sorted copy, made again after each change)
-            return self._rows.get(self._places.rows(self._ids, ids))
-        rows = find_all(self._ids, np.ascontiguousarray(ids, dtype=np.int64).reshape(-1))
-        if (rows < 0).any():
-            raise KeyError(f"the index holds no vector of id {int(np.asarray(ids).reshape(-1)[np.argmax(rows < 0)])}")
-        return self._rows.get(rows)
+        return self._rows.get(self._places.rows(self._ids, ids))
 
     # --- removing ---------------------------------------------------------------------------
     def remove(self, ids: np.ndarray) -> int:
@@ -311,7 +300,6 @@ class HNSWSQ8Index:
             index.trained_on = int(head["trained_on"])
             f.seek(head["ids_at"])
             index._ids = np.frombuffer(f.read(8 * n), dtype=np.int64).copy()
-            index._increasing = bool((np.diff(index._ids) > 0).all())
         if index._graph is not None and index._graph.ntotal != n:
             raise ValueError(f"{path}: the graph holds {index._graph.ntotal} vectors, the file {n}")
         index._rows.use_file(path, int(head["vectors_at"]), n)

@@ -93,7 +93,6 @@ class _FaissIndex:
         faiss.write_index(self._index, str(path))
 
 
-
 class FlatIndex(_FaissIndex):
     """Exact search with faiss `IndexFlatIP` (ids through `IndexIDMap2`)."""
 
