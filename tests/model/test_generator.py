@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,13 @@ from logmem.memory import ConfigError, NotFoundError, VectorMemory
 from logmem.model import prompting
 from logmem.model.config import GeneratorConfig
 from logmem.model.generator import MemoryGenerator
-from logmem.model.prompting import ChatMarkers, load_template
+from logmem.model.prompting import (
+    UNCHANGED_WHEN_EMPTY,
+    ChatMarkers,
+    Conditioning,
+    load_template,
+    render_messages,
+)
 from logmem.model.voting import answer_logprobs, choose_answer
 
 FACTS = [
@@ -322,3 +329,27 @@ def test_real_model_batched_answers_equal_one_by_one(smollm, memory) -> None:  #
     batched = [r.text for r in gen.chat_many(_questions(), max_new_tokens=16)]
     assert batched == [gen.chat(q, max_new_tokens=16).text for q in _questions()]
     assert "7421" in batched[0]
+
+
+@pytest.mark.parametrize("template", sorted(UNCHANGED_WHEN_EMPTY))
+def test_a_template_without_memory_gives_the_conversation_back(template: str) -> None:
+    """`render_messages` skips rendering these templates when the memory adds nothing: the premise, checked on the
+    template itself over every shape of conversation (system notes, several turns, none, quotes and backslashes)."""
+    conversations = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": 'say "x" \\ y'}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c  "}],
+        [{"role": "system", "content": " s "}, {"role": "system", "content": "t"}, {"role": "user", "content": "u\n"}],
+        [{"role": "assistant", "content": "x"}], [],
+    ]
+    for fact_place in ("question", "system"):
+        empty = Conditioning([], [], 0, [], [], fact_place)
+        assert not empty.adds_text
+        for messages in conversations:
+            rendered = json.loads(load_template(template).render(
+                messages=messages, experiences=[], lessons=[], answers=[], facts=[], fact_place=fact_place))
+            assert rendered == messages
+            got = render_messages(messages, empty, template)
+            assert got == messages and got is not messages
+    lesson = Conditioning([], ["Say please."], 3, [], [], "question")
+    assert lesson.adds_text and render_messages(conversations[0], lesson, template) != conversations[0]
