@@ -88,6 +88,10 @@ def test_search_scores_from_columns_that_match_the_rows(memory: VectorMemory, tm
         assert {**vars(e), "vector": None} == {**vars(rows[i]), "vector": None}
     assert read[hit.id].consolidated_in == version
     assert memory.store.get_experiences(tenant="other", ids=list(rows)) == {}  # a tenant reads only its own
+    if memory.store.engine.dialect.name == "sqlite":  # each id found by the table's rowid, not through the tenant's
+        # index as well (the tenant a check on the row found)
+        plan = memory.store.driver_rows("EXPLAIN QUERY PLAN " + memory.store._by_ids_sql(False, 2), ("default", 1, 2))
+        assert [p[-1] for p in plan] == ["SEARCH experiences USING INTEGER PRIMARY KEY (rowid=?)"]
 
 
 def test_search_of_an_empty_memory_or_k_zero_is_empty(memory: VectorMemory) -> None:
