@@ -251,18 +251,13 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
         rows = tx.scalars(select(ExperienceRow).where(ExperienceRow.tenant == tenant, ExperienceRow.id.in_(ids)))
         return {r.id: experience_data(r) for r in rows}
 
-    def _rows_head(self, vectors: bool) -> str:
-        return self._heads[vectors]
-
     def _by_ids_sql(self, vectors: bool, n: int) -> str:
-        """The read of `n` rows by id. Under SQLite the tenant is `+tenant`, which keeps it out of the index choice:
-        each id is then one descent of the table's own b-tree (by rowid) and the tenant a check on the row found,
-        where with the tenant's index SQLite walked that index too, for every id (its plan: "USING INDEX
-        ix_experiences_tenant (tenant=? AND rowid=?)")."""
-        head = self._rows_head(vectors)
-        if self.engine.dialect.name == "sqlite":
-            head = head.replace("WHERE tenant = ?", "WHERE +tenant = ?", 1)
-        return self.driver_sql(head + " AND id IN (" + ", ".join("?" * n) + ")")
+        """The read of `n` rows by id. SQLite's `+tenant` keeps the tenant's index out of the plan: one descent by
+        rowid per id, the tenant checked on the row (with the index, SQLite walked it too for every id)."""
+        head = self._heads[vectors]
+        sqlite = self.engine.dialect.name == "sqlite"
+        return self.driver_sql((head.replace("WHERE tenant", "WHERE +tenant", 1) if sqlite else head) + " AND id IN ("
+                               + ", ".join("?" * n) + ")")
 
     @functools.cached_property
     def _heads(self) -> dict[bool, str]:
@@ -400,7 +395,7 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def all_experiences(self, *, tenant: str, vectors: bool = True) -> dict[int, ExperienceData]:
         """Every experience of the tenant, by id, in one statement (a search holding a small tenant whole; without
         `vectors`, as `get_experiences`)."""
-        return self._experiences(self.driver_rows(self.driver_sql(self._rows_head(vectors)), (tenant,)), vectors)
+        return self._experiences(self.driver_rows(self.driver_sql(self._heads[vectors]), (tenant,)), vectors)
 
     def scoring_columns(self, *, tenant: str) -> ScoringColumns:
         """What a search scores the tenant's experiences by, in id order, in one statement: no text, no vector."""
