@@ -254,15 +254,14 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def _by_ids_sql(self, vectors: bool, n: int) -> str:
         """The read of `n` rows by id. SQLite's `+tenant` keeps the tenant's index out of the plan: one descent by
         rowid per id, the tenant checked on the row (with the index, SQLite walked it too for every id)."""
-        head = self._heads[vectors]
-        sqlite = self.engine.dialect.name == "sqlite"
-        return self.driver_sql((head.replace("WHERE tenant", "WHERE +tenant", 1) if sqlite else head) + " AND id IN ("
-                               + ", ".join("?" * n) + ")")
+        tenant = "+tenant" if self.engine.dialect.name == "sqlite" else "tenant"
+        return self.driver_sql(f"{self._heads[vectors]} WHERE {tenant} = ? AND id IN ({', '.join('?' * n)})")
 
     @functools.cached_property
     def _heads(self) -> dict[bool, str]:
-        return {v: f"SELECT {', '.join(self.quote(c) for c in ROW_COLUMNS if v or c != 'vector')} FROM experiences "
-                   "WHERE tenant = ?" for v in (True, False)}
+        """The SELECT of ROW_COLUMNS (with or without the vector) from experiences, before its WHERE."""
+        return {v: f"SELECT {', '.join(self.quote(c) for c in ROW_COLUMNS if v or c != 'vector')} FROM experiences"
+                for v in (True, False)}
 
     @staticmethod
     def _experiences(rows: list[tuple[Any, ...]], vectors: bool) -> dict[int, ExperienceData]:
@@ -395,7 +394,8 @@ class Store(AdapterStore, CanaryStore, JobStore, KeyStore, AnswerStore, ChangeLo
     def all_experiences(self, *, tenant: str, vectors: bool = True) -> dict[int, ExperienceData]:
         """Every experience of the tenant, by id, in one statement (a search holding a small tenant whole; without
         `vectors`, as `get_experiences`)."""
-        return self._experiences(self.driver_rows(self.driver_sql(self._heads[vectors]), (tenant,)), vectors)
+        sql = self.driver_sql(self._heads[vectors] + " WHERE tenant = ?")
+        return self._experiences(self.driver_rows(sql, (tenant,)), vectors)
 
     def scoring_columns(self, *, tenant: str) -> ScoringColumns:
         """What a search scores the tenant's experiences by, in id order, in one statement: no text, no vector."""
