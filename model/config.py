@@ -126,6 +126,11 @@ class ConsolidationConfig:
     # weights (model/training.py, WeightAverage; 0.8: a window of ~5 steps). Off: in 760 s jobs on 2 CPU cores 0.8
     # held out worse on NFCats (0.057 against 0.045 at step 25) and the support tenant (0.043 against 0.041):
     # benchmarks/results/job_time.md
+    cooldown: float = 0.0  # the last share of a run over which the learning rate falls linearly to 0 (0: constant):
+    # of its planned steps, or of its time bound (less its last measurement), whichever it is nearer the end of. At a
+    # constant rate the held-out NLL of NFCats' steps 40, 50 and 60 read 0.065, 0.068 and 0.035; a run that anneals
+    # at its end lands nearer the minimum it circles (the warmup-stable-decay schedule: Hu et al. 2024, Hagele et al.
+    # 2024)
     batch_size: int = 8  # pairs per step, batched by length (8: twice the updates of 16 in a job's time: 60 steps
     # in 760 s where 16 ran 25-30, and a lower held-out NLL on both tenants of benchmarks/results/job_time.md)
     max_tokens: int = 4096  # (padded) tokens per forward pass: a longer step is split into chunks whose
@@ -182,6 +187,7 @@ class ConsolidationConfig:
             ("min_gain", self.min_gain >= 0.0, ">= 0"),
             ("max_seconds", self.max_seconds >= 0.0, ">= 0 (0: no bound)"),
             ("average", 0.0 <= self.average < 1.0, "in [0, 1) (0: no average)"),
+            ("cooldown", 0.0 <= self.cooldown <= 1.0, "in [0, 1] (0: a constant rate)"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("max_length", self.max_length >= 8, ">= 8"),
             ("max_tokens", self.max_tokens >= 1, ">= 1"),

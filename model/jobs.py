@@ -14,6 +14,7 @@ from logmem.memory import VectorMemory
 from logmem.memory.vocabulary import ADAPTER_MODES, tenant_key
 
 from .config import ConsolidationConfig
+from .heap import kept_heap
 from .lineage import plan_job
 from .progress import Report
 from .slices import choose_serving
@@ -33,8 +34,16 @@ def run_consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenan
     earlier slice of the lineage (`model/slices.py`) and recorded for the tenant; a promoted adapter none of whose
     modes keeps the earlier slices' served figures is refused. Returns ("succeeded" | "rejected", metrics): the
     gate's figures (the forgetting check's and the modes' included, `serving.slices` each slice's figure per
-    mode), the adapter `version` and the held-out ids.
+    mode), the adapter `version` and the held-out ids. Memory freed while it trains and reads stays in the process
+    until it ends (`heap.kept_heap`).
     """
+    with kept_heap():
+        return _consolidation(memory, model, tokenizer, tenant=tenant, params=params, base_model=base_model,
+                              report=report, progress=progress)
+
+
+def _consolidation(memory: VectorMemory, model: Any, tokenizer: Any, *, tenant: str, params: dict[str, Any],
+                   base_model: str, report: Report | None, progress: bool) -> tuple[str, dict[str, Any]]:
     from .consolidate import consolidate
 
     config = ConsolidationConfig(**params)

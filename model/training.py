@@ -125,6 +125,19 @@ class _Pace:
     def measured(self, step: int, seconds: float) -> None:
         self.last_measured, self.reading = step, seconds
 
+    def rate(self, base: float, step: int, planned: int, started: float, deadline: float | None,
+             cooldown: float) -> float:
+        """The learning rate of `step` (1-based) under a `cooldown` over the last share of the run: its planned steps,
+        or the time from `started` to `deadline` less the last measurement's (the run's last one), whichever is nearer
+        its end."""
+        if not cooldown:
+            return base
+        done = (step - 1) / planned
+        if deadline is not None:
+            span = deadline - self.reading - started
+            done = max(done, (time.perf_counter() - started) / span if span > 0 else 1.0)
+        return base * min(1.0, max(0.0, 1.0 - done) / cooldown)
+
     def ahead(self, measuring: bool) -> float:
         """Seconds for one more step (the mean so far) and, when the run measures, the measurement after it (as
         long as the last one; none yet: nothing)."""
@@ -143,13 +156,14 @@ class Training:
     best_step: int = 0  # the step whose weights the adapter keeps (0: nothing measured; the last step's are kept)
     best_nll: float | None = None  # the held-out NLL at best_step
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out NLL) of each measurement
+    lr_end: float = 0.0  # the learning rate of the last step run (under `cooldown`: how far it fell)
     taught: set[int] = field(default_factory=set)  # experiences with a pair in the steps the kept weights ran (a job
     # that stops early leaves the rest to the next one)
 
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "steps_planned": self.planned, "stop": self.stop,
                 "train_seconds": round(self.seconds, 1), "best_step": self.best_step, "best_nll": self.best_nll,
-                "curve": [[s, round(v, 5)] for s, v in self.curve]}
+                "curve": [[s, round(v, 5)] for s, v in self.curve], "lr_end": self.lr_end}
 
 
 class WeightAverage:
@@ -253,7 +267,8 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
         deadline = started + config.max_seconds
     peft_model = model if isinstance(model, PeftModel) else attach_adapter(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate(config), weight_decay=0.0)
+    base = learning_rate(config)
+    optimizer = torch.optim.AdamW(params, lr=base, weight_decay=0.0)
     rng = random.Random(config.seed)
     plan = [b for _ in range(config.epochs) for b in _batches(pairs, config.batch_size, rng)]
     if config.max_steps:
@@ -283,6 +298,9 @@ def train_adapter(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Con
             run.stop = "wall_time"
             break
         began = time.perf_counter()
+        run.lr_end = pace.rate(base, step, len(plan), started, deadline, config.cooldown)
+        for group in optimizer.param_groups:
+            group["lr"] = run.lr_end
         optimizer.zero_grad(set_to_none=True)
         loss = step_gradients(peft_model, batch, config, pad)
         optimizer.step()

@@ -22,7 +22,7 @@ from logmem.model.jobs import run_consolidation
 from logmem.model.loading import load_adapter
 from logmem.model.modes import prepare_held_out
 from logmem.model.pairs import build_pairs
-from logmem.model.training import EarlyStop, train_adapter
+from logmem.model.training import EarlyStop, _Pace, train_adapter
 
 CAPITALS = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Japan", "Tokyo"), ("Peru", "Lima"),
             ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Iran", "Tehran"),
@@ -144,6 +144,28 @@ def test_measurements_begin_at_min_steps(capitals: VectorMemory, tiny_lm: Any) -
     short = ConsolidationConfig(**{**FAST, "min_steps": 13}, epochs=3, eval_every=2, with_memory=False)
     _, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, short, held_out=lambda m, step: 1.0 / step)
     assert [s for s, _ in run.curve] == [12] and run.best_step == 12
+
+
+def test_a_cooldown_anneals_the_rate_over_the_end_of_the_run(capitals: VectorMemory, tiny_lm: Any) -> None:
+    pace = _Pace()
+    assert pace.rate(1.0, 1, 10, 0.0, None, 0.2) == 1.0
+    assert pace.rate(1.0, 9, 10, 0.0, None, 0.2) == pytest.approx(1.0)  # 8 of 10 steps done: the cooldown begins
+    assert pace.rate(1.0, 10, 10, 0.0, None, 0.2) == pytest.approx(0.5)
+    assert pace.rate(1.0, 10, 10, 0.0, None, 0.0) == 1.0  # none: constant
+    # by the clock, when nearer its end than by the steps: the span is the bound less the last measurement's time
+    pace.measured(5, 10.0)
+    now = time.perf_counter()
+    assert pace.rate(1.0, 2, 100, now - 90.0, now + 20.0, 0.2) == pytest.approx(0.5, abs=0.01)
+    assert pace.rate(1.0, 2, 100, now - 200.0, now + 5.0, 0.2) == 0.0  # past the bound less the measurement
+    tok = tiny_lm[1]
+    config = ConsolidationConfig(**FAST, epochs=3, eval_every=0, with_memory=False, cooldown=0.5)
+    train = build_pairs(list(capitals.iter_experiences("default")), tok, None, "default", config)
+    _, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, config)
+    assert run.steps == 12 and run.lr_end == pytest.approx(FAST["lr"] / 6)  # (1 - 11/12) / 0.5 of the rate
+    _, run = train_adapter(copy.deepcopy(tiny_lm[0]), tok, train, replace(config, cooldown=0.0))
+    assert run.lr_end == FAST["lr"] and run.to_json()["lr_end"] == FAST["lr"]
+    with pytest.raises(ConfigError, match="cooldown"):
+        ConsolidationConfig(cooldown=1.5)
 
 
 def test_the_wall_time_bound_stops_a_job(capitals: VectorMemory, tiny_lm: Any) -> None:
