@@ -55,9 +55,10 @@ def kept_heap() -> Iterator[None]:
     """Memory freed during the block stays in the process, for the next allocation to reuse; handed back after (the
     last of nested or concurrent blocks to end does it).
 
-    Trimming is off for the heap that the calling thread allocates from: never in the main thread (glibc's main
-    heap: a threshold of -1 means none), and in another thread at 2 GB (the largest value `mallopt` takes), past any
-    heap such a thread has (64 MB each; -1 would let glibc free them whole)."""
+    Trimming is off for the heap that the calling thread allocates from: in the main thread, glibc's main heap,
+    whose free top can pass any size (a threshold of -1 means none); in another thread at 2 GB (the largest value
+    `mallopt` takes), past any of the heaps glibc gives such a thread (64 MB each). Measured in a worker thread as in
+    the main one: NFCats' training steps (`tests/model/test_heap.py` checks both on smaller blocks)."""
     global _holders
     libc = _glibc()
     if libc is None:
