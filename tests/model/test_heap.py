@@ -41,7 +41,7 @@ out = {}
 def work():
     out["default"] = [round_faults() for _ in range(3)]
     with kept_heap():
-        out["kept"] = [round_faults() for _ in range(5)]
+        out["kept"] = [round_faults() for _ in range(11)]
         with kept_heap():  # nested: the inner block's end keeps the outer one's setting
             pass
         out["kept"].append(round_faults())
@@ -69,13 +69,17 @@ def rounds(block_mb: int, blocks: int, where: str) -> dict[str, object]:
 def test_inside_the_block_rounds_after_the_first_fault_nothing_in(block_mb: int, blocks: int, where: str) -> None:
     """Large blocks (main thread: over glibc's 32 MB mmap bound) are handed back after every round by default, so
     each round faults every page in again; inside the block, once the heap has grown, nothing. Outside the main
-    thread glibc gives a thread heaps of its own (64 MB each): kept there too."""
+    thread glibc gives a thread heaps of its own (64 MB each): kept there too.
+
+    How many rounds the heap takes to grow varies from run to run (the free blocks are split by small chunks that
+    glibc's per-thread caches hold, so a hole can be too small for the next aligned block): here 1 to 3 rounds in
+    16 runs, 4 in one CI run. The last 4 of 12 rounds must fault nothing in."""
     got = rounds(block_mb, blocks, where)
     pages = block_mb * blocks * 2**20 // 4096
     default, kept = got["default"], got["kept"]
     assert isinstance(default, list) and isinstance(kept, list)
     if where == "main":  # a thread's default varies with glibc's adaptive threshold
         assert min(default[1:]) > pages // 2, got  # the default: fresh pages every round
-    assert max(kept[3:]) < 500, got  # kept: the heap reused
+    assert max(kept[-4:]) < 500, got  # kept: the heap reused once it has grown
     assert isinstance(got["inside_mb"], int) and isinstance(got["after_mb"], int)
     assert got["after_mb"] < got["inside_mb"] - 48, got  # the block's end handed the kept memory back
