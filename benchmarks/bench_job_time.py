@@ -120,6 +120,21 @@ def support_logs(path: Path, n: int, seed: int = 0, *, eval_items: bool = False)
     return path
 
 
+def reset_peak_rss() -> None:
+    """Start the process's resident high-water mark (VmHWM) afresh, where Linux allows it (`clear_refs` 5)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mib() -> int | None:
+    """The process's resident high-water mark since `reset_peak_rss`, in MiB (None off Linux)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return int(status.split("VmHWM:")[1].split()[0]) // 1024
+
+
 def run_job(name: str, logs: Path, params: dict[str, Any], args: argparse.Namespace,
             eval_file: str | None) -> dict[str, Any]:
     """One job on a fresh home with `params`; its metrics, wall time and the load average around it."""
@@ -131,17 +146,19 @@ def run_job(name: str, logs: Path, params: dict[str, Any], args: argparse.Namesp
         model, tokenizer = load_generator(home=Path(args.model_home), dtype="float32")
         runner = JobRunner(memory)
         job_id = runner.submit("consolidate", "default", params)
+        reset_peak_rss()
         load_before, started, cpu_before = os.getloadavg(), time.perf_counter(), os.times()
         job = runner.run(job_id, consolidation_job(memory, model, tokenizer, tenant="default", params=params,
                                                    base_model="SmolLM2-135M-Instruct", progress=True))
         seconds, load_after, cpu_after = time.perf_counter() - started, os.getloadavg(), os.times()
         cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        peak = peak_rss_mib()
         m = dict(job.metrics or {})
         m.pop("holdout_ids", None)
         row = {"tenant": name, "logs": str(logs), "experiences": experiences, "params": params,
                "status": job.status, "error": job.error, "job_seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
                "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
-               "metrics": m}
+               "peak_rss_mib": peak, "metrics": m}
         if eval_file and m.get("version"):
             adapter = memory.store.get_adapter(version=m["version"])
             items = read_eval(eval_file)[: args.limit or None]
@@ -172,9 +189,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['cores']} cores, torch {result['threads']} threads, one job at a time; defaults: "
              + ", ".join(f"{k}={v}" for k, v in result["defaults"].items()) + ".", "",
              "| tenant | run | experiences | held out | steps run / planned | stopped by | job s | train s | "
-             "job CPU s | held-out NLL base -> student | held-out accuracy (student's best mode) | eval accuracy | "
-             "gate | load avg before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "job CPU s | peak RSS MiB | held-out NLL base -> student | held-out accuracy (student's best mode) | "
+             "eval accuracy | gate | load avg before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         m = r["metrics"]
         run = "recorded: full epoch" if r.get("recorded") else r["run"]
@@ -188,7 +205,7 @@ def markdown(result: dict[str, Any]) -> str:
                 if student and m["serving"].get("metric") == "accuracy" else "–")
         lines.append(f"| {r['tenant']} | {run} | {r['experiences'] or '–'} | {m.get('holdout', '–')} | {steps} | "
                      f"{m.get('stop', '–')} | {r['job_seconds']:.0f} | {m.get('train_seconds', '–')} | "
-                     f"{r.get('cpu_seconds', '–')} | {nll} | {held} | {ev} | "
+                     f"{r.get('cpu_seconds', '–')} | {r.get('peak_rss_mib') or '–'} | {nll} | {held} | {ev} | "
                      f"{r['status']} | {load} |")
     lines += ["", "Job CPU s: user + system seconds of the benchmark's process over the job (torch on "
               f"{result['threads']} threads); on cores of its own the job's wall time would be at least CPU s / "

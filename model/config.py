@@ -108,10 +108,12 @@ class ConsolidationConfig:
     # best measurement's weights, and stops early by `patience` (0: only after the last step, no early stop). Each
     # measurement reads the held-out prompts once, for their NLL alone (~40 s for NFCats' 64 on 2 CPU cores, a
     # step of 8 pairs ~8 s): every 80 pairs
-    min_steps: int = 40  # the measurements every eval_every steps (and so the early stop) begin at this step (the
-    # 320th pair): a job planned for fewer steps runs them all and is measured once, after its last (a few steps'
-    # held-out NLL on a small slice is noise, and a short job has little time to save; on NFCats and the 6-label
-    # support tenant the measurements at 160 and 240 pairs only ever gained, ~45 s each: benchmarks/results/job_time.md)
+    min_steps: int = 50  # the measurements every eval_every steps (and so the early stop) begin at this step (the
+    # 400th pair): a job planned for fewer steps runs them all and is measured once, after its last (a few steps'
+    # held-out NLL on a small slice is noise, and a short job has little time to save). On 2 CPU cores a measurement
+    # costs ~57 s, ~6 steps, and the held-out NLL of NFCats and the 6-label support tenant only ever gained up to
+    # step 50; begun at 50 rather than 40, a 760 s job ran 56 steps instead of 50 (NFCats: 0.0495 against 0.0649)
+    # and 62 instead of 51 (support: 0.0364 against 0.0435): benchmarks/results/job_time.md
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
     min_gain: float = 0.005  # nats per response token a measurement must gain on the best to reset the patience
