@@ -138,7 +138,7 @@ def render_plain(conditioning: Conditioning) -> str:
     return load_template("plain").render(experiences=_context(conditioning.experiences))
 
 
-_COUNTED: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+_COUNTED: weakref.WeakKeyDictionary[Any, tuple[dict[str, int], Any]] = weakref.WeakKeyDictionary()
 _COUNTED_LOCK = threading.Lock()
 COUNTED_TEXTS = 16_384  # token counts kept per tokenizer (then they are forgotten and counted again)
 
@@ -154,16 +154,32 @@ def _counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     request. The texts not cached are tokenized in one call (one call's overhead, not one per text: a request's
     exchanges took ~1 ms to count one by one at 100k experiences, where most of them are new)."""
     with _COUNTED_LOCK:
-        known = _COUNTED.setdefault(tokenizer, {})
+        if tokenizer not in _COUNTED:
+            _COUNTED[tokenizer] = ({}, _counter(tokenizer))
+        known, count = _COUNTED[tokenizer]
         found = {t: known[t] for t in texts if t in known}
     missing = [t for t in dict.fromkeys(texts) if t not in found]
     if missing:
-        found.update(zip(missing, map(len, tokenizer(missing, add_special_tokens=False)["input_ids"])))
+        found.update(zip(missing, count(missing)))
         with _COUNTED_LOCK:
             if len(known) + len(missing) > COUNTED_TEXTS:
                 known.clear()
             known.update((t, found[t]) for t in missing)
     return [found[t] for t in texts]
+
+
+def _counter(tokenizer: Any) -> Any:
+    """A function from texts to their token counts (no special tokens added). For a fast tokenizer, a private copy
+    of its Rust tokenizer, without truncation or padding, read by `encode_batch_fast` (no offsets): 16 first-seen
+    NFCats texts in 0.65 ms p50 against 0.98 through the tokenizer's call. A copy, because a call through the
+    tokenizer leaves its own truncation and padding set on the Rust one, which counts would then follow."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    own = type(backend).from_str(backend.to_str())
+    own.no_truncation()
+    own.no_padding()
+    return lambda texts: [len(e.ids) for e in own.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 @dataclass(frozen=True)

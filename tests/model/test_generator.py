@@ -156,6 +156,24 @@ def test_token_counts_are_the_tokenizers_whether_cached_or_not(tiny_lm, monkeypa
     assert prompting._counts(tok, texts[::-1]) == expected[::-1]
 
 
+def test_token_counts_ignore_the_truncation_and_padding_left_on_the_tokenizer(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    """A call through the tokenizer leaves its truncation and padding set on its Rust tokenizer: counts stay whole."""
+    _, tok = tiny_lm
+    texts = [q + " " + a for q, a in FACTS] + ["<|im_start|>user\nnaïve café ☕<|im_end|>", "x" * 300]
+    expected = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert max(expected) > 8 and len(set(expected)) > 2
+    backend = tok.backend_tokenizer
+    prompting.forget_token_counts(tok)
+    backend.enable_truncation(max_length=4)
+    backend.enable_padding(length=64)
+    try:
+        assert prompting._counts(tok, texts) == expected
+    finally:
+        backend.no_truncation()
+        backend.no_padding()
+        prompting.forget_token_counts(tok)
+
+
 def test_lessons_become_a_system_note(tiny_lm, tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
     model, tok = tiny_lm
     with VectorMemory(tmp_path / "h", embedder=embedder) as mem:
