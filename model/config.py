@@ -111,8 +111,8 @@ class ConsolidationConfig:
     min_steps: int = 50  # the measurements every eval_every steps (and so the early stop) begin at this step (the
     # 400th pair): a job planned for fewer steps runs them all and is measured once, after its last (a few steps'
     # held-out NLL on a small slice is noise, and a short job has little time to save). On 2 CPU cores a measurement
-    # costs ~57 s, ~6 steps, and the held-out NLL of NFCats and the 6-label support tenant only ever gained up to
-    # step 50; begun at 50 rather than 40, a 760 s job ran 56 steps instead of 50 (NFCats: 0.0495 against 0.0649)
+    # costs ~57 s, ~6 steps, and none before step 50 stopped a job on NFCats or the 6-label support tenant; begun
+    # at 50 rather than 40, a 760 s job on a slow day ran 56 steps instead of 50 (NFCats: 0.0495 against 0.0649)
     # and 62 instead of 51 (support: 0.0364 against 0.0435): benchmarks/results/job_time.md
     patience: int = 2  # stop after this many measurements in a row that gain less than `min_gain` on the best
     # (0: never stop early); a best NLL under `min_gain` itself stops at once (converged: no such gain is left)
