@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -162,16 +163,12 @@ def test_token_counts_ignore_the_truncation_and_padding_left_on_the_tokenizer(ti
     texts = [q + " " + a for q, a in FACTS] + ["<|im_start|>user\nnaïve café ☕<|im_end|>", "x" * 300]
     expected = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     assert max(expected) > 8 and len(set(expected)) > 2
-    backend = tok.backend_tokenizer
-    prompting.forget_token_counts(tok)
-    backend.enable_truncation(max_length=4)
-    backend.enable_padding(length=64)
-    try:
-        assert prompting._counts(tok, texts) == expected
-    finally:
-        backend.no_truncation()
-        backend.no_padding()
-        prompting.forget_token_counts(tok)
+    own = copy.deepcopy(tok)  # a tokenizer whose counts start here, its Rust tokenizer left truncating and padding
+    own.backend_tokenizer.enable_truncation(max_length=4)
+    own.backend_tokenizer.enable_padding(length=64)
+    assert prompting._counts(own, texts) == expected
+    prompting.forget_token_counts(own)
+    assert prompting._counts(own, texts[::-1]) == expected[::-1]
 
 
 def test_lessons_become_a_system_note(tiny_lm, tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
