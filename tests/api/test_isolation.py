@@ -100,6 +100,24 @@ def test_every_v1_route_refuses_a_caller_without_a_live_key_for_a_tenant(service
     assert runtime.store.jobs() == [] and runtime.memory.stats().interactions == 0  # nothing was done
 
 
+def test_an_admin_key_naming_what_cannot_be_a_tenant_is_a_422_naming_the_header(service: Service) -> None:
+    client, admin = service["client"], service["admin"]
+    r = client.get("/v1/memory/stats", headers={**admin, "X-Logmem-Tenant": "t" * 201})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "header.x-logmem-tenant"
+    assert client.get("/v1/memory/stats", headers={**admin, "X-Logmem-Tenant": "t" * 200}).status_code == 200
+    # without a key nothing is said about the header
+    assert client.get("/v1/memory/stats", headers={"X-Logmem-Tenant": "t" * 201}).status_code == 401
+
+
+def test_the_openapi_document_gives_every_v1_route_the_bearer_scheme(service: Service) -> None:
+    spec = service["client"].app.openapi()
+    scheme = spec["components"]["securitySchemes"]["bearer"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer" and "X-Logmem-Tenant" in scheme["description"]
+    for method, template, _ in v1_operations(service["client"].app):
+        assert {"bearer": []} in spec["paths"][template][method.lower()]["security"], (method, template)
+
+
 def test_a_revoked_key_stops_working_at_once(service: Service) -> None:
     client, runtime = service["client"], service["runtime"]
     key, record = runtime.store.create_key(tenant="acme")
