@@ -19,6 +19,9 @@ from .config import GeneratorConfig
 TEMPLATES = Path(__file__).parent / "templates"
 # the bundled templates of messages that give a conversation back unchanged when the memory adds nothing
 UNCHANGED_WHEN_EMPTY = frozenset({"exchanges", "notes"})
+# the bundled templates that show an experience's request without the instruction it shares with other requests
+# (`Hit.body`), so that is what its budget counts; any other (plain, a template given by path) the whole trigger
+SHOWS_BODY = frozenset({"exchanges", "notes"})
 Messages = list[dict[str, str]]
 
 
@@ -60,9 +63,10 @@ class Conditioning:
 
 
 def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focus: bool = False) -> Conditioning:
-    """Keep the best-scored hits that fit `memory_token_budget`, then order them best last (nearest the
-    question), or under `order="answer"` grouped by answer, the best-supported answer's group last; lessons fit
-    `lesson_token_budget`. With `answer_note`, where answers repeat, each answer's count for the template.
+    """Keep the best-scored hits whose exchanges, as the template shows them (`SHOWS_BODY`), fit
+    `memory_token_budget`, then order them best last (nearest the question), or under `order="answer"` grouped by
+    answer, the best-supported answer's group last; lessons fit `lesson_token_budget`. With `answer_note`, where
+    answers repeat, each answer's count for the template.
 
     `focus` (free generation on a tenant whose answers do not repeat): hits whose score trails the best by more than
     `focus_margin` stay out (`focused`), so a hit that dominates conditions the answer alone; with `fact_note` the
@@ -73,7 +77,11 @@ def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focu
     ranked = [h for h in sorted(hits, key=lambda h: h.score, reverse=True) if h.score >= config.min_score]
     if focus:
         ranked = focused(ranked, config.focus_margin)
-    sizes = _counts(tokenizer, [text for h in ranked for text in (h.trigger, h.response)])
+    # what the template shows of each exchange, and the lessons, counted in one call
+    shown = [text for h in ranked for text in (h.body if config.template in SHOWS_BODY else h.trigger, h.response)]
+    noted = list(dict.fromkeys(h.lesson for h in ranked if h.lesson))
+    sizes = _counts(tokenizer, shown + noted)
+    lesson_sizes = dict(zip(noted, sizes[len(shown):]))
     for i, h in enumerate(ranked):
         n = sizes[2 * i] + sizes[2 * i + 1]
         if used + n > config.memory_token_budget:
@@ -84,7 +92,7 @@ def select(hits: Sequence[Hit], tokenizer: Any, config: GeneratorConfig, *, focu
     spent = 0
     for h in chosen:
         if h.lesson and h.lesson not in lessons:
-            n = _counts(tokenizer, [h.lesson])[0]
+            n = lesson_sizes[h.lesson]
             if spent + n <= config.lesson_token_budget:
                 lessons.append(h.lesson)
                 spent += n

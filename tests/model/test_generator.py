@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from logmem.memory import ConfigError, NotFoundError, VectorMemory
+from logmem.memory.search import Hit
 from logmem.model import prompting
 from logmem.model.config import GeneratorConfig
 from logmem.model.generator import MemoryGenerator
@@ -19,6 +20,7 @@ from logmem.model.prompting import (
     Conditioning,
     load_template,
     render_messages,
+    select,
 )
 from logmem.model.voting import answer_logprobs, choose_answer
 
@@ -145,6 +147,28 @@ def test_chat_prompt_orders_best_experience_last_and_respects_budget(tiny_lm, me
     assert reply.memory_tokens <= one
     none = MemoryGenerator(model, tok, memory, config=GeneratorConfig(k=3, memory_token_budget=0))
     assert none.chat([{"role": "user", "content": "launch code?"}], max_new_tokens=2).experiences == []
+
+
+def test_the_budget_counts_an_exchange_as_the_template_shows_it(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny_lm
+    instruction = "Answer with the name of one city and nothing else, in one word, as the office list has it. " * 3
+    hits = [Hit(id=i, score=1.0 - i / 10, sim=0.0, util=0.0, rec=0.0, cos=0.9, utility=0.5,
+                trigger=f"{instruction}\n\nWhere is office {i}?", response=f"City {i}",
+                lesson="Offices moved in May." if i == 0 else None, rejected=None, support=1, tenant="t",
+                instruction=instruction) for i in range(3)]
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    shown = sum(count(h.body) + count(h.response) for h in hits)
+    assert "office 0" in hits[0].body and instruction.strip() not in hits[0].body
+    assert sum(count(h.trigger) + count(h.response) for h in hits) > shown + count(instruction)
+    config = GeneratorConfig(memory_token_budget=shown)
+    cond = select(hits, tok, config)  # the exchanges template shows each request without its instruction
+    assert [h.id for h in cond.experiences] == [2, 1, 0]
+    assert cond.memory_tokens == shown + count("Offices moved in May.")
+    # the plain template shows the whole request: the same budget holds fewer of them
+    assert len(select(hits, tok, replace(config, template="plain")).experiences) < 3
 
 
 def test_token_counts_are_the_tokenizers_whether_cached_or_not(tiny_lm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
