@@ -37,43 +37,66 @@ FULL = {"sizes": [1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000], "querie
 QUICK = {"sizes": [300, 1_500], "queries": 20, "max_texts": 1_000}
 
 
+# the HNSW graphs compared: the defaults, and the graph of earlier versions (whose files a memory still loads)
+GRAPHS = {"hnsw": MemoryConfig(), "hnsw_m32_efc64": MemoryConfig(hnsw_m=32, hnsw_ef_construction=64)}
+
+
 def measure(size: int, base: np.ndarray, xq: np.ndarray, requests: list[str], embedder: Any) -> dict[str, Any]:
     xb = grow(base, size, seed=0)
     ids = np.arange(1, size + 1, dtype=np.int64)
-    config = MemoryConfig()
-    settings = {**index_settings(config), "threads": 1}
-    flat, hnsw = make_index("flat", xb.shape[1], **settings), make_index("hnsw", xb.shape[1], **settings)
+    indexes = {"flat": make_index("flat", xb.shape[1], threads=1)}
+    for name, config in GRAPHS.items():
+        indexes[name] = make_index("hnsw", xb.shape[1], **{**index_settings(config), "threads": 1})
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # built on every core, searched on one (as the memory does)
-    for index in (flat, hnsw):
+    built = {}
+    for name, index in indexes.items():
+        start = time.perf_counter()
         index.add(ids, xb)
-    hnsw.ef_search = ef_search_for(size, config)  # type: ignore[attr-defined]
-    ms: dict[str, list[float]] = {"flat": [], "hnsw": []}
-    top5 = top32 = 0.0
+        built[name] = time.perf_counter() - start
+    for name, config in GRAPHS.items():  # the beam the memory gives a tenant of this size on this graph
+        indexes[name].ef_search = ef_search_for(size, config, config.hnsw_ef_construction)  # type: ignore
+    ms: dict[str, list[float]] = {name: [] for name in indexes}
+    top5 = dict.fromkeys(GRAPHS, 0.0)
+    top32 = dict.fromkeys(GRAPHS, 0.0)
     for j, q in enumerate(xq):
         got = {}
-        for name, index in (("flat", flat), ("hnsw", hnsw)):
+        for name, index in indexes.items():
             embedder.encode([requests[j % len(requests)]])  # a request's embedding first: the caches it leaves
             start = time.perf_counter()
             got[name] = index.search(q[None, :], FETCH)[1][0]
             ms[name].append((time.perf_counter() - start) * 1e3)
-        top5 += len(set(got["flat"][:5].tolist()) & set(got["hnsw"][:5].tolist())) / 5
-        top32 += len(set(got["flat"].tolist()) & set(got["hnsw"].tolist())) / FETCH
-    return {"size": size, "ef_search": hnsw.ef_search, "flat_p50_ms": float(np.median(ms["flat"])),  # type: ignore
-            "hnsw_p50_ms": float(np.median(ms["hnsw"])), "flat_p95_ms": float(np.percentile(ms["flat"], 95)),
-            "hnsw_p95_ms": float(np.percentile(ms["hnsw"], 95)), "recall_top5": top5 / len(xq),
-            "recall_top32": top32 / len(xq), "queries": len(xq)}
+        for name in GRAPHS:
+            top5[name] += len(set(got["flat"][:5].tolist()) & set(got[name][:5].tolist())) / 5
+            top32[name] += len(set(got["flat"].tolist()) & set(got[name].tolist())) / FETCH
+    row: dict[str, Any] = {"size": size, "queries": len(xq)}
+    for name in indexes:
+        row.update({f"{name}_p50_ms": float(np.median(ms[name])), f"{name}_p95_ms": float(np.percentile(ms[name], 95))})
+    for name in GRAPHS:
+        row.update({f"{name}_ef_search": indexes[name].ef_search, f"{name}_build_s": built[name],  # type: ignore
+                    f"{name}_recall_top5": top5[name] / len(xq), f"{name}_recall_top32": top32[name] / len(xq)})
+    return row
 
 
 def markdown(result: dict[str, Any]) -> str:
+    old = GRAPHS["hnsw_m32_efc64"]
+    new = GRAPHS["hnsw"]
     lines = ["# Flat or HNSW: a tenant's index searched cold, after the embedder", "",
              f"{result['source']}, grown past {result['args']['max_texts']:,} real turns; {FETCH} candidates a "
              f"search, one thread; before each search the embedder (ONNX MiniLM) runs on a request. Load average "
              f"{result['load'][0]:.2f} at start, {result['load'][1]:.2f} at end; {result['seconds']:.0f} s.", "",
-             "| experiences | flat p50 / p95 ms | HNSW p50 / p95 ms (beam) | HNSW recall of the exact top 5 / top 32 |",
-             "|---|---|---|---|"]
+             f"HNSW: the default graph (m {new.hnsw_m}, built with a beam of {new.hnsw_ef_construction}) and the "
+             f"graph of earlier versions (m {old.hnsw_m}, built at {old.hnsw_ef_construction}), each searched with "
+             "the beam the memory gives a tenant of that size on it (`ef_search_for`), in the same turns.", "",
+             "| experiences | flat p50 / p95 ms | HNSW p50 / p95 ms (beam) | its recall of the exact top 5 / top 32 "
+             "| build s | earlier graph p50 / p95 ms (beam) | its recall of the exact top 5 / top 32 | build s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['size']:,} | {r['flat_p50_ms']:.3f} / {r['flat_p95_ms']:.3f} | {r['hnsw_p50_ms']:.3f} / "
-                     f"{r['hnsw_p95_ms']:.3f} ({r['ef_search']}) | {r['recall_top5']:.3f} / {r['recall_top32']:.3f} |")
+        cells = [f"{r['size']:,}", f"{r['flat_p50_ms']:.3f} / {r['flat_p95_ms']:.3f}"]
+        for name in ("hnsw", "hnsw_m32_efc64"):
+            cells += [f"{r[name + '_p50_ms']:.3f} / {r[name + '_p95_ms']:.3f} ({r[name + '_ef_search']})",
+                      f"{r[name + '_recall_top5']:.3f} / {r[name + '_recall_top32']:.3f}",
+                      f"{r[name + '_build_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     faster = [r["size"] for r in result["rows"] if r["hnsw_p50_ms"] < r["flat_p50_ms"]]
     lines += ["", f"HNSW is the faster from {min(faster):,} experiences measured here; `MemoryConfig.approx_threshold`"
               f" is {MemoryConfig().approx_threshold:,}." if faster else "", ""]
@@ -88,7 +111,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     sizes = [r["size"] for r in result["rows"]]
-    for key, label in (("flat_p50_ms", "flat (exact)"), ("hnsw_p50_ms", "HNSW")):
+    for key, label in (("flat_p50_ms", "flat (exact)"), ("hnsw_p50_ms", "HNSW"),
+                       ("hnsw_m32_efc64_p50_ms", "HNSW, the earlier graph")):
         ax.plot(sizes, [r[key] for r in result["rows"]], marker="o", label=label)
     ax.axvline(MemoryConfig().approx_threshold, color="grey", linestyle=":", label="approx_threshold")
     ax.set(xscale="log", xlabel="experiences in the tenant", ylabel="search p50 ms, cold after the embedder")

@@ -57,11 +57,16 @@ class MemoryConfig:
     # cold after the embedder, at a recall of the exact top 5 of ~0.998 (benchmarks/bench_index_cold.py)
     approx_threshold: int = 5_000
     compact_threshold: int = 500_000  # ... and past this many, hnsw_sq8 (0: never by itself)
-    hnsw_m: int = 32  # HNSW graph degree
+    hnsw_m: int = 16  # HNSW graph degree (and pgvector's)
     hnsw_sq8_m: int = 32  # graph degree of hnsw_sq8 (at 1M, 16 saves 120 MiB but loses recall: 0.926 vs 0.963)
-    hnsw_ef_construction: int = 64  # HNSW build beam
-    # HNSW search beam; 0: by the tenant's size (`indexes.ef_search_for`: 128 up to 100k, ~sqrt-growing to 384 at
-    # 1M; benchmarks/results/retrieval.md: recall@10 0.985 at 0.26 ms on 100k with 128, 0.963 at 0.64 ms on 1M with 384)
+    # HNSW build beam (and pgvector's). A graph built with a wider beam is searched as well with a narrower one: at
+    # 100k, m 16 built at 128 gives recall@10 0.980 with a search beam of 80, where m 32 built at 64 needed 128 for
+    # 0.978, in ~0.50 ms instead of ~0.69 after an embedding (`indexes.ef_search_for`)
+    hnsw_ef_construction: int = 128
+    hnsw_sq8_ef_construction: int = 64  # hnsw_sq8's build beam (its 1M build takes ~10 min at 64)
+    # HNSW search beam; 0: by the tenant's size and how its graph was built (`indexes.ef_search_for`: for the default
+    # graph 96 up to ~100k, ~sqrt-growing to 300 at 1M; for a graph built at 64, hnsw_sq8's or an earlier version's
+    # file, 128 up to ~110k and 384 at 1M: benchmarks/results/retrieval.md, index_cold.md)
     hnsw_ef_search: int = 0
     search_threads: int = 1  # faiss OpenMP threads for one query (more is slower on 2 cores)
 
@@ -100,6 +105,7 @@ class MemoryConfig:
             ("hnsw_m", self.hnsw_m >= 4, ">= 4"),
             ("hnsw_sq8_m", self.hnsw_sq8_m >= 4, ">= 4"),
             ("hnsw_ef_construction", self.hnsw_ef_construction >= 1, ">= 1"),
+            ("hnsw_sq8_ef_construction", self.hnsw_sq8_ef_construction >= 1, ">= 1"),
             ("hnsw_ef_search", self.hnsw_ef_search >= 0, ">= 0 (0: by size)"),
             ("search_threads", self.search_threads >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),

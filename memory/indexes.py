@@ -103,22 +103,29 @@ def resolve_kind(config: MemoryConfig, engine: Any) -> str:
 
 
 EF_SEARCH_FLOOR, EF_SEARCH_CEILING = 128, 512
+WIDE_BUILD = 128  # a graph built with at least this beam (`hnsw_ef_construction`, the default) is searched with ...
+WIDE_FLOOR, WIDE_AT_1M = 96, 300  # ... a narrower beam by size, at the recall the narrow graph's beam held
 
 
-def ef_search_for(n: int, config: MemoryConfig) -> int:
-    """The HNSW search beam for a tenant of `n` vectors: the configured one, or by size (`hnsw_ef_search` 0): 384 at
-    1M, scaled by sqrt(n / 1M), within [128, 512] (128 up to ~110k). The beam recall@10 >= 0.95 needs grew about so on
-    the grown ShareGPT sets (benchmarks/results/retrieval.md: 64 at 100k, 384 at 1M); 128 holds 0.985 at 100k."""
+def ef_search_for(n: int, config: MemoryConfig, built: int | None = None) -> int:
+    """The HNSW search beam for a tenant of `n` vectors whose graph was built with the beam `built` (None: not
+    known): the configured one, or by size (`hnsw_ef_search` 0), sqrt(n / 1M) times the 1M one, within a floor and
+    512. On the grown ShareGPT sets (benchmarks/results/retrieval.md) a graph built at 64 (hnsw_sq8's, and files of
+    earlier versions) needs 384 at 1M and 128 up to ~110k (recall@10 0.963 and 0.985); one built at `WIDE_BUILD`
+    holds it with less (m 16): 96 up to ~100k (0.986 at 100k, in ~0.55 ms after an embedding where the narrow graph's
+    128 took ~0.69) and ~300 at 1M (0.959 at 256, 0.972 at 384)."""
     if config.hnsw_ef_search:
         return config.hnsw_ef_search
-    return int(min(EF_SEARCH_CEILING, max(EF_SEARCH_FLOOR, round(384 * (n / 1_000_000) ** 0.5))))
+    floor, at_1m = (WIDE_FLOOR, WIDE_AT_1M) if built is not None and built >= WIDE_BUILD else (EF_SEARCH_FLOOR, 384)
+    return int(min(EF_SEARCH_CEILING, max(floor, round(at_1m * (n / 1_000_000) ** 0.5))))
 
 
 def index_settings(config: MemoryConfig) -> dict[str, Any]:
     """The registry's keyword settings from a config (each backend takes those it knows). A beam by size starts as
     the 1M one (384): `TenantIndexes` sets each faiss index's own by its size; pgvector keeps this one."""
     return {"m": config.hnsw_m, "sq8_m": config.hnsw_sq8_m, "ef_construction": config.hnsw_ef_construction,
-            "ef_search": ef_search_for(1_000_000, config), "threads": config.search_threads}
+            "sq8_ef_construction": config.hnsw_sq8_ef_construction, "ef_search": ef_search_for(1_000_000, config),
+            "threads": config.search_threads}
 
 
 def is_empty(index: Index) -> bool:
@@ -263,9 +270,10 @@ class TenantIndexes:
             self._indexes[pending.tenant] = (cached[0], generation)
 
     def _beam(self, index: Index) -> None:
-        """An HNSW index's search beam for its size (`ef_search_for`), unless one is configured."""
+        """An HNSW index's search beam for its size and graph (`ef_search_for`), unless one is configured."""
         if not self.config.hnsw_ef_search and hasattr(index, "ef_search"):
-            index.ef_search = ef_search_for(len(index), self.config)  # type: ignore[attr-defined]
+            built = getattr(index, "ef_construction", None)  # as its graph was built (a file keeps its own)
+            index.ef_search = ef_search_for(len(index), self.config, built)  # type: ignore[attr-defined]
 
     def invalidate(self, tenant: str) -> None:
         """Forget the tenant's index in this process (the next `get` follows SQL)."""

@@ -3,7 +3,7 @@
 memory), and `pgvector` (PostgreSQL, registered by `logmem.memory.store.vectors` when imported).
 
 The registry maps a kind to how to make an empty index and how to load a saved one. It knows nothing of
-`MemoryConfig`: a caller passes the settings a backend takes as keyword arguments (`m`, `sq8_m`,
+`MemoryConfig`: a caller passes the settings a backend takes as keyword arguments (`m`, `sq8_m`, `sq8_ef_construction`,
 `ef_construction`, `ef_search`, `threads`), and a backend ignores those it has no use for. The per-tenant index
 cache, which follows SQL, is the memory layer's (`logmem.memory.indexes`).
 """
@@ -78,9 +78,9 @@ register("hnsw", Backend(make=_make_hnsw,
                          load=lambda path, *, ef_search=128, threads=None, **_: load_faiss(
                              path, "hnsw", ef_search=ef_search, threads=threads)))
 
-def _make_hnsw_sq8(d: int, *, sq8_m: int = 32, ef_construction: int = 64, ef_search: int = 128,
+def _make_hnsw_sq8(d: int, *, sq8_m: int = 32, sq8_ef_construction: int = 64, ef_search: int = 128,
                    threads: int | None = None, **_: Any) -> Index:
-    return HNSWSQ8Index(d, m=sq8_m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
+    return HNSWSQ8Index(d, m=sq8_m, ef_construction=sq8_ef_construction, ef_search=ef_search, threads=threads)
 
 
 register("hnsw_sq8", Backend(make=_make_hnsw_sq8,

@@ -261,11 +261,16 @@ def test_hnsw_keeps_its_settings_through_save_and_load(tmp_path: Path) -> None:
 
 
 def test_the_hnsw_beam_by_size() -> None:
-    """`hnsw_ef_search` 0: 128 while small, 384 at 1M (sqrt-growing between), at most 512; a configured beam is
-    kept at any size; pgvector and a fresh faiss index start with the 1M one."""
+    """`hnsw_ef_search` 0: for a graph built at 64 or not known, 128 while small, 384 at 1M (sqrt-growing between);
+    for one built at 128 or more, 96 while small, 300 at 1M; at most 512. A configured beam is kept at any size;
+    pgvector and a fresh faiss index start with the 1M one of a graph not known."""
     auto = MemoryConfig()
-    assert [ef_search_for(n, auto) for n in (0, 100_000, 250_000, 1_000_000, 10**7)] == [128, 128, 192, 384, 512]
-    assert ef_search_for(10**6, MemoryConfig(hnsw_ef_search=77)) == 77
+    sizes = (0, 100_000, 250_000, 1_000_000, 10**7)
+    assert [ef_search_for(n, auto) for n in sizes] == [128, 128, 192, 384, 512]
+    assert [ef_search_for(n, auto, 64) for n in sizes] == [128, 128, 192, 384, 512]
+    assert [ef_search_for(n, auto, 128) for n in sizes] == [96, 96, 150, 300, 512]
+    assert [ef_search_for(n, auto, 200) for n in sizes] == [96, 96, 150, 300, 512]
+    assert ef_search_for(10**6, MemoryConfig(hnsw_ef_search=77), 128) == 77
     assert index_settings(auto)["ef_search"] == 384
 
 

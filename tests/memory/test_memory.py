@@ -434,19 +434,22 @@ def test_reopen_gives_the_same_results_without_a_rebuild(home: Path, embedder: E
     assert "rebuilding" not in caplog.text
 
 
-@pytest.mark.parametrize(("beam", "want"), [(0, 128), (300, 300)])
+@pytest.mark.parametrize(("beam", "built", "want"), [(0, 128, 96), (0, 64, 128), (300, 128, 300)])
 def test_a_tenants_hnsw_index_searches_with_the_beam_for_its_size(home: Path, embedder: Embedder, beam: int,
-                                                                  want: int) -> None:
-    """The beam by size is set on the index a search gets (rebuilt, grown by a write, or loaded from its file); a
-    configured one stays as configured."""
-    config = MemoryConfig(index_kind="hnsw", hnsw_ef_search=beam)
+                                                                  built: int, want: int) -> None:
+    """The beam by size and graph is set on the index a search gets (rebuilt, grown by a write, or loaded from its
+    file): a graph built with a wide beam (the default) gets a narrower one than a graph built at 64 (an earlier
+    version's file); a configured one stays as configured."""
+    config = MemoryConfig(index_kind="hnsw", hnsw_ef_search=beam, hnsw_ef_construction=built)
     with VectorMemory(home, embedder=embedder, config=config) as m:
         m.ingest([rec("a", REVERSE, SLICE)])
         assert m.indexes.get("default").ef_search == want  # type: ignore[attr-defined]
         m.ingest([rec("b", GIT, GIT_ANSWER)])
         assert m.indexes.get("default").ef_search == want  # type: ignore[attr-defined]
-    with VectorMemory(home, embedder=embedder, config=config) as m:  # from the file
-        assert m.indexes.get("default").ef_search == want  # type: ignore[attr-defined]
+    reopened = MemoryConfig(index_kind="hnsw", hnsw_ef_search=beam)  # today's build beam: the file keeps its own
+    with VectorMemory(home, embedder=embedder, config=reopened) as m:  # from the file
+        index = m.indexes.get("default")
+        assert (index.ef_construction, index.ef_search) == (built, want)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("kind", "damage"), [
