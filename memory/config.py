@@ -60,8 +60,8 @@ class MemoryConfig:
     hnsw_m: int = 16  # HNSW graph degree (and pgvector's)
     hnsw_sq8_m: int = 32  # graph degree of hnsw_sq8 (at 1M, 16 saves 120 MiB but loses recall: 0.926 vs 0.963)
     # HNSW build beam (and pgvector's). A graph built with a wider beam is searched as well with a narrower one: at
-    # 100k, m 16 built at 128 gives recall@10 0.980 with a search beam of 80, where m 32 built at 64 needed 128 for
-    # 0.978, in ~0.50 ms instead of ~0.69 after an embedding (`indexes.ef_search_for`)
+    # 100k, m 16 built at 128 gives recall@10 0.986 with a search beam of 96, where m 32 built at 64 gave 0.978 with
+    # 128, in ~0.55 ms instead of ~0.69 after an embedding (`indexes.ef_search_for`)
     hnsw_ef_construction: int = 128
     hnsw_sq8_ef_construction: int = 64  # hnsw_sq8's build beam (its 1M build takes ~10 min at 64)
     # HNSW search beam; 0: by the tenant's size and how its graph was built (`indexes.ef_search_for`: for the default

@@ -102,7 +102,7 @@ def resolve_kind(config: MemoryConfig, engine: Any) -> str:
     return "auto"
 
 
-EF_SEARCH_FLOOR, EF_SEARCH_CEILING = 128, 512
+EF_SEARCH_FLOOR, NARROW_AT_1M, EF_SEARCH_CEILING = 128, 384, 512  # a graph built at 64, or not known
 WIDE_BUILD = 128  # a graph built with at least this beam (`hnsw_ef_construction`, the default) is searched with ...
 WIDE_FLOOR, WIDE_AT_1M = 96, 300  # ... a narrower beam by size, at the recall the narrow graph's beam held
 
@@ -116,7 +116,8 @@ def ef_search_for(n: int, config: MemoryConfig, built: int | None = None) -> int
     128 took ~0.69) and ~300 at 1M (0.959 at 256, 0.972 at 384)."""
     if config.hnsw_ef_search:
         return config.hnsw_ef_search
-    floor, at_1m = (WIDE_FLOOR, WIDE_AT_1M) if built is not None and built >= WIDE_BUILD else (EF_SEARCH_FLOOR, 384)
+    wide = built is not None and built >= WIDE_BUILD
+    floor, at_1m = (WIDE_FLOOR, WIDE_AT_1M) if wide else (EF_SEARCH_FLOOR, NARROW_AT_1M)
     return int(min(EF_SEARCH_CEILING, max(floor, round(at_1m * (n / 1_000_000) ** 0.5))))
 
 
